@@ -48,23 +48,25 @@ pub struct TableVersion {
 const FIXED_OVERHEAD_BYTES: u64 = 128;
 
 #[derive(PartialEq, Eq)]
-struct Meta {
+struct Inner {
+    payload: Bytes,
     row_count: u64,
     dependencies: Vec<TableVersion>,
     created_at: SystemTime,
     ttl: Duration,
+    expires_at: SystemTime,
     fill_cost: Duration,
     weight_bytes: u64,
 }
 
 /// One cached query result.
 ///
-/// Cloning is cheap (two reference counts), so a hit hands out a clone. `Debug` never prints
-/// the payload, which holds user data.
+/// Cloning is one reference-count increment (payload and metadata share one allocation), so a
+/// hit hands out a clone; callers write the payload out by reference. `Debug` never prints the
+/// payload, which holds user data.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CachedResult {
-    payload: Bytes,
-    meta: Arc<Meta>,
+    inner: Arc<Inner>,
 }
 
 impl CachedResult {
@@ -83,32 +85,33 @@ impl CachedResult {
     /// The payload.
     #[inline]
     pub fn payload(&self) -> &Bytes {
-        &self.payload
+        &self.inner.payload
     }
 
     /// How many rows the result holds.
     pub fn row_count(&self) -> u64 {
-        self.meta.row_count
+        self.inner.row_count
     }
 
     /// The tables the result depends on, with the versions seen when it was filled.
     pub fn dependencies(&self) -> &[TableVersion] {
-        &self.meta.dependencies
+        &self.inner.dependencies
     }
 
     /// When the result was filled (wall clock, comparable across processes).
     pub fn created_at(&self) -> SystemTime {
-        self.meta.created_at
+        self.inner.created_at
     }
 
     /// How long after [`created_at`](Self::created_at) the result may be served.
     pub fn ttl(&self) -> Duration {
-        self.meta.ttl
+        self.inner.ttl
     }
 
     /// When the result stops being servable.
+    #[inline]
     pub fn expires_at(&self) -> SystemTime {
-        self.meta.created_at.checked_add(self.meta.ttl).unwrap_or(self.meta.created_at)
+        self.inner.expires_at
     }
 
     /// Whether the result has expired at `now`.
@@ -124,31 +127,31 @@ impl CachedResult {
 
     /// How old the result is at `now`; zero if `now` is before its creation (clock skew).
     pub fn age(&self, now: SystemTime) -> Duration {
-        now.duration_since(self.meta.created_at).unwrap_or(Duration::ZERO)
+        now.duration_since(self.inner.created_at).unwrap_or(Duration::ZERO)
     }
 
     /// How long the database took to produce it: what a hit saves.
     pub fn fill_cost(&self) -> Duration {
-        self.meta.fill_cost
+        self.inner.fill_cost
     }
 
     /// What the result costs a byte-bounded tier: payload, table names and a fixed overhead.
     #[inline]
     pub fn weight_bytes(&self) -> u64 {
-        self.meta.weight_bytes
+        self.inner.weight_bytes
     }
 }
 
 impl fmt::Debug for CachedResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CachedResult")
-            .field("payload_bytes", &self.payload.len())
-            .field("row_count", &self.meta.row_count)
-            .field("dependencies", &self.meta.dependencies)
-            .field("created_at", &self.meta.created_at)
-            .field("ttl", &self.meta.ttl)
-            .field("fill_cost", &self.meta.fill_cost)
-            .field("weight_bytes", &self.meta.weight_bytes)
+            .field("payload_bytes", &self.inner.payload.len())
+            .field("row_count", &self.inner.row_count)
+            .field("dependencies", &self.inner.dependencies)
+            .field("created_at", &self.inner.created_at)
+            .field("ttl", &self.inner.ttl)
+            .field("fill_cost", &self.inner.fill_cost)
+            .field("weight_bytes", &self.inner.weight_bytes)
             .finish()
     }
 }
@@ -205,12 +208,15 @@ impl CachedResultBuilder {
         let names: u64 = self.dependencies.iter().map(|d| d.table.as_str().len() as u64 + 16).sum();
         let weight_bytes = self.payload.len() as u64 + names + FIXED_OVERHEAD_BYTES;
         CachedResult {
-            payload: self.payload,
-            meta: Arc::new(Meta {
+            inner: Arc::new(Inner {
+                payload: self.payload,
                 row_count: self.row_count,
                 dependencies: self.dependencies,
                 created_at: self.created_at,
                 ttl: self.ttl,
+                // A TTL too large to add to the creation time saturates far in the future rather
+                // than expiring the result at once.
+                expires_at: self.created_at.checked_add(self.ttl).unwrap_or_else(far_future),
                 fill_cost: self.fill_cost,
                 weight_bytes,
             }),
@@ -222,6 +228,10 @@ impl fmt::Debug for CachedResultBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CachedResultBuilder").field("payload_bytes", &self.payload.len()).finish()
     }
+}
+
+fn far_future() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX) * 8)
 }
 
 #[cfg(test)]
