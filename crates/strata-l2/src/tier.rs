@@ -1,0 +1,481 @@
+//! The warm tier: encodes results, bounds every storage call by a deadline and a circuit breaker, and fails open.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use strata_core::{
+    async_trait, CacheKey, CacheTier, CachedResult, Clock, PutOutcome, Rejection, SystemClock, TierStats,
+};
+
+use crate::breaker::{Breaker, BreakerState};
+use crate::codec::{Codec, DecodeError};
+use crate::{Error, ErrorKind, Storage};
+
+/// Builds a [`WarmTier`] over a storage. Every setter documents its default.
+#[derive(Clone)]
+pub struct WarmTierBuilder {
+    storage: Arc<dyn Storage>,
+    deadline: Duration,
+    admin_deadline: Duration,
+    breaker_failure_threshold: u32,
+    breaker_cooldown: Duration,
+    compress_above_bytes: usize,
+    max_payload_bytes: usize,
+    warn_interval: Duration,
+    clock: Arc<dyn Clock>,
+    name: String,
+}
+
+impl fmt::Debug for WarmTierBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WarmTierBuilder")
+            .field("storage", &self.storage)
+            .field("deadline", &self.deadline)
+            .field("admin_deadline", &self.admin_deadline)
+            .field("breaker_failure_threshold", &self.breaker_failure_threshold)
+            .field("breaker_cooldown", &self.breaker_cooldown)
+            .field("compress_above_bytes", &self.compress_above_bytes)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("warn_interval", &self.warn_interval)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WarmTierBuilder {
+    pub(crate) fn new(storage: Arc<dyn Storage>) -> Self {
+        Self {
+            storage,
+            deadline: Duration::from_millis(5),
+            admin_deadline: Duration::from_secs(30),
+            breaker_failure_threshold: 5,
+            breaker_cooldown: Duration::from_secs(1),
+            compress_above_bytes: 4096,
+            max_payload_bytes: 16 << 20,
+            warn_interval: Duration::from_secs(10),
+            clock: Arc::new(SystemClock),
+            name: "l2".to_owned(),
+        }
+    }
+
+    /// The most one lookup or write may take; past it the call is a miss (or a dropped write).
+    /// Default: 5 ms.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// The most [`clear`](CacheTier::clear) may take (it scans the whole prefix). Default: 30 s.
+    #[must_use]
+    pub fn with_admin_deadline(mut self, deadline: Duration) -> Self {
+        self.admin_deadline = deadline;
+        self
+    }
+
+    /// How many consecutive failed or timed-out calls open the circuit breaker. Default: 5.
+    #[must_use]
+    pub fn with_breaker_failure_threshold(mut self, failures: u32) -> Self {
+        self.breaker_failure_threshold = failures;
+        self
+    }
+
+    /// How long the breaker stays open before one probe call may close it. Default: 1 s.
+    #[must_use]
+    pub fn with_breaker_cooldown(mut self, cooldown: Duration) -> Self {
+        self.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// Payloads of at least this many bytes are stored lz4-compressed (raw if that does not
+    /// shrink them). Default: 4096.
+    #[must_use]
+    pub fn with_compress_above_bytes(mut self, bytes: usize) -> Self {
+        self.compress_above_bytes = bytes;
+        self
+    }
+
+    /// The largest payload stored (larger results are refused with
+    /// [`Rejection::TooLarge`]) and accepted when read back. Default: 16 MiB.
+    #[must_use]
+    pub fn with_max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.max_payload_bytes = bytes;
+        self
+    }
+
+    /// At most one warning per this interval while the storage fails. Default: 10 s.
+    #[must_use]
+    pub fn with_warn_interval(mut self, interval: Duration) -> Self {
+        self.warn_interval = interval;
+        self
+    }
+
+    /// The clock for TTLs. Default: the system clock.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The tier's name in stats and logs. Default: `l2`.
+    #[must_use]
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Builds the tier; fails on a zero deadline, cool-down or failure threshold, or a zero or
+    /// 4 GiB-or-larger payload limit.
+    pub fn build(self) -> Result<WarmTier, Error> {
+        if self.deadline.is_zero() || self.admin_deadline.is_zero() {
+            return Err(Error::config("l2 deadlines must be above zero"));
+        }
+        if self.breaker_failure_threshold == 0 {
+            return Err(Error::config("l2 breaker failure threshold must be at least 1"));
+        }
+        if self.breaker_cooldown.is_zero() {
+            return Err(Error::config("l2 breaker cool-down must be above zero"));
+        }
+        if self.max_payload_bytes == 0 || u32::try_from(self.max_payload_bytes).is_err() {
+            return Err(Error::config(format!(
+                "l2 max payload size must be between 1 and {} bytes, got {}",
+                u32::MAX,
+                self.max_payload_bytes
+            )));
+        }
+        Ok(WarmTier {
+            storage: self.storage,
+            breaker: Breaker::new(self.breaker_failure_threshold, self.breaker_cooldown),
+            codec: Codec { compress_above_bytes: self.compress_above_bytes, max_payload_bytes: self.max_payload_bytes },
+            deadline: self.deadline,
+            admin_deadline: self.admin_deadline,
+            clock: self.clock,
+            counters: Counters::default(),
+            warn: RateLimitedWarn::new(self.warn_interval),
+            name: self.name,
+        })
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    inserts: AtomicU64,
+    expirations: AtomicU64,
+    rejections: AtomicU64,
+    collisions: AtomicU64,
+    corrupt: AtomicU64,
+    errors: AtomicU64,
+    timeouts: AtomicU64,
+    short_circuited: AtomicU64,
+    dropped_writes: AtomicU64,
+}
+
+/// How the warm tier's storage is doing: the breaker and the failure counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WarmTierHealth {
+    /// The circuit breaker's state.
+    pub breaker: BreakerState,
+    /// How many times the breaker has opened.
+    pub breaker_opens: u64,
+    /// Storage calls that failed, timeouts included.
+    pub errors: u64,
+    /// Storage calls that hit the deadline.
+    pub timeouts: u64,
+    /// Calls answered at once, without touching the storage, because the breaker was open.
+    pub short_circuited: u64,
+    /// Writes dropped because the storage failed or the breaker was open.
+    pub dropped_writes: u64,
+    /// Stored values that failed to decode (served as misses and deleted).
+    pub corrupt: u64,
+}
+
+/// One `tracing::warn!` per interval, with a count of what was not logged.
+struct RateLimitedWarn {
+    interval_ms: u64,
+    start: Instant,
+    /// Milliseconds after `start` of the last warning, plus one (0: never warned).
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl RateLimitedWarn {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    fn warn(&self, tier: &str, storage: &str, op: &'static str, err: &Error) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX).saturating_add(1);
+        let last = self.last_ms.load(Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= self.interval_ms;
+        if due && self.last_ms.compare_exchange(last, now, Relaxed, Relaxed).is_ok() {
+            let suppressed = self.suppressed.swap(0, Relaxed);
+            let source = std::error::Error::source(err).map(ToString::to_string).unwrap_or_default();
+            tracing::warn!(
+                target: "strata::l2",
+                tier, storage, op, error = %err, source = %source, suppressed,
+                "l2 storage failing; serving misses and dropping writes"
+            );
+        } else {
+            self.suppressed.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// The shared warm tier (L2). See the [crate docs](crate).
+pub struct WarmTier {
+    storage: Arc<dyn Storage>,
+    breaker: Breaker,
+    codec: Codec,
+    deadline: Duration,
+    admin_deadline: Duration,
+    clock: Arc<dyn Clock>,
+    counters: Counters,
+    warn: RateLimitedWarn,
+    name: String,
+}
+
+impl fmt::Debug for WarmTier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WarmTier")
+            .field("name", &self.name)
+            .field("storage", &self.storage)
+            .field("deadline", &self.deadline)
+            .field("breaker", &self.breaker.state())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a storage call gave no answer.
+enum CallFailure {
+    /// The breaker is open: the storage was not touched.
+    ShortCircuited,
+    /// The storage failed or timed out.
+    Failed(Error),
+}
+
+fn storage_key(key: &CacheKey) -> String {
+    key.digest().to_string()
+}
+
+impl WarmTier {
+    /// Starts building a tier over `storage`.
+    pub fn builder(storage: Arc<dyn Storage>) -> WarmTierBuilder {
+        WarmTierBuilder::new(storage)
+    }
+
+    /// The storage behind the tier.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// The per-call deadline.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// The breaker's state and the failure counters.
+    pub fn health(&self) -> WarmTierHealth {
+        let c = &self.counters;
+        WarmTierHealth {
+            breaker: self.breaker.state(),
+            breaker_opens: self.breaker.opens(),
+            errors: c.errors.load(Relaxed),
+            timeouts: c.timeouts.load(Relaxed),
+            short_circuited: c.short_circuited.load(Relaxed),
+            dropped_writes: c.dropped_writes.load(Relaxed),
+            corrupt: c.corrupt.load(Relaxed),
+        }
+    }
+
+    /// Runs one storage call under the breaker and `deadline`. The future is created only once
+    /// the breaker admits the call, so an open breaker never touches the storage.
+    async fn call<T, F, Fut>(&self, op: &'static str, deadline: Duration, f: F) -> Result<T, CallFailure>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let Some(permit) = self.breaker.try_acquire() else {
+            self.counters.short_circuited.fetch_add(1, Relaxed);
+            return Err(CallFailure::ShortCircuited);
+        };
+        let err = match tokio::time::timeout(deadline, f()).await {
+            Ok(Ok(value)) => {
+                permit.success();
+                return Ok(value);
+            }
+            Ok(Err(err)) => err,
+            Err(_) => {
+                self.counters.timeouts.fetch_add(1, Relaxed);
+                Error::new(ErrorKind::Timeout, format!("l2 {op} exceeded its {deadline:?} deadline"))
+            }
+        };
+        permit.failure();
+        self.counters.errors.fetch_add(1, Relaxed);
+        self.warn.warn(&self.name, self.storage.name(), op, &err);
+        Err(CallFailure::Failed(err))
+    }
+
+    /// Decodes and checks a stored value; corrupt values are counted and deleted.
+    async fn check(&self, key: &CacheKey, skey: &str, raw: Option<Bytes>) -> Option<CachedResult> {
+        let Some(raw) = raw else {
+            self.counters.misses.fetch_add(1, Relaxed);
+            return None;
+        };
+        let decoded = match self.codec.decode(&raw) {
+            Ok(decoded) => decoded,
+            Err(err) => {
+                self.on_corrupt(skey, err).await;
+                self.counters.misses.fetch_add(1, Relaxed);
+                return None;
+            }
+        };
+        if decoded.canonical != *key.canonical() {
+            // Another key with the same 128-bit digest: never serve it, and leave it for its owner.
+            self.counters.collisions.fetch_add(1, Relaxed);
+            self.counters.misses.fetch_add(1, Relaxed);
+            return None;
+        }
+        if decoded.result.is_expired_at(self.clock.now()) {
+            // The storage's own expiry will remove it; another process may already have replaced it.
+            self.counters.expirations.fetch_add(1, Relaxed);
+            self.counters.misses.fetch_add(1, Relaxed);
+            return None;
+        }
+        self.counters.hits.fetch_add(1, Relaxed);
+        Some(decoded.result)
+    }
+
+    async fn on_corrupt(&self, skey: &str, err: DecodeError) {
+        self.counters.corrupt.fetch_add(1, Relaxed);
+        tracing::debug!(target: "strata::l2", tier = %self.name, key = skey, reason = %err, "deleting undecodable l2 value");
+        // Best effort: a failed delete is counted by `call`, and the value stays a miss either way.
+        let _ = self.call("delete", self.deadline, || self.storage.delete(skey)).await;
+    }
+
+    fn reject(&self, rejection: Rejection) -> PutOutcome {
+        self.counters.rejections.fetch_add(1, Relaxed);
+        PutOutcome::Rejected(rejection)
+    }
+}
+
+fn admin_error(failure: CallFailure) -> strata_core::Error {
+    match failure {
+        CallFailure::ShortCircuited => {
+            strata_core::Error::new(strata_core::ErrorKind::Unavailable, "l2 circuit breaker is open")
+        }
+        CallFailure::Failed(err) => err.into(),
+    }
+}
+
+#[async_trait]
+impl CacheTier for WarmTier {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Fails open: a storage that is down, slow or returning garbage gives `Ok(None)`.
+    async fn get(&self, key: &CacheKey) -> Result<Option<CachedResult>, strata_core::Error> {
+        let skey = storage_key(key);
+        match self.call("get", self.deadline, || self.storage.get(&skey)).await {
+            Ok(raw) => Ok(self.check(key, &skey, raw).await),
+            Err(_) => {
+                self.counters.misses.fetch_add(1, Relaxed);
+                Ok(None)
+            }
+        }
+    }
+
+    /// One batch call (`MGET` on Redis) under one deadline. Fails open like [`get`](Self::get):
+    /// if the batch fails, every key is a miss.
+    async fn get_many(&self, keys: &[CacheKey]) -> Result<Vec<Option<CachedResult>>, strata_core::Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let skeys: Vec<String> = keys.iter().map(storage_key).collect();
+        let raws = match self.call("get_many", self.deadline, || self.storage.get_many(&skeys)).await {
+            Ok(raws) if raws.len() == keys.len() => raws,
+            Ok(_) | Err(_) => {
+                self.counters.misses.fetch_add(keys.len() as u64, Relaxed);
+                return Ok(vec![None; keys.len()]);
+            }
+        };
+        let mut found = Vec::with_capacity(keys.len());
+        for ((key, skey), raw) in keys.iter().zip(&skeys).zip(raws) {
+            found.push(self.check(key, skey, raw).await);
+        }
+        Ok(found)
+    }
+
+    /// Stores with the result's remaining TTL. Fails open: a failing storage or an open breaker
+    /// drops the write and answers [`Rejection::Degraded`].
+    async fn put(&self, key: &CacheKey, value: CachedResult) -> Result<PutOutcome, strata_core::Error> {
+        let ttl = value.remaining_ttl(self.clock.now());
+        if ttl < Duration::from_millis(1) {
+            return Ok(self.reject(Rejection::Expired));
+        }
+        let Some(encoded) = self.codec.encode(key, &value) else {
+            return Ok(self.reject(Rejection::TooLarge {
+                weight_bytes: value.weight_bytes(),
+                limit_bytes: self.codec.max_payload_bytes as u64,
+            }));
+        };
+        let skey = storage_key(key);
+        let encoded = Bytes::from(encoded);
+        match self.call("put", self.deadline, || self.storage.set(&skey, encoded, ttl)).await {
+            Ok(PutOutcome::Stored) => {
+                self.counters.inserts.fetch_add(1, Relaxed);
+                Ok(PutOutcome::Stored)
+            }
+            Ok(PutOutcome::Rejected(rejection)) => Ok(self.reject(rejection)),
+            Ok(other) => Ok(other),
+            Err(_) => {
+                self.counters.dropped_writes.fetch_add(1, Relaxed);
+                Ok(self.reject(Rejection::Degraded))
+            }
+        }
+    }
+
+    /// Unlike lookups and writes, an explicit removal reports a storage failure
+    /// (kind `Unavailable` or `Timeout`), so the caller knows the value may still be there.
+    async fn remove(&self, key: &CacheKey) -> Result<(), strata_core::Error> {
+        let skey = storage_key(key);
+        self.call("remove", self.deadline, || self.storage.delete(&skey)).await.map_err(admin_error)
+    }
+
+    /// Removes everything under the storage's namespace; bounded by the admin deadline and
+    /// reports failures.
+    async fn clear(&self) -> Result<(), strata_core::Error> {
+        self.call("clear", self.admin_deadline, || self.storage.clear()).await.map_err(admin_error)
+    }
+
+    fn stats(&self) -> TierStats {
+        let c = &self.counters;
+        let usage = self.storage.usage();
+        let mut stats = TierStats::default();
+        stats.hits = c.hits.load(Relaxed);
+        stats.misses = c.misses.load(Relaxed);
+        stats.inserts = c.inserts.load(Relaxed);
+        stats.evictions = usage.evictions;
+        stats.expirations = c.expirations.load(Relaxed);
+        stats.rejections = c.rejections.load(Relaxed);
+        stats.collisions = c.collisions.load(Relaxed);
+        stats.corrupt = c.corrupt.load(Relaxed);
+        stats.errors = c.errors.load(Relaxed);
+        stats.entries = usage.entries;
+        stats.bytes = usage.bytes;
+        stats.capacity_bytes = usage.capacity_bytes;
+        stats
+    }
+}
