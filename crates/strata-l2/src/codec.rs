@@ -231,3 +231,136 @@ impl Reader<'_> {
         Ok(self.buf.slice(start..start + len))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use expect_test::{expect, Expect};
+    use strata_core::{KeyScope, SettingsDigest};
+
+    use super::*;
+
+    const CODEC: Codec = Codec { compress_above_bytes: 64, max_payload_bytes: 1 << 20 };
+
+    fn key() -> CacheKey {
+        CacheKey::builder(&KeyScope::new("shop", "app", SettingsDigest::default()), b"SELECT $1").build()
+    }
+
+    fn result(payload: Vec<u8>) -> CachedResult {
+        CachedResult::builder(Bytes::from(payload))
+            .with_row_count(3)
+            .with_dependency(TableName::new("public.users"), 7)
+            .with_dependency(TableName::new("orders"), 1)
+            .with_created_at(UNIX_EPOCH + Duration::from_nanos(1_767_225_600_123_456_789))
+            .with_ttl(Duration::from_millis(30_500))
+            .with_fill_cost(Duration::from_micros(1234))
+            .build()
+    }
+
+    fn encoded(payload: Vec<u8>) -> Bytes {
+        Bytes::from(CODEC.encode(&key(), &result(payload)).unwrap_or_default())
+    }
+
+    #[test]
+    fn round_trip_keeps_payload_metadata_and_key() {
+        for payload in [Vec::new(), b"short".to_vec(), vec![b'x'; 10_000], (0..=255u8).cycle().take(5000).collect()] {
+            let original = result(payload);
+            let bytes = Bytes::from(CODEC.encode(&key(), &original).unwrap_or_default());
+            let decoded = CODEC.decode(&bytes).map_err(|e| e.to_string());
+            let decoded = decoded.as_ref().map(|d| (&d.canonical, &d.result));
+            assert_eq!(decoded, Ok((key().canonical(), &original)));
+        }
+    }
+
+    #[test]
+    fn compresses_only_large_compressible_payloads() {
+        assert_eq!(encoded(vec![b'x'; 63])[5], 0, "below the threshold");
+        let big = encoded(vec![b'x'; 10_000]);
+        assert_eq!(big[5], FLAG_LZ4);
+        assert!(big.len() < 1000, "{}", big.len());
+        // Incompressible bytes are stored raw even above the threshold.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        assert_eq!(encoded(noise)[5], 0);
+    }
+
+    #[test]
+    fn refuses_payloads_over_the_limit_both_ways() {
+        let small = Codec { compress_above_bytes: 64, max_payload_bytes: 100 };
+        assert!(small.encode(&key(), &result(vec![0; 101])).is_none());
+        let err = small.decode(&encoded(vec![b'x'; 200])).err();
+        assert_eq!(err, Some(DecodeError::Malformed("payload larger than allowed")));
+    }
+
+    fn check(value: &[u8], expect: Expect) {
+        let got = match CODEC.decode(&Bytes::copy_from_slice(value)) {
+            Ok(d) => format!("ok: {} payload bytes", d.result.payload().len()),
+            Err(e) => format!("err: {e}"),
+        };
+        expect.assert_eq(&got);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_reason() {
+        let good = encoded(b"hello".to_vec());
+        check(&good, expect!["ok: 5 payload bytes"]);
+        check(b"", expect!["err: truncated value"]);
+        check(b"SL", expect!["err: truncated value"]);
+        check(b"SL2Vx", expect!["err: truncated value"]);
+        check(&good[..good.len() - 1], expect!["err: checksum mismatch"]);
+        check(&good[..HEADER_LEN + 10], expect!["err: truncated value"]);
+        check(b"{\"json\":1}", expect!["err: not a strata l2 value"]);
+        check(b"hello world, this is not ours", expect!["err: not a strata l2 value"]);
+        let mut old = good.to_vec();
+        old[4] = 0;
+        check(&old, expect!["err: unsupported format version 0"]);
+        let mut flags = good.to_vec();
+        flags[5] = 0x80;
+        check(&flags, expect!["err: unknown flags 0x80"]);
+        let mut flipped = good.to_vec();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        check(&flipped, expect!["err: checksum mismatch"]);
+    }
+
+    /// A forged value with a valid checksum but lying lengths must still be refused cleanly.
+    #[test]
+    fn forged_lengths_with_valid_checksum_are_refused() {
+        let reseal = |mut v: Vec<u8>| {
+            let sum = xxh3_64(&v[HEADER_LEN..]);
+            v[8..HEADER_LEN].copy_from_slice(&sum.to_le_bytes());
+            v
+        };
+        let good = encoded(vec![b'x'; 10_000]).to_vec();
+        // The canonical key length field sits right after the four u64 fields.
+        let mut huge_key = good.clone();
+        huge_key[HEADER_LEN + 32..HEADER_LEN + 36].copy_from_slice(&u32::MAX.to_le_bytes());
+        check(&reseal(huge_key), expect!["err: truncated value"]);
+        let mut trailing = good.clone();
+        trailing.extend_from_slice(b"junk");
+        check(&reseal(trailing), expect!["err: payload does not decompress"]);
+        let raw = encoded(b"hello".to_vec()).to_vec();
+        let mut trailing = raw.clone();
+        trailing.push(0);
+        check(&reseal(trailing), expect!["err: malformed value: payload length mismatch"]);
+    }
+
+    #[test]
+    fn every_truncation_and_every_bit_flip_is_refused_without_panic() {
+        let good = encoded((0..2000u32).map(|i| (i % 7) as u8).collect());
+        for len in 0..good.len() {
+            assert!(CODEC.decode(&good.slice(..len)).is_err(), "truncated to {len}");
+        }
+        for i in 0..good.len() {
+            let mut v = good.to_vec();
+            v[i] ^= 0x10;
+            assert!(CODEC.decode(&Bytes::from(v)).is_err(), "flipped byte {i}");
+        }
+    }
+}
