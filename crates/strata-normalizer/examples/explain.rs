@@ -1,0 +1,26 @@
+//! Prints the analysis of each SQL text given on the command line (a development aid).
+
+fn main() {
+    for sql in std::env::args().skip(1) {
+        let a = strata_normalizer::analyze(&sql);
+        println!(
+            "{sql}\n  {} writes={:?} reads={:?} hints={:?}",
+            a.cacheability(),
+            a.writes(),
+            a.reads(),
+            a.hints()
+        );
+        for s in a.statements() {
+            let params: Vec<String> =
+                s.params().iter().map(|p| format!("{}:{}", p.type_oid().0, p.text())).collect();
+            println!(
+                "  [{}] {} | {} | params={params:?} fns={:?} id={}",
+                s.kind(),
+                s.normalized(),
+                s.cacheability(),
+                s.functions(),
+                s.identity()
+            );
+        }
+    }
+}

@@ -1,0 +1,492 @@
+//! The result of analyzing SQL text: per-statement facts and their roll-up for the whole text.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use strata_core::{TableName, TypeOid};
+
+use crate::hints::Hints;
+
+/// What a statement does, as PostgreSQL's grammar classifies it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StatementKind {
+    /// `SELECT`, `VALUES`, `TABLE t`, and set operations over them.
+    Select,
+    /// `INSERT`.
+    Insert,
+    /// `UPDATE`.
+    Update,
+    /// `DELETE`.
+    Delete,
+    /// `MERGE`.
+    Merge,
+    /// `COPY ... FROM` (data flows into a table).
+    CopyIn,
+    /// `COPY ... TO` (data flows out to the client or a file).
+    CopyOut,
+    /// `TRUNCATE`.
+    Truncate,
+    /// Schema changes: `CREATE`, `ALTER`, `DROP`, `GRANT`, `COMMENT`, `REFRESH MATERIALIZED VIEW`, ...
+    Ddl,
+    /// `BEGIN`, `COMMIT`, `ROLLBACK`, `SAVEPOINT`, `PREPARE TRANSACTION`, ...
+    Transaction,
+    /// Session state: `SET`, `RESET`, `SET ROLE`, `SET SESSION AUTHORIZATION`, `DISCARD`.
+    Session,
+    /// Other utility statements: `SHOW`, `EXPLAIN`, `CALL`, `DO`, `PREPARE`, `EXECUTE`, `LISTEN`,
+    /// `NOTIFY`, `VACUUM`, `LOCK`, cursors, ...
+    Utility,
+    /// Text that did not parse.
+    Unknown,
+}
+
+impl StatementKind {
+    /// A short lowercase name, stable for metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatementKind::Select => "select",
+            StatementKind::Insert => "insert",
+            StatementKind::Update => "update",
+            StatementKind::Delete => "delete",
+            StatementKind::Merge => "merge",
+            StatementKind::CopyIn => "copy-in",
+            StatementKind::CopyOut => "copy-out",
+            StatementKind::Truncate => "truncate",
+            StatementKind::Ddl => "ddl",
+            StatementKind::Transaction => "transaction",
+            StatementKind::Session => "session",
+            StatementKind::Utility => "utility",
+            StatementKind::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for StatementKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a literal was written, which decides its [`TypeOid`] and how its text is to be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LiteralForm {
+    /// An integer such as `42` or `0x2A`.
+    Integer,
+    /// A number with a fraction or exponent, or an integer too large for `bigint`.
+    Numeric,
+    /// A standard string `'...'`; the text is the decoded value.
+    String,
+    /// An escape string `E'...'`; the text is the literal exactly as written, including `E'` and `'`.
+    EscapeString,
+    /// A Unicode-escape string `U&'...'`; the text is the literal exactly as written.
+    UnicodeString,
+    /// A dollar-quoted string `$tag$...$tag$`; the text is the body between the tags.
+    DollarString,
+    /// A bit string `B'0101'`; the text is as written.
+    BitString,
+    /// A hexadecimal bit string `X'1F'`; the text is as written.
+    HexString,
+    /// `TRUE` or `FALSE`; the text is `true` or `false`.
+    Boolean,
+}
+
+impl LiteralForm {
+    pub(crate) fn tag(self) -> u8 {
+        match self {
+            LiteralForm::Integer => b'i',
+            LiteralForm::Numeric => b'n',
+            LiteralForm::String => b's',
+            LiteralForm::EscapeString => b'e',
+            LiteralForm::UnicodeString => b'u',
+            LiteralForm::DollarString => b'd',
+            LiteralForm::BitString => b'b',
+            LiteralForm::HexString => b'x',
+            LiteralForm::Boolean => b't',
+        }
+    }
+}
+
+/// A literal the normalizer lifted out of the statement text, in text order.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Parameter {
+    pub(crate) ty: TypeOid,
+    pub(crate) form: LiteralForm,
+    pub(crate) text: Box<str>,
+}
+
+impl Parameter {
+    /// The type the literal has as written: `INT4`/`INT8`/`NUMERIC` for numbers, `UNKNOWN` for
+    /// untyped strings (PostgreSQL resolves them from context), `BOOL`, `BIT`.
+    pub fn type_oid(&self) -> TypeOid {
+        self.ty
+    }
+
+    /// How the literal was written.
+    pub fn form(&self) -> LiteralForm {
+        self.form
+    }
+
+    /// The literal's text (see [`LiteralForm`] for what exactly), to pass as a text-format value.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Debug for Parameter {
+    // Literals can hold secrets (passwords, tokens); print their shape, not their value.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Parameter")
+            .field("type_oid", &self.ty.0)
+            .field("form", &self.form)
+            .field("text_len", &self.text.len())
+            .finish()
+    }
+}
+
+/// A statement's identity: 16 bytes (xxh3-128) over its normalized token stream, with literals
+/// replaced by placeholders. Whitespace, comments, keyword case and literal values do not change
+/// it, nor does the length of an `IN (...)`, `VALUES` or `ARRAY[...]` list of constants.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StatementIdentity([u8; 16]);
+
+impl StatementIdentity {
+    pub(crate) fn from_u128(value: u128) -> Self {
+        Self(value.to_le_bytes())
+    }
+
+    /// The identity as bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Display for StatementIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0.iter().rev() {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for StatementIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StatementIdentity({self})")
+    }
+}
+
+/// Why a statement or text may not be served from cache. [`fmt::Display`] gives the readable reason
+/// used in metrics and the explain view.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum NotCacheable {
+    /// The text did not parse (or could not be read as UTF-8 without NUL bytes).
+    ParseError(Arc<str>),
+    /// The text holds no statement.
+    Empty,
+    /// The statement is not a read.
+    NotARead(StatementKind),
+    /// A `WITH` clause holds an `INSERT`/`UPDATE`/`DELETE`/`MERGE`.
+    DataModifyingCte,
+    /// `SELECT ... INTO` creates a table.
+    SelectInto,
+    /// `FOR UPDATE`/`FOR SHARE` and friends take row locks.
+    LockingClause,
+    /// A function that is volatile or time dependent.
+    VolatileFunction(Arc<str>),
+    /// A function not known to be immutable or stable-and-safe.
+    UnknownFunction(Arc<str>),
+    /// A SQL value function such as `current_timestamp` or `current_user`.
+    SqlValueFunction(&'static str),
+    /// A literal such as `'now'` whose meaning depends on the time.
+    TimeLiteral(Arc<str>),
+    /// A system catalog is read (configurable).
+    SystemCatalog(TableName),
+    /// `TABLESAMPLE` without `REPEATABLE` returns random rows.
+    TableSampleWithoutRepeatable,
+    /// A temporary table (schema `pg_temp`) is read.
+    TemporaryTable(TableName),
+    /// A construct this normalizer does not analyze, so it cannot vouch for it.
+    Unsupported(Arc<str>),
+    /// The hint `cache=off`.
+    HintCacheOff,
+}
+
+impl fmt::Display for NotCacheable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotCacheable::ParseError(m) => write!(f, "parse error: {m}"),
+            NotCacheable::Empty => f.write_str("empty statement"),
+            NotCacheable::NotARead(kind) => write!(f, "{kind} statement is not a read"),
+            NotCacheable::DataModifyingCte => f.write_str("data-modifying WITH clause"),
+            NotCacheable::SelectInto => f.write_str("SELECT INTO creates a table"),
+            NotCacheable::LockingClause => f.write_str("FOR UPDATE/SHARE takes row locks"),
+            NotCacheable::VolatileFunction(name) => write!(f, "volatile function {name}()"),
+            NotCacheable::UnknownFunction(name) => {
+                write!(f, "function {name}() is not known to be immutable or stable")
+            }
+            NotCacheable::SqlValueFunction(name) => write!(f, "time- or session-dependent {name}"),
+            NotCacheable::TimeLiteral(lit) => write!(f, "time-dependent literal '{lit}'"),
+            NotCacheable::SystemCatalog(t) => write!(f, "reads system catalog {t}"),
+            NotCacheable::TableSampleWithoutRepeatable => f.write_str("TABLESAMPLE without REPEATABLE"),
+            NotCacheable::TemporaryTable(t) => write!(f, "reads temporary table {t}"),
+            NotCacheable::Unsupported(what) => write!(f, "unsupported construct {what}"),
+            NotCacheable::HintCacheOff => f.write_str("hint cache=off"),
+        }
+    }
+}
+
+/// The cacheability verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Cacheability {
+    /// The result may be cached and served.
+    Cacheable,
+    /// The result must not be cached, with the reason.
+    NotCacheable(NotCacheable),
+}
+
+impl Cacheability {
+    /// Whether the verdict is [`Cacheability::Cacheable`].
+    pub fn is_cacheable(&self) -> bool {
+        matches!(self, Cacheability::Cacheable)
+    }
+
+    /// The reason it is not cacheable, if it is not.
+    pub fn reason(&self) -> Option<&NotCacheable> {
+        match self {
+            Cacheability::Cacheable => None,
+            Cacheability::NotCacheable(r) => Some(r),
+        }
+    }
+}
+
+impl fmt::Display for Cacheability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cacheability::Cacheable => f.write_str("cacheable"),
+            Cacheability::NotCacheable(r) => write!(f, "not cacheable: {r}"),
+        }
+    }
+}
+
+/// The tables a statement makes stale.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum WriteEffect {
+    /// Nothing cached becomes stale.
+    Nothing,
+    /// These tables change (schema-qualified when written so).
+    Tables(Vec<TableName>),
+    /// The effect cannot be known from the text (`CALL`, `DO`, `EXECUTE`, a function that may write,
+    /// unparsable text, most DDL on non-table objects): invalidate everything.
+    Unknown,
+}
+
+impl WriteEffect {
+    pub(crate) fn merge(&mut self, other: &WriteEffect) {
+        match (&mut *self, other) {
+            (WriteEffect::Unknown, _) | (_, WriteEffect::Nothing) => {}
+            (_, WriteEffect::Unknown) => *self = WriteEffect::Unknown,
+            (WriteEffect::Nothing, WriteEffect::Tables(t)) => *self = WriteEffect::Tables(t.clone()),
+            (WriteEffect::Tables(mine), WriteEffect::Tables(t)) => {
+                for table in t {
+                    if !mine.contains(table) {
+                        mine.push(table.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Everything known about one statement of the text.
+#[derive(Clone)]
+pub struct StatementAnalysis {
+    pub(crate) kind: StatementKind,
+    pub(crate) range: Range<usize>,
+    pub(crate) normalized: Box<str>,
+    pub(crate) identity: StatementIdentity,
+    pub(crate) key_bytes: Box<[u8]>,
+    pub(crate) params: Vec<Parameter>,
+    pub(crate) client_param_count: u32,
+    pub(crate) reads: Vec<TableName>,
+    pub(crate) writes: WriteEffect,
+    pub(crate) functions: Vec<Arc<str>>,
+    pub(crate) cacheability: Cacheability,
+}
+
+impl StatementAnalysis {
+    /// What the statement does.
+    pub fn kind(&self) -> StatementKind {
+        self.kind
+    }
+
+    /// The byte range of the statement in the analyzed text.
+    pub fn range(&self) -> Range<usize> {
+        self.range.clone()
+    }
+
+    /// The normalized text: tokens separated by single spaces, keywords and unquoted identifiers in
+    /// lower case, comments dropped, literals replaced by `$n` placeholders numbered after the
+    /// client's own `$1..$k`, and constant lists collapsed to their first item plus `/*, ... */`.
+    pub fn normalized(&self) -> &str {
+        &self.normalized
+    }
+
+    /// The statement identity (see [`StatementIdentity`]).
+    pub fn identity(&self) -> StatementIdentity {
+        self.identity
+    }
+
+    /// The statement bytes for `strata_core::CacheKey::builder`: the identity followed by how each
+    /// lifted literal was written and the length of each collapsed list. Two statements whose
+    /// key bytes and parameters match return the same rows.
+    pub fn key_bytes(&self) -> &[u8] {
+        &self.key_bytes
+    }
+
+    /// The literals lifted out of the text, in order.
+    pub fn params(&self) -> &[Parameter] {
+        &self.params
+    }
+
+    /// How many client parameters (`$1..$n` written in the text) the statement expects: the
+    /// highest `$n` seen.
+    pub fn client_param_count(&self) -> u32 {
+        self.client_param_count
+    }
+
+    /// The tables (and views) read, deduplicated, in order of appearance. CTE names are not tables.
+    pub fn reads(&self) -> &[TableName] {
+        &self.reads
+    }
+
+    /// The tables made stale.
+    pub fn writes(&self) -> &WriteEffect {
+        &self.writes
+    }
+
+    /// The functions called, as written (schema-qualified when written so), deduplicated.
+    pub fn functions(&self) -> &[Arc<str>] {
+        &self.functions
+    }
+
+    /// Whether the statement's result may be cached, and why not.
+    pub fn cacheability(&self) -> &Cacheability {
+        &self.cacheability
+    }
+}
+
+impl fmt::Debug for StatementAnalysis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StatementAnalysis")
+            .field("kind", &self.kind)
+            .field("identity", &self.identity)
+            .field("params", &self.params.len())
+            .field("client_param_count", &self.client_param_count)
+            .field("reads", &self.reads)
+            .field("writes", &self.writes)
+            .field("cacheability", &self.cacheability)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything known about a SQL text: its statements and their roll-up.
+#[derive(Clone)]
+pub struct Analysis {
+    pub(crate) statements: Vec<StatementAnalysis>,
+    pub(crate) hints: Hints,
+    pub(crate) identity: StatementIdentity,
+    pub(crate) key_bytes: Box<[u8]>,
+    pub(crate) reads: Vec<TableName>,
+    pub(crate) writes: WriteEffect,
+    pub(crate) cacheability: Cacheability,
+    pub(crate) client_param_count: u32,
+}
+
+impl Analysis {
+    /// The statements, in text order. Empty when the text did not parse or holds no statement.
+    pub fn statements(&self) -> &[StatementAnalysis] {
+        &self.statements
+    }
+
+    /// The kind of a single-statement text; `None` for zero or several statements.
+    pub fn kind(&self) -> Option<StatementKind> {
+        match self.statements.as_slice() {
+            [one] => Some(one.kind),
+            _ => None,
+        }
+    }
+
+    /// Whether the text parsed.
+    pub fn is_parse_error(&self) -> bool {
+        matches!(self.cacheability, Cacheability::NotCacheable(NotCacheable::ParseError(_)))
+    }
+
+    /// The hints read from the text's comments.
+    pub fn hints(&self) -> &Hints {
+        &self.hints
+    }
+
+    /// The identity of the whole text (all statements in order).
+    pub fn identity(&self) -> StatementIdentity {
+        self.identity
+    }
+
+    /// The statement bytes for `strata_core::CacheKey::builder` for the whole text (see
+    /// [`StatementAnalysis::key_bytes`]).
+    pub fn key_bytes(&self) -> &[u8] {
+        &self.key_bytes
+    }
+
+    /// All lifted literals of all statements, in order.
+    pub fn params(&self) -> impl Iterator<Item = &Parameter> + '_ {
+        self.statements.iter().flat_map(|s| s.params.iter())
+    }
+
+    /// The highest client parameter `$n` of any statement.
+    pub fn client_param_count(&self) -> u32 {
+        self.client_param_count
+    }
+
+    /// Tables read by any statement, deduplicated.
+    pub fn reads(&self) -> &[TableName] {
+        &self.reads
+    }
+
+    /// The tables a cached result of this text depends on: [`Analysis::reads`] plus the tables
+    /// declared by a `tables=` hint.
+    pub fn dependencies(&self) -> Vec<TableName> {
+        let mut deps = self.reads.clone();
+        for t in self.hints.tables() {
+            if !deps.contains(t) {
+                deps.push(t.clone());
+            }
+        }
+        deps
+    }
+
+    /// The union of the statements' write effects ([`WriteEffect::Unknown`] for unparsable text).
+    pub fn writes(&self) -> &WriteEffect {
+        &self.writes
+    }
+
+    /// Whether the whole text's result may be cached: every statement is cacheable, there is at
+    /// least one, and no `cache=off` hint.
+    pub fn cacheability(&self) -> &Cacheability {
+        &self.cacheability
+    }
+}
+
+impl fmt::Debug for Analysis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Analysis")
+            .field("statements", &self.statements)
+            .field("hints", &self.hints)
+            .field("identity", &self.identity)
+            .field("writes", &self.writes)
+            .field("cacheability", &self.cacheability)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,95 @@
+//! Understands SQL with PostgreSQL's own parser (`pg_query`, libpg_query): which key a statement
+//! gets, whether it may be cached, which tables it reads, which tables a write makes stale, and
+//! what the application asked for in a hint.
+//!
+//! # Parts
+//! - [`analyze`] and [`Normalizer::analyze`] turn SQL text into an [`Analysis`]: per statement
+//!   ([`StatementAnalysis`]) its [`StatementKind`], normalized text and [`StatementIdentity`],
+//!   lifted literals ([`Parameter`]) with their types, client `$n` count, tables read, functions
+//!   called, [`Cacheability`] verdict with a readable [`NotCacheable`] reason, and
+//!   [`WriteEffect`]; and the same rolled up for the whole text, with its [`Hints`].
+//! - [`NormalizerConfig`]: the function allow list (and volatility fed from `pg_proc`), catalog
+//!   policy, hint TTL cap and memo size.
+//! - [`read_hints`]: only the hints of a text.
+//!
+//! Identity is computed over PostgreSQL's scanner tokens, not pg_query's fingerprint (which
+//! ignores schema names and aliases): keywords and unquoted identifiers are case-folded,
+//! comments and whitespace dropped, literals lifted out, constant `IN`/`VALUES`/`ARRAY` lists
+//! collapsed. Tables, kinds and cacheability come from the parse tree.
+//!
+//! # Example
+//! ```
+//! use strata_core::{CacheKey, Format, KeyScope, SettingsDigest, TypeOid};
+//! use strata_normalizer::{Normalizer, WriteEffect};
+//!
+//! let normalizer = Normalizer::default();
+//! let a = normalizer.analyze("SELECT name FROM users WHERE id = 42 /* strata: ttl=30s */");
+//! let b = normalizer.analyze("select name\n  from USERS where id = 7");
+//! assert_eq!(a.identity(), b.identity());
+//! assert!(a.cacheability().is_cacheable());
+//! assert_eq!(a.reads()[0].as_str(), "users");
+//! assert_eq!(a.hints().ttl(), Some(std::time::Duration::from_secs(30)));
+//!
+//! let scope = KeyScope::new("shop", "app", SettingsDigest::of([]));
+//! let mut key = CacheKey::builder(&scope, a.key_bytes());
+//! for p in a.params() {
+//!     assert_eq!(p.type_oid(), TypeOid::INT4);
+//!     key = key.param(p.type_oid(), Format::Text, p.text().as_bytes());
+//! }
+//! let _key = key.table_version("users", 1).build();
+//!
+//! let w = normalizer.analyze("UPDATE users SET name = 'x' WHERE id = 1");
+//! assert!(!w.cacheability().is_cacheable());
+//! assert!(matches!(w.writes(), WriteEffect::Tables(t) if t[0].as_str() == "users"));
+//! ```
+
+mod analysis;
+mod config;
+mod error;
+mod hints;
+mod normalizer;
+mod tokens;
+mod walk;
+
+pub use crate::{
+    analysis::{
+        Analysis, Cacheability, LiteralForm, NotCacheable, Parameter, StatementAnalysis, StatementIdentity,
+        StatementKind, WriteEffect,
+    },
+    config::{CatalogPolicy, NormalizerConfig, NormalizerConfigBuilder, Volatility},
+    error::{Error, ErrorKind},
+    hints::{CacheHint, Hints, IgnoredHint, TierHint},
+    normalizer::{analyze, read_hints, Normalizer},
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync_debug<T: Send + Sync + std::fmt::Debug>() {}
+
+    #[test]
+    fn public_types_are_send_sync_and_debug() {
+        assert_send_sync_debug::<Analysis>();
+        assert_send_sync_debug::<Cacheability>();
+        assert_send_sync_debug::<LiteralForm>();
+        assert_send_sync_debug::<NotCacheable>();
+        assert_send_sync_debug::<Parameter>();
+        assert_send_sync_debug::<StatementAnalysis>();
+        assert_send_sync_debug::<StatementIdentity>();
+        assert_send_sync_debug::<StatementKind>();
+        assert_send_sync_debug::<WriteEffect>();
+        assert_send_sync_debug::<CatalogPolicy>();
+        assert_send_sync_debug::<NormalizerConfig>();
+        assert_send_sync_debug::<NormalizerConfigBuilder>();
+        assert_send_sync_debug::<Volatility>();
+        assert_send_sync_debug::<Error>();
+        assert_send_sync_debug::<ErrorKind>();
+        assert_send_sync_debug::<CacheHint>();
+        assert_send_sync_debug::<Hints>();
+        assert_send_sync_debug::<IgnoredHint>();
+        assert_send_sync_debug::<TierHint>();
+        assert_send_sync_debug::<Normalizer>();
+        assert_send_sync_debug::<std::sync::Arc<Analysis>>();
+    }
+}

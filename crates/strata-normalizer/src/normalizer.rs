@@ -1,0 +1,244 @@
+//! The analysis driver: scan, parse, walk each statement, roll up, and memoize by text.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, OnceLock};
+
+use quick_cache::sync::Cache;
+use xxhash_rust::xxh3::{xxh3_128, Xxh3};
+
+use crate::analysis::{
+    Analysis, Cacheability, NotCacheable, StatementAnalysis, StatementIdentity, StatementKind, WriteEffect,
+};
+use crate::config::NormalizerConfig;
+use crate::hints::Hints;
+use crate::tokens;
+use crate::walk::Walk;
+
+/// Analyzes SQL text with the default configuration and no memo. Pure and thread-safe; never
+/// panics: text that does not parse gives an [`Analysis`] that is not cacheable with a parse error
+/// and an unknown write effect.
+pub fn analyze(sql: &str) -> Analysis {
+    static DEFAULT: OnceLock<NormalizerConfig> = OnceLock::new();
+    analyze_with(sql, DEFAULT.get_or_init(NormalizerConfig::default))
+}
+
+/// Reads only the hints of a SQL text (from real comment tokens), with `ttl=` capped at
+/// `ttl_cap`. Text the scanner rejects has no hints.
+pub fn read_hints(sql: &str, ttl_cap: std::time::Duration) -> Hints {
+    let mut hints = Hints::default();
+    if sql.contains('\0') {
+        return hints;
+    }
+    let Ok(toks) = catch_unwind(|| pg_query::scan_tokens(sql)) else { return hints };
+    let Ok(toks) = toks else { return hints };
+    for t in toks.iter().filter(|t| tokens::is_comment(t.token)) {
+        if let Some(text) =
+            usize::try_from(t.start).ok().zip(usize::try_from(t.end).ok()).and_then(|(s, e)| sql.get(s..e))
+        {
+            hints.read_comment(text, ttl_cap);
+        }
+    }
+    hints
+}
+
+fn failed(sql: &str, hints: Hints, message: &str) -> Analysis {
+    let identity = StatementIdentity::from_u128(xxh3_128(sql.as_bytes()));
+    let message: String = message.chars().take(200).collect();
+    Analysis {
+        statements: Vec::new(),
+        hints,
+        identity,
+        key_bytes: identity.as_bytes().to_vec().into_boxed_slice(),
+        reads: Vec::new(),
+        writes: WriteEffect::Unknown,
+        cacheability: Cacheability::NotCacheable(NotCacheable::ParseError(Arc::from(message))),
+        client_param_count: 0,
+    }
+}
+
+/// Analyzes SQL text with the given configuration, without memoization.
+pub(crate) fn analyze_with(sql: &str, config: &NormalizerConfig) -> Analysis {
+    if sql.contains('\0') {
+        return failed(sql, Hints::default(), "text contains a NUL byte");
+    }
+    // pg_query's own Rust code indexes into the trees it builds; a bug there must not take the
+    // proxy down, so it is contained here as a parse error.
+    match catch_unwind(AssertUnwindSafe(|| analyze_inner(sql, config))) {
+        Ok(a) => a,
+        Err(_) => failed(sql, Hints::default(), "internal error in the SQL parser"),
+    }
+}
+
+fn analyze_inner(sql: &str, config: &NormalizerConfig) -> Analysis {
+    let toks = match pg_query::scan_tokens(sql) {
+        Ok(t) => t,
+        Err(e) => return failed(sql, Hints::default(), &e.to_string()),
+    };
+    let mut hints = Hints::default();
+    for t in toks.iter().filter(|t| tokens::is_comment(t.token)) {
+        if let Some(text) =
+            usize::try_from(t.start).ok().zip(usize::try_from(t.end).ok()).and_then(|(s, e)| sql.get(s..e))
+        {
+            hints.read_comment(text, config.hint_ttl_cap);
+        }
+    }
+    let parsed = match pg_query::parse(sql, 0) {
+        Ok(p) => p,
+        Err(e) => return failed(sql, hints, &e.to_string()),
+    };
+    let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
+    for raw in &parsed.protobuf.stmts {
+        let start = usize::try_from(raw.stmt_location).unwrap_or(0).min(sql.len());
+        let end = match usize::try_from(raw.stmt_len) {
+            Ok(0) | Err(_) => sql.len(),
+            Ok(len) => start.saturating_add(len).min(sql.len()),
+        };
+        let first = toks.partition_point(|t| (t.start as i64) < start as i64);
+        let last = toks.partition_point(|t| (t.start as i64) < end as i64);
+        let Some(norm) = tokens::normalize(sql, &toks[first..last.max(first)]) else {
+            return failed(sql, hints, "token offsets out of range");
+        };
+        let mut walk = Walk::new(config);
+        let kind = match raw.stmt.as_ref().and_then(|s| s.node.as_ref()) {
+            Some(node) => walk.statement(node),
+            None => StatementKind::Unknown,
+        };
+        let mut reason = walk.reason.take();
+        if reason.is_none() {
+            reason = norm.time_literal.clone().map(NotCacheable::TimeLiteral);
+        }
+        if kind == StatementKind::Unknown {
+            reason = Some(NotCacheable::Unsupported(Arc::from("empty statement node")));
+        }
+        let writes = if kind == StatementKind::Unknown { WriteEffect::Unknown } else { walk.write_effect() };
+        statements.push(StatementAnalysis {
+            kind,
+            range: start..end,
+            normalized: norm.normalized.into_boxed_str(),
+            identity: norm.identity,
+            key_bytes: norm.key_bytes.into_boxed_slice(),
+            params: norm.params,
+            client_param_count: norm.client_param_count,
+            reads: std::mem::take(&mut walk.reads),
+            writes,
+            functions: std::mem::take(&mut walk.functions),
+            cacheability: match reason {
+                None => Cacheability::Cacheable,
+                Some(r) => Cacheability::NotCacheable(r),
+            },
+        });
+    }
+    roll_up(statements, hints)
+}
+
+fn roll_up(statements: Vec<StatementAnalysis>, hints: Hints) -> Analysis {
+    let (identity, key_bytes) = match statements.as_slice() {
+        [one] => (one.identity, one.key_bytes.clone()),
+        many => {
+            let mut h = Xxh3::new();
+            let mut key = Vec::new();
+            h.update(&(many.len() as u64).to_le_bytes());
+            for s in many {
+                h.update(s.identity.as_bytes());
+            }
+            let identity = StatementIdentity::from_u128(h.digest128());
+            key.extend_from_slice(identity.as_bytes());
+            for s in many {
+                key.extend_from_slice(&(s.key_bytes.len() as u32).to_le_bytes());
+                key.extend_from_slice(&s.key_bytes);
+            }
+            (identity, key.into_boxed_slice())
+        }
+    };
+    let mut reads = Vec::new();
+    let mut writes = WriteEffect::Nothing;
+    let mut cacheability = if statements.is_empty() {
+        Cacheability::NotCacheable(NotCacheable::Empty)
+    } else {
+        Cacheability::Cacheable
+    };
+    let mut client_param_count = 0;
+    for s in &statements {
+        for t in &s.reads {
+            if !reads.contains(t) {
+                reads.push(t.clone());
+            }
+        }
+        writes.merge(&s.writes);
+        if cacheability.is_cacheable() {
+            cacheability = s.cacheability.clone();
+        }
+        client_param_count = client_param_count.max(s.client_param_count);
+    }
+    if hints.cache() == crate::hints::CacheHint::Off {
+        cacheability = Cacheability::NotCacheable(NotCacheable::HintCacheOff);
+    }
+    Analysis { statements, hints, identity, key_bytes, reads, writes, cacheability, client_param_count }
+}
+
+/// Analyzes SQL text with a configuration and a bounded memo from text to analysis, so a
+/// repeated text costs one hash lookup. Cheap to share: `Send + Sync`, use it from many threads.
+pub struct Normalizer {
+    config: NormalizerConfig,
+    memo: Option<Cache<String, Arc<Analysis>>>,
+}
+
+impl Normalizer {
+    /// A normalizer with this configuration.
+    pub fn new(config: NormalizerConfig) -> Self {
+        let memo = (config.memo_capacity > 0).then(|| Cache::new(config.memo_capacity));
+        Self { config, memo }
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &NormalizerConfig {
+        &self.config
+    }
+
+    /// Analyzes SQL text, answering from the memo when the same text was analyzed before.
+    /// Never panics (see [`analyze`]).
+    pub fn analyze(&self, sql: &str) -> Arc<Analysis> {
+        let memo = self.memo.as_ref().filter(|_| sql.len() <= self.config.memo_max_text_bytes);
+        if let Some(memo) = memo {
+            if let Some(hit) = memo.get(sql) {
+                return hit;
+            }
+        }
+        let analysis = Arc::new(analyze_with(sql, &self.config));
+        if let Some(memo) = memo {
+            memo.insert(sql.to_owned(), Arc::clone(&analysis));
+        }
+        analysis
+    }
+
+    /// Analyzes raw bytes as they arrive from the wire: text that is not UTF-8 is a parse error.
+    pub fn analyze_bytes(&self, sql: &[u8]) -> Arc<Analysis> {
+        match std::str::from_utf8(sql) {
+            Ok(text) => self.analyze(text),
+            Err(_) => {
+                let lossy = String::from_utf8_lossy(sql);
+                Arc::new(failed(&lossy, Hints::default(), "text is not valid UTF-8"))
+            }
+        }
+    }
+
+    /// How many analyses the memo holds now.
+    pub fn memo_len(&self) -> usize {
+        self.memo.as_ref().map_or(0, |m| m.len())
+    }
+}
+
+impl Default for Normalizer {
+    fn default() -> Self {
+        Self::new(NormalizerConfig::default())
+    }
+}
+
+impl std::fmt::Debug for Normalizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Normalizer")
+            .field("config", &self.config)
+            .field("memo_len", &self.memo_len())
+            .finish()
+    }
+}
