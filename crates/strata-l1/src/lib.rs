@@ -46,3 +46,8 @@ pub use crate::{
     error::{Error, ErrorKind},
     tier::HotTier,
 };
+
+// The README's examples are compiled and run as doctests of this crate.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,284 @@
+//! Throwaway redis-server and PostgreSQL instances on free loopback ports, stopped on every exit path.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+
+use crate::prereq::{self, Tools};
+
+/// Set when the user interrupts (Ctrl-C) or the process is asked to terminate.
+#[derive(Clone)]
+pub(crate) struct Interrupted(Arc<AtomicBool>);
+
+impl Interrupted {
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+pub(crate) fn install_interrupt_handler() -> Result<Interrupted> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let handler_flag = flag.clone();
+    ctrlc::set_handler(move || handler_flag.store(true, Ordering::SeqCst))
+        .context("installing a signal handler")?;
+    Ok(Interrupted(flag))
+}
+
+/// Runs a command to completion; if we are interrupted first, kills it, so that the servers'
+/// guards still run and stop them.
+pub(crate) fn run_interruptibly(mut cmd: Command, interrupted: &Interrupted) -> Result<ExitStatus> {
+    let mut child = cmd.spawn().with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if interrupted.is_set() {
+            let _ = child.kill();
+            let status = child.wait()?;
+            eprintln!("xtask: interrupted; stopping the test servers");
+            return Ok(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A free TCP port on 127.0.0.1, as the OS hands it out.
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn scratch_dir(what: &str) -> Result<PathBuf> {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!("strata-{what}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Both servers, running until dropped.
+pub(crate) struct Services {
+    redis: Redis,
+    postgres: Postgres,
+    tools: Tools,
+}
+
+impl Services {
+    pub(crate) fn start(tools: &Tools) -> Result<Self> {
+        let redis = Redis::start(tools)?;
+        let postgres = Postgres::start(tools)?;
+        println!(
+            "xtask: redis-server on 127.0.0.1:{}, PostgreSQL on 127.0.0.1:{} (throwaway)",
+            redis.port, postgres.port
+        );
+        Ok(Self { redis, postgres, tools: tools.clone() })
+    }
+
+    /// The variables tests read.
+    pub(crate) fn vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("STRATA_TEST_REDIS_URL", format!("redis://127.0.0.1:{}/", self.redis.port)),
+            (
+                "STRATA_TEST_DATABASE_URL",
+                format!("postgres://postgres@127.0.0.1:{}/postgres", self.postgres.port),
+            ),
+            ("STRATA_TEST_REDIS_SERVER", self.tools.redis_server.display().to_string()),
+            ("STRATA_TEST_REDIS_CLI", self.tools.redis_cli.display().to_string()),
+            ("STRATA_TEST_PG_BINDIR", self.tools.pg_bindir.display().to_string()),
+        ]
+    }
+
+    pub(crate) fn export_to(&self, cmd: &mut Command) {
+        for (name, value) in self.vars() {
+            cmd.env(name, value);
+        }
+    }
+}
+
+/// `cargo xtask services`: start the servers, print their variables, wait for Ctrl-C.
+pub(crate) fn hold(interrupted: &Interrupted) -> Result<std::process::ExitCode> {
+    let tools = prereq::ensure_all()?;
+    let services = Services::start(&tools)?;
+    for (name, value) in services.vars() {
+        println!("export {name}={value}");
+    }
+    println!("# servers run until Ctrl-C");
+    while !interrupted.is_set() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+struct Redis {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    fn start(tools: &Tools) -> Result<Self> {
+        let dir = scratch_dir("redis")?;
+        let port = free_port()?;
+        let child = Command::new(&tools.redis_server)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting redis-server")?;
+        let mut redis = Self { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !redis_answers_ping(port) {
+            if let Some(status) = redis.child.try_wait()? {
+                bail!(
+                    "redis-server exited at start ({status}); see {}",
+                    redis.dir.join("redis.log").display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("redis-server did not answer PING within 15 s on port {port}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(redis)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn redis_answers_ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+}
+
+struct Postgres {
+    dir: PathBuf,
+    port: u16,
+    tools: Tools,
+}
+
+/// Password authentication for two roles tests create (`strata_scram`, `strata_md5`), trust for all else.
+const PG_HBA: &str = "\
+local all all trust
+host all strata_scram 127.0.0.1/32 scram-sha-256
+host all strata_md5 127.0.0.1/32 md5
+host all strata_scram ::1/128 scram-sha-256
+host all strata_md5 ::1/128 md5
+host all all 127.0.0.1/32 trust
+host all all ::1/128 trust
+";
+
+impl Postgres {
+    fn start(tools: &Tools) -> Result<Self> {
+        let dir = scratch_dir("postgres")?;
+        let port = free_port()?;
+        // From here on, the guard removes the directory whatever happens.
+        let pg = Self { dir, port, tools: tools.clone() };
+        if tools.run_as_postgres {
+            let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&pg.dir).status()?;
+            if !status.success() {
+                bail!("could not hand {} to the postgres user", pg.dir.display());
+            }
+        }
+        let data = pg.dir.join("data");
+        let out = pg
+            .command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+                "--no-instructions",
+            ])
+            .output()
+            .context("running initdb")?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let conf = format!(
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 300\n\
+             shared_buffers = 128MB\n",
+            pg.dir.display()
+        );
+        append(&data.join("postgresql.conf"), &conf)?;
+        std::fs::write(data.join("pg_hba.conf"), PG_HBA).context("writing pg_hba.conf")?;
+        let log = pg.dir.join("postgres.log");
+        let out = pg
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "60", "start"])
+            .stdin(Stdio::null())
+            .output()
+            .context("running pg_ctl start")?;
+        if !out.status.success() {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            bail!("PostgreSQL did not start: {}\n{tail}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(pg)
+    }
+
+    /// A PostgreSQL binary, run as the `postgres` user when we are root (it refuses root).
+    fn command(&self, binary: &str) -> Command {
+        let path = self.tools.pg_bindir.join(binary);
+        if self.tools.run_as_postgres {
+            let mut cmd =
+                Command::new(prereq::find_in_path("runuser").unwrap_or_else(|| PathBuf::from("runuser")));
+            cmd.args(["-u", "postgres", "--"]).arg(path);
+            cmd
+        } else {
+            Command::new(path)
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        if data.join("postmaster.pid").exists() {
+            let _ = self
+                .command("pg_ctl")
+                .arg("-D")
+                .arg(&data)
+                .args(["-m", "immediate", "-w", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn append(path: &Path, text: &str) -> Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
