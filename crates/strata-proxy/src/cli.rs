@@ -1,0 +1,79 @@
+//! Command-line arguments of the `strata-proxy` binary, merged over the TOML config file.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+use crate::{
+    config::{FileConfig, ProxyBuilder},
+    error::Error,
+    server::Proxy,
+};
+
+/// A caching PostgreSQL proxy: point clients at it instead of PostgreSQL.
+///
+/// Each option can also come from its environment variable or from the config file; the command
+/// line wins over the environment, which wins over the file.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(name = "strata-proxy", version, about)]
+pub struct Args {
+    /// Upstream PostgreSQL server, e.g. postgres://127.0.0.1:5432 (user, database and password come
+    /// from each client).
+    #[arg(long, env = "STRATA_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// Address clients connect to [default: 127.0.0.1:6432].
+    #[arg(long, env = "STRATA_LISTEN")]
+    pub listen: Option<String>,
+    /// Address serving /health and /metrics; "off" disables it [default: 127.0.0.1:9187].
+    #[arg(long, env = "STRATA_HTTP")]
+    pub http: Option<String>,
+    /// Redis URL of the shared L2 cache (redis://host:port/); without it the cache uses its
+    /// embedded in-memory L2. Accepted now, used once the query cache is plugged in.
+    #[arg(long, env = "STRATA_REDIS")]
+    pub redis: Option<String>,
+    /// TOML config file (see `FileConfig`).
+    #[arg(long, env = "STRATA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log filter, e.g. "info" or "strata_proxy=debug" [default: info].
+    #[arg(long, env = "STRATA_LOG")]
+    pub log: Option<String>,
+}
+
+impl Args {
+    /// Reads the config file (if any) and merges it under the arguments.
+    pub fn resolve(&self) -> Result<(ProxyBuilder, String), Error> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let mut b = Proxy::builder();
+        if let Some(u) = self.upstream.clone().or(file.upstream) {
+            b = b.with_upstream(u);
+        }
+        if let Some(l) = self.listen.clone().or(file.listen) {
+            b = b.with_listen(l);
+        }
+        match self.http.clone().or(file.http).as_deref() {
+            Some("" | "off" | "none") => b = b.without_http(),
+            Some(h) => b = b.with_http(h),
+            None => {}
+        }
+        if let Some(r) = self.redis.clone().or(file.redis) {
+            b = b.with_redis(r);
+        }
+        if let Some(n) = file.max_message_bytes {
+            b = b.with_max_message_bytes(n);
+        }
+        if let Some(n) = file.max_result_bytes {
+            b = b.with_max_result_bytes(n);
+        }
+        if let Some(ms) = file.connect_timeout_ms {
+            b = b.with_connect_timeout(Duration::from_millis(ms));
+        }
+        if let Some(ms) = file.shutdown_grace_ms {
+            b = b.with_shutdown_grace(Duration::from_millis(ms));
+        }
+        let log = self.log.clone().or(file.log).unwrap_or_else(|| "info".to_owned());
+        Ok((b, log))
+    }
+}

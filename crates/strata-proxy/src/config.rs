@@ -1,0 +1,336 @@
+//! The proxy's configuration: a validated builder, the upstream address, and the TOML file type.
+
+use std::{fmt, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use serde::Deserialize;
+
+use crate::{
+    error::Error,
+    seam::{PassThrough, RequestCache},
+    server::Proxy,
+};
+
+/// The address of the upstream PostgreSQL server, parsed from a `postgres://` URL.
+///
+/// Only host and port are used: the user, database and password come from each client's own
+/// startup message and authentication, which the proxy relays unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    host: String,
+    port: u16,
+}
+
+impl Upstream {
+    /// Parses `postgres://[user[:password]@]host[:port][/database][?params]` (or `postgresql://`).
+    pub fn parse(url: &str) -> Result<Self, Error> {
+        let rest = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+            .ok_or_else(|| Error::config(format!("upstream url must start with postgres://: {url:?}")))?;
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| Error::config(format!("bad ipv6 host in upstream url {url:?}")))?;
+            (h, after.strip_prefix(':'))
+        } else {
+            match hostport.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (hostport, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(Error::config(format!("upstream url has no host: {url:?}")));
+        }
+        let port = match port {
+            None | Some("") => 5432,
+            Some(p) => p.parse().map_err(|_| Error::config(format!("bad port in upstream url {url:?}")))?,
+        };
+        Ok(Self { host: host.to_owned(), port })
+    }
+
+    /// The host name or address.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Validated proxy settings.
+#[derive(Debug, Clone)]
+pub(crate) struct ProxyConfig {
+    pub(crate) upstream: Upstream,
+    pub(crate) listen: SocketAddr,
+    pub(crate) http: Option<SocketAddr>,
+    pub(crate) redis: Option<String>,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) max_result_bytes: usize,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) startup_timeout: Duration,
+    pub(crate) shutdown_grace: Duration,
+}
+
+/// Builds a [`Proxy`].
+pub struct ProxyBuilder {
+    upstream: Option<String>,
+    listen: String,
+    http: Option<String>,
+    redis: Option<String>,
+    max_message_bytes: u64,
+    max_result_bytes: u64,
+    connect_timeout: Duration,
+    startup_timeout: Duration,
+    shutdown_grace: Duration,
+    cache: Arc<dyn RequestCache>,
+    registry: Option<prometheus::Registry>,
+}
+
+/// The default client listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:6432";
+/// The default HTTP address for `/health` and `/metrics`.
+pub const DEFAULT_HTTP: &str = "127.0.0.1:9187";
+
+impl Default for ProxyBuilder {
+    fn default() -> Self {
+        Self {
+            upstream: None,
+            listen: DEFAULT_LISTEN.to_owned(),
+            http: Some(DEFAULT_HTTP.to_owned()),
+            redis: None,
+            max_message_bytes: 64 << 20,
+            max_result_bytes: 1 << 20,
+            connect_timeout: Duration::from_secs(5),
+            startup_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+            cache: Arc::new(PassThrough),
+            registry: None,
+        }
+    }
+}
+
+impl ProxyBuilder {
+    /// The upstream PostgreSQL server as a `postgres://host:port` URL. Required.
+    pub fn with_upstream(mut self, url: impl Into<String>) -> Self {
+        self.upstream = Some(url.into());
+        self
+    }
+
+    /// Where clients connect (`host:port`; port 0 picks a free one). Default `127.0.0.1:6432`.
+    pub fn with_listen(mut self, addr: impl Into<String>) -> Self {
+        self.listen = addr.into();
+        self
+    }
+
+    /// Where `/health` and `/metrics` are served. Default `127.0.0.1:9187`.
+    pub fn with_http(mut self, addr: impl Into<String>) -> Self {
+        self.http = Some(addr.into());
+        self
+    }
+
+    /// Serves no HTTP endpoint.
+    pub fn without_http(mut self) -> Self {
+        self.http = None;
+        self
+    }
+
+    /// The shared L2's Redis URL, kept for the cache configuration. Default: none (embedded L2).
+    pub fn with_redis(mut self, url: impl Into<String>) -> Self {
+        self.redis = Some(url.into());
+        self
+    }
+
+    /// The largest client message accepted; a longer one is a protocol violation. Default 64 MiB.
+    pub fn with_max_message_bytes(mut self, bytes: u64) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+
+    /// The largest response recorded for the cache; a longer one is relayed but not stored.
+    /// Default 1 MiB.
+    pub fn with_max_result_bytes(mut self, bytes: u64) -> Self {
+        self.max_result_bytes = bytes;
+        self
+    }
+
+    /// Timeout for connecting to the upstream server. Default 5 s.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Timeout for a client to send its startup message. Default 60 s.
+    pub fn with_startup_timeout(mut self, timeout: Duration) -> Self {
+        self.startup_timeout = timeout;
+        self
+    }
+
+    /// How long shutdown waits for sessions to finish their current transaction. Default 30 s.
+    pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// The cache consulted for each request. Default [`PassThrough`].
+    pub fn with_cache(mut self, cache: Arc<dyn RequestCache>) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// The metrics registry the proxy registers into and serves. Default: a new one.
+    pub fn with_registry(mut self, registry: prometheus::Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Validates the settings.
+    pub fn build(self) -> Result<Proxy, Error> {
+        let upstream = Upstream::parse(
+            self.upstream
+                .as_deref()
+                .ok_or_else(|| Error::config("an upstream url is required (--upstream)"))?,
+        )?;
+        let listen = parse_addr("listen", &self.listen)?;
+        let http = self.http.as_deref().map(|h| parse_addr("http", h)).transpose()?;
+        if self.max_message_bytes < 1024 {
+            return Err(Error::config("max_message_bytes must be at least 1024"));
+        }
+        let max_message_bytes = usize::try_from(self.max_message_bytes.min(1 << 30)).unwrap_or(1 << 30);
+        let max_result_bytes = usize::try_from(self.max_result_bytes).unwrap_or(usize::MAX);
+        for (name, d) in
+            [("connect_timeout", self.connect_timeout), ("startup_timeout", self.startup_timeout)]
+        {
+            if d.is_zero() {
+                return Err(Error::config(format!("{name} must be positive")));
+            }
+        }
+        if let Some(r) = &self.redis {
+            if !r.starts_with("redis://") && !r.starts_with("rediss://") && !r.starts_with("unix://") {
+                return Err(Error::config(format!("redis url must start with redis://: {r:?}")));
+            }
+        }
+        let config = ProxyConfig {
+            upstream,
+            listen,
+            http,
+            redis: self.redis,
+            max_message_bytes,
+            max_result_bytes,
+            connect_timeout: self.connect_timeout,
+            startup_timeout: self.startup_timeout,
+            shutdown_grace: self.shutdown_grace,
+        };
+        Proxy::new(config, self.cache, self.registry.unwrap_or_default())
+    }
+}
+
+impl fmt::Debug for ProxyBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyBuilder")
+            .field("upstream", &self.upstream)
+            .field("listen", &self.listen)
+            .field("http", &self.http)
+            .field("redis", &self.redis.as_ref().map(|_| "<set>"))
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_result_bytes", &self.max_result_bytes)
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, Error> {
+    s.parse().map_err(|e| Error::config(format!("bad {what} address {s:?}")).with_source(e))
+}
+
+/// The proxy's TOML configuration file (`--config strata.toml`).
+///
+/// ```toml
+/// upstream = "postgres://127.0.0.1:5432"
+/// listen = "127.0.0.1:6432"
+/// http = "127.0.0.1:9187"
+/// redis = "redis://127.0.0.1:6379/"
+/// log = "info"
+/// max_message_bytes = 67108864
+/// max_result_bytes = 1048576
+/// connect_timeout_ms = 5000
+/// shutdown_grace_ms = 30000
+///
+/// [cache]   # handed to the query cache's own configuration
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `postgres://host:port` of the upstream server.
+    pub upstream: Option<String>,
+    /// Client listen address.
+    pub listen: Option<String>,
+    /// HTTP address for `/health` and `/metrics`; `""` disables it.
+    pub http: Option<String>,
+    /// Redis URL of the shared L2.
+    pub redis: Option<String>,
+    /// Log filter (`tracing_subscriber::EnvFilter` syntax).
+    pub log: Option<String>,
+    /// Largest client message accepted.
+    pub max_message_bytes: Option<u64>,
+    /// Largest response recorded for the cache.
+    pub max_result_bytes: Option<u64>,
+    /// Upstream connect timeout in milliseconds.
+    pub connect_timeout_ms: Option<u64>,
+    /// Shutdown grace period in milliseconds.
+    pub shutdown_grace_ms: Option<u64>,
+    /// The query cache's settings, passed through to it.
+    pub cache: Option<toml::Table>,
+}
+
+impl FileConfig {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config(format!("cannot read config file {}", path.display())).with_source(e)
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses config text.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        toml::from_str(text).map_err(|e| Error::config(format!("invalid config file: {e}")).with_source(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls() {
+        let ok =
+            |u: &str| Upstream::parse(u).map(|x| x.to_string()).unwrap_or_else(|e| format!("error: {e}"));
+        assert_eq!(ok("postgres://127.0.0.1:5433/db"), "127.0.0.1:5433");
+        assert_eq!(ok("postgresql://u:p@host/db?sslmode=disable"), "host:5432");
+        assert_eq!(ok("postgres://u:p@w@host:1"), "host:1");
+        assert_eq!(ok("postgres://[::1]:7/x"), "[::1]:7");
+        assert!(ok("mysql://x").starts_with("error"));
+        assert!(ok("postgres://:5432").starts_with("error"));
+        assert!(ok("postgres://h:99999").starts_with("error"));
+    }
+
+    #[test]
+    fn file_config_rejects_unknown_keys() {
+        assert!(FileConfig::parse("listen = \"127.0.0.1:1\"\n[cache]\nttl = 3\n").is_ok());
+        assert!(FileConfig::parse("lisen = 1").is_err());
+    }
+}

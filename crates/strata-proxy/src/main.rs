@@ -1,0 +1,21 @@
+//! The `strata-proxy` binary: parses arguments, installs logging, runs the proxy until a signal.
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use strata_proxy::Args;
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let (builder, log) = args.resolve()?;
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&log).with_context(|| format!("bad log filter {log:?}"))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start tokio")?;
+    runtime.block_on(async move {
+        let proxy = builder.build()?;
+        let bound = proxy.bind().await?;
+        bound.run_until_signal().await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,93 @@
+//! The proxy's Prometheus metrics, registered in the registry it serves on `/metrics`.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::error::Error;
+
+/// Counters and gauges of the proxy (cheap clones share the same series).
+#[derive(Debug, Clone)]
+pub(crate) struct Metrics {
+    pub(crate) connections: IntCounter,
+    pub(crate) sessions_active: IntGauge,
+    pub(crate) requests_simple: IntCounter,
+    pub(crate) requests_extended: IntCounter,
+    pub(crate) requests_function: IntCounter,
+    pub(crate) replays: IntCounter,
+    pub(crate) protocol_violations: IntCounter,
+    pub(crate) upstream_connect_errors: IntCounter,
+    pub(crate) upstream_lost: IntCounter,
+    pub(crate) cancel_requests: IntCounter,
+    pub(crate) bytes_to_upstream: IntCounter,
+    pub(crate) bytes_to_client: IntCounter,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> Result<IntCounter, Error> {
+    let c = IntCounter::new(name, help).map_err(|e| Error::config("bad metric").with_source(e))?;
+    registry
+        .register(Box::new(c.clone()))
+        .map_err(|e| Error::config(format!("cannot register {name}")).with_source(e))?;
+    Ok(c)
+}
+
+impl Metrics {
+    pub(crate) fn new(registry: &Registry) -> Result<Self, Error> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "strata_proxy_requests_total",
+                "Requests (Query, extended batch, FunctionCall) by protocol",
+            ),
+            &["protocol"],
+        )
+        .map_err(|e| Error::config("bad metric").with_source(e))?;
+        registry
+            .register(Box::new(requests.clone()))
+            .map_err(|e| Error::config("cannot register strata_proxy_requests_total").with_source(e))?;
+        let bytes = IntCounterVec::new(
+            Opts::new("strata_proxy_bytes_total", "Bytes relayed, by direction"),
+            &["direction"],
+        )
+        .map_err(|e| Error::config("bad metric").with_source(e))?;
+        registry
+            .register(Box::new(bytes.clone()))
+            .map_err(|e| Error::config("cannot register strata_proxy_bytes_total").with_source(e))?;
+        let sessions_active = IntGauge::new("strata_proxy_sessions_active", "Client sessions open")
+            .map_err(|e| Error::config("bad metric").with_source(e))?;
+        registry
+            .register(Box::new(sessions_active.clone()))
+            .map_err(|e| Error::config("cannot register strata_proxy_sessions_active").with_source(e))?;
+        Ok(Self {
+            connections: counter(registry, "strata_proxy_connections_total", "Client connections accepted")?,
+            sessions_active,
+            requests_simple: requests.with_label_values(&["simple"]),
+            requests_extended: requests.with_label_values(&["extended"]),
+            requests_function: requests.with_label_values(&["function_call"]),
+            replays: counter(
+                registry,
+                "strata_proxy_replays_total",
+                "Requests answered by replaying cached bytes",
+            )?,
+            protocol_violations: counter(
+                registry,
+                "strata_proxy_protocol_violations_total",
+                "Client connections closed for a malformed or oversized message",
+            )?,
+            upstream_connect_errors: counter(
+                registry,
+                "strata_proxy_upstream_connect_errors_total",
+                "Failed connections to the upstream server",
+            )?,
+            upstream_lost: counter(
+                registry,
+                "strata_proxy_upstream_lost_total",
+                "Sessions whose upstream connection ended unexpectedly",
+            )?,
+            cancel_requests: counter(
+                registry,
+                "strata_proxy_cancel_requests_total",
+                "CancelRequests forwarded",
+            )?,
+            bytes_to_upstream: bytes.with_label_values(&["to_upstream"]),
+            bytes_to_client: bytes.with_label_values(&["to_client"]),
+        })
+    }
+}

@@ -1,0 +1,1207 @@
+//! One client session: startup, the authentication relay, and the two relay directions with the
+//! request grouping that feeds the caching seam.
+//!
+//! Client → upstream and upstream → client run as two tasks so that neither direction can block the
+//! other (a pipelining client may write while the server writes). They share the session state
+//! behind a short-held `std::sync::Mutex`; the client socket's write half sits behind a
+//! `tokio::sync::Mutex` so that cache replays and proxy errors never interleave with a frame.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    io,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::Duration,
+};
+
+use bytes::{Bytes, BytesMut};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+        TcpStream,
+    },
+    sync::{watch, OwnedMutexGuard},
+    time::{timeout, Instant},
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::ProxyConfig,
+    effects::{effects_of, Effect},
+    metrics::Metrics,
+    protocol::{
+        error_fields, error_response, frame, parse_message, parse_startup, Malformed, Reader, Severity,
+        StartupParams, CANCEL_REQUEST, GSSENC_REQUEST, MAX_STARTUP_BYTES, SSL_REQUEST,
+    },
+    seam::{
+        Bind, CacheMode, ExtendedMessage, Fill, Format, Lookup, NotCacheable, PreparedStatement, Request,
+        RequestCache, RequestKind, Response, ResponseSummary, Target, TransactionStatus,
+    },
+    session::{SessionView, Tracking},
+};
+
+/// Frames of at least this size whose content the proxy does not need are streamed through as
+/// they arrive instead of being buffered whole.
+const STREAM_THRESHOLD: usize = 64 * 1024;
+/// An extended batch held for a cache lookup is released upstream once it grows past this.
+const MAX_HELD_BYTES: usize = 1 << 20;
+
+/// State shared by all sessions of one proxy.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: ProxyConfig,
+    pub(crate) cache: Arc<dyn RequestCache>,
+    pub(crate) metrics: Metrics,
+    /// BackendKeyData of live sessions; a CancelRequest is forwarded only for these.
+    pub(crate) cancel_keys: Mutex<HashSet<(u32, u32)>>,
+    pub(crate) next_session_id: AtomicU64,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock means a task panicked mid-update; the state is still the best we have.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Serves one accepted client connection to its end.
+pub(crate) async fn serve_client(shared: Arc<Shared>, stream: TcpStream) {
+    shared.metrics.connections.inc();
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let outcome = timeout(shared.config.startup_timeout, read_startup(&shared, &mut rd, &mut wr)).await;
+    let (params, raw) = match outcome {
+        Err(_) => {
+            debug!("client did not complete startup in time");
+            return;
+        }
+        Ok(Startup::Session(params, raw)) => (params, raw),
+        Ok(Startup::Done) => return,
+        Ok(Startup::Malformed(m)) => {
+            shared.metrics.protocol_violations.inc();
+            info!(error = %m.0, "protocol violation in startup");
+            let _ = wr.write_all(&error_response(Severity::Fatal, "08P01", &m.0)).await;
+            let _ = wr.shutdown().await;
+            return;
+        }
+    };
+    shared.metrics.sessions_active.inc();
+    run_session(&shared, params, raw, rd, wr).await;
+    shared.metrics.sessions_active.dec();
+}
+
+enum Startup {
+    Session(StartupParams, Bytes),
+    Done,
+    Malformed(Malformed),
+}
+
+async fn read_startup(shared: &Shared, rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf) -> Startup {
+    loop {
+        let mut len = [0u8; 4];
+        if rd.read_exact(&mut len).await.is_err() {
+            return Startup::Done;
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if !(8..=MAX_STARTUP_BYTES).contains(&len) {
+            return Startup::Malformed(Malformed::new("invalid length of startup packet"));
+        }
+        let mut packet = vec![0u8; len];
+        packet[..4].copy_from_slice(&(len as u32).to_be_bytes());
+        if rd.read_exact(&mut packet[4..]).await.is_err() {
+            return Startup::Done;
+        }
+        let code = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
+        match code {
+            SSL_REQUEST | GSSENC_REQUEST => {
+                if len != 8 {
+                    return Startup::Malformed(Malformed::new("invalid length of encryption request"));
+                }
+                // TLS and GSS encryption are not offered; the client goes on in plain text or gives up.
+                if wr.write_all(b"N").await.is_err() {
+                    return Startup::Done;
+                }
+            }
+            CANCEL_REQUEST => {
+                if len != 16 {
+                    return Startup::Malformed(Malformed::new("invalid length of cancel request"));
+                }
+                forward_cancel(shared, Bytes::from(packet)).await;
+                return Startup::Done;
+            }
+            version if version >> 16 == 3 => {
+                return match parse_startup(version, &packet[8..]) {
+                    Ok(params) => Startup::Session(params, Bytes::from(packet)),
+                    Err(m) => Startup::Malformed(m),
+                };
+            }
+            version => {
+                return Startup::Malformed(Malformed(format!(
+                    "unsupported frontend protocol {}.{}",
+                    version >> 16,
+                    version & 0xffff
+                )));
+            }
+        }
+    }
+}
+
+async fn forward_cancel(shared: &Shared, packet: Bytes) {
+    let key = (
+        u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]),
+        u32::from_be_bytes([packet[12], packet[13], packet[14], packet[15]]),
+    );
+    if !lock(&shared.cancel_keys).contains(&key) {
+        debug!(pid = key.0, "cancel request for an unknown backend ignored");
+        return;
+    }
+    shared.metrics.cancel_requests.inc();
+    let upstream = &shared.config.upstream;
+    match timeout(shared.config.connect_timeout, TcpStream::connect((upstream.host(), upstream.port()))).await
+    {
+        Ok(Ok(mut s)) => {
+            if let Err(e) = s.write_all(&packet).await {
+                warn!(error = %e, "cannot forward cancel request");
+            }
+            // The server closes the connection once it has read the request.
+            let mut sink = [0u8; 16];
+            let _ = timeout(shared.config.connect_timeout, s.read(&mut sink)).await;
+        }
+        Ok(Err(e)) => warn!(error = %e, "cannot connect upstream to forward a cancel request"),
+        Err(_) => warn!("timeout connecting upstream to forward a cancel request"),
+    }
+}
+
+/// The client socket's write half and whether a frame is half written.
+struct ClientOut {
+    w: OwnedWriteHalf,
+    mid_frame: bool,
+}
+
+/// One request sent upstream and not yet answered by ReadyForQuery.
+#[derive(Default)]
+struct InFlight {
+    /// The request once complete (only built when the cache is active).
+    request: Option<Request>,
+    view: Option<SessionView>,
+    effects: Vec<Effect>,
+    fill: Option<Fill>,
+    recording: Option<BytesMut>,
+    not_cacheable: Option<NotCacheable>,
+    tags: Vec<String>,
+    error_code: Option<String>,
+    rows: u64,
+    response_bytes: u64,
+    /// Ordinals (1-based) of ParseComplete / CloseComplete answering messages the proxy injected.
+    drop_parse: Vec<u64>,
+    drop_close: Vec<u64>,
+    parse_seen: u64,
+    close_seen: u64,
+}
+
+impl InFlight {
+    fn mark(&mut self, reason: NotCacheable) {
+        self.not_cacheable.get_or_insert(reason);
+    }
+
+    fn record(&mut self, bytes: &[u8], max: usize) {
+        self.response_bytes += bytes.len() as u64;
+        if let Some(rec) = &mut self.recording {
+            if rec.len() + bytes.len() > max {
+                self.recording = None;
+                self.mark(NotCacheable::TooLarge);
+            } else {
+                rec.extend_from_slice(bytes);
+            }
+        }
+    }
+}
+
+struct State {
+    view: SessionView,
+    /// Whether the startup ReadyForQuery has been seen (authentication is over).
+    ready: bool,
+    in_flight: VecDeque<InFlight>,
+    /// Session-state effects of a transaction in progress, applied at COMMIT.
+    txn_effects: Vec<Effect>,
+    backend_key: Option<(u32, u32)>,
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    state: Mutex<State>,
+    client_out: Arc<tokio::sync::Mutex<ClientOut>>,
+    idle: watch::Sender<bool>,
+}
+
+impl Session {
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    async fn write_client_fatal(&self, code: &str, message: &str) {
+        let mut out = self.client_out.lock().await;
+        if !out.mid_frame {
+            let _ = out.w.write_all(&error_response(Severity::Fatal, code, message)).await;
+        }
+        let _ = out.w.shutdown().await;
+    }
+}
+
+enum ClientEnd {
+    Closed,
+    Terminated,
+    Malformed(Malformed),
+    UpstreamWrite(io::Error),
+    ClientWrite,
+}
+
+enum ServerEnd {
+    Closed,
+    Read(io::Error),
+    Protocol(String),
+    ClientWrite,
+}
+
+async fn run_session(
+    shared: &Arc<Shared>,
+    params: StartupParams,
+    raw_startup: Bytes,
+    client_rd: OwnedReadHalf,
+    mut client_wr: OwnedWriteHalf,
+) {
+    let upstream = &shared.config.upstream;
+    let connect =
+        timeout(shared.config.connect_timeout, TcpStream::connect((upstream.host(), upstream.port())));
+    let mut up = match connect.await {
+        Ok(Ok(s)) => s,
+        failure => {
+            let why = match failure {
+                Ok(Err(e)) => e.to_string(),
+                _ => "timeout".to_owned(),
+            };
+            shared.metrics.upstream_connect_errors.inc();
+            warn!(upstream = %upstream, error = %why, "cannot connect to upstream");
+            let msg = format!("strata-proxy could not connect to upstream server {upstream}: {why}");
+            let _ = client_wr.write_all(&error_response(Severity::Fatal, "08001", &msg)).await;
+            let _ = client_wr.shutdown().await;
+            return;
+        }
+    };
+    let _ = up.set_nodelay(true);
+    if let Err(e) = up.write_all(&raw_startup).await {
+        shared.metrics.upstream_lost.inc();
+        let msg = format!("strata-proxy lost the upstream connection during startup: {e}");
+        let _ = client_wr.write_all(&error_response(Severity::Fatal, "08006", &msg)).await;
+        return;
+    }
+    let session_id = shared.next_session_id.fetch_add(1, Ordering::Relaxed);
+    let (up_rd, up_wr) = up.into_split();
+    let (idle, _) = watch::channel(false);
+    let session = Arc::new(Session {
+        shared: shared.clone(),
+        state: Mutex::new(State {
+            view: SessionView::new(session_id, &params),
+            ready: false,
+            in_flight: VecDeque::new(),
+            txn_effects: Vec::new(),
+            backend_key: None,
+        }),
+        client_out: Arc::new(tokio::sync::Mutex::new(ClientOut { w: client_wr, mid_frame: false })),
+        idle,
+    });
+    let active = shared.cache.mode() == CacheMode::Active;
+    let client_side = ClientSide {
+        session: session.clone(),
+        rd: client_rd,
+        up: up_wr,
+        buf: BytesMut::with_capacity(16 * 1024),
+        out: BytesMut::with_capacity(16 * 1024),
+        active,
+        statements: HashMap::new(),
+        upstream_statements: HashMap::new(),
+        portals: HashMap::new(),
+        open: None,
+    };
+    let server_side = ServerSide {
+        session: session.clone(),
+        rd: up_rd,
+        buf: BytesMut::with_capacity(64 * 1024),
+        out: BytesMut::with_capacity(64 * 1024),
+        active,
+        fatal_seen: false,
+        stream_left: 0,
+    };
+    let mut c2s = tokio::spawn(client_side.run());
+    let mut s2c = tokio::spawn(server_side.run());
+
+    let mut shutdown = shared.shutdown.clone();
+    let mut idle_rx = session.idle.subscribe();
+    let mut deadline: Option<Instant> =
+        (*shutdown.borrow()).then(|| Instant::now() + shared.config.shutdown_grace);
+    enum Ended {
+        Client(Option<ClientEnd>),
+        Server(Option<(ServerEnd, bool)>),
+        Shutdown,
+    }
+    let ended = loop {
+        tokio::select! {
+            r = &mut c2s => break Ended::Client(r.ok()),
+            r = &mut s2c => break Ended::Server(r.ok()),
+            changed = shutdown.changed(), if deadline.is_none() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    deadline = Some(Instant::now() + shared.config.shutdown_grace);
+                }
+            }
+            _ = idle_rx.wait_for(|idle| *idle), if deadline.is_some() => break Ended::Shutdown,
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                break Ended::Shutdown
+            }
+        }
+    };
+    match ended {
+        Ended::Client(end) => {
+            match end {
+                Some(ClientEnd::UpstreamWrite(e)) => {
+                    // The server side usually has the reason (a FATAL message) or sees the end soon.
+                    debug!(error = %e, "upstream write failed");
+                    let fatal_seen = match timeout(Duration::from_secs(2), &mut s2c).await {
+                        Ok(Ok((_, fatal))) => fatal,
+                        _ => {
+                            s2c.abort();
+                            false
+                        }
+                    };
+                    shared.metrics.upstream_lost.inc();
+                    if fatal_seen {
+                        let _ = session.client_out.lock().await.w.shutdown().await;
+                    } else {
+                        session
+                            .write_client_fatal("08006", "strata-proxy lost the upstream connection")
+                            .await;
+                    }
+                }
+                Some(ClientEnd::Malformed(m)) => {
+                    s2c.abort();
+                    let _ = (&mut s2c).await;
+                    shared.metrics.protocol_violations.inc();
+                    info!(session = session_id, error = %m.0, "protocol violation; closing the session");
+                    session.write_client_fatal("08P01", &m.0).await;
+                }
+                Some(ClientEnd::Closed | ClientEnd::Terminated | ClientEnd::ClientWrite) | None => {
+                    s2c.abort();
+                }
+            }
+        }
+        Ended::Server(end) => {
+            c2s.abort();
+            let _ = (&mut c2s).await;
+            match &end {
+                Some((ServerEnd::ClientWrite, _)) => {}
+                Some((ServerEnd::Closed | ServerEnd::Read(_), fatal_seen)) => {
+                    let fatal_seen = *fatal_seen;
+                    if let Some((ServerEnd::Read(e), _)) = &end {
+                        debug!(session = session_id, error = %e, "upstream read failed");
+                    }
+                    shared.metrics.upstream_lost.inc();
+                    if fatal_seen {
+                        let _ = session.client_out.lock().await.w.shutdown().await;
+                    } else {
+                        session
+                            .write_client_fatal(
+                                "08006",
+                                "strata-proxy lost the upstream connection unexpectedly",
+                            )
+                            .await;
+                    }
+                }
+                Some((ServerEnd::Protocol(m), _)) => {
+                    warn!(session = session_id, error = %m, "upstream protocol error");
+                    session
+                        .write_client_fatal("08006", &format!("strata-proxy: upstream protocol error: {m}"))
+                        .await;
+                }
+                None => session.write_client_fatal("XX000", "strata-proxy internal error").await,
+            }
+        }
+        Ended::Shutdown => {
+            c2s.abort();
+            s2c.abort();
+            let _ = (&mut c2s).await;
+            let _ = (&mut s2c).await;
+            session.write_client_fatal("57P01", "terminating connection due to strata-proxy shutdown").await;
+        }
+    }
+    let key = session.state().backend_key;
+    if let Some(key) = key {
+        lock(&shared.cancel_keys).remove(&key);
+    }
+}
+
+/// An extended-protocol batch being received (up to Sync).
+#[derive(Default)]
+struct OpenBatch {
+    messages: Vec<ExtendedMessage>,
+    /// Frames held back for a lookup, with the statement each uses and whether a Parse is fresh.
+    held: Vec<(Bytes, Option<Arc<PreparedStatement>>, bool)>,
+    held_bytes: usize,
+    /// A Parse reused an existing name (the server will refuse it).
+    duplicate_parse: bool,
+    /// An InFlight entry exists and frames go upstream as they arrive.
+    forwarding: bool,
+    parse_sent: u64,
+    close_sent: u64,
+    effects: Vec<Effect>,
+    wire: BytesMut,
+}
+
+struct ClientSide {
+    session: Arc<Session>,
+    rd: OwnedReadHalf,
+    up: OwnedWriteHalf,
+    buf: BytesMut,
+    out: BytesMut,
+    active: bool,
+    /// Prepared statements as the client sees them.
+    statements: HashMap<String, Arc<PreparedStatement>>,
+    /// Prepared statements as the upstream server has them (differ after cache replays).
+    upstream_statements: HashMap<String, Arc<PreparedStatement>>,
+    portals: HashMap<String, Option<Arc<PreparedStatement>>>,
+    open: Option<OpenBatch>,
+}
+
+enum Flow {
+    Continue,
+    Terminate,
+}
+
+impl ClientSide {
+    async fn run(mut self) -> ClientEnd {
+        match self.pump().await {
+            Ok(end) => end,
+            Err(end) => {
+                if matches!(end, ClientEnd::Malformed(_)) {
+                    // Tell the server we are leaving rather than dropping the socket mid-protocol.
+                    let _ = self.up.write_all(&frame(b'X', &[])).await;
+                }
+                end
+            }
+        }
+    }
+
+    async fn pump(&mut self) -> Result<ClientEnd, ClientEnd> {
+        let max = self.session.shared.config.max_message_bytes;
+        loop {
+            while let Some((tag, msg)) =
+                next_client_frame(&mut self.buf, max).map_err(ClientEnd::Malformed)?
+            {
+                if let Flow::Terminate = self.on_frame(tag, msg).await? {
+                    self.flush_upstream().await?;
+                    return Ok(ClientEnd::Terminated);
+                }
+            }
+            self.flush_upstream().await?;
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(16 * 1024);
+            }
+            match self.rd.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return Ok(ClientEnd::Closed),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    async fn flush_upstream(&mut self) -> Result<(), ClientEnd> {
+        if !self.out.is_empty() {
+            self.session.shared.metrics.bytes_to_upstream.inc_by(self.out.len() as u64);
+            self.up.write_all(&self.out).await.map_err(ClientEnd::UpstreamWrite)?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    fn set_busy(&self) {
+        self.session.idle.send_if_modified(|idle| std::mem::replace(idle, false));
+    }
+
+    async fn on_frame(&mut self, tag: u8, msg: Bytes) -> Result<Flow, ClientEnd> {
+        if !self.session.state().ready {
+            // Authentication messages (and anything before the first ReadyForQuery) pass unchanged.
+            self.out.extend_from_slice(&msg);
+            return Ok(Flow::Continue);
+        }
+        match tag {
+            b'Q' => self.on_query(msg).await?,
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S' => self.on_extended(tag, msg).await?,
+            b'F' => {
+                self.release_open();
+                self.session.shared.metrics.requests_function.inc();
+                self.push_closed(Request::new(RequestKind::FunctionCall, msg.clone()), Vec::new(), None);
+                self.out.extend_from_slice(&msg);
+            }
+            b'X' => {
+                self.release_open();
+                self.out.extend_from_slice(&msg);
+                return Ok(Flow::Terminate);
+            }
+            _ => {
+                // CopyData, CopyDone, CopyFail and anything else belong to the request in flight.
+                self.release_open();
+                self.out.extend_from_slice(&msg);
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn on_query(&mut self, msg: Bytes) -> Result<(), ClientEnd> {
+        let sql = Reader::new(&msg[5..], "Query").cstr().map_err(ClientEnd::Malformed)?;
+        self.session.shared.metrics.requests_simple.inc();
+        let effects = effects_of(&sql);
+        apply_statement_effects(&effects, &mut self.statements);
+        // A simple Query destroys the unnamed statement.
+        self.statements.remove("");
+        let request = self.active.then(|| Request::new(RequestKind::Simple { sql }, msg.clone()));
+        if self.open.is_some() {
+            // A Query inside an unfinished extended batch: the server answers both with one
+            // ReadyForQuery, so they form one request that is never replayed.
+            self.release_open();
+            self.open = None;
+            let mut st = self.session.state();
+            if let Some(entry) = st.in_flight.back_mut() {
+                entry.effects.extend(effects.iter().cloned());
+                entry.request = request.map(|mut r| {
+                    r.replayable = false;
+                    r
+                });
+            }
+        } else {
+            let mut fill = None;
+            if let Some(request) = &request {
+                match self.lookup(request, &effects).await? {
+                    Some(Lookup::Hit(bytes)) => return self.replay(bytes).await,
+                    Some(Lookup::Miss(f)) => fill = Some(f),
+                    Some(Lookup::Bypass) | None => {}
+                }
+            }
+            self.push_closed_opt(request, effects.clone(), fill);
+        }
+        apply_statement_effects(&effects, &mut self.upstream_statements);
+        self.upstream_statements.remove("");
+        self.out.extend_from_slice(&msg);
+        Ok(())
+    }
+
+    /// Asks the cache when the request may be answered from it; `None` when not eligible.
+    async fn lookup(&mut self, request: &Request, effects: &[Effect]) -> Result<Option<Lookup>, ClientEnd> {
+        if !request.is_replayable() || !effects.is_empty() {
+            return Ok(None);
+        }
+        let view = {
+            let st = self.session.state();
+            let eligible = st.in_flight.is_empty()
+                && st.view.transaction_status() == TransactionStatus::Idle
+                && *st.view.tracking() == Tracking::Tracked;
+            if !eligible {
+                return Ok(None);
+            }
+            st.view.clone()
+        };
+        // Anything already decoded goes out first so the cache's latency never delays it.
+        self.flush_upstream().await?;
+        Ok(Some(self.session.shared.cache.lookup(&view, request).await))
+    }
+
+    async fn replay(&mut self, bytes: Bytes) -> Result<(), ClientEnd> {
+        self.session.shared.metrics.replays.inc();
+        self.session.shared.metrics.bytes_to_client.inc_by(bytes.len() as u64);
+        let mut out = self.session.client_out.lock().await;
+        out.w.write_all(&bytes).await.map_err(|_| ClientEnd::ClientWrite)
+    }
+
+    fn push_closed(&mut self, request: Request, effects: Vec<Effect>, fill: Option<Fill>) {
+        self.push_closed_opt(self.active.then_some(request), effects, fill);
+    }
+
+    fn push_closed_opt(&mut self, request: Option<Request>, effects: Vec<Effect>, fill: Option<Fill>) {
+        self.set_busy();
+        let mut st = self.session.state();
+        let view = request.as_ref().map(|_| st.view.clone());
+        let recording = fill.as_ref().map(|_| BytesMut::new());
+        st.in_flight.push_back(InFlight { request, view, effects, fill, recording, ..InFlight::default() });
+    }
+
+    /// Sends a held batch upstream now (a Flush, a non-extended message, or too much held).
+    fn release_open(&mut self) {
+        let Some(mut open) = self.open.take() else { return };
+        if !open.forwarding {
+            open.forwarding = true;
+            self.set_busy();
+            {
+                let mut st = self.session.state();
+                let view = self.active.then(|| st.view.clone());
+                st.in_flight.push_back(InFlight { view, ..InFlight::default() });
+            }
+            for (msg, stmt, fresh) in std::mem::take(&mut open.held) {
+                self.forward_extended(&mut open, msg, stmt, fresh);
+            }
+            open.held_bytes = 0;
+        }
+        self.open = Some(open);
+    }
+
+    async fn on_extended(&mut self, tag: u8, msg: Bytes) -> Result<(), ClientEnd> {
+        let mut open = self.open.take().unwrap_or_default();
+        let (decoded, fresh) = self.decode_extended(tag, &msg, &mut open).map_err(ClientEnd::Malformed)?;
+        let stmt = match &decoded {
+            ExtendedMessage::Parse(s) => Some(s.clone()),
+            ExtendedMessage::Bind(b) => b.statement.clone(),
+            ExtendedMessage::Describe(Target::Statement(_, s)) => s.clone(),
+            _ => None,
+        };
+        let is_sync = matches!(decoded, ExtendedMessage::Sync);
+        let is_flush = matches!(decoded, ExtendedMessage::Flush);
+        if self.active {
+            open.wire.extend_from_slice(&msg);
+            open.messages.push(decoded);
+        } else {
+            open.messages.clear();
+        }
+        if open.forwarding || !self.active {
+            if !open.forwarding {
+                self.open = Some(open);
+                self.release_open();
+                open = self.open.take().unwrap_or_default();
+            }
+            self.forward_extended(&mut open, msg, stmt, fresh);
+            if is_sync {
+                self.session.shared.metrics.requests_extended.inc();
+                let request = self.active.then(|| {
+                    Request::new(RequestKind::Extended { messages: open.messages }, open.wire.freeze())
+                });
+                let mut st = self.session.state();
+                if let Some(entry) = st.in_flight.back_mut() {
+                    entry.effects = open.effects;
+                    entry.request = request.map(|mut r| {
+                        r.replayable = false;
+                        r
+                    });
+                }
+            } else {
+                self.open = Some(open);
+            }
+            return Ok(());
+        }
+        // Holding for a lookup at Sync.
+        open.held_bytes += msg.len();
+        open.held.push((msg, stmt, fresh));
+        if !is_sync {
+            self.open = Some(open);
+            if is_flush || self.open.as_ref().is_some_and(|o| o.held_bytes > MAX_HELD_BYTES) {
+                self.release_open();
+            }
+            return Ok(());
+        }
+        self.session.shared.metrics.requests_extended.inc();
+        let effects = std::mem::take(&mut open.effects);
+        let request = Request::new(
+            RequestKind::Extended { messages: std::mem::take(&mut open.messages) },
+            std::mem::take(&mut open.wire).freeze(),
+        );
+        let request = if !open.duplicate_parse { request } else { Request { replayable: false, ..request } };
+        let mut fill = None;
+        match self.lookup(&request, &effects).await? {
+            Some(Lookup::Hit(bytes)) => return self.replay(bytes).await,
+            Some(Lookup::Miss(f)) => fill = Some(f),
+            Some(Lookup::Bypass) | None => {}
+        }
+        self.push_closed_opt(Some(request), effects, fill);
+        for (msg, stmt, fresh) in std::mem::take(&mut open.held) {
+            self.forward_extended(&mut open, msg, stmt, fresh);
+        }
+        Ok(())
+    }
+
+    /// Decodes an extended-protocol message and updates the client's view of statements/portals.
+    fn decode_extended(
+        &mut self,
+        tag: u8,
+        msg: &[u8],
+        open: &mut OpenBatch,
+    ) -> Result<(ExtendedMessage, bool), Malformed> {
+        let body = &msg[5..];
+        let mut fresh = false;
+        let decoded = match tag {
+            b'P' => {
+                let mut r = Reader::new(body, "Parse");
+                let name = r.cstr()?;
+                let sql = r.cstr()?;
+                let n = r.count()?;
+                let mut types = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    types.push(r.u32()?);
+                }
+                let stmt = Arc::new(PreparedStatement::new(name.clone(), Arc::from(sql), types));
+                if !name.is_empty() && self.statements.contains_key(&name) {
+                    open.duplicate_parse = true;
+                } else {
+                    fresh = true;
+                    self.statements.insert(name, stmt.clone());
+                }
+                ExtendedMessage::Parse(stmt)
+            }
+            b'B' => {
+                let mut r = Reader::new(body, "Bind");
+                let portal = r.cstr()?;
+                let statement_name = r.cstr()?;
+                let param_formats = read_formats(&mut r)?;
+                let n = r.count()?;
+                let mut params = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    let len = r.i32()?;
+                    if len < 0 {
+                        params.push(None);
+                    } else {
+                        params.push(Some(Bytes::copy_from_slice(r.take(len as usize)?)));
+                    }
+                }
+                let result_formats = read_formats(&mut r)?;
+                let statement = self.statements.get(&statement_name).cloned();
+                self.portals.insert(portal.clone(), statement.clone());
+                ExtendedMessage::Bind(Bind {
+                    portal,
+                    statement_name,
+                    statement,
+                    param_formats,
+                    params,
+                    result_formats,
+                })
+            }
+            b'D' | b'C' => {
+                let mut r = Reader::new(body, if tag == b'D' { "Describe" } else { "Close" });
+                let kind = r.u8()?;
+                let name = r.cstr()?;
+                let target = match kind {
+                    b'S' => {
+                        let stmt = self.statements.get(&name).cloned();
+                        if tag == b'C' {
+                            self.statements.remove(&name);
+                        }
+                        Target::Statement(name, stmt)
+                    }
+                    b'P' => {
+                        if tag == b'C' {
+                            self.portals.remove(&name);
+                        }
+                        Target::Portal(name)
+                    }
+                    _ => return Err(Malformed::new("invalid DESCRIBE/CLOSE message subtype")),
+                };
+                if tag == b'D' {
+                    ExtendedMessage::Describe(target)
+                } else {
+                    ExtendedMessage::Close(target)
+                }
+            }
+            b'E' => {
+                let mut r = Reader::new(body, "Execute");
+                let portal = r.cstr()?;
+                let max_rows = r.u32()?;
+                let statement = self.portals.get(&portal).cloned().flatten();
+                if let Some(s) = &statement {
+                    open.effects.extend(s.effects().iter().cloned());
+                    apply_statement_effects(s.effects(), &mut self.statements);
+                }
+                ExtendedMessage::Execute { portal, max_rows, statement }
+            }
+            b'H' => ExtendedMessage::Flush,
+            _ => ExtendedMessage::Sync,
+        };
+        Ok((decoded, fresh))
+    }
+
+    /// Writes one extended message upstream, first preparing there any statement it uses that the
+    /// server does not have (because the client prepared it in a batch answered from cache).
+    fn forward_extended(
+        &mut self,
+        open: &mut OpenBatch,
+        msg: Bytes,
+        stmt: Option<Arc<PreparedStatement>>,
+        fresh_parse: bool,
+    ) {
+        let tag = msg[0];
+        let mut drop_parse = Vec::new();
+        let mut drop_close = Vec::new();
+        match tag {
+            b'P' => {
+                if let (true, Some(stmt)) = (fresh_parse, stmt) {
+                    let name = stmt.name().to_owned();
+                    if !name.is_empty() && self.upstream_statements.contains_key(&name) {
+                        // The client closed it in a replayed batch; the server still has it.
+                        self.out.extend_from_slice(&close_statement(&name));
+                        open.close_sent += 1;
+                        drop_close.push(open.close_sent);
+                    }
+                    self.upstream_statements.insert(name, stmt);
+                }
+                open.parse_sent += 1;
+            }
+            b'B' | b'D' => {
+                if let Some(stmt) = stmt {
+                    let name = stmt.name();
+                    let on_server = self.upstream_statements.get(name);
+                    if !on_server.is_some_and(|s| Arc::ptr_eq(s, &stmt)) {
+                        if !name.is_empty() && on_server.is_some() {
+                            self.out.extend_from_slice(&close_statement(name));
+                            open.close_sent += 1;
+                            drop_close.push(open.close_sent);
+                        }
+                        self.out.extend_from_slice(&parse_message(name, stmt.sql(), stmt.param_types()));
+                        open.parse_sent += 1;
+                        drop_parse.push(open.parse_sent);
+                        self.upstream_statements.insert(name.to_owned(), stmt);
+                    }
+                }
+            }
+            b'C' => {
+                let mut r = Reader::new(&msg[5..], "Close");
+                if let (Ok(b'S'), Ok(name)) = (r.u8(), r.cstr()) {
+                    self.upstream_statements.remove(&name);
+                }
+                open.close_sent += 1;
+            }
+            b'E' => apply_statement_effects(&open.effects, &mut self.upstream_statements),
+            _ => {}
+        }
+        if !drop_parse.is_empty() || !drop_close.is_empty() {
+            let mut st = self.session.state();
+            if let Some(entry) = st.in_flight.back_mut() {
+                entry.drop_parse.extend(drop_parse);
+                entry.drop_close.extend(drop_close);
+            }
+        }
+        self.out.extend_from_slice(&msg);
+    }
+}
+
+fn close_statement(name: &str) -> Bytes {
+    let mut body = Vec::with_capacity(name.len() + 2);
+    body.push(b'S');
+    body.extend_from_slice(name.as_bytes());
+    body.push(0);
+    frame(b'C', &body)
+}
+
+fn read_formats(r: &mut Reader<'_>) -> Result<Vec<Format>, Malformed> {
+    let n = r.count()?;
+    let mut out = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        out.push(Format::from_code(r.i16()?).ok_or_else(|| Malformed::new("invalid format code"))?);
+    }
+    Ok(out)
+}
+
+/// SQL-level statements that drop protocol-level prepared statements.
+fn apply_statement_effects(effects: &[Effect], statements: &mut HashMap<String, Arc<PreparedStatement>>) {
+    for e in effects {
+        match e {
+            Effect::DiscardAll | Effect::Deallocate(None) => statements.clear(),
+            Effect::Deallocate(Some(name)) => {
+                statements.remove(name);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Splits the next complete client message off `buf`; `Ok(None)` when more bytes are needed.
+fn next_client_frame(buf: &mut BytesMut, max: usize) -> Result<Option<(u8, Bytes)>, Malformed> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let tag = buf[0];
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len < 4 {
+        return Err(Malformed(format!("invalid message length {len}")));
+    }
+    if len > max {
+        return Err(Malformed(format!("message of {len} bytes exceeds the limit of {max} bytes")));
+    }
+    if buf.len() < len + 1 {
+        buf.reserve(len + 1 - buf.len());
+        return Ok(None);
+    }
+    Ok(Some((tag, buf.split_to(len + 1).freeze())))
+}
+
+struct ServerSide {
+    session: Arc<Session>,
+    rd: OwnedReadHalf,
+    buf: BytesMut,
+    out: BytesMut,
+    active: bool,
+    fatal_seen: bool,
+    /// Bytes left of a large frame being streamed through.
+    stream_left: usize,
+}
+
+impl ServerSide {
+    async fn run(mut self) -> (ServerEnd, bool) {
+        let end = self.pump().await;
+        (end, self.fatal_seen)
+    }
+
+    async fn pump(&mut self) -> ServerEnd {
+        let mut guard: Option<OwnedMutexGuard<ClientOut>> = None;
+        let max_result = self.session.shared.config.max_result_bytes;
+        loop {
+            loop {
+                if self.stream_left > 0 {
+                    if self.buf.is_empty() {
+                        break;
+                    }
+                    let n = self.stream_left.min(self.buf.len());
+                    let chunk = self.buf.split_to(n);
+                    if let Some(e) = self.session.state().in_flight.front_mut() {
+                        e.record(&chunk, max_result);
+                    }
+                    self.out.extend_from_slice(&chunk);
+                    self.stream_left -= n;
+                    continue;
+                }
+                if self.buf.len() < 5 {
+                    break;
+                }
+                let tag = self.buf[0];
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+                if len < 4 {
+                    return ServerEnd::Protocol(format!("invalid message length {len}"));
+                }
+                let total = len + 1;
+                if self.buf.len() >= total {
+                    let msg = self.buf.split_to(total).freeze();
+                    self.on_message(tag, msg, max_result).await;
+                    continue;
+                }
+                if total >= STREAM_THRESHOLD
+                    && !matches!(tag, b'Z' | b'C' | b'E' | b'N' | b'S' | b'K' | b'1' | b'3')
+                {
+                    if let Some(e) = self.session.state().in_flight.front_mut() {
+                        match tag {
+                            b'D' => e.rows += 1,
+                            b'A' => e.mark(NotCacheable::Notification),
+                            b'G' | b'H' | b'W' | b'd' => e.mark(NotCacheable::Copy),
+                            _ => {}
+                        }
+                    }
+                    self.stream_left = total;
+                    continue;
+                }
+                self.buf.reserve(total - self.buf.len());
+                break;
+            }
+            if !self.out.is_empty() {
+                let mut g = match guard.take() {
+                    Some(g) => g,
+                    None => self.session.client_out.clone().lock_owned().await,
+                };
+                self.session.shared.metrics.bytes_to_client.inc_by(self.out.len() as u64);
+                if g.w.write_all(&self.out).await.is_err() {
+                    return ServerEnd::ClientWrite;
+                }
+                self.out.clear();
+                g.mid_frame = self.stream_left > 0;
+                if g.mid_frame {
+                    // Keep the writer until the frame is complete so nothing can interleave.
+                    guard = Some(g);
+                }
+            }
+            if self.buf.capacity() - self.buf.len() < 8192 {
+                self.buf.reserve(64 * 1024);
+            }
+            match self.rd.read_buf(&mut self.buf).await {
+                Ok(0) => return ServerEnd::Closed,
+                Ok(_) => {}
+                Err(e) => return ServerEnd::Read(e),
+            }
+        }
+    }
+
+    async fn on_message(&mut self, tag: u8, msg: Bytes, max_result: usize) {
+        let body = &msg[5..];
+        let mut forward = true;
+        let mut completed = None;
+        {
+            let mut st = self.session.state();
+            let st = &mut *st;
+            match tag {
+                b'Z' => {
+                    let status = body.first().copied().and_then(TransactionStatus::from_byte);
+                    if !st.ready {
+                        st.ready = true;
+                    } else if let Some(mut entry) = st.in_flight.pop_front() {
+                        entry.record(&msg, max_result);
+                        let status = status.unwrap_or(TransactionStatus::Failed);
+                        finish_effects(st, &entry, status);
+                        completed = Some((entry, status));
+                    }
+                    if let Some(status) = status {
+                        st.view.set_transaction_status(status);
+                    }
+                    let idle = st.in_flight.is_empty() && status == Some(TransactionStatus::Idle);
+                    self.session.idle.send_if_modified(|v| std::mem::replace(v, idle) != idle);
+                }
+                b'S' => {
+                    let mut r = Reader::new(body, "ParameterStatus");
+                    if let (Ok(name), Ok(value)) = (r.cstr(), r.cstr()) {
+                        st.view.set_server_parameter(name, value);
+                    }
+                    if let Some(e) = st.in_flight.front_mut() {
+                        e.mark(NotCacheable::ParameterChange);
+                    }
+                }
+                b'K' => {
+                    let mut r = Reader::new(body, "BackendKeyData");
+                    if let (Ok(pid), Ok(secret)) = (r.u32(), r.u32()) {
+                        if let Some(old) = st.backend_key.replace((pid, secret)) {
+                            lock(&self.session.shared.cancel_keys).remove(&old);
+                        }
+                        lock(&self.session.shared.cancel_keys).insert((pid, secret));
+                    }
+                }
+                b'E' => {
+                    let (code, severity) = error_fields(body);
+                    if matches!(severity.as_deref(), Some("FATAL" | "PANIC")) {
+                        self.fatal_seen = true;
+                    }
+                    if let Some(e) = st.in_flight.front_mut() {
+                        e.mark(NotCacheable::Error);
+                        if e.error_code.is_none() {
+                            e.error_code = code;
+                        }
+                    }
+                }
+                _ => {
+                    if let Some(e) = st.in_flight.front_mut() {
+                        match tag {
+                            b'C' => {
+                                let tag_text =
+                                    Reader::new(body, "CommandComplete").cstr().unwrap_or_default();
+                                e.tags.push(tag_text);
+                            }
+                            b'D' => e.rows += 1,
+                            b'N' => e.mark(NotCacheable::Notice),
+                            b'A' => e.mark(NotCacheable::Notification),
+                            b'G' | b'H' | b'W' | b'd' | b'c' => e.mark(NotCacheable::Copy),
+                            b's' => e.mark(NotCacheable::PortalSuspended),
+                            b'1' => {
+                                e.parse_seen += 1;
+                                forward = !e.drop_parse.contains(&e.parse_seen);
+                            }
+                            b'3' => {
+                                e.close_seen += 1;
+                                forward = !e.drop_close.contains(&e.close_seen);
+                            }
+                            b'2' | b'T' | b'n' | b't' | b'I' => {}
+                            _ => e.mark(NotCacheable::Unexpected),
+                        }
+                    }
+                }
+            }
+            if forward && tag != b'Z' {
+                if let Some(e) = st.in_flight.front_mut() {
+                    e.record(&msg, max_result);
+                }
+            }
+        }
+        if let Some((entry, status)) = completed {
+            if self.active {
+                self.complete(entry, status).await;
+            }
+        }
+        if forward {
+            self.out.extend_from_slice(&msg);
+        }
+    }
+
+    async fn complete(&self, mut entry: InFlight, status: TransactionStatus) {
+        let (Some(request), Some(view)) = (entry.request.take(), entry.view.take()) else { return };
+        let mut not_cacheable = entry.not_cacheable;
+        if not_cacheable.is_none() && status != TransactionStatus::Idle {
+            not_cacheable = Some(NotCacheable::InTransaction);
+        }
+        if not_cacheable.is_none() && (entry.recording.is_none() || !request.is_replayable()) {
+            not_cacheable = Some(NotCacheable::NotRecorded);
+        }
+        let response = Response {
+            summary: ResponseSummary {
+                command_tags: entry.tags,
+                error_code: entry.error_code,
+                not_cacheable,
+                transaction_status: status,
+                rows: entry.rows,
+                response_bytes: entry.response_bytes,
+            },
+            bytes: entry.recording.map(BytesMut::freeze),
+        };
+        self.session.shared.cache.complete(&view, &request, &response, entry.fill).await;
+    }
+}
+
+/// Applies a finished request's session-state effects, holding those of an open transaction until
+/// it commits.
+fn finish_effects(st: &mut State, entry: &InFlight, after: TransactionStatus) {
+    let before = st.view.transaction_status();
+    for e in &entry.effects {
+        if let Effect::Untrackable(reason) = e {
+            st.view.mark_untracked(reason);
+        }
+    }
+    let rolled_back = entry.tags.iter().any(|t| t == "ROLLBACK");
+    if entry.error_code.is_some() {
+        if !entry.effects.is_empty() {
+            st.view.mark_untracked("a request changing session state failed");
+        }
+    } else if before == TransactionStatus::Idle && after == TransactionStatus::Idle && !rolled_back {
+        for e in &entry.effects {
+            st.view.apply(e);
+        }
+    } else {
+        st.txn_effects.extend(entry.effects.iter().cloned());
+    }
+    if after == TransactionStatus::Idle && !st.txn_effects.is_empty() {
+        match entry.tags.last().map(String::as_str) {
+            Some("COMMIT") => {
+                for e in std::mem::take(&mut st.txn_effects) {
+                    st.view.apply(&e);
+                }
+            }
+            Some("ROLLBACK") => st.txn_effects.clear(),
+            _ => {
+                st.txn_effects.clear();
+                st.view.mark_untracked("session state changed around a transaction boundary");
+            }
+        }
+    } else if after != TransactionStatus::Idle && rolled_back && !st.txn_effects.is_empty() {
+        // ROLLBACK TO SAVEPOINT undoes an unknown part of the pending changes.
+        st.view.mark_untracked("rollback to savepoint after a session state change");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_frames_are_bounded_and_checked() {
+        let mut buf = BytesMut::from(&b"Q\0\0\0\x09abcd\0Q\0\0"[..]);
+        let (tag, msg) = next_client_frame(&mut buf, 1024).ok().flatten().unwrap_or((0, Bytes::new()));
+        assert_eq!((tag, &msg[..]), (b'Q', &b"Q\0\0\0\x09abcd\0"[..]));
+        assert!(matches!(next_client_frame(&mut buf, 1024), Ok(None)));
+        let mut short = BytesMut::from(&b"Q\0\0\0\x02"[..]);
+        assert!(next_client_frame(&mut short, 1024).is_err());
+        let mut big = BytesMut::from(&b"d\0\x10\0\0"[..]);
+        assert!(next_client_frame(&mut big, 1024).is_err());
+    }
+}

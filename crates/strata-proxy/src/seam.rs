@@ -1,0 +1,450 @@
+//! The caching seam: requests as the proxy groups them, the server's response to each, and the
+//! [`RequestCache`] trait a cache implements to answer requests or learn from responses.
+
+use std::{any::Any, fmt, sync::Arc};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::{
+    effects::{effects_of, Effect},
+    session::SessionView,
+};
+
+/// A statement prepared by the client (a protocol-level `Parse`, named or unnamed).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PreparedStatement {
+    name: String,
+    sql: Arc<str>,
+    param_types: Vec<u32>,
+    effects: Vec<Effect>,
+}
+
+impl PreparedStatement {
+    pub(crate) fn new(name: String, sql: Arc<str>, param_types: Vec<u32>) -> Self {
+        let effects = effects_of(&sql);
+        Self { name, sql, param_types, effects }
+    }
+
+    pub(crate) fn effects(&self) -> &[Effect] {
+        &self.effects
+    }
+
+    /// The statement's name (`""` for the unnamed statement).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The statement's SQL text as the client sent it.
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    /// The parameter type OIDs the client specified (0 = let the server infer).
+    pub fn param_types(&self) -> &[u32] {
+        &self.param_types
+    }
+}
+
+impl fmt::Debug for PreparedStatement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedStatement")
+            .field("name", &self.name)
+            .field("sql_len", &self.sql.len())
+            .field("param_types", &self.param_types)
+            .finish()
+    }
+}
+
+/// The format code of a parameter or result column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// Text format (code 0).
+    Text,
+    /// Binary format (code 1).
+    Binary,
+}
+
+impl Format {
+    pub(crate) fn from_code(code: i16) -> Option<Self> {
+        match code {
+            0 => Some(Self::Text),
+            1 => Some(Self::Binary),
+            _ => None,
+        }
+    }
+}
+
+/// A `Bind`: a portal made of a statement and parameter values.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub(crate) portal: String,
+    pub(crate) statement_name: String,
+    pub(crate) statement: Option<Arc<PreparedStatement>>,
+    pub(crate) param_formats: Vec<Format>,
+    pub(crate) params: Vec<Option<Bytes>>,
+    pub(crate) result_formats: Vec<Format>,
+}
+
+impl Bind {
+    /// The destination portal (`""` for the unnamed portal).
+    pub fn portal(&self) -> &str {
+        &self.portal
+    }
+    /// The name of the statement bound.
+    pub fn statement_name(&self) -> &str {
+        &self.statement_name
+    }
+    /// The statement bound, if the proxy saw it being prepared in this session.
+    pub fn statement(&self) -> Option<&PreparedStatement> {
+        self.statement.as_deref()
+    }
+    /// Parameter format codes as sent: empty = all text, one = applies to all, else one per parameter.
+    pub fn param_formats(&self) -> &[Format] {
+        &self.param_formats
+    }
+    /// Parameter values (`None` = SQL NULL), in the formats given by [`Bind::param_formats`].
+    pub fn params(&self) -> &[Option<Bytes>] {
+        &self.params
+    }
+    /// Result format codes as sent: empty = all text, one = applies to all, else one per column.
+    pub fn result_formats(&self) -> &[Format] {
+        &self.result_formats
+    }
+}
+
+impl fmt::Debug for Bind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Parameter values are user data: only their count is shown.
+        f.debug_struct("Bind")
+            .field("portal", &self.portal)
+            .field("statement_name", &self.statement_name)
+            .field("params", &self.params.len())
+            .field("param_formats", &self.param_formats)
+            .field("result_formats", &self.result_formats)
+            .finish()
+    }
+}
+
+/// What a `Describe` or `Close` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A prepared statement by name; with the statement if the proxy knows it.
+    Statement(String, Option<Arc<PreparedStatement>>),
+    /// A portal by name.
+    Portal(String),
+}
+
+/// One message of an extended-protocol batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExtendedMessage {
+    /// `Parse`: prepares a statement.
+    Parse(Arc<PreparedStatement>),
+    /// `Bind`: creates a portal.
+    Bind(Bind),
+    /// `Describe` of a statement or portal.
+    Describe(Target),
+    /// `Execute` of a portal; `max_rows` 0 = all rows. `statement` is the portal's statement if known.
+    Execute {
+        /// The portal executed.
+        portal: String,
+        /// The row limit (0 = no limit); a request with a limit is never offered to the cache.
+        max_rows: u32,
+        /// The statement the portal was bound to, if known.
+        statement: Option<Arc<PreparedStatement>>,
+    },
+    /// `Close` of a statement or portal.
+    Close(Target),
+    /// `Flush`: the client asked for output before `Sync`; such a batch is never held for lookup.
+    Flush,
+    /// `Sync`: ends the batch.
+    Sync,
+}
+
+/// A unit the server answers with exactly one `ReadyForQuery`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Request {
+    pub(crate) kind: RequestKind,
+    pub(crate) wire: Bytes,
+    pub(crate) replayable: bool,
+}
+
+/// What a [`Request`] is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RequestKind {
+    /// A simple-protocol `Query` (possibly several statements separated by `;`).
+    Simple {
+        /// The query text.
+        sql: String,
+    },
+    /// Extended-protocol messages up to and including `Sync`.
+    Extended {
+        /// The messages in order.
+        messages: Vec<ExtendedMessage>,
+    },
+    /// A `FunctionCall` (fast-path); never cacheable.
+    FunctionCall,
+}
+
+impl Request {
+    /// What the request is.
+    pub fn kind(&self) -> &RequestKind {
+        &self.kind
+    }
+
+    /// The exact client bytes of the request (all its messages).
+    pub fn wire_bytes(&self) -> &Bytes {
+        &self.wire
+    }
+
+    /// Whether a replay of recorded bytes could stand in for the server: a simple query, or an
+    /// extended batch without `Flush`, without an `Execute` row limit, and whose statements are all
+    /// known to the proxy.
+    pub fn is_replayable(&self) -> bool {
+        self.replayable
+    }
+
+    pub(crate) fn new(kind: RequestKind, wire: Bytes) -> Self {
+        let replayable = Self::replayable_kind(&kind);
+        Self { kind, wire, replayable }
+    }
+
+    fn replayable_kind(kind: &RequestKind) -> bool {
+        match kind {
+            RequestKind::Simple { .. } => true,
+            RequestKind::FunctionCall => false,
+            RequestKind::Extended { messages } => messages.iter().all(|m| match m {
+                ExtendedMessage::Flush => false,
+                ExtendedMessage::Execute { max_rows, statement, .. } => *max_rows == 0 && statement.is_some(),
+                ExtendedMessage::Bind(b) => b.statement.is_some(),
+                ExtendedMessage::Describe(Target::Statement(_, s)) => s.is_some(),
+                _ => true,
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Request");
+        match &self.kind {
+            RequestKind::Simple { sql } => d.field("simple_sql_len", &sql.len()),
+            RequestKind::Extended { messages } => d.field("extended", messages),
+            RequestKind::FunctionCall => d.field("function_call", &true),
+        };
+        d.field("wire_len", &self.wire.len()).finish()
+    }
+}
+
+/// Whether the proxy consults the cache at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    /// Never hold a batch, never call [`RequestCache::lookup`] or [`RequestCache::complete`].
+    PassThrough,
+    /// Offer eligible requests to `lookup` and report every upstream request to `complete`.
+    Active,
+}
+
+/// An opaque value a cache hands out on a miss and gets back with the response (a fill ticket).
+pub struct Fill(Box<dyn Any + Send + Sync>);
+
+impl Fill {
+    /// Wraps any value.
+    pub fn new<T: Any + Send + Sync>(value: T) -> Self {
+        Self(Box::new(value))
+    }
+
+    /// Takes the value back, or returns the ticket unchanged if it holds another type.
+    pub fn downcast<T: Any + Send + Sync>(self) -> Result<Box<T>, Self> {
+        self.0.downcast::<T>().map_err(Self)
+    }
+}
+
+impl fmt::Debug for Fill {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Fill(..)")
+    }
+}
+
+/// The answer of [`RequestCache::lookup`].
+#[derive(Debug)]
+pub enum Lookup {
+    /// Replay these exact server bytes to the client instead of going upstream. They must end with
+    /// a `ReadyForQuery` of status idle.
+    Hit(Bytes),
+    /// Go upstream and record the response; it comes back to [`RequestCache::complete`] with this ticket.
+    Miss(Fill),
+    /// Go upstream without recording.
+    Bypass,
+}
+
+/// Why a response cannot be stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NotCacheable {
+    /// The response was not recorded (no ticket, or the request was not replayable).
+    NotRecorded,
+    /// It contains an ErrorResponse.
+    Error,
+    /// It contains a NoticeResponse.
+    Notice,
+    /// It contains a NotificationResponse.
+    Notification,
+    /// It contains a ParameterStatus (a setting changed).
+    ParameterChange,
+    /// It started a COPY.
+    Copy,
+    /// An `Execute` row limit was hit (PortalSuspended).
+    PortalSuspended,
+    /// It exceeds the configured maximum result size.
+    TooLarge,
+    /// The session ended up in a transaction (or a failed one).
+    InTransaction,
+    /// It contains a message the proxy does not replay (e.g. a function-call result).
+    Unexpected,
+}
+
+/// Transaction status from `ReadyForQuery`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransactionStatus {
+    /// `I`: not in a transaction block.
+    Idle,
+    /// `T`: in a transaction block.
+    InTransaction,
+    /// `E`: in a failed transaction block.
+    Failed,
+}
+
+impl TransactionStatus {
+    pub(crate) fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            b'I' => Some(Self::Idle),
+            b'T' => Some(Self::InTransaction),
+            b'E' => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// What the proxy saw of the server's response to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseSummary {
+    pub(crate) command_tags: Vec<String>,
+    pub(crate) error_code: Option<String>,
+    pub(crate) not_cacheable: Option<NotCacheable>,
+    pub(crate) transaction_status: TransactionStatus,
+    pub(crate) rows: u64,
+    pub(crate) response_bytes: u64,
+}
+
+impl ResponseSummary {
+    /// The CommandComplete tags in order (`SELECT 3`, `INSERT 0 1`, `COMMIT`, ...).
+    pub fn command_tags(&self) -> &[String] {
+        &self.command_tags
+    }
+    /// The SQLSTATE of the first ErrorResponse, if any.
+    pub fn error_code(&self) -> Option<&str> {
+        self.error_code.as_deref()
+    }
+    /// Why the response cannot be stored (the first reason found), or `None` if it can.
+    pub fn not_cacheable(&self) -> Option<NotCacheable> {
+        self.not_cacheable
+    }
+    /// The transaction status of the closing `ReadyForQuery`.
+    pub fn transaction_status(&self) -> TransactionStatus {
+        self.transaction_status
+    }
+    /// The number of DataRow messages.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+    /// The size of the whole response in bytes, `ReadyForQuery` included.
+    pub fn response_bytes(&self) -> u64 {
+        self.response_bytes
+    }
+}
+
+/// The server's complete response to one request, as handed to [`RequestCache::complete`].
+#[derive(Clone)]
+pub struct Response {
+    pub(crate) summary: ResponseSummary,
+    pub(crate) bytes: Option<Bytes>,
+}
+
+impl Response {
+    /// What the proxy saw.
+    pub fn summary(&self) -> &ResponseSummary {
+        &self.summary
+    }
+
+    /// The exact server bytes (from the first response message through `ReadyForQuery`) when the
+    /// response was recorded and may be stored; replaying them answers the same request.
+    pub fn cacheable_bytes(&self) -> Option<&Bytes> {
+        match self.summary.not_cacheable {
+            None => self.bytes.as_ref(),
+            Some(_) => None,
+        }
+    }
+}
+
+impl fmt::Debug for Response {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Response")
+            .field("summary", &self.summary)
+            .field("recorded_bytes", &self.bytes.as_ref().map(Bytes::len))
+            .finish()
+    }
+}
+
+/// A cache the proxy consults: the seam between the wire protocol and `strata::QueryCache`.
+///
+/// The proxy calls [`lookup`](RequestCache::lookup) only for a request that is complete (a `Query`,
+/// or an extended batch through `Sync`), [replayable](Request::is_replayable), in a session that is
+/// idle outside a transaction with nothing else in flight, and whose state the proxy tracked
+/// ([`SessionView::tracking`]). It calls [`complete`](RequestCache::complete) for every request
+/// that went upstream, after the server's `ReadyForQuery` arrived and before the client sees it, so
+/// a cache can invalidate on writes before the client can issue its next statement.
+#[async_trait]
+pub trait RequestCache: Send + Sync + fmt::Debug + 'static {
+    /// Whether the proxy consults this cache.
+    fn mode(&self) -> CacheMode;
+
+    /// Answers a request from cache, or says whether to record the upstream response.
+    async fn lookup(&self, session: &SessionView, request: &Request) -> Lookup;
+
+    /// Receives the response to a request that went upstream. `session` is the view the request
+    /// was looked up under (before its own effects); `fill` is the ticket from [`Lookup::Miss`].
+    async fn complete(
+        &self,
+        session: &SessionView,
+        request: &Request,
+        response: &Response,
+        fill: Option<Fill>,
+    );
+}
+
+/// The cache used until `strata::QueryCache` is plugged in: every request goes upstream.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PassThrough;
+
+#[async_trait]
+impl RequestCache for PassThrough {
+    fn mode(&self) -> CacheMode {
+        CacheMode::PassThrough
+    }
+
+    async fn lookup(&self, _session: &SessionView, _request: &Request) -> Lookup {
+        Lookup::Bypass
+    }
+
+    async fn complete(
+        &self,
+        _session: &SessionView,
+        _request: &Request,
+        _response: &Response,
+        _fill: Option<Fill>,
+    ) {
+    }
+}
