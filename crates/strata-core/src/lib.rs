@@ -13,6 +13,7 @@
 //!   fill cost and weight.
 //! - [`CacheTier`]: the async trait tiers implement, with [`TierStats`] snapshots.
 //! - [`Error`] with an [`ErrorKind`] callers can match on. A miss is `Ok(None)`, never an error.
+//! - [`VersionStore`]: per-table versions that make stale results unreachable after a write.
 //! - [`Clock`]: wall-clock time, injectable so TTL logic is tested without sleeping.
 //!
 //! # Example
@@ -42,6 +43,7 @@ mod error;
 mod key;
 mod result;
 mod tier;
+mod versions;
 
 pub use crate::{
     clock::{Clock, ManualClock, SystemClock},
@@ -49,6 +51,7 @@ pub use crate::{
     key::{CacheKey, Format, KeyBuilder, KeyDigest, KeyScope, SettingsDigest, TypeOid},
     result::{CachedResult, CachedResultBuilder, TableName, TableVersion},
     tier::{CacheTier, NowLookup, PutOutcome, Rejection, TierStats},
+    versions::{VersionHealth, VersionStore, VersionView},
 };
 
 /// Re-exported so tier implementations use the same `async_trait` as the trait definition.
@@ -82,5 +85,8 @@ mod tests {
         assert_send_sync_debug::<ManualClock>();
         assert_send_sync_debug::<std::sync::Arc<dyn CacheTier>>();
         assert_send_sync_debug::<std::sync::Arc<dyn Clock>>();
+        assert_send_sync_debug::<std::sync::Arc<dyn VersionStore>>();
+        assert_send_sync_debug::<VersionView>();
+        assert_send_sync_debug::<VersionHealth>();
     }
 }
