@@ -1,6 +1,6 @@
 //! A circuit breaker: after repeated storage failures the tier stops calling the storage for a cool-down.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -24,11 +24,16 @@ enum State {
     HalfOpen,
 }
 
-/// The breaker. Its lock is held for a few instructions and never across an `.await`.
+/// The breaker. Its lock is held for a few instructions and never across an `.await`, and the
+/// healthy path does not take it at all: two atomics say "closed, no failures pending".
 /// Time is tokio's, so tests can pause and advance it.
 #[derive(Debug)]
 pub(crate) struct Breaker {
     state: Mutex<State>,
+    /// True exactly when `state` is `Closed` (written under the lock).
+    closed: AtomicBool,
+    /// True when `state` is `Closed` with a failure count above zero (written under the lock).
+    failures_pending: AtomicBool,
     failure_threshold: u32,
     cooldown: Duration,
     opens: AtomicU64,
@@ -48,6 +53,8 @@ impl Breaker {
     pub(crate) fn new(failure_threshold: u32, cooldown: Duration) -> Self {
         Self {
             state: Mutex::new(State::Closed { consecutive_failures: 0 }),
+            closed: AtomicBool::new(true),
+            failures_pending: AtomicBool::new(false),
             failure_threshold,
             cooldown,
             opens: AtomicU64::new(0),
@@ -61,11 +68,15 @@ impl Breaker {
 
     /// A permit, or `None` while the breaker is open (or half-open with its probe in flight).
     pub(crate) fn try_acquire(&self) -> Option<Permit<'_>> {
+        if self.closed.load(Relaxed) {
+            return Some(Permit { breaker: self, probe: false, reported: false });
+        }
         let mut state = self.lock();
         let probe = match *state {
             State::Closed { .. } => false,
             State::Open { until } if Instant::now() >= until => {
                 *state = State::HalfOpen;
+                self.closed.store(false, Relaxed);
                 true
             }
             State::Open { .. } | State::HalfOpen => return None,
@@ -88,7 +99,12 @@ impl Breaker {
     }
 
     fn on_success(&self) {
+        if self.closed.load(Relaxed) && !self.failures_pending.load(Relaxed) {
+            return;
+        }
         *self.lock() = State::Closed { consecutive_failures: 0 };
+        self.failures_pending.store(false, Relaxed);
+        self.closed.store(true, Relaxed);
     }
 
     fn on_failure(&self, probe: bool) {
@@ -97,6 +113,7 @@ impl Breaker {
             State::Closed { consecutive_failures } => {
                 let failures = consecutive_failures.saturating_add(1);
                 *state = State::Closed { consecutive_failures: failures };
+                self.failures_pending.store(true, Relaxed);
                 failures >= self.failure_threshold
             }
             State::HalfOpen => probe,
@@ -105,6 +122,8 @@ impl Breaker {
         };
         if open {
             *state = State::Open { until: Instant::now() + self.cooldown };
+            self.closed.store(false, Relaxed);
+            self.failures_pending.store(false, Relaxed);
             self.opens.fetch_add(1, Relaxed);
         }
     }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -265,8 +266,28 @@ enum CallFailure {
     Failed(Error),
 }
 
+/// The storage key of a cache key: its digest as 32 lowercase hex digits, built on the stack.
+struct StorageKey([u8; 32]);
+
+impl StorageKey {
+    fn new(key: &CacheKey) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (i, byte) in key.digest().to_bytes().iter().enumerate() {
+            out[2 * i] = HEX[usize::from(byte >> 4)];
+            out[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+        }
+        Self(out)
+    }
+
+    fn as_str(&self) -> &str {
+        // Always ASCII hex digits, so this never fails; the fallback keeps the code panic-free.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
 fn storage_key(key: &CacheKey) -> String {
-    key.digest().to_string()
+    StorageKey::new(key).as_str().to_owned()
 }
 
 impl WarmTier {
@@ -310,7 +331,15 @@ impl WarmTier {
             self.counters.short_circuited.fetch_add(1, Relaxed);
             return Err(CallFailure::ShortCircuited);
         };
-        let err = match tokio::time::timeout(deadline, f()).await {
+        let until = tokio::time::Instant::now() + deadline;
+        let mut fut = std::pin::pin!(f());
+        // A storage that answers without waiting (the memory backend) needs no timer.
+        let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+        let outcome = match first {
+            Poll::Ready(result) => Ok(result),
+            Poll::Pending => tokio::time::timeout_at(until, fut).await,
+        };
+        let err = match outcome {
             Ok(Ok(value)) => {
                 permit.success();
                 return Ok(value);
@@ -387,9 +416,10 @@ impl CacheTier for WarmTier {
 
     /// Fails open: a storage that is down, slow or returning garbage gives `Ok(None)`.
     async fn get(&self, key: &CacheKey) -> Result<Option<CachedResult>, strata_core::Error> {
-        let skey = storage_key(key);
-        match self.call("get", self.deadline, || self.storage.get(&skey)).await {
-            Ok(raw) => Ok(self.check(key, &skey, raw).await),
+        let skey = StorageKey::new(key);
+        let skey = skey.as_str();
+        match self.call("get", self.deadline, || self.storage.get(skey)).await {
+            Ok(raw) => Ok(self.check(key, skey, raw).await),
             Err(_) => {
                 self.counters.misses.fetch_add(1, Relaxed);
                 Ok(None)
@@ -477,5 +507,20 @@ impl CacheTier for WarmTier {
         stats.bytes = usage.bytes;
         stats.capacity_bytes = usage.capacity_bytes;
         stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use strata_core::{KeyScope, SettingsDigest};
+
+    use super::*;
+
+    #[test]
+    fn storage_key_is_the_digest_in_hex() {
+        for statement in [&b"SELECT 1"[..], b"", b"SELECT * FROM t WHERE a = $1"] {
+            let key = CacheKey::builder(&KeyScope::new("db", "role", SettingsDigest::default()), statement).build();
+            assert_eq!(StorageKey::new(&key).as_str(), key.digest().to_string());
+        }
     }
 }
