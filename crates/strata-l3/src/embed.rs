@@ -1,5 +1,6 @@
 //! The `Embedder` trait and the built-in local embedder (hashed words and character n-grams).
 
+use std::borrow::Cow;
 use std::fmt;
 
 use async_trait::async_trait;
@@ -98,7 +99,7 @@ impl LocalEmbedder {
         let terms: Vec<String> = words(text)
             .into_iter()
             .filter(|w| !FILLER.contains(&w.as_str()))
-            .map(|w| stem(canonical(&w)).to_owned())
+            .map(|w| stem(canonical(&w)).into_owned())
             .collect();
         for term in &terms {
             self.add(&mut v, SEED_WORD, term.as_bytes(), WORD_WEIGHT);
@@ -135,16 +136,15 @@ fn canonical(word: &str) -> &str {
     CANONICAL.iter().find(|(from, _)| *from == word).map_or(word, |(_, to)| to)
 }
 
-/// Singular form, roughly: `cities` → `city`, `orders` → `order`; leaves `address`, `is`.
-fn stem(word: &str) -> &str {
+/// Singular form, roughly: `cities` → `city`, `orders` → `order`; leaves `address`, `status`.
+fn stem(word: &str) -> Cow<'_, str> {
     if word.len() > 4 && word.ends_with("ies") {
-        // Keep the stem and let the trigram features carry the rest.
-        return &word[..word.len() - 3];
+        return Cow::Owned(format!("{}y", &word[..word.len() - 3]));
     }
     if word.len() > 3 && word.ends_with('s') && !word.ends_with("ss") && !word.ends_with("us") {
-        return &word[..word.len() - 1];
+        return Cow::Borrowed(&word[..word.len() - 1]);
     }
-    word
+    Cow::Borrowed(word)
 }
 
 #[async_trait]

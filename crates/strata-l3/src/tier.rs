@@ -297,6 +297,7 @@ impl SemanticTierBuilder {
             dim,
             book: Mutex::new(Book::default()),
             partitions: RwLock::new(HashMap::new()),
+            by_text: RwLock::new(HashMap::new()),
             counters: Counters::default(),
             wake: Mutex::new(None),
             last_warn: Mutex::new(None),
@@ -307,6 +308,10 @@ impl SemanticTierBuilder {
         }
         Ok(SemanticTier { inner })
     }
+}
+
+fn text_digest(text: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes())
 }
 
 fn spawn_indexer(inner: &Arc<Inner>, wake: SyncSender<()>, rx: Receiver<()>) {
@@ -399,6 +404,9 @@ struct Inner {
     dim: usize,
     book: Mutex<Book>,
     partitions: RwLock<HashMap<u128, PartitionIndex>>,
+    /// The entry stored under each (partition, text digest): a repeated question is answered
+    /// exactly, without the approximate graph search.
+    by_text: RwLock<HashMap<(u128, u64), Arc<Entry>>>,
     counters: Counters,
     wake: Mutex<Option<SyncSender<()>>>,
     last_warn: Mutex<Option<Instant>>,
@@ -481,8 +489,16 @@ impl Inner {
                 }
             }
         }
-        if let Some(index) = entry.partition.and_then(|p| self.partition(p)) {
-            index.note_dead();
+        if let Some(partition) = entry.partition {
+            let text_key = (partition, text_digest(&entry.text));
+            let mut by_text = self.by_text.write().unwrap_or_else(PoisonError::into_inner);
+            if by_text.get(&text_key).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+                by_text.remove(&text_key);
+            }
+            drop(by_text);
+            if let Some(index) = self.partition(partition) {
+                index.note_dead();
+            }
         }
         match death {
             Death::Evicted => bump(&self.counters.evictions),
@@ -536,6 +552,10 @@ impl Inner {
                     .clone(),
             };
             index.insert(vector, entry.clone());
+            self.by_text
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert((partition, text_digest(&entry.text)), entry.clone());
         }
         while book.keys.len() > self.max_entries || book.bytes > self.max_bytes {
             match book.fifo.pop_front() {
@@ -687,11 +707,24 @@ impl SemanticTier {
         let partition = inner.guards.partition(request.scope, request.tables, request.literals, request.text);
         // No partition means nothing could match: answer without calling the embedder.
         let Some(index) = inner.partition(partition) else { return miss() };
-        let Some(vector) = inner.embed(request.text).await else { return miss() };
         let now = inner.clock.now();
         let accept = |e: &Arc<Entry>| e.is_live() && !e.value.is_expired_at(now);
-        let Some((entry, dot)) = index.search(&vector, &accept) else { return miss() };
-        let similarity = CosineSimilarity::from_dot(dot);
+        let same_text = inner
+            .by_text
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(partition, text_digest(request.text)))
+            .filter(|e| accept(e) && *e.text == *request.text)
+            .cloned();
+        let (entry, similarity) = match same_text {
+            // The same text embeds to the same vector: similarity 1, no embedder call needed.
+            Some(entry) => (entry, CosineSimilarity::from_dot(1.0)),
+            None => {
+                let Some(vector) = inner.embed(request.text).await else { return miss() };
+                let Some((entry, dot)) = index.search(&vector, &accept) else { return miss() };
+                (entry, CosineSimilarity::from_dot(dot))
+            }
+        };
         if similarity < request.threshold.unwrap_or(inner.threshold) {
             return miss();
         }
@@ -706,8 +739,8 @@ impl SemanticTier {
 
     /// Stores `value` under `key` and indexes the request's text for similarity lookups.
     ///
-    /// The table set is the request's, or the result's dependencies when the request names
-    /// none. Never fails: an embedder failure rejects the entry as
+    /// The guarded table set is the request's; table invalidation reaches the entry through
+    /// the request's tables and the result's dependencies. Never fails: an embedder failure rejects the entry as
     /// [`Rejection::Degraded`]. Returns once the entry is findable; the graph is built later.
     pub async fn insert(&self, request: &SemanticRequest<'_>, key: CacheKey, value: CachedResult) -> PutOutcome {
         let inner = &self.inner;
@@ -715,12 +748,12 @@ impl SemanticTier {
             bump(&inner.counters.rejections);
             return PutOutcome::Rejected(Rejection::Degraded);
         };
-        let tables: Vec<TableName> = if request.tables.is_empty() {
-            value.dependencies().iter().map(|d| d.table.clone()).collect()
-        } else {
-            request.tables.to_vec()
-        };
-        let partition = inner.guards.partition(request.scope, &tables, request.literals, request.text);
+        let partition = inner.guards.partition(request.scope, request.tables, request.literals, request.text);
+        // Invalidation follows both the tables the caller named and the result's dependencies.
+        let mut tables: Vec<TableName> = request.tables.to_vec();
+        tables.extend(value.dependencies().iter().map(|d| d.table.clone()));
+        tables.sort_unstable();
+        tables.dedup();
         let weight = value.weight_bytes()
             + request.text.len() as u64
             + (inner.dim * std::mem::size_of::<f32>()) as u64 * 2
@@ -839,6 +872,7 @@ impl CacheTier for SemanticTier {
         book.by_table.clear();
         book.bytes = 0;
         inner.partitions.write().unwrap_or_else(PoisonError::into_inner).clear();
+        inner.by_text.write().unwrap_or_else(PoisonError::into_inner).clear();
         Ok(())
     }
 
