@@ -324,6 +324,7 @@ async fn run_session(
         upstream_statements: HashMap::new(),
         portals: HashMap::new(),
         open: None,
+        orphans: Vec::new(),
     };
     let server_side = ServerSide {
         session: session.clone(),
@@ -470,6 +471,9 @@ struct ClientSide {
     upstream_statements: HashMap<String, Arc<PreparedStatement>>,
     portals: HashMap<String, Option<Arc<PreparedStatement>>>,
     open: Option<OpenBatch>,
+    /// Statements the client closed in replayed batches that the server still has; closed
+    /// upstream at the start of the next forwarded extended batch.
+    orphans: Vec<String>,
 }
 
 enum Flow {
@@ -643,6 +647,7 @@ impl ClientSide {
                 let view = self.active.then(|| st.view.clone());
                 st.in_flight.push_back(InFlight { view, ..InFlight::default() });
             }
+            self.close_orphans(&mut open);
             for (msg, stmt, fresh) in std::mem::take(&mut open.held) {
                 self.forward_extended(&mut open, msg, stmt, fresh);
             }
@@ -712,15 +717,46 @@ impl ClientSide {
         let request = if !open.duplicate_parse { request } else { Request { replayable: false, ..request } };
         let mut fill = None;
         match self.lookup(&request, &effects).await? {
-            Some(Lookup::Hit(bytes)) => return self.replay(bytes).await,
+            Some(Lookup::Hit(bytes)) => {
+                if let RequestKind::Extended { messages } = request.kind() {
+                    for m in messages {
+                        if let ExtendedMessage::Close(Target::Statement(name, _)) = m {
+                            if self.upstream_statements.remove(name).is_some() && !name.is_empty() {
+                                self.orphans.push(name.clone());
+                            }
+                        }
+                    }
+                }
+                return self.replay(bytes).await;
+            }
             Some(Lookup::Miss(f)) => fill = Some(f),
             Some(Lookup::Bypass) | None => {}
         }
         self.push_closed_opt(Some(request), effects, fill);
+        self.close_orphans(&mut open);
         for (msg, stmt, fresh) in std::mem::take(&mut open.held) {
             self.forward_extended(&mut open, msg, stmt, fresh);
         }
         Ok(())
+    }
+
+    fn close_orphans(&mut self, open: &mut OpenBatch) {
+        if self.orphans.is_empty() {
+            return;
+        }
+        let mut drops = Vec::new();
+        for name in std::mem::take(&mut self.orphans) {
+            if self.upstream_statements.contains_key(&name) {
+                continue;
+            }
+            self.out.extend_from_slice(&close_statement(&name));
+            open.close_sent += 1;
+            drops.push(open.close_sent);
+        }
+        let mut st = self.session.state();
+        if let Some(entry) = st.in_flight.back_mut() {
+            entry.drop_close.extend(drops);
+        }
     }
 
     /// Decodes an extended-protocol message and updates the client's view of statements/portals.

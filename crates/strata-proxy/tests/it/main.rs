@@ -1,0 +1,8 @@
+//! Integration tests of strata-proxy against the harness's real PostgreSQL, with real clients.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod differential;
+mod faults;
+mod seam;
+mod sessions;
+mod support;
