@@ -1,0 +1,695 @@
+//! `QueryCache`: lookups across the tiers, fills, single-flight, freshness and invalidation.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use strata_core::{
+    CacheKey, CacheTier, CachedResult, Clock, Format, NowLookup, PutOutcome, TableName, VersionStore,
+    VersionView,
+};
+use strata_normalizer::{Analysis, Normalizer, NotCacheable, TierHint, WriteEffect};
+use tracing::Instrument;
+
+use crate::flight::{self, FlightLead, Flights, Joined, Landing};
+use crate::metrics::Metrics;
+use crate::policy::{Plan, Policy, Verdict};
+use crate::versions::{version_unit, EVERYTHING};
+use crate::{Error, Request};
+
+/// The role a tier plays, which hints and promotion refer to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TierRole {
+    /// In-process (L1): answers without awaiting.
+    Hot,
+    /// Shared between processes (L2).
+    Warm,
+}
+
+pub(crate) struct Slot {
+    pub(crate) name: Arc<str>,
+    pub(crate) role: TierRole,
+    pub(crate) tier: Arc<dyn CacheTier>,
+}
+
+/// The answer to [`QueryCache::lookup`].
+#[derive(Debug)]
+pub enum Lookup {
+    /// A cached result.
+    Hit(Hit),
+    /// No usable result: run the query, then [`FillTicket::fill`] (or drop the ticket on error).
+    Miss(FillTicket),
+    /// The cache will not answer this statement; run it and do not fill.
+    Bypass(Bypass),
+}
+
+/// A cached result and where it came from.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    result: CachedResult,
+    tier: Arc<str>,
+    age: Duration,
+    stale: bool,
+}
+
+impl Hit {
+    /// The result.
+    pub fn result(&self) -> &CachedResult {
+        &self.result
+    }
+
+    /// Its payload.
+    pub fn payload(&self) -> &Bytes {
+        self.result.payload()
+    }
+
+    /// The tier that answered (`l1`, `l2`, ...), or `single-flight` for a result another caller
+    /// had just fetched.
+    pub fn tier(&self) -> &str {
+        &self.tier
+    }
+
+    /// How old the result is.
+    pub fn age(&self) -> Duration {
+        self.age
+    }
+
+    /// Whether the result is past its soft TTL (served while another caller refreshes it).
+    pub fn is_stale(&self) -> bool {
+        self.stale
+    }
+
+    /// Takes the result.
+    pub fn into_result(self) -> CachedResult {
+        self.result
+    }
+}
+
+/// Why the cache did not answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BypassReason {
+    /// The normalizer's verdict (includes the `cache=off` hint and parse errors).
+    NotCacheable(NotCacheable),
+    /// The statement reads a table excluded by configuration.
+    ExcludedTable(TableName),
+    /// The number of bound parameters differs from the statement's `$n` placeholders.
+    ParameterCount {
+        /// Placeholders in the text.
+        expected: u32,
+        /// Parameters bound.
+        bound: usize,
+    },
+    /// Table versions are shared and the change channel is resynchronizing: serving now could
+    /// serve a result another instance already invalidated.
+    VersionsUnsynchronized,
+    /// No configured tier may hold this statement (for example `tier=l2` without an L2).
+    NoTier,
+}
+
+impl BypassReason {
+    /// A short, stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            BypassReason::NotCacheable(reason) => not_cacheable_label(reason),
+            BypassReason::ExcludedTable(_) => "excluded_table",
+            BypassReason::ParameterCount { .. } => "parameter_count",
+            BypassReason::VersionsUnsynchronized => "versions_unsynchronized",
+            BypassReason::NoTier => "no_tier",
+        }
+    }
+}
+
+impl fmt::Display for BypassReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BypassReason::NotCacheable(reason) => write!(f, "not cacheable: {reason}"),
+            BypassReason::ExcludedTable(t) => write!(f, "table {t} is excluded from caching"),
+            BypassReason::ParameterCount { expected, bound } => {
+                write!(f, "statement has {expected} parameters but {bound} were bound")
+            }
+            BypassReason::VersionsUnsynchronized => f.write_str("table versions are resynchronizing"),
+            BypassReason::NoTier => f.write_str("no configured tier may hold this statement"),
+        }
+    }
+}
+
+fn not_cacheable_label(reason: &NotCacheable) -> &'static str {
+    match reason {
+        NotCacheable::ParseError(_) => "parse_error",
+        NotCacheable::Empty => "empty",
+        NotCacheable::NotARead(_) => "not_a_read",
+        NotCacheable::DataModifyingCte => "data_modifying_cte",
+        NotCacheable::SelectInto => "select_into",
+        NotCacheable::LockingClause => "locking_clause",
+        NotCacheable::VolatileFunction(_) => "volatile_function",
+        NotCacheable::UnknownFunction(_) => "unknown_function",
+        NotCacheable::SqlValueFunction(_) => "sql_value_function",
+        NotCacheable::TimeLiteral(_) => "time_literal",
+        NotCacheable::SystemCatalog(_) => "system_catalog",
+        NotCacheable::TableSampleWithoutRepeatable => "tablesample",
+        NotCacheable::TemporaryTable(_) => "temporary_table",
+        NotCacheable::HintCacheOff => "hint_cache_off",
+        _ => "not_cacheable",
+    }
+}
+
+/// A lookup the cache declined, with the reason.
+#[derive(Debug, Clone)]
+pub struct Bypass {
+    reason: BypassReason,
+}
+
+impl Bypass {
+    /// Why.
+    pub fn reason(&self) -> &BypassReason {
+        &self.reason
+    }
+}
+
+/// The right, and the duty, to fill a missed key: returned by a miss. Dropping it without
+/// filling (the query failed, or its answer must not be cached) releases any callers waiting
+/// for it, who then go to the database themselves.
+pub struct FillTicket {
+    cache: Arc<Shared>,
+    key: CacheKey,
+    plan: Arc<Plan>,
+    versions: Vec<u64>,
+    started: Instant,
+    lead: Option<FlightLead>,
+}
+
+impl fmt::Debug for FillTicket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FillTicket")
+            .field("key", &self.key)
+            .field("leads_flight", &self.lead.is_some())
+            .finish()
+    }
+}
+
+/// What [`FillTicket::fill`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FillOutcome {
+    /// Stored in at least one tier.
+    Stored,
+    /// Larger than the configured maximum result size: not stored.
+    TooLarge,
+    /// Every tier declined it.
+    Declined,
+}
+
+impl FillTicket {
+    /// The key the result will be stored under.
+    pub fn key(&self) -> &CacheKey {
+        &self.key
+    }
+
+    /// Stores the database's answer. `row_count` is informational.
+    pub async fn fill(mut self, payload: Bytes, row_count: u64) -> FillOutcome {
+        let cache = self.cache.clone();
+        let fill_cost = self.started.elapsed();
+        if payload.len() as u64 > cache.policy.max_result_bytes {
+            cache.metrics.fills_too_large.inc();
+            return FillOutcome::TooLarge;
+        }
+        let now = cache.clock.now();
+        let mut builder = CachedResult::builder(payload)
+            .with_row_count(row_count)
+            .with_created_at(now)
+            .with_ttl(cache.policy.jittered_ttl(self.plan.ttl(), &self.key))
+            .with_fill_cost(fill_cost);
+        if let Verdict::Cacheable(c) = &self.plan.verdict {
+            for (unit, version) in c.units.iter().zip(&self.versions) {
+                builder = builder.with_dependency(unit.clone(), *version);
+            }
+        }
+        let result = builder.build();
+        // Waiters get the answer before the (possibly networked) stores finish.
+        if let Some(lead) = self.lead.take() {
+            lead.land(Landing::Filled(result.clone()));
+        }
+        let mut stored = false;
+        for slot in cache.tiers.iter().filter(|s| self.plan.allows(s.role)) {
+            match slot.tier.put(&self.key, result.clone()).await {
+                Ok(PutOutcome::Stored) => stored = true,
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::debug!(tier = %slot.name, error = %err, "strata: fill failed in one tier");
+                }
+            }
+        }
+        if stored {
+            cache.metrics.fills_stored.inc();
+            cache.metrics.fill_cost_seconds.observe(fill_cost.as_secs_f64());
+            FillOutcome::Stored
+        } else {
+            FillOutcome::Declined
+        }
+    }
+
+    /// Gives the ticket back without filling: waiters go to the database.
+    pub fn abandon(self) {
+        self.cache.metrics.fills_abandoned.inc();
+    }
+}
+
+/// What a loader passed to [`QueryCache::get_or_fill`] returns.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The answer's bytes.
+    pub payload: Bytes,
+    /// Rows in it.
+    pub row_count: u64,
+}
+
+/// Where [`QueryCache::get_or_fill`]'s answer came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Source {
+    /// A tier (or a concurrent fill), by name.
+    Cache(Arc<str>),
+    /// The loader ran and its answer was offered to the cache.
+    Database,
+    /// The loader ran; the cache did not take part, for this reason.
+    Bypassed(BypassReason),
+}
+
+/// The answer of [`QueryCache::get_or_fill`].
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The payload.
+    pub payload: Bytes,
+    /// Where it came from.
+    pub source: Source,
+}
+
+pub(crate) struct Shared {
+    pub(crate) tiers: Vec<Slot>,
+    pub(crate) versions: Arc<dyn VersionStore>,
+    pub(crate) normalizer: Normalizer,
+    pub(crate) plans: quick_cache::sync::Cache<Box<str>, Arc<Plan>>,
+    pub(crate) policy: Policy,
+    pub(crate) flights: Arc<Flights>,
+    pub(crate) metrics: Metrics,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+/// The query-result cache: tiers in order, table versions, single-flight, freshness, metrics.
+///
+/// Cheap to clone (one `Arc`); share it between tasks and threads.
+#[derive(Clone)]
+pub struct QueryCache {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for QueryCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueryCache")
+            .field("tiers", &self.shared.tiers.iter().map(|s| &*s.name).collect::<Vec<_>>())
+            .field("versions", &self.shared.versions)
+            .finish()
+    }
+}
+
+/// Texts longer than this are planned on every call rather than memoized.
+const PLAN_MEMO_MAX_TEXT: usize = 64 * 1024;
+
+impl QueryCache {
+    /// Starts building a cache.
+    pub fn builder() -> crate::QueryCacheBuilder {
+        crate::QueryCacheBuilder::default()
+    }
+
+    /// The plan for a SQL text: analysis, dependencies, TTL and verdict, memoized by text.
+    pub(crate) fn plan(&self, sql: &str) -> Arc<Plan> {
+        let shared = &self.shared;
+        if let Some(plan) = shared.plans.get(sql) {
+            return plan;
+        }
+        let analysis = shared.normalizer.analyze(sql);
+        let plan = Arc::new(shared.policy.plan(analysis, shared.tiers.iter().map(|s| s.role)));
+        if sql.len() <= PLAN_MEMO_MAX_TEXT {
+            shared.plans.insert(sql.into(), plan.clone());
+        }
+        plan
+    }
+
+    fn bypass(&self, reason: BypassReason) -> Lookup {
+        self.shared.metrics.bypass(reason.label());
+        Lookup::Bypass(Bypass { reason })
+    }
+
+    /// Looks a statement up in the tiers. A hit is served; a miss hands out a [`FillTicket`]
+    /// (concurrent misses on one key wait for the first one's fill instead); a bypass says why
+    /// the cache will not take part.
+    pub async fn lookup(&self, req: &Request<'_>) -> Lookup {
+        let span = tracing::trace_span!("strata::lookup");
+        self.lookup_inner(req).instrument(span).await
+    }
+
+    async fn lookup_inner(&self, req: &Request<'_>) -> Lookup {
+        let plan = self.plan(req.sql);
+        let units = match &plan.verdict {
+            Verdict::Bypass(reason) => return self.bypass(reason.clone()),
+            Verdict::Cacheable(c) => &c.units,
+        };
+        let expected = plan.analysis.client_param_count();
+        if req.params.len() != expected as usize {
+            return self.bypass(BypassReason::ParameterCount { expected, bound: req.params.len() });
+        }
+        let shared = &self.shared;
+        let mut versions = Vec::with_capacity(units.len());
+        if shared.versions.read(units, &mut versions) == VersionView::Unsynchronized {
+            return self.bypass(BypassReason::VersionsUnsynchronized);
+        }
+        let key = build_key(req, &plan.analysis, units, &versions);
+        let sampled = shared.metrics.sampled();
+        let started = sampled.then(Instant::now);
+
+        for (index, slot) in shared.tiers.iter().enumerate() {
+            if !plan.allows(slot.role) {
+                continue;
+            }
+            let found = match slot.tier.get_now(&key) {
+                NowLookup::Hit(result) => Some(result),
+                NowLookup::Miss => None,
+                NowLookup::WouldAwait => match slot.tier.get(&key).await {
+                    Ok(found) => found,
+                    Err(err) => {
+                        shared.metrics.tier_errors[index].inc();
+                        tracing::debug!(tier = %slot.name, error = %err, "strata: tier lookup failed; treated as a miss");
+                        None
+                    }
+                },
+            };
+            let Some(result) = found else {
+                shared.metrics.tier_misses[index].inc();
+                continue;
+            };
+            let now = shared.clock.now();
+            if result.is_expired_at(now) {
+                shared.metrics.tier_misses[index].inc();
+                continue;
+            }
+            shared.metrics.tier_hits[index].inc();
+            if let Some(started) = started {
+                shared.metrics.lookup_seconds[index].observe(started.elapsed().as_secs_f64());
+            }
+            if index > 0 {
+                self.promote(&key, &result, index, &plan).await;
+            }
+            let age = result.age(now);
+            if sampled || index > 0 {
+                shared.metrics.served_age_seconds.observe(age.as_secs_f64());
+            }
+            let soft_ttl = result.ttl().mul_f64(shared.policy.soft_ttl_ratio);
+            if age >= soft_ttl && shared.policy.soft_ttl_ratio < 1.0 {
+                // One caller refreshes; everyone else keeps getting the old value meanwhile.
+                if let Some(lead) = shared.flights.try_lead(&key) {
+                    shared.metrics.soft_refreshes.inc();
+                    return Lookup::Miss(self.ticket(key, plan, versions, Some(lead)));
+                }
+                shared.metrics.stale_served.inc();
+                return Lookup::Hit(Hit { result, tier: slot.name.clone(), age, stale: true });
+            }
+            return Lookup::Hit(Hit { result, tier: slot.name.clone(), age, stale: false });
+        }
+
+        match shared.flights.join(&key) {
+            Joined::Lead(lead) => {
+                if let Some(started) = started {
+                    shared.metrics.lookup_miss_seconds.observe(started.elapsed().as_secs_f64());
+                }
+                Lookup::Miss(self.ticket(key, plan, versions, Some(lead)))
+            }
+            Joined::Follow(seat) => match flight::wait(seat, shared.policy.singleflight_wait).await {
+                Some(result) => {
+                    shared.metrics.flight_filled.inc();
+                    let age = result.age(shared.clock.now());
+                    Lookup::Hit(Hit { result, tier: Arc::from("single-flight"), age, stale: false })
+                }
+                None => {
+                    shared.metrics.flight_failed.inc();
+                    Lookup::Miss(self.ticket(key, plan, versions, None))
+                }
+            },
+        }
+    }
+
+    fn ticket(
+        &self,
+        key: CacheKey,
+        plan: Arc<Plan>,
+        versions: Vec<u64>,
+        lead: Option<FlightLead>,
+    ) -> FillTicket {
+        FillTicket { cache: self.shared.clone(), key, plan, versions, started: Instant::now(), lead }
+    }
+
+    /// Copies a hit from a slower tier into the faster ones before it, with the same creation
+    /// time and TTL: a promoted entry keeps its remaining lifetime, never a fresh one.
+    async fn promote(&self, key: &CacheKey, result: &CachedResult, found_at: usize, plan: &Plan) {
+        for slot in self.shared.tiers[..found_at].iter().filter(|s| plan.allows(s.role)) {
+            if let Err(err) = slot.tier.put(key, result.clone()).await {
+                tracing::debug!(tier = %slot.name, error = %err, "strata: promotion failed");
+            }
+        }
+    }
+
+    /// Looks up, and on a miss runs `load` and fills the cache with its answer. A failed load
+    /// returns its error and caches nothing; callers waiting on this fill then load themselves.
+    pub async fn get_or_fill<F, Fut, E>(&self, req: &Request<'_>, load: F) -> Result<Answer, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Loaded, E>>,
+    {
+        match self.lookup(req).await {
+            Lookup::Hit(hit) => {
+                Ok(Answer { payload: hit.payload().clone(), source: Source::Cache(hit.tier) })
+            }
+            Lookup::Bypass(bypass) => {
+                let loaded = load().await?;
+                Ok(Answer { payload: loaded.payload, source: Source::Bypassed(bypass.reason) })
+            }
+            Lookup::Miss(ticket) => {
+                // On error the ticket is dropped here, which releases the waiters.
+                let loaded = load().await?;
+                ticket.fill(loaded.payload.clone(), loaded.row_count).await;
+                Ok(Answer { payload: loaded.payload, source: Source::Database })
+            }
+        }
+    }
+
+    /// Tells the cache that tables changed (after the write committed): every result that read
+    /// them becomes unreachable in every tier, in this process at once and in processes sharing
+    /// the version store within its propagation bound. [`WriteEffect::Unknown`] invalidates
+    /// everything.
+    pub async fn invalidate(&self, effect: &WriteEffect) -> Result<(), Error> {
+        let span = tracing::debug_span!("strata::invalidate");
+        async {
+            let shared = &self.shared;
+            let (units, tables): (Vec<TableName>, &[TableName]) = match effect {
+                WriteEffect::Nothing => return Ok(()),
+                WriteEffect::Tables(tables) => {
+                    let mut units: Vec<TableName> = tables.iter().map(version_unit).collect();
+                    units.sort();
+                    units.dedup();
+                    (units, tables)
+                }
+                WriteEffect::Unknown => (vec![TableName::new(EVERYTHING)], &[]),
+            };
+            if let Err(err) = shared.versions.bump(&units).await {
+                shared.metrics.invalidate_errors.inc();
+                tracing::warn!(error = %err, "strata: could not bump table versions; this instance bypasses the cache until they resynchronize");
+                return Err(err.into());
+            }
+            if tables.is_empty() {
+                shared.metrics.invalidate_everything.inc();
+            } else {
+                shared.metrics.invalidate_tables.inc();
+            }
+            // Tiers with their own indexes (a semantic tier) drop dependents eagerly; for the
+            // others the bump above already made every old key unreachable.
+            for slot in &shared.tiers {
+                let _ = slot.tier.invalidate_tables(tables).await;
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Analyzes a statement that was executed and invalidates what it wrote.
+    pub async fn invalidate_sql(&self, sql: &str) -> Result<(), Error> {
+        let plan = self.plan(sql);
+        self.invalidate(plan.analysis.writes()).await
+    }
+
+    /// Makes every cached result unreachable and empties the tiers this process owns.
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.invalidate(&WriteEffect::Unknown).await?;
+        for slot in self.shared.tiers.iter().filter(|s| s.role == TierRole::Hot) {
+            slot.tier.clear().await?;
+        }
+        Ok(())
+    }
+
+    /// The statistics of each tier, by name.
+    pub fn tier_stats(&self) -> Vec<(String, strata_core::TierStats)> {
+        self.shared.tiers.iter().map(|s| (s.name.to_string(), s.tier.stats())).collect()
+    }
+
+    /// The Prometheus registry holding every Strata metric; mount it in your exporter.
+    pub fn registry(&self) -> &prometheus::Registry {
+        &self.shared.metrics.registry
+    }
+
+    /// Why a statement would or would not be cached, under which key and versions.
+    pub fn explain(&self, req: &Request<'_>) -> Explanation {
+        let plan = self.plan(req.sql);
+        let analysis = &plan.analysis;
+        let mut explanation = Explanation {
+            kind: analysis.kind().map_or_else(|| "multiple".to_owned(), |k| k.to_string()),
+            verdict: Ok(()),
+            tables: Vec::new(),
+            ttl: plan.ttl(),
+            tiers: self
+                .shared
+                .tiers
+                .iter()
+                .filter(|s| plan.allows(s.role))
+                .map(|s| s.name.to_string())
+                .collect(),
+            database: req.scope.database().to_owned(),
+            role: req.scope.role().to_owned(),
+            settings_digest: req.scope.settings().digest().to_string(),
+            key_digest: None,
+            ignored_hints: analysis
+                .hints()
+                .ignored()
+                .iter()
+                .map(|h| format!("{}: {}", h.text(), h.reason()))
+                .collect(),
+        };
+        match &plan.verdict {
+            Verdict::Bypass(reason) => explanation.verdict = Err(reason.to_string()),
+            Verdict::Cacheable(c) => {
+                let mut versions = Vec::new();
+                let view = self.shared.versions.read(&c.units, &mut versions);
+                explanation.tables = c
+                    .units
+                    .iter()
+                    .zip(&versions)
+                    .filter(|(u, _)| u.as_str() != EVERYTHING)
+                    .map(|(u, v)| (u.to_string(), *v))
+                    .collect();
+                if view == VersionView::Unsynchronized {
+                    explanation.verdict = Err(BypassReason::VersionsUnsynchronized.to_string());
+                } else if req.params.len() != analysis.client_param_count() as usize {
+                    explanation.verdict = Err(BypassReason::ParameterCount {
+                        expected: analysis.client_param_count(),
+                        bound: req.params.len(),
+                    }
+                    .to_string());
+                } else {
+                    explanation.key_digest =
+                        Some(build_key(req, analysis, &c.units, &versions).digest().to_string());
+                }
+            }
+        }
+        explanation
+    }
+}
+
+/// The key of a request: scope, statement identity, literal values lifted by the normalizer,
+/// bound parameters, result formats, and the version of every table the statement reads.
+pub(crate) fn build_key(
+    req: &Request<'_>,
+    analysis: &Analysis,
+    units: &[TableName],
+    versions: &[u64],
+) -> CacheKey {
+    let mut builder = CacheKey::builder(req.scope, analysis.key_bytes());
+    for literal in analysis.params() {
+        builder = builder.param(literal.type_oid(), Format::Text, literal.text().as_bytes());
+    }
+    for param in req.params {
+        builder = match param.value() {
+            Some(value) => builder.param(param.type_oid(), param.format(), value),
+            None => builder.null_param(param.type_oid(), param.format()),
+        };
+    }
+    builder = builder.result_formats(req.result_formats);
+    for (unit, version) in units.iter().zip(versions) {
+        builder = builder.table_version(unit.as_str(), *version);
+    }
+    builder.build()
+}
+
+/// The answer of [`QueryCache::explain`].
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    /// The statement kind.
+    pub kind: String,
+    /// `Ok` when cacheable now; otherwise the reason.
+    pub verdict: Result<(), String>,
+    /// The tables the result depends on, with their current versions.
+    pub tables: Vec<(String, u64)>,
+    /// The TTL a fill would get (before jitter).
+    pub ttl: Duration,
+    /// The tiers that may hold it.
+    pub tiers: Vec<String>,
+    /// The scope's database.
+    pub database: String,
+    /// The scope's role.
+    pub role: String,
+    /// The digest of the scope's result-changing settings.
+    pub settings_digest: String,
+    /// The key digest, when cacheable.
+    pub key_digest: Option<String>,
+    /// Hints that were ignored, with reasons.
+    pub ignored_hints: Vec<String>,
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.verdict {
+            Ok(()) => writeln!(f, "{} statement: cacheable", self.kind)?,
+            Err(reason) => writeln!(f, "{} statement: not cached ({reason})", self.kind)?,
+        }
+        writeln!(
+            f,
+            "scope: database {}, role {}, settings {}",
+            self.database, self.role, self.settings_digest
+        )?;
+        let tables: Vec<String> = self.tables.iter().map(|(t, v)| format!("{t}@{v}")).collect();
+        writeln!(
+            f,
+            "depends on: {}",
+            if tables.is_empty() { "no tables".to_owned() } else { tables.join(", ") }
+        )?;
+        writeln!(f, "ttl: {:?}, tiers: {}", self.ttl, self.tiers.join(", "))?;
+        if let Some(digest) = &self.key_digest {
+            writeln!(f, "key: {digest}")?;
+        }
+        for hint in &self.ignored_hints {
+            writeln!(f, "ignored hint {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl crate::policy::Plan {
+    pub(crate) fn allows(&self, role: TierRole) -> bool {
+        match (&self.verdict, self.analysis.hints().tier()) {
+            (Verdict::Bypass(_), _) => false,
+            (_, None) => true,
+            (_, Some(TierHint::L1)) => role == TierRole::Hot,
+            (_, Some(TierHint::L2)) => role == TierRole::Warm,
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Prometheus metrics in one registry the application can mount.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+use strata_core::{CacheTier, VersionHealth, VersionStore};
+
+/// Handles to every metric, with per-tier labels resolved once so the hot path only increments.
+pub(crate) struct Metrics {
+    pub(crate) registry: Registry,
+    pub(crate) tier_hits: Vec<IntCounter>,
+    pub(crate) tier_misses: Vec<IntCounter>,
+    pub(crate) tier_errors: Vec<IntCounter>,
+    pub(crate) lookup_seconds: Vec<Histogram>,
+    pub(crate) lookup_miss_seconds: Histogram,
+    bypasses: IntCounterVec,
+    pub(crate) fills_stored: IntCounter,
+    pub(crate) fills_too_large: IntCounter,
+    pub(crate) fills_abandoned: IntCounter,
+    pub(crate) fill_cost_seconds: Histogram,
+    pub(crate) flight_filled: IntCounter,
+    pub(crate) flight_failed: IntCounter,
+    pub(crate) soft_refreshes: IntCounter,
+    pub(crate) stale_served: IntCounter,
+    pub(crate) invalidate_tables: IntCounter,
+    pub(crate) invalidate_everything: IntCounter,
+    pub(crate) invalidate_errors: IntCounter,
+    pub(crate) served_age_seconds: Histogram,
+    /// Lookups seen, to sample the timing of in-process hits (reading a clock costs as much as
+    /// the hit itself on some virtual machines).
+    pub(crate) sample: AtomicU64,
+}
+
+/// One in this many in-process hits is timed.
+pub(crate) const SAMPLE_EVERY: u64 = 64;
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_000_1,
+    0.000_000_5,
+    0.000_001,
+    0.000_005,
+    0.000_01,
+    0.000_05,
+    0.000_1,
+    0.000_5,
+    0.001,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    0.5,
+    1.0,
+];
+const AGE_BUCKETS: &[f64] = &[0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    let c = IntCounter::with_opts(Opts::new(name, help))?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> prometheus::Result<Histogram> {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?;
+    registry.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+impl Metrics {
+    pub(crate) fn new(
+        tiers: &[(Arc<str>, Arc<dyn CacheTier>)],
+        versions: Arc<dyn VersionStore>,
+    ) -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let hits = counter_vec(&registry, "strata_tier_hits_total", "Lookups answered by a tier", &["tier"])?;
+        let misses =
+            counter_vec(&registry, "strata_tier_misses_total", "Lookups a tier could not answer", &["tier"])?;
+        let errors = counter_vec(
+            &registry,
+            "strata_tier_errors_total",
+            "Tier calls that failed (served as misses)",
+            &["tier"],
+        )?;
+        let lookup = HistogramVec::new(
+            HistogramOpts::new(
+                "strata_lookup_seconds",
+                "Time to answer a lookup, by the tier that answered (in-process hits sampled)",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["tier"],
+        )?;
+        registry.register(Box::new(lookup.clone()))?;
+        let names: Vec<&str> = tiers.iter().map(|(n, _)| &**n).collect();
+        let bypasses = counter_vec(
+            &registry,
+            "strata_bypass_total",
+            "Lookups the cache did not answer, by reason",
+            &["reason"],
+        )?;
+        let fills = counter_vec(
+            &registry,
+            "strata_fills_total",
+            "Results offered to the cache, by outcome",
+            &["outcome"],
+        )?;
+        let flights = counter_vec(
+            &registry,
+            "strata_singleflight_waits_total",
+            "Lookups that waited for a concurrent fill, by outcome",
+            &["outcome"],
+        )?;
+        let invalidations =
+            counter_vec(&registry, "strata_invalidations_total", "Write notifications, by kind", &["kind"])?;
+        let metrics = Metrics {
+            tier_hits: names.iter().map(|n| hits.with_label_values(&[n])).collect(),
+            tier_misses: names.iter().map(|n| misses.with_label_values(&[n])).collect(),
+            tier_errors: names.iter().map(|n| errors.with_label_values(&[n])).collect(),
+            lookup_seconds: names.iter().map(|n| lookup.with_label_values(&[n])).collect(),
+            lookup_miss_seconds: lookup.with_label_values(&["miss"]),
+            bypasses,
+            fills_stored: fills.with_label_values(&["stored"]),
+            fills_too_large: fills.with_label_values(&["too_large"]),
+            fills_abandoned: fills.with_label_values(&["abandoned"]),
+            fill_cost_seconds: histogram(
+                &registry,
+                "strata_fill_cost_seconds",
+                "How long the database took to produce results that were cached",
+                LATENCY_BUCKETS,
+            )?,
+            flight_filled: flights.with_label_values(&["filled"]),
+            flight_failed: flights.with_label_values(&["failed_or_timeout"]),
+            soft_refreshes: counter(
+                &registry,
+                "strata_soft_ttl_refreshes_total",
+                "Refreshes of entries past their soft TTL",
+            )?,
+            stale_served: counter(
+                &registry,
+                "strata_soft_ttl_stale_served_total",
+                "Hits served past soft TTL while another caller refreshed",
+            )?,
+            invalidate_tables: invalidations.with_label_values(&["tables"]),
+            invalidate_everything: invalidations.with_label_values(&["everything"]),
+            invalidate_errors: invalidations.with_label_values(&["failed"]),
+            served_age_seconds: histogram(
+                &registry,
+                "strata_served_age_seconds",
+                "Age of results served from cache (sampled for in-process hits)",
+                AGE_BUCKETS,
+            )?,
+            sample: AtomicU64::new(0),
+            registry,
+        };
+        metrics.registry.register(Box::new(TierGauges::new(tiers, versions)?))?;
+        Ok(metrics)
+    }
+
+    pub(crate) fn bypass(&self, reason: &str) {
+        self.bypasses.with_label_values(&[reason]).inc();
+    }
+
+    /// Whether this in-process hit should be timed.
+    #[inline]
+    pub(crate) fn sampled(&self) -> bool {
+        self.sample.fetch_add(1, Relaxed) % SAMPLE_EVERY == 0
+    }
+}
+
+/// Entries, bytes, evictions, corrupt values and breaker-visible errors of each tier, and the
+/// version store's state, read from the tiers when the registry is scraped.
+struct TierGauges {
+    tiers: Vec<(Arc<str>, Arc<dyn CacheTier>)>,
+    versions: Arc<dyn VersionStore>,
+    entries: IntGaugeVec,
+    bytes: IntGaugeVec,
+    evictions: IntCounterVec,
+    expirations: IntCounterVec,
+    corrupt: IntCounterVec,
+    synchronized: IntGauge,
+    /// Counter values seen at the previous scrape, so counters advance by the difference.
+    last: Mutex<Vec<[u64; 3]>>,
+    descs: Vec<Desc>,
+}
+
+impl TierGauges {
+    fn new(
+        tiers: &[(Arc<str>, Arc<dyn CacheTier>)],
+        versions: Arc<dyn VersionStore>,
+    ) -> prometheus::Result<Self> {
+        let entries =
+            IntGaugeVec::new(Opts::new("strata_tier_entries", "Entries held by a tier"), &["tier"])?;
+        let bytes = IntGaugeVec::new(Opts::new("strata_tier_bytes", "Bytes held by a tier"), &["tier"])?;
+        let evictions = IntCounterVec::new(
+            Opts::new("strata_tier_evictions_total", "Entries evicted to make room"),
+            &["tier"],
+        )?;
+        let expirations = IntCounterVec::new(
+            Opts::new("strata_tier_expirations_total", "Entries found expired"),
+            &["tier"],
+        )?;
+        let corrupt = IntCounterVec::new(
+            Opts::new("strata_tier_corrupt_total", "Stored values that failed to decode (served as misses)"),
+            &["tier"],
+        )?;
+        let synchronized = IntGauge::with_opts(Opts::new(
+            "strata_versions_synchronized",
+            "1 when table versions are current (local, or shared with the change channel in sequence), 0 while resynchronizing",
+        ))?;
+        let mut descs = Vec::new();
+        for c in [&entries as &dyn Collector, &bytes, &evictions, &expirations, &corrupt, &synchronized] {
+            descs.extend(c.desc().into_iter().cloned());
+        }
+        Ok(Self {
+            tiers: tiers.to_vec(),
+            versions,
+            entries,
+            bytes,
+            evictions,
+            expirations,
+            corrupt,
+            synchronized,
+            last: Mutex::new(vec![[0; 3]; tiers.len()]),
+            descs,
+        })
+    }
+}
+
+impl Collector for TierGauges {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, (name, tier)) in self.tiers.iter().enumerate() {
+            let stats = tier.stats();
+            self.entries.with_label_values(&[name]).set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
+            self.bytes.with_label_values(&[name]).set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
+            let now = [stats.evictions, stats.expirations, stats.corrupt];
+            for (j, counter) in [&self.evictions, &self.expirations, &self.corrupt].into_iter().enumerate() {
+                counter.with_label_values(&[name]).inc_by(now[j].saturating_sub(last[i][j]));
+            }
+            last[i] = now;
+        }
+        let synchronized =
+            matches!(self.versions.health(), VersionHealth::Local | VersionHealth::Synchronized);
+        self.synchronized.set(i64::from(synchronized));
+        let mut families = Vec::new();
+        for c in [
+            &self.entries as &dyn Collector,
+            &self.bytes,
+            &self.evictions,
+            &self.expirations,
+            &self.corrupt,
+            &self.synchronized,
+        ] {
+            families.extend(c.collect());
+        }
+        families
+    }
+}
