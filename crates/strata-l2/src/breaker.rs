@@ -150,17 +150,26 @@ impl Drop for Permit<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
+
+    fn fail(b: &Breaker) {
+        b.try_acquire().expect("breaker admits the call").failure();
+    }
+
+    fn succeed(b: &Breaker) {
+        b.try_acquire().expect("breaker admits the call").success();
+    }
 
     #[tokio::test(start_paused = true)]
     async fn opens_after_threshold_then_probes_after_cooldown() {
         let b = Breaker::new(3, Duration::from_millis(500));
         for _ in 0..2 {
-            b.try_acquire().map(Permit::failure);
+            fail(&b);
         }
         assert_eq!(b.state(), BreakerState::Closed);
-        b.try_acquire().map(Permit::failure);
+        fail(&b);
         assert_eq!(b.state(), BreakerState::Open);
         assert_eq!(b.opens(), 1);
         assert!(b.try_acquire().is_none(), "open breaker admits nothing");
@@ -172,12 +181,12 @@ mod tests {
         assert!(probe.is_some(), "after the cool-down one probe goes through");
         assert!(b.try_acquire().is_none(), "only one probe at a time");
         assert_eq!(b.state(), BreakerState::HalfOpen);
-        probe.map(Permit::failure);
+        probe.expect("probe permit").failure();
         assert_eq!(b.state(), BreakerState::Open, "a failed probe reopens");
         assert_eq!(b.opens(), 2);
 
         tokio::time::advance(Duration::from_millis(500)).await;
-        b.try_acquire().map(Permit::success);
+        succeed(&b);
         assert_eq!(b.state(), BreakerState::Closed, "a good probe closes");
         assert!(b.try_acquire().is_some());
     }
@@ -185,11 +194,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn success_resets_the_failure_count_and_abandoned_probe_reopens() {
         let b = Breaker::new(2, Duration::from_millis(100));
-        b.try_acquire().map(Permit::failure);
-        b.try_acquire().map(Permit::success);
-        b.try_acquire().map(Permit::failure);
+        fail(&b);
+        succeed(&b);
+        fail(&b);
         assert_eq!(b.state(), BreakerState::Closed, "failures must be consecutive");
-        b.try_acquire().map(Permit::failure);
+        fail(&b);
         assert_eq!(b.state(), BreakerState::Open);
         tokio::time::advance(Duration::from_millis(100)).await;
         drop(b.try_acquire());

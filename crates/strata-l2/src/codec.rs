@@ -125,7 +125,11 @@ impl Codec {
     /// Decodes a stored value. Never panics; every refusal is a [`DecodeError`].
     pub(crate) fn decode(&self, value: &Bytes) -> Result<Decoded, DecodeError> {
         if value.len() < MAGIC.len() {
-            return Err(if MAGIC.starts_with(value) { DecodeError::Truncated } else { DecodeError::ForeignMagic });
+            return Err(if MAGIC.starts_with(value) {
+                DecodeError::Truncated
+            } else {
+                DecodeError::ForeignMagic
+            });
         }
         if value[..4] != MAGIC {
             return Err(DecodeError::ForeignMagic);
@@ -145,7 +149,11 @@ impl Codec {
         if xxh3_64(&value[HEADER_LEN..]) != u64::from_le_bytes(checksum) {
             // A truncated value almost always lands here; report it as what it most likely is
             // only when the body is too short to hold even the fixed fields.
-            return Err(if value.len() < HEADER_LEN + 40 { DecodeError::Truncated } else { DecodeError::Checksum });
+            return Err(if value.len() < HEADER_LEN + 40 {
+                DecodeError::Truncated
+            } else {
+                DecodeError::Checksum
+            });
         }
         let mut r = Reader { buf: value, pos: HEADER_LEN };
         let created_ns = r.u64()?;
@@ -162,7 +170,8 @@ impl Codec {
         for _ in 0..dep_count {
             let name = r.bytes()?;
             let version = r.u64()?;
-            let name = std::str::from_utf8(&name).map_err(|_| DecodeError::Malformed("table name is not utf-8"))?;
+            let name =
+                std::str::from_utf8(&name).map_err(|_| DecodeError::Malformed("table name is not utf-8"))?;
             deps.push((TableName::new(name), version));
         }
         let payload_len = r.u32()? as usize;
@@ -171,7 +180,8 @@ impl Codec {
         }
         let stored = value.slice(r.pos..);
         let payload = if flags & FLAG_LZ4 != 0 {
-            let out = lz4_flex::block::decompress(&stored, payload_len).map_err(|_| DecodeError::Decompress)?;
+            let out =
+                lz4_flex::block::decompress(&stored, payload_len).map_err(|_| DecodeError::Decompress)?;
             if out.len() != payload_len {
                 return Err(DecodeError::Decompress);
             }
@@ -206,7 +216,8 @@ impl Reader<'_> {
     }
 
     fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
-        let end = self.pos.checked_add(n).filter(|&end| end <= self.buf.len()).ok_or(DecodeError::Truncated)?;
+        let end =
+            self.pos.checked_add(n).filter(|&end| end <= self.buf.len()).ok_or(DecodeError::Truncated)?;
         let out = &self.buf[self.pos..end];
         self.pos = end;
         Ok(out)
@@ -262,7 +273,9 @@ mod tests {
 
     #[test]
     fn round_trip_keeps_payload_metadata_and_key() {
-        for payload in [Vec::new(), b"short".to_vec(), vec![b'x'; 10_000], (0..=255u8).cycle().take(5000).collect()] {
+        for payload in
+            [Vec::new(), b"short".to_vec(), vec![b'x'; 10_000], (0..=255u8).cycle().take(5000).collect()]
+        {
             let original = result(payload);
             let bytes = Bytes::from(CODEC.encode(&key(), &original).unwrap_or_default());
             let decoded = CODEC.decode(&bytes).map_err(|e| e.to_string());

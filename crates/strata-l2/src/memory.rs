@@ -130,7 +130,12 @@ impl MemoryStorageBuilder {
         let mut options = OptionsBuilder::new();
         options.weight_capacity(capacity_bytes).estimated_items_capacity(estimated_items).shards(shards);
         let options = options.build().map_err(|e| Error::config(format!("l2 memory options: {e:?}")))?;
-        let cache = Cache::with_options(options, EntryWeighter, DefaultHashBuilder::default(), CountEvictions(evictions.clone()));
+        let cache = Cache::with_options(
+            options,
+            EntryWeighter,
+            DefaultHashBuilder::default(),
+            CountEvictions(evictions.clone()),
+        );
         let admitted = (cache.shard_capacity() as f64 * QUICK_CACHE_HOT_SHARE) as u64;
         Ok(MemoryStorage {
             cache,
@@ -197,7 +202,10 @@ impl Storage for MemoryStorage {
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<PutOutcome, Error> {
         let weight_bytes = key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD_BYTES;
         if value.len() as u64 > self.max_value_bytes {
-            return Ok(PutOutcome::Rejected(Rejection::TooLarge { weight_bytes, limit_bytes: self.max_value_bytes }));
+            return Ok(PutOutcome::Rejected(Rejection::TooLarge {
+                weight_bytes,
+                limit_bytes: self.max_value_bytes,
+            }));
         }
         let Some(expires_at) = self.clock.now().checked_add(ttl) else {
             return Err(Error::config("l2 memory ttl overflows the clock"));
@@ -217,11 +225,11 @@ impl Storage for MemoryStorage {
     }
 
     fn usage(&self) -> StorageUsage {
-        let mut usage = StorageUsage::default();
-        usage.entries = self.cache.len() as u64;
-        usage.bytes = self.cache.weight();
-        usage.capacity_bytes = self.capacity_bytes;
-        usage.evictions = self.evictions.load(Relaxed);
-        usage
+        StorageUsage {
+            entries: self.cache.len() as u64,
+            bytes: self.cache.weight(),
+            capacity_bytes: self.capacity_bytes,
+            evictions: self.evictions.load(Relaxed),
+        }
     }
 }

@@ -129,8 +129,9 @@ impl RedisStorageBuilder {
         }
         let conn = match &self.target {
             Target::Standalone(url) => {
-                let client = redis::Client::open(url.as_str())
-                    .map_err(|e| Error::config(format!("invalid l2 redis url {}", redact(url))).with_source(e))?;
+                let client = redis::Client::open(url.as_str()).map_err(|e| {
+                    Error::config(format!("invalid l2 redis url {}", redact(url))).with_source(e)
+                })?;
                 let config = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(self.connect_timeout))
                     .set_response_timeout(Some(self.response_timeout))
@@ -153,7 +154,8 @@ impl RedisStorageBuilder {
                     .max_retry_wait(u64::try_from(self.reconnect_max_delay.as_millis()).unwrap_or(u64::MAX))
                     .build()
                     .map_err(|e| Error::config("invalid l2 redis cluster node urls").with_source(e))?;
-                let conn = client.get_pending_async_connection_with_config(redis::cluster::ClusterConfig::new());
+                let conn =
+                    client.get_pending_async_connection_with_config(redis::cluster::ClusterConfig::new());
                 Conn::Cluster(conn)
             }
         };
@@ -247,11 +249,18 @@ impl RedisStorage {
             scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
             let (next, keys): (u64, Vec<Vec<u8>>) = match (&self.conn, &node) {
                 (Conn::Cluster(c), Some((host, port))) => {
-                    let routing =
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: host.clone(), port: *port });
-                    let value = c.clone().route_command(scan, routing).await.map_err(|e| redis_error("redis scan failed", e))?;
-                    FromRedisValue::from_redis_value(value)
-                        .map_err(|e| Error::new(ErrorKind::Unavailable, "unexpected redis scan reply").with_source(e))?
+                    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port: *port,
+                    });
+                    let value = c
+                        .clone()
+                        .route_command(scan, routing)
+                        .await
+                        .map_err(|e| redis_error("redis scan failed", e))?;
+                    FromRedisValue::from_redis_value(value).map_err(|e| {
+                        Error::new(ErrorKind::Unavailable, "unexpected redis scan reply").with_source(e)
+                    })?
                 }
                 _ => self.query("redis scan failed", &scan).await?,
             };
@@ -338,8 +347,9 @@ impl Storage for RedisStorage {
                     )
                     .await
                     .map_err(|e| redis_error("redis cluster nodes failed", e))?;
-                let nodes: String = FromRedisValue::from_redis_value(nodes)
-                    .map_err(|e| Error::new(ErrorKind::Unavailable, "unexpected cluster nodes reply").with_source(e))?;
+                let nodes: String = FromRedisValue::from_redis_value(nodes).map_err(|e| {
+                    Error::new(ErrorKind::Unavailable, "unexpected cluster nodes reply").with_source(e)
+                })?;
                 for node in cluster_primaries(&nodes) {
                     self.clear_node(Some(node)).await?;
                 }
@@ -369,6 +379,9 @@ a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
 b2 127.0.0.1:7001@17001 master,fail - 0 0 2 connected 5461-10922
 c3 127.0.0.1:7002@17002 master - 0 0 3 connected 10923-16383
 d4 127.0.0.1:7003@17003 slave a1 0 0 1 connected";
-        assert_eq!(cluster_primaries(reply), vec![("127.0.0.1".to_owned(), 7000), ("127.0.0.1".to_owned(), 7002)]);
+        assert_eq!(
+            cluster_primaries(reply),
+            vec![("127.0.0.1".to_owned(), 7000), ("127.0.0.1".to_owned(), 7002)]
+        );
     }
 }

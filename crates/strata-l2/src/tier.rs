@@ -151,7 +151,10 @@ impl WarmTierBuilder {
         Ok(WarmTier {
             storage: self.storage,
             breaker: Breaker::new(self.breaker_failure_threshold, self.breaker_cooldown),
-            codec: Codec { compress_above_bytes: self.compress_above_bytes, max_payload_bytes: self.max_payload_bytes },
+            codec: Codec {
+                compress_above_bytes: self.compress_above_bytes,
+                max_payload_bytes: self.max_payload_bytes,
+            },
             deadline: self.deadline,
             admin_deadline: self.admin_deadline,
             clock: self.clock,
@@ -331,13 +334,14 @@ impl WarmTier {
             self.counters.short_circuited.fetch_add(1, Relaxed);
             return Err(CallFailure::ShortCircuited);
         };
-        let until = tokio::time::Instant::now() + deadline;
         let mut fut = std::pin::pin!(f());
-        // A storage that answers without waiting (the memory backend) needs no timer.
+        // A storage that answers without waiting (the memory backend) needs neither a timer nor a
+        // clock read. For a networked one the first poll only queues the request, so the
+        // deadline counts from there.
         let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
         let outcome = match first {
             Poll::Ready(result) => Ok(result),
-            Poll::Pending => tokio::time::timeout_at(until, fut).await,
+            Poll::Pending => tokio::time::timeout(deadline, fut).await,
         };
         let err = match outcome {
             Ok(Ok(value)) => {
@@ -519,7 +523,8 @@ mod tests {
     #[test]
     fn storage_key_is_the_digest_in_hex() {
         for statement in [&b"SELECT 1"[..], b"", b"SELECT * FROM t WHERE a = $1"] {
-            let key = CacheKey::builder(&KeyScope::new("db", "role", SettingsDigest::default()), statement).build();
+            let key =
+                CacheKey::builder(&KeyScope::new("db", "role", SettingsDigest::default()), statement).build();
             assert_eq!(StorageKey::new(&key).as_str(), key.digest().to_string());
         }
     }

@@ -54,7 +54,11 @@ async fn keys_spread_over_slots_and_a_dead_node_only_loses_its_own() {
     // Warm-up: the first calls discover the slot map.
     let start = Instant::now();
     while l2.put(&key(0), result(&b"0"[..])).await.unwrap() != PutOutcome::Stored {
-        assert!(start.elapsed() < Duration::from_secs(10), "cluster never accepted a write: {:?}", l2.health());
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "cluster never accepted a write: {:?}",
+            l2.health()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for n in 0..KEYS {

@@ -43,7 +43,10 @@ fn summarize(label: &str, calls: &[Call]) -> Duration {
     let p50 = times.get(times.len() / 2).copied().unwrap_or_default();
     let p99 = times.get(times.len() * 99 / 100).copied().unwrap_or_default();
     let hits = calls.iter().filter(|c| c.hit).count();
-    eprintln!("[l2 faults] {label}: {} calls, {hits} hits, p50 {p50:?}, p99 {p99:?}, max {max:?}", calls.len());
+    eprintln!(
+        "[l2 faults] {label}: {} calls, {hits} hits, p50 {p50:?}, p99 {p99:?}, max {max:?}",
+        calls.len()
+    );
     max
 }
 
@@ -110,7 +113,8 @@ async fn redis_stopped_mid_workload_gives_misses_within_the_deadline_then_recove
 
     let calls = calls.lock().unwrap().clone();
     let before: Vec<Call> = calls.iter().copied().filter(|c| c.start + c.elapsed < killed_at).collect();
-    let down: Vec<Call> = calls.iter().copied().filter(|c| c.start > killed_at && c.start + c.elapsed < restarted_at).collect();
+    let down: Vec<Call> =
+        calls.iter().copied().filter(|c| c.start > killed_at && c.start + c.elapsed < restarted_at).collect();
     let after: Vec<Call> = calls.iter().copied().filter(|c| c.start > restarted_at + recovered).collect();
     summarize("healthy", &before);
     let down_max = summarize("redis killed", &down);
@@ -137,7 +141,13 @@ async fn paused_redis_times_calls_out_at_the_deadline() {
 
     let mut admin = raw_connection(&server.url()).await;
     let pause = Duration::from_millis(1500);
-    let () = redis::cmd("CLIENT").arg("PAUSE").arg(pause.as_millis() as u64).arg("ALL").query_async(&mut admin).await.unwrap();
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(pause.as_millis() as u64)
+        .arg("ALL")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
     let paused_at = Instant::now();
 
     let mut timed_out = Vec::new();
@@ -168,6 +178,9 @@ async fn paused_redis_times_calls_out_at_the_deadline() {
         assert!(paused_at.elapsed() < pause + Duration::from_secs(10), "no recovery: {:?}", l2.health());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    eprintln!("[l2 faults] CLIENT PAUSE {pause:?}: served again {:?} after the pause began", paused_at.elapsed());
+    eprintln!(
+        "[l2 faults] CLIENT PAUSE {pause:?}: served again {:?} after the pause began",
+        paused_at.elapsed()
+    );
     assert_eq!(l2.health().breaker, BreakerState::Closed);
 }

@@ -15,7 +15,8 @@ use strata_l2::{RedisStorage, Storage, WarmTier};
 /// A tier on the shared test Redis under a prefix of its own. The deadline is generous: these
 /// tests check behaviour, not speed, on a busy debug build.
 fn tier(prefix: &str) -> WarmTier {
-    let storage = RedisStorage::standalone(service("STRATA_TEST_REDIS_URL")).with_key_prefix(prefix).build().unwrap();
+    let storage =
+        RedisStorage::standalone(service("STRATA_TEST_REDIS_URL")).with_key_prefix(prefix).build().unwrap();
     WarmTier::builder(Arc::new(storage)).with_deadline(Duration::from_secs(2)).build().unwrap()
 }
 
@@ -152,7 +153,8 @@ async fn corrupt_values_written_into_redis_are_misses_and_deleted() {
 #[tokio::test]
 async fn storage_can_be_used_directly() {
     let prefix = unique_prefix("direct");
-    let storage = RedisStorage::standalone(service("STRATA_TEST_REDIS_URL")).with_key_prefix(&prefix).build().unwrap();
+    let storage =
+        RedisStorage::standalone(service("STRATA_TEST_REDIS_URL")).with_key_prefix(&prefix).build().unwrap();
     assert_eq!(storage.redis_key("abc"), format!("{prefix}abc"));
     storage.set("abc", Bytes::from_static(b"v"), Duration::from_secs(10)).await.unwrap();
     let got = storage.get_many(&["abc".to_owned(), "zzz".to_owned()]).await.unwrap();

@@ -12,12 +12,16 @@ use bytes::Bytes;
 use common::{key, result, result_at};
 use strata_core::{CacheTier, Clock, ManualClock, PutOutcome, Rejection};
 use strata_l2::{
-    BreakerState, Error, ErrorKind, MemoryStorage, MemoryStorageBuilder, RedisStorage, RedisStorageBuilder, Storage,
-    StorageConfig, StorageUsage, WarmTier, WarmTierBuilder, WarmTierConfig, WarmTierHealth,
+    BreakerState, Error, ErrorKind, MemoryStorage, MemoryStorageBuilder, RedisStorage, RedisStorageBuilder,
+    Storage, StorageConfig, StorageUsage, WarmTier, WarmTierBuilder, WarmTierConfig, WarmTierHealth,
 };
 
 fn memory_tier(clock: &Arc<ManualClock>, capacity_bytes: u64) -> WarmTier {
-    let storage = MemoryStorage::builder().with_capacity_bytes(capacity_bytes).with_clock(clock.clone()).build().unwrap();
+    let storage = MemoryStorage::builder()
+        .with_capacity_bytes(capacity_bytes)
+        .with_clock(clock.clone())
+        .build()
+        .unwrap();
     WarmTier::builder(Arc::new(storage)).with_clock(clock.clone()).build().unwrap()
 }
 
@@ -82,8 +86,13 @@ async fn ttl_follows_the_injected_clock_and_the_remaining_ttl_is_stored() {
 #[tokio::test]
 async fn expired_and_oversized_results_are_refused() {
     let clock = Arc::new(ManualClock::fixed());
-    let storage = MemoryStorage::builder().with_capacity_bytes(1 << 20).with_clock(clock.clone()).build().unwrap();
-    let l2 = WarmTier::builder(Arc::new(storage)).with_clock(clock.clone()).with_max_payload_bytes(1000).build().unwrap();
+    let storage =
+        MemoryStorage::builder().with_capacity_bytes(1 << 20).with_clock(clock.clone()).build().unwrap();
+    let l2 = WarmTier::builder(Arc::new(storage))
+        .with_clock(clock.clone())
+        .with_max_payload_bytes(1000)
+        .build()
+        .unwrap();
     let expired = result_at(&b"x"[..], clock.now() - Duration::from_secs(31), Duration::from_secs(30));
     assert_eq!(l2.put(&key(1), expired).await.unwrap(), PutOutcome::Rejected(Rejection::Expired));
     let big = result_at(vec![0u8; 1001], clock.now(), Duration::from_secs(30));
@@ -99,7 +108,8 @@ async fn memory_backend_stays_within_its_byte_bound() {
     // Incompressible-ish payloads so the stored size is close to the payload size.
     for n in 0..300u64 {
         let payload: Vec<u8> = (0..1024u64).map(|i| (i.wrapping_mul(n + 7) >> 3) as u8 ^ n as u8).collect();
-        let outcome = l2.put(&key(n), result_at(payload, clock.now(), Duration::from_secs(60))).await.unwrap();
+        let outcome =
+            l2.put(&key(n), result_at(payload, clock.now(), Duration::from_secs(60))).await.unwrap();
         assert_eq!(outcome, PutOutcome::Stored);
         let stats = l2.stats();
         assert!(stats.bytes <= stats.capacity_bytes, "{} > {}", stats.bytes, stats.capacity_bytes);
@@ -188,7 +198,11 @@ impl Storage for Flaky {
 
 #[tokio::test(start_paused = true)]
 async fn slow_or_failing_storage_fails_open_and_the_breaker_recovers() {
-    let flaky = Arc::new(Flaky { inner: MemoryStorage::builder().build().unwrap(), mode: AtomicU8::new(HEALTHY), calls: AtomicU64::new(0) });
+    let flaky = Arc::new(Flaky {
+        inner: MemoryStorage::builder().build().unwrap(),
+        mode: AtomicU8::new(HEALTHY),
+        calls: AtomicU64::new(0),
+    });
     let l2 = WarmTier::builder(flaky.clone())
         .with_deadline(Duration::from_millis(5))
         .with_breaker_failure_threshold(3)
@@ -211,7 +225,10 @@ async fn slow_or_failing_storage_fails_open_and_the_breaker_recovers() {
     let calls = flaky.calls.load(SeqCst);
     let start = tokio::time::Instant::now();
     assert_eq!(l2.get(&key(1)).await.unwrap(), None);
-    assert_eq!(l2.put(&key(2), result(&b"two"[..])).await.unwrap(), PutOutcome::Rejected(Rejection::Degraded));
+    assert_eq!(
+        l2.put(&key(2), result(&b"two"[..])).await.unwrap(),
+        PutOutcome::Rejected(Rejection::Degraded)
+    );
     assert_eq!(l2.get_many(&[key(1), key(2)]).await.unwrap(), vec![None, None]);
     assert_eq!(start.elapsed(), Duration::ZERO);
     assert_eq!(flaky.calls.load(SeqCst), calls, "an open breaker never calls the storage");

@@ -67,11 +67,16 @@ impl RedisServer {
     pub fn start_cluster_node() -> Self {
         let port = free_port();
         let extra = [
-            "--cluster-enabled", "yes",
-            "--cluster-config-file", &format!("nodes-{port}.conf"),
-            "--cluster-node-timeout", "1000",
-            "--cluster-require-full-coverage", "no",
-            "--cluster-allow-reads-when-down", "yes",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            &format!("nodes-{port}.conf"),
+            "--cluster-node-timeout",
+            "1000",
+            "--cluster-require-full-coverage",
+            "no",
+            "--cluster-allow-reads-when-down",
+            "yes",
         ];
         Self::start_with(port, extra.iter().map(|s| s.to_string()).collect())
     }
@@ -91,7 +96,16 @@ impl RedisServer {
     /// Starts the process (again, on the same port) and waits until it answers PING.
     pub fn restart(&mut self) {
         let child = Command::new(service("STRATA_TEST_REDIS_SERVER"))
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .args(["--dir", self.dir.to_str().expect("utf-8 temp dir")])
             .args(&self.extra)
             .stdout(Stdio::null())
