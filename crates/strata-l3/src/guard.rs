@@ -320,6 +320,7 @@ pub(crate) fn words(text: &str) -> Vec<String> {
             }
             split.push("n't".to_owned());
         } else {
+            let w = w.strip_suffix("'s").unwrap_or(&w);
             let trimmed = w.trim_matches('\'');
             if !trimmed.is_empty() {
                 split.push(trimmed.to_owned());

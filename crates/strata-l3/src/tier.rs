@@ -205,7 +205,7 @@ impl fmt::Debug for SemanticTierBuilder {
 }
 
 impl SemanticTierBuilder {
-    /// The embedder. Default: [`LocalEmbedder`] of 256 dimensions.
+    /// The embedder. Default: [`LocalEmbedder`] of 128 dimensions.
     #[must_use]
     pub fn with_embedder(mut self, embedder: Arc<dyn Embedder>) -> Self {
         self.embedder = embedder;
@@ -351,6 +351,14 @@ impl Payload for Arc<Entry> {
     fn is_live(&self) -> bool {
         !self.dead.load(Ordering::Acquire)
     }
+
+    fn expires_at_nanos(&self) -> u64 {
+        nanos(self.value.expires_at())
+    }
+}
+
+fn nanos(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 #[derive(Default)]
@@ -721,7 +729,7 @@ impl SemanticTier {
             Some(entry) => (entry, CosineSimilarity::from_dot(1.0)),
             None => {
                 let Some(vector) = inner.embed(request.text).await else { return miss() };
-                let Some((entry, dot)) = index.search(&vector, &accept) else { return miss() };
+                let Some((entry, dot)) = index.search(&vector, nanos(now), &accept) else { return miss() };
                 (entry, CosineSimilarity::from_dot(dot))
             }
         };

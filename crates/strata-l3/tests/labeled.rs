@@ -299,7 +299,7 @@ fn default_guards_serve_no_false_hit_and_most_paraphrases() {
     }
     expect![[r#"
         category     cases  hits  rate
-        Paraphrase      50    45  0.900
+        Paraphrase      50    49  0.980
         OtherNumber     13     0  0.000
         OtherName       12     0  0.000
         GtVsGe          10     0  0.000
@@ -320,7 +320,7 @@ fn without_guards_similarity_alone_serves_false_hits() {
     assert_eq!(tenant, 0, "scope is enforced even without optional guards");
     expect![[r#"
         category     cases  hits  rate
-        Paraphrase      50    47  0.940
+        Paraphrase      50    49  0.980
         OtherNumber     13     4  0.308
         OtherName       12     6  0.500
         GtVsGe          10     3  0.300
