@@ -1,0 +1,363 @@
+//! What a user of `QueryCache` relies on: single-flight, freshness, promotion, rules, isolation.
+
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use strata::{
+    BypassReason, KeyScope, Loaded, Lookup, Param, QueryCache, QueryCacheConfig, Request, SettingsDigest,
+    Source, WriteEffect,
+};
+use strata_core::{CacheTier, Clock, Format, ManualClock, TableName, TypeOid};
+use strata_l1::HotTier;
+use strata_l2::{MemoryStorage, WarmTier};
+
+fn scope() -> KeyScope {
+    KeyScope::new("shop", "app", SettingsDigest::of([("search_path", "public")]))
+}
+
+fn l1(clock: &Arc<ManualClock>) -> HotTier {
+    HotTier::builder().with_clock(clock.clone()).build().unwrap()
+}
+
+fn l2(clock: &Arc<ManualClock>) -> WarmTier {
+    let storage = MemoryStorage::builder().with_clock(clock.clone()).build().unwrap();
+    WarmTier::builder(Arc::new(storage))
+        .with_clock(clock.clone())
+        .with_deadline(Duration::from_secs(1))
+        .build()
+        .unwrap()
+}
+
+fn loaded(text: &str) -> Result<Loaded, std::io::Error> {
+    Ok(Loaded { payload: Bytes::from(text.to_owned()), row_count: 1 })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_misses_run_exactly_one_fill() {
+    let clock = Arc::new(ManualClock::fixed());
+    let cache = QueryCache::builder().with_l1(l1(&clock)).with_clock(clock.clone()).build().unwrap();
+    let fills = Arc::new(AtomicU64::new(0));
+    let (release, gate) = tokio::sync::watch::channel(false);
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let (cache, fills, mut gate) = (cache.clone(), fills.clone(), gate.clone());
+            tokio::spawn(async move {
+                let scope = scope();
+                let req = Request::new(&scope, "SELECT * FROM items WHERE id = 7");
+                cache
+                    .get_or_fill(&req, || async move {
+                        fills.fetch_add(1, SeqCst);
+                        // Hold the fill until every task has looked up, so all of them miss.
+                        let _ = gate.wait_for(|open| *open).await;
+                        loaded("item 7")
+                    })
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    release.send_replace(true);
+    for task in tasks {
+        assert_eq!(task.await.unwrap().payload, Bytes::from_static(b"item 7"));
+    }
+    assert_eq!(fills.load(SeqCst), 1, "exactly one caller went to the database");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_one_fill_fails_every_waiter_still_gets_an_answer() {
+    let clock = Arc::new(ManualClock::fixed());
+    let cache = QueryCache::builder().with_l1(l1(&clock)).with_clock(clock.clone()).build().unwrap();
+    let attempts = Arc::new(AtomicU64::new(0));
+    let (release, gate) = tokio::sync::watch::channel(false);
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (cache, attempts, mut gate) = (cache.clone(), attempts.clone(), gate.clone());
+            tokio::spawn(async move {
+                let scope = scope();
+                let req = Request::new(&scope, "SELECT * FROM items WHERE id = 8");
+                cache
+                    .get_or_fill(&req, || async move {
+                        // The first attempt fails; waiters then load themselves and succeed.
+                        let n = attempts.fetch_add(1, SeqCst);
+                        let _ = gate.wait_for(|open| *open).await;
+                        if n == 0 {
+                            Err(std::io::Error::other("connection reset"))
+                        } else {
+                            loaded("item 8")
+                        }
+                    })
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    release.send_replace(true);
+    let mut failures = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(answer) => assert_eq!(answer.payload, Bytes::from_static(b"item 8")),
+            Err(_) => failures += 1,
+        }
+    }
+    assert_eq!(failures, 1, "only the caller whose load failed sees the error");
+}
+
+#[tokio::test]
+async fn soft_ttl_serves_the_old_value_while_exactly_one_caller_refreshes() {
+    let clock = Arc::new(ManualClock::fixed());
+    let cache = QueryCache::builder()
+        .with_l1(l1(&clock))
+        .with_clock(clock.clone())
+        .with_default_ttl(Duration::from_secs(100))
+        .with_ttl_jitter_ratio(0.0)
+        .with_soft_ttl_ratio(0.5)
+        .build()
+        .unwrap();
+    let scope = scope();
+    let req = Request::new(&scope, "SELECT * FROM prices");
+    assert_eq!(cache.get_or_fill(&req, || async { loaded("v1") }).await.unwrap().source, Source::Database);
+
+    clock.advance(Duration::from_secs(49));
+    assert!(matches!(cache.lookup(&req).await, Lookup::Hit(h) if !h.is_stale()));
+
+    clock.advance(Duration::from_secs(2));
+    // Past the soft TTL: the first caller is sent to refresh...
+    let Lookup::Miss(refresh) = cache.lookup(&req).await else {
+        panic!("the first caller past soft TTL refreshes")
+    };
+    // ...while the others are served the old value, marked stale.
+    for _ in 0..3 {
+        match cache.lookup(&req).await {
+            Lookup::Hit(hit) => {
+                assert!(hit.is_stale());
+                assert_eq!(hit.payload(), &Bytes::from_static(b"v1"));
+            }
+            other => panic!("expected a stale hit, got {other:?}"),
+        }
+    }
+    refresh.fill(Bytes::from_static(b"v2"), 1).await;
+    match cache.lookup(&req).await {
+        Lookup::Hit(hit) => {
+            assert!(!hit.is_stale());
+            assert_eq!(hit.payload(), &Bytes::from_static(b"v2"));
+        }
+        other => panic!("expected the refreshed value, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_hit_in_l2_is_promoted_to_l1_with_its_remaining_ttl_not_a_fresh_one() {
+    let clock = Arc::new(ManualClock::fixed());
+    let hot = Arc::new(l1(&clock));
+    let cache = QueryCache::builder()
+        .with_tier("l1", strata::TierRole::Hot, hot.clone())
+        .with_l2(l2(&clock))
+        .with_clock(clock.clone())
+        .with_default_ttl(Duration::from_secs(60))
+        .with_ttl_jitter_ratio(0.0)
+        .build()
+        .unwrap();
+    let scope = scope();
+    let req = Request::new(&scope, "SELECT * FROM catalog WHERE sku = 'A-1'");
+    cache.get_or_fill(&req, || async { loaded("sku A-1") }).await.unwrap();
+    hot.clear_all();
+
+    clock.advance(Duration::from_secs(40));
+    let Lookup::Hit(hit) = cache.lookup(&req).await else { panic!("l2 still holds it") };
+    assert_eq!(hit.tier(), "l2");
+    assert_eq!(hit.age(), Duration::from_secs(40));
+
+    let Lookup::Hit(hit) = cache.lookup(&req).await else { panic!("promoted to l1") };
+    assert_eq!(hit.tier(), "l1");
+    assert_eq!(hit.result().remaining_ttl(clock.now()), Duration::from_secs(20));
+
+    clock.advance(Duration::from_secs(21));
+    assert!(
+        matches!(cache.lookup(&req).await, Lookup::Miss(_)),
+        "the promoted copy expires with the original"
+    );
+}
+
+#[tokio::test]
+async fn ttl_comes_from_the_hint_then_the_table_then_the_default() {
+    let clock = Arc::new(ManualClock::fixed());
+    let cache = QueryCache::builder()
+        .with_l1(l1(&clock))
+        .with_clock(clock.clone())
+        .with_default_ttl(Duration::from_secs(60))
+        .with_table_ttl("prices", Duration::from_secs(5))
+        .with_ttl_jitter_ratio(0.0)
+        .build()
+        .unwrap();
+    let scope = scope();
+    for (sql, ttl) in [
+        ("SELECT * FROM orders", 60),
+        ("SELECT * FROM public.prices JOIN orders USING (id)", 5),
+        ("/* strata: ttl=2m */ SELECT * FROM prices", 120),
+    ] {
+        let req = Request::new(&scope, sql);
+        cache.get_or_fill(&req, || async { loaded("rows") }).await.unwrap();
+        let Lookup::Hit(hit) = cache.lookup(&req).await else { panic!("{sql} was cached") };
+        assert_eq!(hit.result().ttl(), Duration::from_secs(ttl), "{sql}");
+    }
+}
+
+#[tokio::test]
+async fn exclusions_size_limit_and_uncacheable_statements_are_never_served() {
+    let clock = Arc::new(ManualClock::fixed());
+    let cache = QueryCache::builder()
+        .with_l1(l1(&clock))
+        .with_clock(clock.clone())
+        .with_excluded_table("audit_log")
+        .with_max_result_bytes(16)
+        .build()
+        .unwrap();
+    let scope = scope();
+    let excluded = Request::new(&scope, "SELECT * FROM audit.audit_log");
+    assert!(
+        matches!(cache.lookup(&excluded).await, Lookup::Bypass(b) if matches!(b.reason(), BypassReason::ExcludedTable(_)))
+    );
+
+    let big = Request::new(&scope, "SELECT * FROM blobs");
+    let Lookup::Miss(ticket) = cache.lookup(&big).await else { panic!("miss") };
+    assert_eq!(ticket.fill(Bytes::from(vec![0u8; 17]), 1).await, strata::FillOutcome::TooLarge);
+    assert!(matches!(cache.lookup(&big).await, Lookup::Miss(_)));
+
+    for sql in
+        ["SELECT now()", "SELECT * FROM t FOR UPDATE", "/* strata: cache=off */ SELECT 1", "SELEC broken"]
+    {
+        let answer = cache.get_or_fill(&Request::new(&scope, sql), || async { loaded("x") }).await.unwrap();
+        assert!(
+            matches!(answer.source, Source::Bypassed(BypassReason::NotCacheable(_))),
+            "{sql}: {:?}",
+            answer.source
+        );
+    }
+}
+
+#[tokio::test]
+async fn scope_parameters_and_result_formats_separate_results() {
+    let clock = Arc::new(ManualClock::fixed());
+    let cache = QueryCache::builder().with_l1(l1(&clock)).with_clock(clock.clone()).build().unwrap();
+    let alice = KeyScope::new("shop", "alice", SettingsDigest::default());
+    let bob = KeyScope::new("shop", "bob", SettingsDigest::default());
+    let tenant = |t: &str| KeyScope::new("shop", "alice", SettingsDigest::of([("app.tenant_id", t)]));
+    let sql = "SELECT * FROM accounts WHERE id = $1";
+    let one = [Param::text(TypeOid::INT4, b"1")];
+    let two = [Param::text(TypeOid::INT4, b"2")];
+    let cases: Vec<(KeyScope, &[Param<'_>], &[Format], &str)> = vec![
+        (alice.clone(), &one, &[], "alice 1"),
+        (bob.clone(), &one, &[], "bob 1"),
+        (alice.clone(), &two, &[], "alice 2"),
+        (alice.clone(), &one, &[Format::Binary], "alice 1 binary"),
+        (tenant("a"), &one, &[], "tenant a 1"),
+        (tenant("b"), &one, &[], "tenant b 1"),
+    ];
+    for (scope, params, formats, value) in &cases {
+        let req = Request::new(scope, sql).with_params(params).with_result_formats(formats);
+        let answer = cache.get_or_fill(&req, || async { loaded(value) }).await.unwrap();
+        assert_eq!(answer.source, Source::Database, "{value} must not be served another key's result");
+    }
+    for (scope, params, formats, value) in &cases {
+        let req = Request::new(scope, sql).with_params(params).with_result_formats(formats);
+        let answer = cache.get_or_fill(&req, || async { loaded("wrong") }).await.unwrap();
+        assert_eq!(answer.payload, Bytes::from(value.to_string()));
+    }
+    let missing = Request::new(&alice, sql);
+    assert!(matches!(
+        cache.lookup(&missing).await,
+        Lookup::Bypass(b) if *b.reason() == BypassReason::ParameterCount { expected: 1, bound: 0 }
+    ));
+}
+
+#[tokio::test]
+async fn writes_invalidate_the_tables_they_touch_and_unknown_effects_invalidate_everything() {
+    let clock = Arc::new(ManualClock::fixed());
+    let cache = QueryCache::builder()
+        .with_l1(l1(&clock))
+        .with_l2(l2(&clock))
+        .with_clock(clock.clone())
+        .build()
+        .unwrap();
+    let scope = scope();
+    let users = Request::new(&scope, "SELECT * FROM users");
+    let orders = Request::new(&scope, "SELECT * FROM shop.orders");
+    for req in [&users, &orders] {
+        cache.get_or_fill(req, || async { loaded("old") }).await.unwrap();
+    }
+    cache.invalidate_sql("UPDATE public.users SET name = 'x'").await.unwrap();
+    assert!(matches!(cache.lookup(&users).await, Lookup::Miss(_)), "users changed");
+    assert!(matches!(cache.lookup(&orders).await, Lookup::Hit(_)), "orders did not");
+
+    cache.get_or_fill(&users, || async { loaded("new") }).await.unwrap();
+    cache.invalidate(&WriteEffect::Unknown).await.unwrap();
+    assert!(matches!(cache.lookup(&users).await, Lookup::Miss(_)));
+    assert!(matches!(cache.lookup(&orders).await, Lookup::Miss(_)));
+}
+
+#[tokio::test]
+async fn explain_says_why_and_metrics_count_what_happened() {
+    let cache = QueryCacheConfig::from_toml(
+        "default_ttl_ms = 30000\n[l2.storage]\nbackend = \"memory\"\n[tables.audit_log]\ncache = false\n",
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let scope = scope();
+    let explained = cache.explain(&Request::new(&scope, "SELECT * FROM users WHERE id = 1"));
+    assert!(explained.verdict.is_ok(), "{explained}");
+    assert_eq!(explained.tables, vec![("users".to_owned(), 0)]);
+    assert_eq!(explained.tiers, vec!["l1", "l2"]);
+    assert!(explained.to_string().contains("cacheable"), "{explained}");
+    let refused = cache.explain(&Request::new(&scope, "SELECT * FROM audit_log"));
+    assert_eq!(refused.verdict, Err("table audit_log is excluded from caching".to_owned()));
+
+    let req = Request::new(&scope, "SELECT * FROM users WHERE id = 1");
+    cache.get_or_fill(&req, || async { loaded("u1") }).await.unwrap();
+    cache.get_or_fill(&req, || async { loaded("u1") }).await.unwrap();
+    cache.get_or_fill(&Request::new(&scope, "SELECT random()"), || async { loaded("r") }).await.unwrap();
+    let text = prometheus::TextEncoder::new().encode_to_string(&cache.registry().gather()).unwrap();
+    for line in [
+        "strata_tier_hits_total{tier=\"l1\"} 1",
+        "strata_fills_total{outcome=\"stored\"} 1",
+        "strata_bypass_total{reason=\"volatile_function\"} 1",
+        "strata_tier_entries{tier=\"l1\"} 1",
+        "strata_versions_synchronized 1",
+    ] {
+        assert!(text.contains(line), "metrics lack `{line}`:\n{text}");
+    }
+    let stats = cache.tier_stats();
+    assert_eq!(stats[0].0, "l1");
+    assert_eq!(stats[0].1.hits, 1);
+}
+
+#[test]
+fn invalid_configuration_is_refused_with_a_reason() {
+    let err = QueryCache::builder().with_soft_ttl_ratio(0.0).build().unwrap_err();
+    assert_eq!(err.kind(), strata::ErrorKind::Config);
+    assert!(QueryCache::builder().with_default_ttl(Duration::ZERO).build().is_err());
+    let err = QueryCacheConfig::from_toml("default_ttl_ms = \"soon\"").unwrap_err();
+    assert!(err.to_string().contains("invalid cache configuration"), "{err}");
+    assert!(QueryCacheConfig::from_toml("unknown_field = 1").is_err());
+}
+
+#[test]
+fn public_types_are_send_sync_and_debug() {
+    fn check<T: Send + Sync + std::fmt::Debug>() {}
+    check::<QueryCache>();
+    check::<strata::QueryCacheBuilder>();
+    check::<strata::QueryCacheConfig>();
+    check::<strata::FillTicket>();
+    check::<strata::Hit>();
+    check::<strata::Lookup>();
+    check::<strata::Explanation>();
+    check::<strata::Error>();
+    check::<strata::LocalVersions>();
+    check::<Request<'static>>();
+    check::<Param<'static>>();
+    let _: &dyn CacheTier = &HotTier::builder().build().unwrap();
+    let _ = TableName::new("x");
+}
