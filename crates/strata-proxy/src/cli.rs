@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::Parser;
 
 use crate::{
-    config::{FileConfig, ProxyBuilder},
+    config::{FileConfig, ProxyBuilder, DEFAULT_UPSTREAM},
     error::Error,
     server::Proxy,
 };
@@ -17,8 +17,8 @@ use crate::{
 #[derive(Debug, Clone, Default, Parser)]
 #[command(name = "strata-proxy", version, about)]
 pub struct Args {
-    /// Upstream PostgreSQL server, e.g. postgres://127.0.0.1:5432 (user, database and password come
-    /// from each client).
+    /// Upstream PostgreSQL server (user, database and password come from each client)
+    /// [default: postgres://127.0.0.1:5432].
     #[arg(long, env = "STRATA_UPSTREAM")]
     pub upstream: Option<String>,
     /// Address clients connect to [default: 127.0.0.1:6432].
@@ -47,9 +47,9 @@ impl Args {
             None => FileConfig::default(),
         };
         let mut b = Proxy::builder();
-        if let Some(u) = self.upstream.clone().or(file.upstream) {
-            b = b.with_upstream(u);
-        }
+        b = b.with_upstream(
+            self.upstream.clone().or(file.upstream).unwrap_or_else(|| DEFAULT_UPSTREAM.to_owned()),
+        );
         if let Some(l) = self.listen.clone().or(file.listen) {
             b = b.with_listen(l);
         }
@@ -75,5 +75,48 @@ impl Args {
         }
         let log = self.log.clone().or(file.log).unwrap_or_else(|| "info".to_owned());
         Ok((b, log))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn arguments_override_the_file_and_defaults_fill_the_rest() {
+        let path = std::env::temp_dir().join(format!("strata-proxy-cli-{}.toml", std::process::id()));
+        let written = std::fs::write(
+            &path,
+            "upstream = \"postgres://db.internal:5433\"\nlisten = \"127.0.0.1:7000\"\nhttp = \"off\"\nlog = \"debug\"\n",
+        );
+        assert!(written.is_ok());
+        let args = Args::try_parse_from([
+            "strata-proxy",
+            "--config",
+            &path.to_string_lossy(),
+            "--listen",
+            "0.0.0.0:6543",
+        ]);
+        let (builder, log) = args
+            .map_err(|e| e.to_string())
+            .and_then(|a| a.resolve().map_err(|e| e.to_string()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _ = std::fs::remove_file(&path);
+        let shown = format!("{builder:?}");
+        assert!(shown.contains("upstream: Some(\"postgres://db.internal:5433\")"), "{shown}");
+        assert!(shown.contains("listen: \"0.0.0.0:6543\""), "{shown}");
+        assert!(shown.contains("http: None"), "{shown}");
+        assert_eq!(log, "debug");
+
+        let (builder, log) = Args::default().resolve().unwrap_or_else(|e| panic!("{e}"));
+        let shown = format!("{builder:?}");
+        assert!(shown.contains("upstream: Some(\"postgres://127.0.0.1:5432\")"), "{shown}");
+        assert!(shown.contains("listen: \"127.0.0.1:6432\""), "{shown}");
+        assert_eq!(log, "info");
+        assert!(Args { config: Some("/nonexistent/strata.toml".into()), ..Args::default() }
+            .resolve()
+            .is_err());
     }
 }

@@ -100,6 +100,8 @@ pub struct ProxyBuilder {
     registry: Option<prometheus::Registry>,
 }
 
+/// The upstream the binary uses when none is given.
+pub const DEFAULT_UPSTREAM: &str = "postgres://127.0.0.1:5432";
 /// The default client listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6432";
 /// The default HTTP address for `/health` and `/metrics`.

@@ -43,7 +43,7 @@ mod session;
 
 pub use crate::{
     cli::Args,
-    config::{FileConfig, ProxyBuilder, Upstream, DEFAULT_HTTP, DEFAULT_LISTEN},
+    config::{FileConfig, ProxyBuilder, Upstream, DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_UPSTREAM},
     error::{Error, ErrorKind},
     seam::{
         Bind, CacheMode, ExtendedMessage, Fill, Format, Lookup, NotCacheable, PassThrough, PreparedStatement,

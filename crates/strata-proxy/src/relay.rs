@@ -227,6 +227,9 @@ struct State {
     /// Session-state effects of a transaction in progress, applied at COMMIT.
     txn_effects: Vec<Effect>,
     backend_key: Option<(u32, u32)>,
+    /// A request was answered (popped) but its last bytes are not yet written to the client; a
+    /// replay must wait so that responses reach the client in request order.
+    response_unwritten: bool,
 }
 
 struct Session {
@@ -308,6 +311,7 @@ async fn run_session(
             in_flight: VecDeque::new(),
             txn_effects: Vec::new(),
             backend_key: None,
+            response_unwritten: false,
         }),
         client_out: Arc::new(tokio::sync::Mutex::new(ClientOut { w: client_wr, mid_frame: false })),
         idle,
@@ -325,6 +329,7 @@ async fn run_session(
         portals: HashMap::new(),
         open: None,
         orphans: Vec::new(),
+        ready: false,
     };
     let server_side = ServerSide {
         session: session.clone(),
@@ -474,6 +479,8 @@ struct ClientSide {
     /// Statements the client closed in replayed batches that the server still has; closed
     /// upstream at the start of the next forwarded extended batch.
     orphans: Vec<String>,
+    /// Cached once the server's first ReadyForQuery has been seen.
+    ready: bool,
 }
 
 enum Flow {
@@ -531,7 +538,10 @@ impl ClientSide {
     }
 
     async fn on_frame(&mut self, tag: u8, msg: Bytes) -> Result<Flow, ClientEnd> {
-        if !self.session.state().ready {
+        if !self.ready {
+            self.ready = self.session.state().ready;
+        }
+        if !self.ready {
             // Authentication messages (and anything before the first ReadyForQuery) pass unchanged.
             self.out.extend_from_slice(&msg);
             return Ok(Flow::Continue);
@@ -605,6 +615,7 @@ impl ClientSide {
         let view = {
             let st = self.session.state();
             let eligible = st.in_flight.is_empty()
+                && !st.response_unwritten
                 && st.view.transaction_status() == TransactionStatus::Idle
                 && *st.view.tracking() == Tracking::Tracked;
             if !eligible {
@@ -799,7 +810,13 @@ impl ClientSide {
                     if len < 0 {
                         params.push(None);
                     } else {
-                        params.push(Some(Bytes::copy_from_slice(r.take(len as usize)?)));
+                        let value = r.take(len as usize)?;
+                        // Parameter values are only kept when a cache may key on them.
+                        params.push(Some(if self.active {
+                            Bytes::copy_from_slice(value)
+                        } else {
+                            Bytes::new()
+                        }));
                     }
                 }
                 let result_formats = read_formats(&mut r)?;
@@ -1047,6 +1064,9 @@ impl ServerSide {
                     return ServerEnd::ClientWrite;
                 }
                 self.out.clear();
+                if self.active {
+                    self.session.state().response_unwritten = false;
+                }
                 g.mid_frame = self.stream_left > 0;
                 if g.mid_frame {
                     // Keep the writer until the frame is complete so nothing can interleave.
@@ -1077,6 +1097,7 @@ impl ServerSide {
                     if !st.ready {
                         st.ready = true;
                     } else if let Some(mut entry) = st.in_flight.pop_front() {
+                        st.response_unwritten = true;
                         entry.record(&msg, max_result);
                         let status = status.unwrap_or(TransactionStatus::Failed);
                         finish_effects(st, &entry, status);
