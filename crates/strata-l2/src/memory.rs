@@ -191,6 +191,10 @@ impl Storage for MemoryStorage {
         "memory"
     }
 
+    fn get_now(&self, key: &str) -> Option<Option<Bytes>> {
+        Some(self.lookup(key))
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Bytes>, Error> {
         Ok(self.lookup(key))
     }

@@ -40,6 +40,15 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// The value under `key`, or `None`.
     async fn get(&self, key: &str) -> Result<Option<Bytes>, Error>;
 
+    /// The value under `key` if the storage can answer without waiting (an in-process store),
+    /// `None` if it would have to wait. The tier uses it for
+    /// [`CacheTier::get_now`](strata_core::CacheTier::get_now); the default always waits.
+    /// Storages that answer here must never block, and need no deadline.
+    fn get_now(&self, key: &str) -> Option<Option<Bytes>> {
+        let _ = key;
+        None
+    }
+
     /// The values under `keys`, in order; one batch call where the backend has one (Redis `MGET`).
     /// The default asks one key at a time.
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, Error> {

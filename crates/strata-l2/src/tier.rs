@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use strata_core::{
-    async_trait, CacheKey, CacheTier, CachedResult, Clock, PutOutcome, Rejection, SystemClock, TierStats,
+    async_trait, CacheKey, CacheTier, CachedResult, Clock, NowLookup, PutOutcome, Rejection, SystemClock,
+    TierStats,
 };
 
 use crate::breaker::{Breaker, BreakerState};
@@ -261,6 +262,13 @@ impl fmt::Debug for WarmTier {
     }
 }
 
+/// What a stored value turned out to be.
+enum Inspected {
+    Hit(CachedResult),
+    Miss,
+    Corrupt(DecodeError),
+}
+
 /// Why a storage call gave no answer.
 enum CallFailure {
     /// The breaker is open: the storage was not touched.
@@ -360,34 +368,44 @@ impl WarmTier {
         Err(CallFailure::Failed(err))
     }
 
-    /// Decodes and checks a stored value; corrupt values are counted and deleted.
-    async fn check(&self, key: &CacheKey, skey: &str, raw: Option<Bytes>) -> Option<CachedResult> {
+    /// Decodes and checks a stored value without awaiting. Counts hits and misses, except for
+    /// undecodable values, which the caller handles (count, delete) with [`check`](Self::check).
+    fn inspect(&self, key: &CacheKey, raw: Option<Bytes>) -> Inspected {
         let Some(raw) = raw else {
             self.counters.misses.fetch_add(1, Relaxed);
-            return None;
+            return Inspected::Miss;
         };
         let decoded = match self.codec.decode(&raw) {
             Ok(decoded) => decoded,
-            Err(err) => {
-                self.on_corrupt(skey, err).await;
-                self.counters.misses.fetch_add(1, Relaxed);
-                return None;
-            }
+            Err(err) => return Inspected::Corrupt(err),
         };
         if decoded.canonical != *key.canonical() {
             // Another key with the same 128-bit digest: never serve it, and leave it for its owner.
             self.counters.collisions.fetch_add(1, Relaxed);
             self.counters.misses.fetch_add(1, Relaxed);
-            return None;
+            return Inspected::Miss;
         }
         if decoded.result.is_expired_at(self.clock.now()) {
             // The storage's own expiry will remove it; another process may already have replaced it.
             self.counters.expirations.fetch_add(1, Relaxed);
             self.counters.misses.fetch_add(1, Relaxed);
-            return None;
+            return Inspected::Miss;
         }
         self.counters.hits.fetch_add(1, Relaxed);
-        Some(decoded.result)
+        Inspected::Hit(decoded.result)
+    }
+
+    /// Decodes and checks a stored value; corrupt values are counted and deleted.
+    async fn check(&self, key: &CacheKey, skey: &str, raw: Option<Bytes>) -> Option<CachedResult> {
+        match self.inspect(key, raw) {
+            Inspected::Hit(result) => Some(result),
+            Inspected::Miss => None,
+            Inspected::Corrupt(err) => {
+                self.on_corrupt(skey, err).await;
+                self.counters.misses.fetch_add(1, Relaxed);
+                None
+            }
+        }
     }
 
     async fn on_corrupt(&self, skey: &str, err: DecodeError) {
@@ -416,6 +434,21 @@ fn admin_error(failure: CallFailure) -> strata_core::Error {
 impl CacheTier for WarmTier {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Answers without awaiting when the storage can (the memory backend): no future, no timer.
+    /// Networked storages say [`NowLookup::WouldAwait`], and so does an undecodable value, which
+    /// [`get`](CacheTier::get) then counts and deletes.
+    fn get_now(&self, key: &CacheKey) -> NowLookup {
+        let skey = StorageKey::new(key);
+        let Some(raw) = self.storage.get_now(skey.as_str()) else {
+            return NowLookup::WouldAwait;
+        };
+        match self.inspect(key, raw) {
+            Inspected::Hit(result) => NowLookup::Hit(result),
+            Inspected::Miss => NowLookup::Miss,
+            Inspected::Corrupt(_) => NowLookup::WouldAwait,
+        }
     }
 
     /// Fails open: a storage that is down, slow or returning garbage gives `Ok(None)`.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use common::{key, raw_connection, result, result_at, service, unique_prefix};
 use redis::AsyncCommands;
-use strata_core::{CacheKey, CacheTier, PutOutcome};
+use strata_core::{CacheKey, CacheTier, NowLookup, PutOutcome};
 use strata_l2::{RedisStorage, Storage, WarmTier};
 
 /// A tier on the shared test Redis under a prefix of its own. The deadline is generous: these
@@ -33,6 +33,7 @@ async fn round_trip_batch_and_remove() {
     assert_eq!(l2.put(&key(1), small.clone()).await.unwrap(), PutOutcome::Stored);
     assert_eq!(l2.put(&key(2), large.clone()).await.unwrap(), PutOutcome::Stored);
     assert_eq!(l2.get(&key(1)).await.unwrap(), Some(small.clone()));
+    assert!(matches!(l2.get_now(&key(1)), NowLookup::WouldAwait), "redis is never asked synchronously");
     assert_eq!(l2.get(&key(2)).await.unwrap(), Some(large.clone()));
     let many = l2.get_many(&[key(2), key(3), key(1)]).await.unwrap();
     assert_eq!(many, vec![Some(large), None, Some(small)]);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use common::{key, result, result_at};
-use strata_core::{CacheTier, Clock, ManualClock, PutOutcome, Rejection};
+use strata_core::{CacheTier, Clock, ManualClock, NowLookup, PutOutcome, Rejection};
 use strata_l2::{
     BreakerState, Error, ErrorKind, MemoryStorage, MemoryStorageBuilder, RedisStorage, RedisStorageBuilder,
     Storage, StorageConfig, StorageUsage, WarmTier, WarmTierBuilder, WarmTierConfig, WarmTierHealth,
@@ -53,11 +53,15 @@ async fn memory_round_trip_batch_and_remove() {
     assert_eq!(l2.get(&key(1)).await.unwrap(), Some(value.clone()), "payload and metadata survive encoding");
     assert_eq!(l2.get(&key(2)).await.unwrap(), None);
     let many = l2.get_many(&[key(2), key(1), key(3)]).await.unwrap();
-    assert_eq!(many, vec![None, Some(value), None]);
+    assert_eq!(many, vec![None, Some(value.clone()), None]);
+    // The memory backend answers without awaiting.
+    assert!(matches!(l2.get_now(&key(1)), NowLookup::Hit(hit) if hit == value));
+    assert!(matches!(l2.get_now(&key(2)), NowLookup::Miss));
     l2.remove(&key(1)).await.unwrap();
     assert_eq!(l2.get(&key(1)).await.unwrap(), None);
+    assert!(matches!(l2.get_now(&key(1)), NowLookup::Miss));
     let stats = l2.stats();
-    assert_eq!((stats.hits, stats.misses, stats.inserts), (2, 4, 1));
+    assert_eq!((stats.hits, stats.misses, stats.inserts), (3, 6, 1));
 }
 
 #[tokio::test]
@@ -134,6 +138,8 @@ async fn corrupt_and_colliding_values_are_misses() {
     // Garbage under key 1's storage key: a miss, counted, and deleted.
     let skey1 = key(1).digest().to_string();
     storage.set(&skey1, Bytes::from_static(b"garbage"), Duration::from_secs(60)).await.unwrap();
+    // The synchronous path cannot delete, so it hands an undecodable value to `get`.
+    assert!(matches!(l2.get_now(&key(1)), NowLookup::WouldAwait));
     assert_eq!(l2.get(&key(1)).await.unwrap(), None);
     assert_eq!(l2.stats().corrupt, 1);
     assert_eq!(storage.get(&skey1).await.unwrap(), None, "corrupt value deleted");
@@ -307,4 +313,53 @@ fn redis_storage_outside_a_runtime_is_a_config_error_not_a_panic() {
     assert_eq!(err.to_string(), "l2 redis storage must be built inside a tokio runtime");
     let err = MemoryStorage::builder().with_capacity_bytes(10).build().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
+}
+
+/// Counts WARN events.
+struct CountWarnings(Arc<AtomicU64>);
+
+impl tracing::Subscriber for CountWarnings {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        if *event.metadata().level() == tracing::Level::WARN {
+            self.0.fetch_add(1, SeqCst);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[test]
+fn a_failing_storage_logs_one_rate_limited_warning() {
+    let warnings = Arc::new(AtomicU64::new(0));
+    tracing::subscriber::with_default(CountWarnings(warnings.clone()), || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let flaky = Arc::new(Flaky {
+                inner: MemoryStorage::builder().build().unwrap(),
+                mode: AtomicU8::new(FAILING),
+                calls: AtomicU64::new(0),
+            });
+            let l2 = WarmTier::builder(flaky)
+                .with_breaker_failure_threshold(1000)
+                .with_warn_interval(Duration::from_secs(3600))
+                .build()
+                .unwrap();
+            for n in 0..50 {
+                assert_eq!(l2.get(&key(n)).await.unwrap(), None);
+                let outcome = l2.put(&key(n), result(&b"v"[..])).await.unwrap();
+                assert_eq!(outcome, PutOutcome::Rejected(Rejection::Degraded));
+            }
+            assert_eq!(l2.health().errors, 100);
+            assert!(matches!(l2.get_now(&key(1)), NowLookup::WouldAwait), "a networked-style storage waits");
+        });
+    });
+    assert_eq!(warnings.load(SeqCst), 1, "100 failures, one warning per interval");
 }
