@@ -8,7 +8,7 @@ use tokio_postgres::{types::ToSql, Client};
 
 use crate::support::{admin, connect, database_url, fresh_database, pg, start_proxy, Raw, RawClient};
 
-const PSQL_SCRIPT: &str = r#"
+pub(crate) const PSQL_SCRIPT: &str = r#"
 \pset null '<null>'
 DROP TABLE IF EXISTS items;
 CREATE TABLE items (id int PRIMARY KEY, name text, price numeric(10,2), tags text[], at timestamptz,
@@ -64,7 +64,7 @@ SELECT '';
 DROP TABLE items;
 "#;
 
-async fn psql(port: u16, db: &str, script: &str) -> Output {
+pub(crate) async fn psql(port: u16, db: &str, script: &str) -> Output {
     let pg = pg();
     let mut child = Command::new("/usr/bin/psql")
         .args(["-X", "-h", pg.host(), "-p", &port.to_string(), "-U", "postgres", "-d", db, "-f", "-"])
@@ -120,7 +120,7 @@ async fn run(client: &Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Outc
     }
 }
 
-async fn extended_workload(c: &Client) -> Vec<Outcome> {
+pub(crate) async fn extended_workload(c: &Client) -> Vec<Outcome> {
     let mut out = Vec::new();
     c.batch_execute(
         "DROP TABLE IF EXISTS kv; CREATE TABLE kv (k int PRIMARY KEY, v text, n numeric, b bytea, t timestamptz);
@@ -167,7 +167,7 @@ async fn extended_workload(c: &Client) -> Vec<Outcome> {
     out
 }
 
-async fn transaction_workload(c: &mut Client) -> Vec<Outcome> {
+pub(crate) async fn transaction_workload(c: &mut Client) -> Vec<Outcome> {
     let mut out = Vec::new();
     {
         let tx = c.transaction().await.expect("begin");
@@ -255,7 +255,7 @@ fn pgbench_base(port: u16, db: &str) -> Command {
     cmd
 }
 
-async fn pgbench(port: u16, db: &str, args: &[&str]) -> String {
+pub(crate) async fn pgbench(port: u16, db: &str, args: &[&str]) -> String {
     let out = pgbench_base(port, db).args(args).arg(db).output().await.expect("run pgbench");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "pgbench {args:?} failed:\n{text}");

@@ -145,3 +145,84 @@ async fn ssl_and_gss_requests_are_declined_then_plain_startup_proceeds() {
     }
     let _ = pg();
 }
+
+/// A tiny deterministic generator (xorshift64*), so failures reproduce without extra dependencies.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Random, well-framed messages of the types the proxy decodes, with bodies that are sometimes
+/// plausible and sometimes garbage.
+fn random_message(rng: &mut Rng) -> Vec<u8> {
+    const TAGS: &[u8] = b"QPBDECSHFdcfXp!";
+    let tag = TAGS[rng.below(TAGS.len() as u64) as usize];
+    let mut body = Vec::new();
+    match rng.below(3) {
+        0 => {
+            for _ in 0..rng.below(40) {
+                body.push(rng.next() as u8);
+            }
+        }
+        1 => {
+            // Strings, counts and lengths in roughly the right places.
+            body.extend(cstr(if rng.below(2) == 0 { "" } else { "s1" }));
+            body.extend(cstr("SELECT $1::int"));
+            let count = (rng.below(5) as i16 - 1).to_be_bytes();
+            body.extend(count);
+            for _ in 0..rng.below(4) {
+                body.extend((rng.below(20) as i32 - 2).to_be_bytes());
+                body.push(rng.next() as u8);
+            }
+        }
+        _ => {
+            body.push(if rng.below(2) == 0 { b'S' } else { b'P' });
+            body.extend(cstr("s1"));
+            body.extend((rng.next() as u32).to_be_bytes());
+        }
+    }
+    message(tag, &body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_client_messages_never_crash_the_proxy() {
+    static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        default_hook(info);
+    }));
+    let proxy = start_proxy(|b| b.with_max_message_bytes(64 * 1024)).await;
+    let bystander = connect(proxy.port(), "postgres", "postgres", None).await.expect("connect");
+    let mut rng = Rng(0x5EED_0F_57A7A);
+    for _ in 0..200 {
+        let (mut c, _) = RawClient::startup(proxy.port(), "postgres", "postgres").await;
+        let mut bytes = Vec::new();
+        for _ in 0..1 + rng.below(6) {
+            bytes.extend(random_message(&mut rng));
+        }
+        bytes.extend(message(b'S', b""));
+        c.send(&bytes).await;
+        // Whatever the server or the proxy answers, the session ends or reaches ReadyForQuery.
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some((tag, _)) = c.read_msg().await {
+                if tag == b'Z' {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    bystander.simple_query("SELECT 1").await.expect("bystander unaffected");
+    assert!(!proxy.task.is_finished(), "the proxy keeps serving");
+    assert_eq!(PANICS.load(std::sync::atomic::Ordering::SeqCst), 0, "a task panicked");
+}

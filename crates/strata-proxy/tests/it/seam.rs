@@ -14,7 +14,10 @@ use strata_proxy::{
     SessionView, Target, Tracking, TransactionStatus,
 };
 
-use crate::support::{admin, connect, start_proxy};
+use crate::{
+    differential::{extended_workload, pgbench, psql, transaction_workload, PSQL_SCRIPT},
+    support::{admin, connect, fresh_database, pg, start_proxy},
+};
 
 /// A completed request: its key, why it was not cacheable, its command tags.
 type Completion = (String, Option<NotCacheable>, Vec<String>);
@@ -235,4 +238,66 @@ async fn session_view_follows_settings_roles_and_transactions() {
     c.simple_query("SELECT 3").await.expect("q");
     c.query("SELECT $1::int", &[&1i32]).await.expect("q");
     assert_eq!(cache.views.lock().unwrap().len(), lookups, "no lookups once untracked");
+}
+
+/// Active mode with a cache that never hits: every request is looked up (when eligible), recorded
+/// and completed, and clients must not notice.
+#[derive(Debug, Default)]
+struct AlwaysMiss {
+    lookups: Mutex<usize>,
+    recorded: Mutex<usize>,
+    completions: Mutex<usize>,
+}
+
+#[async_trait]
+impl RequestCache for AlwaysMiss {
+    fn mode(&self) -> CacheMode {
+        CacheMode::Active
+    }
+
+    async fn lookup(&self, _session: &SessionView, _request: &Request) -> Lookup {
+        *self.lookups.lock().unwrap() += 1;
+        Lookup::Miss(Fill::new(()))
+    }
+
+    async fn complete(
+        &self,
+        _session: &SessionView,
+        _request: &Request,
+        response: &Response,
+        _fill: Option<Fill>,
+    ) {
+        *self.completions.lock().unwrap() += 1;
+        if response.cacheable_bytes().is_some() {
+            *self.recorded.lock().unwrap() += 1;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_mode_without_hits_is_transparent_to_every_client() {
+    let db = "strata_proxy_active";
+    fresh_database(db).await;
+    let cache = Arc::new(AlwaysMiss::default());
+    let proxy = start_proxy(|b| b.with_cache(cache.clone())).await;
+
+    let direct = psql(pg().port(), db, PSQL_SCRIPT).await;
+    let proxied = psql(proxy.port(), db, PSQL_SCRIPT).await;
+    assert_eq!(String::from_utf8_lossy(&proxied.stdout), String::from_utf8_lossy(&direct.stdout));
+    assert_eq!(String::from_utf8_lossy(&proxied.stderr), String::from_utf8_lossy(&direct.stderr));
+
+    let mut d = connect(pg().port(), "postgres", db, None).await.expect("direct");
+    let mut p = connect(proxy.port(), "postgres", db, None).await.expect("proxied");
+    assert_eq!(extended_workload(&p).await, extended_workload(&d).await);
+    assert_eq!(transaction_workload(&mut p).await, transaction_workload(&mut d).await);
+
+    pgbench(pg().port(), db, &["-i", "-s", "1", "-q"]).await;
+    for mode in ["simple", "extended", "prepared"] {
+        let text =
+            pgbench(proxy.port(), db, &["-M", mode, "-c", "2", "-j", "1", "-T", "1", "-n", "-S"]).await;
+        assert!(text.contains("number of failed transactions: 0"), "{text}");
+    }
+    let (lookups, recorded, completions) =
+        (*cache.lookups.lock().unwrap(), *cache.recorded.lock().unwrap(), *cache.completions.lock().unwrap());
+    assert!(lookups > 100 && recorded > 100 && completions >= lookups, "{lookups} {recorded} {completions}");
 }
