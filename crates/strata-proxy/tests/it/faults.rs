@@ -203,7 +203,7 @@ async fn random_client_messages_never_crash_the_proxy() {
     }));
     let proxy = start_proxy(|b| b.with_max_message_bytes(64 * 1024)).await;
     let bystander = connect(proxy.port(), "postgres", "postgres", None).await.expect("connect");
-    let mut rng = Rng(0x5EED_0F_57A7A);
+    let mut rng = Rng(0x05EE_D0F5_7A7A);
     for _ in 0..200 {
         let (mut c, _) = RawClient::startup(proxy.port(), "postgres", "postgres").await;
         let mut bytes = Vec::new();
