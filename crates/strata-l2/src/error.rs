@@ -15,6 +15,9 @@ pub enum ErrorKind {
     Unavailable,
     /// The storage did not answer within the deadline.
     Timeout,
+    /// The storage answered but refused the command (Redis out of memory, read-only replica,
+    /// missing permission). It is up, so this does not count towards the circuit breaker.
+    Rejected,
     /// A stored value could not be decoded.
     Codec,
 }
@@ -25,6 +28,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Config => "config",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Timeout => "timeout",
+            ErrorKind::Rejected => "rejected",
             ErrorKind::Codec => "codec",
         })
     }
@@ -76,7 +80,7 @@ impl From<Error> for strata_core::Error {
     fn from(err: Error) -> Self {
         let kind = match err.kind {
             ErrorKind::Config => strata_core::ErrorKind::Config,
-            ErrorKind::Unavailable => strata_core::ErrorKind::Unavailable,
+            ErrorKind::Unavailable | ErrorKind::Rejected => strata_core::ErrorKind::Unavailable,
             ErrorKind::Timeout => strata_core::ErrorKind::Timeout,
             ErrorKind::Codec => strata_core::ErrorKind::Codec,
         };

@@ -21,7 +21,12 @@
 //! opens: lookups miss and writes are dropped at once, without touching the storage, until after a
 //! cool-down one probe call decides whether to close it. A storage that is slow, down or
 //! restarting never fails a lookup or a write and never delays it beyond the deadline; it shows in
-//! [`WarmTier::health`] and in one rate-limited `tracing::warn!`.
+//! [`WarmTier::health`] and in one rate-limited `tracing::warn!`. A storage that answers but refuses
+//! a command (Redis out of memory) drops that write without opening the breaker, so reads go on.
+//!
+//! The breaker is one per tier and counts consecutive failures. On a Redis Cluster with one node
+//! down, a run of failures on that node's keys can open it for every key; raise
+//! [`WarmTierBuilder::with_breaker_failure_threshold`] there (per-node breakers are not built yet).
 //!
 //! # Example
 //! ```

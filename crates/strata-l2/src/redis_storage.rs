@@ -191,8 +191,22 @@ impl fmt::Debug for RedisStorage {
 }
 
 fn redis_error(what: &'static str, err: redis::RedisError) -> Error {
-    let kind = if err.is_timeout() { ErrorKind::Timeout } else { ErrorKind::Unavailable };
-    Error::new(kind, what).with_source(err)
+    Error::new(classify(&err), what).with_source(err)
+}
+
+/// A reply error from a live server (out of memory, read-only, no permission, ...) is a
+/// refusal; errors that mean the server or the cluster cannot serve (I/O, timeouts, `LOADING`,
+/// `CLUSTERDOWN`, `MASTERDOWN`, `TRYAGAIN`, redirections that could not be followed) are unavailability.
+fn classify(err: &redis::RedisError) -> ErrorKind {
+    if err.is_timeout() {
+        return ErrorKind::Timeout;
+    }
+    let from_server = matches!(err.kind(), redis::ErrorKind::Server(_) | redis::ErrorKind::Extension);
+    let unavailable_codes = ["LOADING", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN", "MOVED", "ASK"];
+    match err.code() {
+        Some(code) if from_server && !unavailable_codes.contains(&code) => ErrorKind::Rejected,
+        _ => ErrorKind::Unavailable,
+    }
 }
 
 /// Escapes the glob characters of a `SCAN MATCH` pattern.

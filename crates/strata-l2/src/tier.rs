@@ -362,7 +362,12 @@ impl WarmTier {
                 Error::new(ErrorKind::Timeout, format!("l2 {op} exceeded its {deadline:?} deadline"))
             }
         };
-        permit.failure();
+        if matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::Timeout) {
+            permit.failure();
+        } else {
+            // The storage answered (it refused, or returned something unusable): it is up.
+            permit.success();
+        }
         self.counters.errors.fetch_add(1, Relaxed);
         self.warn.warn(&self.name, self.storage.name(), op, &err);
         Err(CallFailure::Failed(err))

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{key, raw_connection, result, RedisServer};
-use strata_core::{CacheTier, PutOutcome};
+use common::{key, noise, raw_connection, result, RedisServer};
+use strata_core::{CacheTier, PutOutcome, Rejection};
 use strata_l2::{BreakerState, RedisStorage, WarmTier};
 
 const DEADLINE: Duration = Duration::from_millis(20);
@@ -126,7 +126,11 @@ async fn redis_stopped_mid_workload_gives_misses_within_the_deadline_then_recove
     assert!(down.len() > 100, "the workload kept running while redis was down: {}", down.len());
     assert!(down.iter().all(|c| !c.hit), "nothing is served from a dead redis");
     assert!(down_max <= DEADLINE + SLACK, "a call took {down_max:?} while redis was down");
-    assert_eq!(down_health.breaker, BreakerState::Open, "{down_health:?}");
+    assert_ne!(
+        down_health.breaker,
+        BreakerState::Closed,
+        "open, or half-open with a probe in flight: {down_health:?}"
+    );
     assert!(down_health.short_circuited > 0 && down_health.errors > 0, "{down_health:?}");
     assert!(after.iter().any(|c| c.hit), "hits again after recovery");
     assert_eq!(l2.health().breaker, BreakerState::Closed);
@@ -183,4 +187,28 @@ async fn paused_redis_times_calls_out_at_the_deadline() {
         paused_at.elapsed()
     );
     assert_eq!(l2.health().breaker, BreakerState::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_out_of_memory_drops_writes_but_keeps_serving_reads() {
+    let server = RedisServer::start_with_args(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]);
+    let l2 = tier(&server.url(), "strata-test:oom:");
+    assert_eq!(l2.put(&key(0), result(noise(1000, 1))).await.unwrap(), PutOutcome::Stored);
+    let mut refused = 0;
+    for n in 1..400u64 {
+        let outcome = l2.put(&key(n), result(noise(64 * 1024, n))).await.unwrap();
+        if outcome == PutOutcome::Rejected(Rejection::Degraded) {
+            refused += 1;
+            if refused == 20 {
+                break;
+            }
+        }
+    }
+    let health = l2.health();
+    eprintln!("[l2 faults] redis OOM: {refused} writes refused; {health:?}");
+    assert_eq!(refused, 20, "a full redis refuses writes: {health:?}");
+    assert_eq!(health.breaker, BreakerState::Closed, "a refusing redis is up: reads keep going");
+    assert_eq!(health.breaker_opens, 0);
+    assert!(health.errors >= 20 && health.dropped_writes >= 20, "{health:?}");
+    assert!(l2.get(&key(0)).await.unwrap().is_some(), "reads are still served");
 }

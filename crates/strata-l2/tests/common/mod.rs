@@ -64,6 +64,11 @@ impl RedisServer {
         Self::start_with(free_port(), Vec::new())
     }
 
+    /// A server with extra command-line settings (`["--maxmemory", "4mb"]`).
+    pub fn start_with_args(args: &[&str]) -> Self {
+        Self::start_with(free_port(), args.iter().map(|s| s.to_string()).collect())
+    }
+
     pub fn start_cluster_node() -> Self {
         let port = free_port();
         let extra = [
@@ -160,4 +165,17 @@ pub async fn raw_connection(url: &str) -> redis::aio::MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .expect("raw redis connection")
+}
+
+/// Bytes that do not compress, so stored sizes are predictable.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
