@@ -9,7 +9,13 @@ fn main() -> anyhow::Result<()> {
     let (builder, log) = args.resolve()?;
     let filter =
         tracing_subscriber::EnvFilter::try_new(&log).with_context(|| format!("bad log filter {log:?}"))?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start tokio")?;
     runtime.block_on(async move {
