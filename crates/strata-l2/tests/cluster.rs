@@ -90,6 +90,15 @@ async fn keys_spread_over_slots_and_a_dead_node_only_loses_its_own() {
         assert!(owner.iter().filter(|&&o| o == i).count() >= 10, "keys spread over the nodes: {owner:?}");
     }
 
+    // Clearing walks every primary's keys under the prefix.
+    l2.clear().await.unwrap();
+    for n in 0..KEYS {
+        assert!(l2.get(&key(n)).await.unwrap().is_none(), "key {n} cleared");
+    }
+    for n in 0..KEYS {
+        assert_eq!(l2.put(&key(n), result(vec![n as u8; 256])).await.unwrap(), PutOutcome::Stored, "key {n}");
+    }
+
     let victim = 1;
     nodes[victim].kill();
     let killed_at = Instant::now();
