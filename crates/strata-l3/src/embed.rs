@@ -55,11 +55,73 @@ const TRIGRAM_WEIGHT: f32 = 0.3;
 
 /// Words that carry no meaning in a question to a database.
 const FILLER: &[&str] = &[
-    "a", "an", "the", "of", "for", "to", "in", "on", "is", "are", "was", "were", "be", "been", "me", "my", "i",
-    "you", "your", "we", "our", "us", "please", "show", "list", "give", "get", "find", "display", "return",
-    "tell", "what", "which", "whose", "all", "every", "each", "do", "does", "did", "can", "could", "would",
-    "will", "there", "that", "this", "these", "those", "with", "by", "from", "have", "has", "had", "it", "its",
-    "let", "know", "see", "want", "need", "some", "any", "currently", "exactly", "just",
+    "a",
+    "an",
+    "the",
+    "of",
+    "for",
+    "to",
+    "in",
+    "on",
+    "is",
+    "are",
+    "was",
+    "were",
+    "be",
+    "been",
+    "me",
+    "my",
+    "i",
+    "you",
+    "your",
+    "we",
+    "our",
+    "us",
+    "please",
+    "show",
+    "list",
+    "give",
+    "get",
+    "find",
+    "display",
+    "return",
+    "tell",
+    "what",
+    "which",
+    "whose",
+    "all",
+    "every",
+    "each",
+    "do",
+    "does",
+    "did",
+    "can",
+    "could",
+    "would",
+    "will",
+    "there",
+    "that",
+    "this",
+    "these",
+    "those",
+    "with",
+    "by",
+    "from",
+    "have",
+    "has",
+    "had",
+    "it",
+    "its",
+    "let",
+    "know",
+    "see",
+    "want",
+    "need",
+    "some",
+    "any",
+    "currently",
+    "exactly",
+    "just",
 ];
 
 /// Small canonical forms for words that ask the same thing.
@@ -88,7 +150,9 @@ impl LocalEmbedder {
     /// A local embedder of `dimension` (16..=4096).
     pub fn new(dimension: usize) -> Result<Self, Error> {
         if !(16..=4096).contains(&dimension) {
-            return Err(Error::config(format!("local embedder dimension must be within 16..=4096, got {dimension}")));
+            return Err(Error::config(format!(
+                "local embedder dimension must be within 16..=4096, got {dimension}"
+            )));
         }
         Ok(Self { dimension })
     }
@@ -103,7 +167,8 @@ impl LocalEmbedder {
             .collect();
         for term in &terms {
             self.add(&mut v, SEED_WORD, term.as_bytes(), WORD_WEIGHT);
-            let padded: Vec<char> = std::iter::once('<').chain(term.chars()).chain(std::iter::once('>')).collect();
+            let padded: Vec<char> =
+                std::iter::once('<').chain(term.chars()).chain(std::iter::once('>')).collect();
             let mut buf = String::new();
             for tri in padded.windows(3) {
                 buf.clear();

@@ -72,7 +72,10 @@ fn canonical_number(text: &str) -> String {
         Some(rest) => ("-", rest),
         None => ("", text.strip_prefix('+').unwrap_or(text)),
     };
-    if body.is_empty() || !body.bytes().all(|b| b.is_ascii_digit() || b == b'.') || body.matches('.').count() > 1 {
+    if body.is_empty()
+        || !body.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        || body.matches('.').count() > 1
+    {
         // Not a plain decimal (exponent, hex, garbage): compare as written.
         return text.to_owned();
     }
@@ -160,7 +163,13 @@ impl Guards {
 
     /// The partition a request belongs to: a digest of its scope and of what the enabled
     /// guards compare.
-    pub(crate) fn partition(self, scope: &KeyScope, tables: &[TableName], literals: &[Literal], text: &str) -> u128 {
+    pub(crate) fn partition(
+        self,
+        scope: &KeyScope,
+        tables: &[TableName],
+        literals: &[Literal],
+        text: &str,
+    ) -> u128 {
         let mut h = Xxh3::new();
         let mut field = |tag: u8, bytes: &[u8]| {
             h.update(&[tag]);

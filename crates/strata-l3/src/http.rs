@@ -131,7 +131,8 @@ impl Target {
         };
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) => {
-                let port = p.parse().map_err(|_| Error::config(format!("invalid port in embedder url {url:?}")))?;
+                let port =
+                    p.parse().map_err(|_| Error::config(format!("invalid port in embedder url {url:?}")))?;
                 (h, port)
             }
             None => (authority, 80),
@@ -294,7 +295,8 @@ fn parse_http_response(raw: &[u8]) -> Result<Vec<u8>, Error> {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .ok_or_else(|| Error::embedder("embedder answer has no http header end"))?;
-    let head = std::str::from_utf8(&raw[..split]).map_err(|_| Error::embedder("embedder http header is not utf-8"))?;
+    let head = std::str::from_utf8(&raw[..split])
+        .map_err(|_| Error::embedder("embedder http header is not utf-8"))?;
     let body = &raw[split + 4..];
     let mut lines = head.split("\r\n");
     let status: u16 = lines
@@ -310,7 +312,9 @@ fn parse_http_response(raw: &[u8]) -> Result<Vec<u8>, Error> {
     for line in lines {
         if let Some((name, value)) = line.split_once(':') {
             let (name, value) = (name.trim(), value.trim());
-            if name.eq_ignore_ascii_case("transfer-encoding") && value.to_ascii_lowercase().contains("chunked") {
+            if name.eq_ignore_ascii_case("transfer-encoding")
+                && value.to_ascii_lowercase().contains("chunked")
+            {
                 chunked = true;
             } else if name.eq_ignore_ascii_case("content-length") {
                 length = value.parse::<usize>().ok();
@@ -392,7 +396,8 @@ impl Embedder for HttpEmbedder {
             let cache = self.cache();
             texts.iter().map(|t| cache.get(t)).collect()
         };
-        let mut missing: Vec<&str> = texts.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(t, _)| *t).collect();
+        let mut missing: Vec<&str> =
+            texts.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(t, _)| *t).collect();
         missing.sort_unstable();
         missing.dedup();
         let mut fetched: HashMap<&str, Arc<[f32]>> = HashMap::with_capacity(missing.len());

@@ -302,7 +302,12 @@ impl<P: Payload> Index<P> {
 
     /// The accepted payload nearest to `query` (a unit vector) and its dot product: the graph for
     /// the indexed prefix (filtered during the search), an exact scan for the rest.
-    pub(crate) fn search(&self, query: &[f32], now_nanos: u64, accept: &dyn Fn(&P) -> bool) -> Option<(P, f32)> {
+    pub(crate) fn search(
+        &self,
+        query: &[f32],
+        now_nanos: u64,
+        accept: &dyn Fn(&P) -> bool,
+    ) -> Option<(P, f32)> {
         let generation = self.current();
         let store = generation.store();
         let len = store.len;
@@ -510,10 +515,7 @@ impl VectorIndex {
     /// The nearest stored id and its similarity, by exact scan of every vector.
     pub fn search_exact(&self, query: &[f32]) -> Result<Option<(u64, CosineSimilarity)>, Error> {
         let unit = self.unit(query)?;
-        Ok(self
-            .index
-            .search_exact(&unit, &|_| true)
-            .map(|(p, d)| (p.0, CosineSimilarity::from_dot(d))))
+        Ok(self.index.search_exact(&unit, &|_| true).map(|(p, d)| (p.0, CosineSimilarity::from_dot(d))))
     }
 
     /// How many vectors the index holds.

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use strata_core::{
-    CacheKey, CacheTier, CachedResult, Clock, KeyDigest, KeyScope, NowLookup, PutOutcome, Rejection, SystemClock,
-    TableName, TierStats,
+    CacheKey, CacheTier, CachedResult, Clock, KeyDigest, KeyScope, NowLookup, PutOutcome, Rejection,
+    SystemClock, TableName, TierStats,
 };
 
 use crate::index::{Index, IndexConfig, Payload};
@@ -70,7 +70,11 @@ impl<'a> SemanticRequest<'a> {
 
     /// A request for a statement: embeds `intent` when the application gave one (the `intent`
     /// hint), else the normalized statement.
-    pub fn from_statement(scope: &'a KeyScope, intent: Option<&'a str>, normalized_statement: &'a str) -> Self {
+    pub fn from_statement(
+        scope: &'a KeyScope,
+        intent: Option<&'a str>,
+        normalized_statement: &'a str,
+    ) -> Self {
         Self::new(scope, intent.unwrap_or(normalized_statement))
     }
 
@@ -330,7 +334,9 @@ fn spawn_indexer(inner: &Arc<Inner>, wake: SyncSender<()>, rx: Receiver<()>) {
     });
     match spawned {
         Ok(_) => *inner.wake.lock().unwrap_or_else(PoisonError::into_inner) = Some(wake),
-        Err(err) => tracing::warn!(error = %err, "strata l3 could not start its indexer thread; indexing is manual"),
+        Err(err) => {
+            tracing::warn!(error = %err, "strata l3 could not start its indexer thread; indexing is manual")
+        }
     }
 }
 
@@ -524,7 +530,10 @@ impl Inner {
         }
         if entry.weight > self.max_bytes {
             bump(&self.counters.rejections);
-            return PutOutcome::Rejected(Rejection::TooLarge { weight_bytes: entry.weight, limit_bytes: self.max_bytes });
+            return PutOutcome::Rejected(Rejection::TooLarge {
+                weight_bytes: entry.weight,
+                limit_bytes: self.max_bytes,
+            });
         }
         let entry = Arc::new(entry);
         let mut book = self.book();
@@ -750,7 +759,12 @@ impl SemanticTier {
     /// The guarded table set is the request's; table invalidation reaches the entry through
     /// the request's tables and the result's dependencies. Never fails: an embedder failure rejects the entry as
     /// [`Rejection::Degraded`]. Returns once the entry is findable; the graph is built later.
-    pub async fn insert(&self, request: &SemanticRequest<'_>, key: CacheKey, value: CachedResult) -> PutOutcome {
+    pub async fn insert(
+        &self,
+        request: &SemanticRequest<'_>,
+        key: CacheKey,
+        value: CachedResult,
+    ) -> PutOutcome {
         let inner = &self.inner;
         let Some(vector) = inner.embed(request.text).await else {
             bump(&inner.counters.rejections);
@@ -788,14 +802,14 @@ impl SemanticTier {
     /// Counters of the semantic side.
     pub fn semantic_stats(&self) -> SemanticStats {
         let c = &self.inner.counters;
-        let mut s = SemanticStats::default();
-        s.similarity_hits = c.similarity_hits.load(Ordering::Relaxed);
-        s.similarity_misses = c.similarity_misses.load(Ordering::Relaxed);
-        s.embedder_failures = c.embedder_failures.load(Ordering::Relaxed);
-        s.embedder_timeouts = c.embedder_timeouts.load(Ordering::Relaxed);
-        s.rebuilds = c.rebuilds.load(Ordering::Relaxed);
-        s.partitions = self.inner.partitions.read().unwrap_or_else(PoisonError::into_inner).len() as u64;
-        s
+        SemanticStats {
+            similarity_hits: c.similarity_hits.load(Ordering::Relaxed),
+            similarity_misses: c.similarity_misses.load(Ordering::Relaxed),
+            embedder_failures: c.embedder_failures.load(Ordering::Relaxed),
+            embedder_timeouts: c.embedder_timeouts.load(Ordering::Relaxed),
+            rebuilds: c.rebuilds.load(Ordering::Relaxed),
+            partitions: self.inner.partitions.read().unwrap_or_else(PoisonError::into_inner).len() as u64,
+        }
     }
 
     /// Tombstoned entries still held by indexes, summed over partitions (they go at rebuild).

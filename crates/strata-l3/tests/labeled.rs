@@ -61,7 +61,8 @@ fn literals(text: &str) -> Vec<Literal> {
                 i += 1;
             }
             let w: String = chars[start..i].iter().collect();
-            let sentence_start = word_index == 0 || chars[..start].iter().rev().find(|c| !c.is_whitespace()) == Some(&'.');
+            let sentence_start =
+                word_index == 0 || chars[..start].iter().rev().find(|c| !c.is_whitespace()) == Some(&'.');
             let common = COMMON_WORDS.contains(&w.as_str());
             if !(sentence_start && common) && c.is_uppercase() && w.chars().skip(1).any(char::is_lowercase) {
                 out.push(Literal::identifier(&w));
@@ -76,8 +77,27 @@ fn literals(text: &str) -> Vec<Literal> {
 
 /// Capitalized words that start sentences without being names.
 const COMMON_WORDS: &[&str] = &[
-    "How", "What", "Which", "Who", "Show", "List", "Number", "Top", "Products", "Customers", "Orders",
-    "Employees", "Invoices", "Revenue", "Cancelled", "Overdue", "Email", "Daily", "Average", "Total", "Select",
+    "How",
+    "What",
+    "Which",
+    "Who",
+    "Show",
+    "List",
+    "Number",
+    "Top",
+    "Products",
+    "Customers",
+    "Orders",
+    "Employees",
+    "Invoices",
+    "Revenue",
+    "Cancelled",
+    "Overdue",
+    "Email",
+    "Daily",
+    "Average",
+    "Total",
+    "Select",
 ];
 
 const O: &[&str] = &["orders"];
@@ -89,10 +109,22 @@ const I: &[&str] = &["invoices"];
 
 macro_rules! case {
     ($cat:ident, $tables:expr, $stored:expr, $asked:expr) => {
-        Case { category: Category::$cat, stored: $stored, asked: $asked, stored_tables: $tables, asked_tables: $tables }
+        Case {
+            category: Category::$cat,
+            stored: $stored,
+            asked: $asked,
+            stored_tables: $tables,
+            asked_tables: $tables,
+        }
     };
     ($cat:ident, $st:expr, $at:expr, $stored:expr, $asked:expr) => {
-        Case { category: Category::$cat, stored: $stored, asked: $asked, stored_tables: $st, asked_tables: $at }
+        Case {
+            category: Category::$cat,
+            stored: $stored,
+            asked: $asked,
+            stored_tables: $st,
+            asked_tables: $at,
+        }
     };
 }
 
@@ -102,12 +134,27 @@ fn cases() -> Vec<Case> {
         // local embedder knows (how many / number of / count, sum / total, average / mean).
         case!(Paraphrase, O, "How many orders did Alice place?", "number of orders placed by Alice"),
         case!(Paraphrase, O, "How many orders were placed in 2024?", "Number of orders placed in 2024"),
-        case!(Paraphrase, O, "total revenue of orders in March 2024", "What is the total revenue of orders in March 2024?"),
+        case!(
+            Paraphrase,
+            O,
+            "total revenue of orders in March 2024",
+            "What is the total revenue of orders in March 2024?"
+        ),
         case!(Paraphrase, O, "Show me the orders over 100 dollars", "orders over 100 dollars"),
         case!(Paraphrase, C, "list all customers in Berlin", "Show all the customers in Berlin."),
         case!(Paraphrase, C, "customers in Berlin", "Berlin customers"),
-        case!(Paraphrase, C, "How many customers signed up last month?", "number of customers who signed up last month"),
-        case!(Paraphrase, P, "average price of products in category 7", "mean price of products in category 7"),
+        case!(
+            Paraphrase,
+            C,
+            "How many customers signed up last month?",
+            "number of customers who signed up last month"
+        ),
+        case!(
+            Paraphrase,
+            P,
+            "average price of products in category 7",
+            "mean price of products in category 7"
+        ),
         case!(Paraphrase, P, "What is the average price of our products?", "average product price"),
         case!(Paraphrase, P, "products that cost more than 50", "Which products cost more than 50?"),
         case!(Paraphrase, P, "top 10 products by revenue", "Top 10 products by revenue, please"),
@@ -119,7 +166,12 @@ fn cases() -> Vec<Case> {
         case!(Paraphrase, I, "total amount of unpaid invoices", "sum of the unpaid invoice amounts"),
         case!(Paraphrase, I, "invoices due before 2025-01-01", "Which invoices are due before 2025-01-01?"),
         case!(Paraphrase, OC, "orders of customers from Paris", "Paris customers' orders"),
-        case!(Paraphrase, OC, "How many orders did each customer place?", "number of orders placed by each customer"),
+        case!(
+            Paraphrase,
+            OC,
+            "How many orders did each customer place?",
+            "number of orders placed by each customer"
+        ),
         case!(Paraphrase, O, "orders shipped to Canada in 2022", "orders in 2022 shipped to Canada"),
         case!(Paraphrase, O, "cancelled orders last week", "Show cancelled orders from last week"),
         case!(Paraphrase, O, "average order value in 2024", "What was the average order value in 2024?"),
@@ -136,13 +188,33 @@ fn cases() -> Vec<Case> {
         case!(Paraphrase, O, "revenue per month in 2023", "Revenue per month, 2023"),
         case!(Paraphrase, O, "daily orders count for June", "count of daily orders for June"),
         case!(Paraphrase, C, "email addresses of customers in Spain", "customers in Spain: email addresses"),
-        case!(Paraphrase, P, "cheapest product in category 3", "Which is the cheapest product in category 3?"),
+        case!(
+            Paraphrase,
+            P,
+            "cheapest product in category 3",
+            "Which is the cheapest product in category 3?"
+        ),
         case!(Paraphrase, E, "number of employees per department", "How many employees per department?"),
         case!(Paraphrase, I, "invoices above 1000 from 2021", "Invoices above 1000 from 2021."),
         case!(Paraphrase, O, "orders placed by Carol since 2020", "Show orders Carol placed since 2020"),
-        case!(Paraphrase, O, "SELECT count(*) FROM orders WHERE status = $1", "select COUNT(*) from orders where status = $1"),
-        case!(Paraphrase, O, "SELECT id FROM orders WHERE total > $1", "SELECT id FROM orders WHERE total > $1;"),
-        case!(Paraphrase, C, "SELECT name FROM customers WHERE city = $1", "select name from customers where city = $1"),
+        case!(
+            Paraphrase,
+            O,
+            "SELECT count(*) FROM orders WHERE status = $1",
+            "select COUNT(*) from orders where status = $1"
+        ),
+        case!(
+            Paraphrase,
+            O,
+            "SELECT id FROM orders WHERE total > $1",
+            "SELECT id FROM orders WHERE total > $1;"
+        ),
+        case!(
+            Paraphrase,
+            C,
+            "SELECT name FROM customers WHERE city = $1",
+            "select name from customers where city = $1"
+        ),
         case!(Paraphrase, P, "products ordered by price", "products, ordered by price"),
         case!(Paraphrase, E, "List employees in London", "employees in London"),
         case!(Paraphrase, C, "how many customers are in Ohio", "How many customers are in Ohio?"),
@@ -153,7 +225,12 @@ fn cases() -> Vec<Case> {
         // Near-misses: a different number.
         case!(OtherNumber, O, "How many orders were placed in 2024?", "How many orders were placed in 2023?"),
         case!(OtherNumber, O, "Show me the orders over 100 dollars", "Show me the orders over 1000 dollars"),
-        case!(OtherNumber, P, "average price of products in category 7", "average price of products in category 8"),
+        case!(
+            OtherNumber,
+            P,
+            "average price of products in category 7",
+            "average price of products in category 8"
+        ),
         case!(OtherNumber, P, "top 10 products by revenue", "top 5 products by revenue"),
         case!(OtherNumber, E, "employees hired in 2023", "employees hired in 2022"),
         case!(OtherNumber, P, "products with at least 5 reviews", "products with at least 50 reviews"),
@@ -163,7 +240,12 @@ fn cases() -> Vec<Case> {
         case!(OtherNumber, P, "cheapest product in category 3", "cheapest product in category 30"),
         case!(OtherNumber, O, "revenue per month in 2023", "revenue per month in 2032"),
         case!(OtherNumber, I, "invoices due before 2025-01-01", "invoices due before 2025-01-02"),
-        case!(OtherNumber, O, "SELECT id FROM orders WHERE total > 100", "SELECT id FROM orders WHERE total > 101"),
+        case!(
+            OtherNumber,
+            O,
+            "SELECT id FROM orders WHERE total > 100",
+            "SELECT id FROM orders WHERE total > 101"
+        ),
         // Near-misses: a different name.
         case!(OtherName, O, "How many orders did Alice place?", "How many orders did Alicia place?"),
         case!(OtherName, C, "list all customers in Berlin", "list all customers in Bern"),
@@ -173,14 +255,29 @@ fn cases() -> Vec<Case> {
         case!(OtherName, O, "orders shipped to Canada in 2022", "orders shipped to Cuba in 2022"),
         case!(OtherName, O, "largest order of Bob", "largest order of Rob"),
         case!(OtherName, E, "the oldest employee in Finance", "the oldest employee in Legal"),
-        case!(OtherName, C, "email addresses of customers in Spain", "email addresses of customers in Spain and Portugal"),
+        case!(
+            OtherName,
+            C,
+            "email addresses of customers in Spain",
+            "email addresses of customers in Spain and Portugal"
+        ),
         case!(OtherName, E, "List employees in London", "List employees in Londonderry"),
         case!(OtherName, I, "show overdue invoices for Globex", "show overdue invoices for Initech"),
-        case!(OtherName, C, "SELECT name FROM customers WHERE city = 'Oslo'", "SELECT name FROM customers WHERE city = 'Osaka'"),
+        case!(
+            OtherName,
+            C,
+            "SELECT name FROM customers WHERE city = 'Oslo'",
+            "SELECT name FROM customers WHERE city = 'Osaka'"
+        ),
         // Near-misses: > versus >= (and their words).
         case!(GtVsGe, O, "orders over 100 dollars", "orders of at least 100 dollars"),
         case!(GtVsGe, P, "products that cost more than 50", "products that cost 50 or more"),
-        case!(GtVsGe, O, "SELECT id FROM orders WHERE total > 100", "SELECT id FROM orders WHERE total >= 100"),
+        case!(
+            GtVsGe,
+            O,
+            "SELECT id FROM orders WHERE total > 100",
+            "SELECT id FROM orders WHERE total >= 100"
+        ),
         case!(GtVsGe, E, "employees with a salary above 90000", "employees with a salary of at least 90000"),
         case!(GtVsGe, P, "products with at least 5 reviews", "products with more than 5 reviews"),
         case!(GtVsGe, P, "products priced under 20", "products priced at most 20"),
@@ -194,7 +291,12 @@ fn cases() -> Vec<Case> {
         case!(Negation, C, "customers who ordered", "customers who never ordered"),
         case!(Negation, I, "invoices that were paid", "invoices that weren't paid"),
         case!(Negation, E, "employees in Sales", "employees not in Sales"),
-        case!(Negation, O, "SELECT id FROM orders WHERE shipped_at IS NULL", "SELECT id FROM orders WHERE shipped_at IS NOT NULL"),
+        case!(
+            Negation,
+            O,
+            "SELECT id FROM orders WHERE shipped_at IS NULL",
+            "SELECT id FROM orders WHERE shipped_at IS NOT NULL"
+        ),
         case!(Negation, P, "products that have reviews", "products that have no reviews"),
         case!(Negation, O, "orders with a coupon", "orders except those with a coupon"),
         case!(Negation, E, "employees who are managers", "employees who are not managers"),
@@ -204,7 +306,13 @@ fn cases() -> Vec<Case> {
         case!(OtherTable, P, &["products", "suppliers"], "products in category 7", "products in category 7"),
         case!(OtherTable, E, &["contractors"], "people hired in 2023", "people hired in 2023"),
         case!(OtherTable, I, &["credit_notes"], "documents issued in May", "documents issued in May"),
-        case!(OtherTable, O, &["returns"], "SELECT count(*) FROM t WHERE day = $1", "SELECT count(*) FROM t WHERE day = $1"),
+        case!(
+            OtherTable,
+            O,
+            &["returns"],
+            "SELECT count(*) FROM t WHERE day = $1",
+            "SELECT count(*) FROM t WHERE day = $1"
+        ),
         case!(OtherTable, OC, O, "orders of customers from Paris", "orders of customers from Paris"),
         // Near-misses: another tenant (handled below: same text, another role or database).
         case!(OtherTenant, O, "How many orders did Alice place?", "How many orders did Alice place?"),
@@ -216,15 +324,19 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// Per category: cases, hits, and (similarity, stored, asked) of each hit.
+type Row = (Category, usize, usize, Vec<(f32, &'static str, &'static str)>);
+
 fn tables(names: &[&str]) -> Vec<TableName> {
     names.iter().map(|n| TableName::new(*n)).collect()
 }
 
 /// Runs every case on a fresh tier with `guards`; returns, per category, (cases, hits, best similarity seen).
-fn run(guards: Guards) -> Vec<(Category, usize, usize, Vec<(f32, &'static str, &'static str)>)> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap_or_else(|e| panic!("{e}"));
+fn run(guards: Guards) -> Vec<Row> {
+    let rt =
+        tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap_or_else(|e| panic!("{e}"));
     let clock = Arc::new(ManualClock::fixed());
-    let mut rows: Vec<(Category, usize, usize, Vec<(f32, &'static str, &'static str)>)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     for case in cases() {
         let tier = SemanticTier::builder()
             .with_guards(guards)
@@ -269,16 +381,25 @@ fn run(guards: Guards) -> Vec<(Category, usize, usize, Vec<(f32, &'static str, &
     rows
 }
 
-fn table(rows: &[(Category, usize, usize, Vec<(f32, &'static str, &'static str)>)]) -> String {
+fn table(rows: &[Row]) -> String {
     let mut out = String::from("category     cases  hits  rate\n");
     for (cat, n, hits, _) in rows {
-        out.push_str(&format!("{:<12} {:>5} {:>5}  {:.3}\n", format!("{cat:?}"), n, hits, *hits as f64 / *n as f64));
+        out.push_str(&format!(
+            "{:<12} {:>5} {:>5}  {:.3}\n",
+            format!("{cat:?}"),
+            n,
+            hits,
+            *hits as f64 / *n as f64
+        ));
     }
-    let near: (usize, usize) = rows
-        .iter()
-        .filter(|r| r.0 != Category::Paraphrase)
-        .fold((0, 0), |acc, r| (acc.0 + r.1, acc.1 + r.2));
-    out.push_str(&format!("false-hit rate on near-misses: {}/{} = {:.3}\n", near.1, near.0, near.1 as f64 / near.0 as f64));
+    let near: (usize, usize) =
+        rows.iter().filter(|r| r.0 != Category::Paraphrase).fold((0, 0), |acc, r| (acc.0 + r.1, acc.1 + r.2));
+    out.push_str(&format!(
+        "false-hit rate on near-misses: {}/{} = {:.3}\n",
+        near.1,
+        near.0,
+        near.1 as f64 / near.0 as f64
+    ));
     out
 }
 
@@ -307,7 +428,8 @@ fn default_guards_serve_no_false_hit_and_most_paraphrases() {
         OtherTable       7     0  0.000
         OtherTenant      6     0  0.000
         false-hit rate on near-misses: 0/57 = 0.000
-    "#]].assert_eq(&shown);
+    "#]]
+    .assert_eq(&shown);
 }
 
 #[test]
@@ -328,5 +450,6 @@ fn without_guards_similarity_alone_serves_false_hits() {
         OtherTable       7     7  1.000
         OtherTenant      6     0  0.000
         false-hit rate on near-misses: 24/57 = 0.421
-    "#]].assert_eq(&shown);
+    "#]]
+    .assert_eq(&shown);
 }

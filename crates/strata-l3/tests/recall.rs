@@ -50,9 +50,16 @@ fn measure(
     Figures { recall_at_1: found as f64 / QUERIES as f64, agreement: agree as f64 / QUERIES as f64 }
 }
 
-fn run(name: &str, dim: usize, points: &[Vec<f32>], near: &dyn Fn(&mut Rng, usize) -> Vec<f32>, fresh: &dyn Fn(&mut Rng) -> Vec<f32>) {
+fn run(
+    name: &str,
+    dim: usize,
+    points: &[Vec<f32>],
+    near: &dyn Fn(&mut Rng, usize) -> Vec<f32>,
+    fresh: &dyn Fn(&mut Rng) -> Vec<f32>,
+) {
     // A small exact-scan size so the graph answers at 10k too (the default would scan 10k exactly).
-    let index = VectorIndex::new(dim, IndexConfig::default().with_exact_below(1024)).unwrap_or_else(|e| panic!("{e}"));
+    let index = VectorIndex::new(dim, IndexConfig::default().with_exact_below(1024))
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut rng = Rng::new(99);
     let mut inserted = 0;
     let mut failures = Vec::new();
@@ -70,7 +77,8 @@ fn run(name: &str, dim: usize, points: &[Vec<f32>], near: &dyn Fn(&mut Rng, usiz
             f.recall_at_1, f.agreement
         );
         if f.recall_at_1 < 0.99 || f.agreement < 0.95 {
-            failures.push(format!("{name} at {size}: recall {:.3} agreement {:.3}", f.recall_at_1, f.agreement));
+            failures
+                .push(format!("{name} at {size}: recall {:.3} agreement {:.3}", f.recall_at_1, f.agreement));
         }
     }
     assert!(failures.is_empty(), "{failures:?}");
@@ -81,13 +89,7 @@ fn gaussian_mixture_recall_at_10k_and_100k() {
     let mut rng = Rng::new(1);
     let mixture = Mixture::new(&mut rng, 128, 300, 16, 0.6);
     let points = mixture.points(&mut rng, 100_000);
-    run(
-        "mixture",
-        128,
-        &points,
-        &|rng, i| near_duplicate(rng, &points[i], 0.93),
-        &|rng| mixture.point(rng),
-    );
+    run("mixture", 128, &points, &|rng, i| near_duplicate(rng, &points[i], 0.93), &|rng| mixture.point(rng));
 }
 
 /// The question reworded: the two names swapped and filler words added, which the local

@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use strata_core::{
-    CacheKey, CacheTier, CachedResult, Clock, KeyScope, ManualClock, NowLookup, PutOutcome, Rejection, SettingsDigest,
-    TableName,
+    CacheKey, CacheTier, CachedResult, Clock, KeyScope, ManualClock, NowLookup, PutOutcome, Rejection,
+    SettingsDigest, TableName,
 };
 use strata_l3::{
-    CosineSimilarity, Embedder, EmbeddingApi, Error, HttpEmbedder, IndexConfig, Indexing, Literal, LocalEmbedder,
-    SemanticRequest, SemanticTier,
+    CosineSimilarity, Embedder, EmbeddingApi, Error, HttpEmbedder, IndexConfig, Indexing, Literal,
+    LocalEmbedder, SemanticRequest, SemanticTier,
 };
 
 fn rt() -> tokio::runtime::Runtime {
@@ -49,9 +49,9 @@ fn manual_tier(clock: &Arc<ManualClock>) -> SemanticTier {
 /// Distinct questions that share their shape, so they land in one partition and are close.
 fn question(i: usize) -> String {
     const W: &[&str] = &[
-        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima",
-        "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform", "victor", "whiskey",
-        "xray", "yankee", "zulu",
+        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo",
+        "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform",
+        "victor", "whiskey", "xray", "yankee", "zulu",
     ];
     format!("orders tagged {} {} {} region", W[i % 26], W[(i / 26) % 26], W[(i / 676) % 26])
 }
@@ -95,19 +95,28 @@ fn lookup_returns_score_and_matched_text_and_respects_the_per_request_threshold(
     let t = tables();
     let lit = [Literal::identifier("Alice")];
     rt().block_on(async {
-        let stored = SemanticRequest::new(&s, "How many orders did Alice place?").with_tables(&t).with_literals(&lit);
+        let stored =
+            SemanticRequest::new(&s, "How many orders did Alice place?").with_tables(&t).with_literals(&lit);
         let k = key(&s, "q1");
-        assert_eq!(tier.insert(&stored, k.clone(), value(&clock, Duration::from_secs(60), "orders")).await, PutOutcome::Stored);
+        assert_eq!(
+            tier.insert(&stored, k.clone(), value(&clock, Duration::from_secs(60), "orders")).await,
+            PutOutcome::Stored
+        );
         assert!(tier.get(&k).await.ok().flatten().is_some(), "semantic entries are reachable by exact key");
 
-        let asked = SemanticRequest::new(&s, "number of orders placed by Alice").with_tables(&t).with_literals(&lit);
+        let asked =
+            SemanticRequest::new(&s, "number of orders placed by Alice").with_tables(&t).with_literals(&lit);
         let hit = tier.lookup(&asked).await.unwrap_or_else(|| panic!("paraphrase should hit"));
         assert_eq!(hit.matched_text(), "How many orders did Alice place?");
         assert_eq!(hit.key(), &k);
         assert!(hit.similarity() >= CosineSimilarity::DEFAULT_THRESHOLD && hit.similarity().get() < 1.0);
 
-        let strict = asked.clone().with_threshold(CosineSimilarity::new(0.999).unwrap_or_else(|e| panic!("{e}")));
-        assert!(tier.lookup(&strict).await.is_none(), "a stricter per-request threshold turns it into a miss");
+        let strict =
+            asked.clone().with_threshold(CosineSimilarity::new(0.999).unwrap_or_else(|e| panic!("{e}")));
+        assert!(
+            tier.lookup(&strict).await.is_none(),
+            "a stricter per-request threshold turns it into a miss"
+        );
         let loose = SemanticRequest::new(&s, "weather in Paris")
             .with_tables(&t)
             .with_literals(&lit)
@@ -126,7 +135,10 @@ fn guards_keep_tenants_tables_and_literals_apart_even_for_identical_text() {
     let text = "SELECT * FROM orders WHERE customer_id = $1";
     rt().block_on(async {
         let stored = SemanticRequest::new(&owner, text).with_tables(&t).with_literals(&five);
-        assert_eq!(tier.insert(&stored, key(&owner, text), value(&clock, Duration::from_secs(60), "orders")).await, PutOutcome::Stored);
+        assert_eq!(
+            tier.insert(&stored, key(&owner, text), value(&clock, Duration::from_secs(60), "orders")).await,
+            PutOutcome::Stored
+        );
         assert!(tier.lookup(&stored).await.is_some());
 
         let other_role = scope("tenant_b");
@@ -194,7 +206,10 @@ fn table_invalidation_makes_dependents_unreachable_and_refuses_stale_fills() {
             PutOutcome::Rejected(Rejection::Expired),
             "a result filled before the change must not enter after it"
         );
-        assert_eq!(tier.insert(&on_orders, key(&s, "a"), value(&clock, Duration::from_secs(60), "orders")).await, PutOutcome::Stored);
+        assert_eq!(
+            tier.insert(&on_orders, key(&s, "a"), value(&clock, Duration::from_secs(60), "orders")).await,
+            PutOutcome::Stored
+        );
         assert!(tier.lookup(&on_orders).await.is_some());
     });
 }
@@ -247,7 +262,10 @@ fn capacity_in_entries_and_bytes_evicts_the_oldest() {
             .with_created_at(clock.now())
             .build();
         let req = SemanticRequest::new(&s, "big").with_tables(&t);
-        assert!(matches!(tier.insert(&req, key(&s, "big"), big).await, PutOutcome::Rejected(Rejection::TooLarge { .. })));
+        assert!(matches!(
+            tier.insert(&req, key(&s, "big"), big).await,
+            PutOutcome::Rejected(Rejection::TooLarge { .. })
+        ));
     });
 }
 
@@ -290,7 +308,10 @@ fn tombstones_are_filtered_and_a_rebuild_drops_them() {
         for i in (1..400).step_by(2) {
             let q = question(i);
             let req = SemanticRequest::new(&s, &q).with_tables(&t);
-            assert_eq!(tier.lookup(&req).await.map(|h| h.matched_text().to_owned()).as_deref(), Some(q.as_str()));
+            assert_eq!(
+                tier.lookup(&req).await.map(|h| h.matched_text().to_owned()).as_deref(),
+                Some(q.as_str())
+            );
         }
     });
 }
@@ -340,10 +361,16 @@ fn rebuild_under_concurrent_lookups_never_fails_or_serves_a_removed_entry() {
                         j % 3 == 0
                     });
                     if was_removed && served_removed {
-                        failures.lock().unwrap_or_else(|e| e.into_inner()).push(format!("served removed for {i}"));
+                        failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(format!("served removed for {i}"));
                     }
                     if i % 3 != 0 && hit.as_deref() != Some(q.as_str()) {
-                        failures.lock().unwrap_or_else(|e| e.into_inner()).push(format!("kept {i} missed: {hit:?}"));
+                        failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(format!("kept {i} missed: {hit:?}"));
                     }
                 }
             })
@@ -397,7 +424,8 @@ fn an_insert_never_holds_up_a_lookup() {
     let clock = Arc::new(ManualClock::fixed());
     let s = scope("app");
     let t = tables();
-    let embedder = Arc::new(GatedEmbedder { local: LocalEmbedder::default(), gate: tokio::sync::Semaphore::new(0) });
+    let embedder =
+        Arc::new(GatedEmbedder { local: LocalEmbedder::default(), gate: tokio::sync::Semaphore::new(0) });
     let tier = SemanticTier::builder()
         .with_clock(clock.clone())
         .with_embedder(embedder.clone())
@@ -468,7 +496,10 @@ fn a_zero_vector_is_a_failed_embedding_never_a_match() {
         .unwrap_or_else(|e| panic!("{e}"));
     rt().block_on(async {
         let req = SemanticRequest::new(&s, "anything");
-        assert_eq!(tier.insert(&req, key(&s, "a"), value(&clock, Duration::from_secs(60), "t")).await, PutOutcome::Rejected(Rejection::Degraded));
+        assert_eq!(
+            tier.insert(&req, key(&s, "a"), value(&clock, Duration::from_secs(60), "t")).await,
+            PutOutcome::Rejected(Rejection::Degraded)
+        );
         assert!(tier.lookup(&req).await.is_none());
         assert_eq!(tier.semantic_stats().embedder_failures, 1);
     });
@@ -505,7 +536,10 @@ fn serve(dimension: usize, plan: impl Fn(usize) -> Reply + Send + 'static) -> Te
                 .and_then(|v| v.get("input").cloned())
                 .and_then(|v| serde_json::from_value(v).ok())
                 .unwrap_or_default();
-            let vectors: Vec<Vec<f32>> = texts.iter().map(|t| LocalEmbedder::new(dimension).map(|e| e.embed_one(t)).unwrap_or_default()).collect();
+            let vectors: Vec<Vec<f32>> = texts
+                .iter()
+                .map(|t| LocalEmbedder::new(dimension).map(|e| e.embed_one(t)).unwrap_or_default())
+                .collect();
             let (status, json) = match plan(n) {
                 Reply::OpenAi => {
                     let data: Vec<_> = vectors
@@ -516,14 +550,20 @@ fn serve(dimension: usize, plan: impl Fn(usize) -> Reply + Send + 'static) -> Te
                         .collect();
                     ("200 OK", serde_json::json!({"object": "list", "data": data}).to_string())
                 }
-                Reply::Ollama => ("200 OK", serde_json::json!({"model": "m", "embeddings": vectors}).to_string()),
+                Reply::Ollama => {
+                    ("200 OK", serde_json::json!({"model": "m", "embeddings": vectors}).to_string())
+                }
                 Reply::Status500 => ("500 Internal Server Error", "{}".to_owned()),
                 Reply::Hang => {
                     parked.push(stream);
                     continue;
                 }
             };
-            let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}", json.len());
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+                json.len()
+            );
         }
     });
     TestServer { url: format!("http://{addr}"), requests }
@@ -542,7 +582,9 @@ fn read_request(stream: &mut std::net::TcpStream) -> Vec<u8> {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
             let len = head
                 .lines()
-                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                .find_map(|l| {
+                    l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
                 .unwrap_or(0);
             while buf.len() < end + 4 + len {
                 let Ok(n) = stream.read(&mut chunk) else { return Vec::new() };
@@ -559,10 +601,11 @@ fn read_request(stream: &mut std::net::TcpStream) -> Vec<u8> {
 #[test]
 fn http_embedder_batches_caches_and_speaks_both_apis() {
     let server = serve(64, |_| Reply::OpenAi);
-    let openai = HttpEmbedder::builder(&format!("{}/v1/embeddings", server.url), EmbeddingApi::OpenAi, "m", 64)
-        .with_batch_size(32)
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let openai =
+        HttpEmbedder::builder(&format!("{}/v1/embeddings", server.url), EmbeddingApi::OpenAi, "m", 64)
+            .with_batch_size(32)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
     let texts: Vec<String> = (0..70).map(question).collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     rt().block_on(async {
@@ -582,9 +625,10 @@ fn http_embedder_batches_caches_and_speaks_both_apis() {
     rt().block_on(async {
         let vectors = ollama.embed(&["a", "b"]).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(vectors.len(), 2);
-        let wrong_dim = HttpEmbedder::builder(&format!("{}/api/embed", server.url), EmbeddingApi::Ollama, "m", 65)
-            .build()
-            .unwrap_or_else(|e| panic!("{e}"));
+        let wrong_dim =
+            HttpEmbedder::builder(&format!("{}/api/embed", server.url), EmbeddingApi::Ollama, "m", 65)
+                .build()
+                .unwrap_or_else(|e| panic!("{e}"));
         let err = wrong_dim.embed(&["c"]).await.err().map(|e| e.kind());
         assert_eq!(err, Some(strata_l3::ErrorKind::Embedder));
     });
@@ -598,10 +642,11 @@ fn embedder_errors_and_timeouts_are_misses_within_the_deadline() {
         1 => Reply::Status500,
         _ => Reply::Hang,
     });
-    let embedder = HttpEmbedder::builder(&format!("{}/v1/embeddings", server.url), EmbeddingApi::OpenAi, "m", 64)
-        .with_timeout(Duration::from_secs(30))
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let embedder =
+        HttpEmbedder::builder(&format!("{}/v1/embeddings", server.url), EmbeddingApi::OpenAi, "m", 64)
+            .with_timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
     let clock = Arc::new(ManualClock::fixed());
     let s = scope("app");
     let deadline = Duration::from_millis(1500);
@@ -614,7 +659,10 @@ fn embedder_errors_and_timeouts_are_misses_within_the_deadline() {
         .unwrap_or_else(|e| panic!("{e}"));
     rt().block_on(async {
         let req = SemanticRequest::new(&s, "orders per region");
-        assert_eq!(tier.insert(&req, key(&s, "a"), value(&clock, Duration::from_secs(60), "t")).await, PutOutcome::Stored);
+        assert_eq!(
+            tier.insert(&req, key(&s, "a"), value(&clock, Duration::from_secs(60), "t")).await,
+            PutOutcome::Stored
+        );
         let asked = SemanticRequest::new(&s, "orders per regions");
         assert!(tier.lookup(&asked).await.is_none(), "http 500 is a miss");
         assert_eq!(tier.semantic_stats().embedder_failures, 1);

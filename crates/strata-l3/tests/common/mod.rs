@@ -103,16 +103,46 @@ pub fn near_duplicate(rng: &mut Rng, v: &[f32], cos: f32) -> Vec<f32> {
 }
 
 const SUBJECTS: &[&str] = &[
-    "orders", "customers", "invoices", "products", "shipments", "payments", "refunds", "employees",
-    "suppliers", "tickets", "subscriptions", "reviews", "carts", "accounts", "warehouses", "campaigns",
+    "orders",
+    "customers",
+    "invoices",
+    "products",
+    "shipments",
+    "payments",
+    "refunds",
+    "employees",
+    "suppliers",
+    "tickets",
+    "subscriptions",
+    "reviews",
+    "carts",
+    "accounts",
+    "warehouses",
+    "campaigns",
 ];
 const ASKS: &[&str] = &[
-    "how many", "total value of", "average size of", "list", "top ten", "count of", "median amount of",
-    "most recent", "daily trend of", "share of",
+    "how many",
+    "total value of",
+    "average size of",
+    "list",
+    "top ten",
+    "count of",
+    "median amount of",
+    "most recent",
+    "daily trend of",
+    "share of",
 ];
 const FILTERS: &[&str] = &[
-    "in region", "for store", "by channel", "from partner", "in category", "for team", "under plan",
-    "with status", "tagged", "owned by",
+    "in region",
+    "for store",
+    "by channel",
+    "from partner",
+    "in category",
+    "for team",
+    "under plan",
+    "with status",
+    "tagged",
+    "owned by",
 ];
 const NAMES: &[&str] = &[
     "north", "south", "east", "west", "alpha", "beta", "gamma", "delta", "omega", "atlas", "zenith", "nova",
