@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 use hnsw_rs::prelude::{Distance, FilterT, Hnsw};
 
+use crate::flat::FlatGraph;
 use crate::similarity::{dot, normalize};
 use crate::{CosineSimilarity, Error};
 
@@ -26,6 +27,9 @@ const CHUNK_SLOTS: usize = 1024;
 const INDEX_BATCH: usize = 256;
 /// Layers of the HNSW graph (hnsw_rs caps it at 16).
 const MAX_LAYERS: usize = 16;
+/// The flat copy of a graph is refreshed once this many indexed vectors are missing from it;
+/// until then they are scanned exactly (a few tens of microseconds).
+const COPY_EVERY: usize = 2048;
 
 /// Tuning of the hybrid index. Every setter documents its default.
 ///
@@ -204,6 +208,8 @@ impl<P: Payload> Store<P> {
 struct Generation<P> {
     store: RwLock<Store<P>>,
     graph: RwLock<Option<Arc<Graph>>>,
+    /// The copy of the graph lookups search; see [`FlatGraph`].
+    flat: RwLock<Option<Arc<FlatGraph>>>,
     /// Slots below this are in the graph, or were dead when the indexer reached them.
     indexed: AtomicUsize,
     dead: AtomicUsize,
@@ -214,6 +220,7 @@ impl<P: Payload> Generation<P> {
         Self {
             store: RwLock::new(Store::new(dim)),
             graph: RwLock::new(None),
+            flat: RwLock::new(None),
             indexed: AtomicUsize::new(0),
             dead: AtomicUsize::new(0),
         }
@@ -225,6 +232,10 @@ impl<P: Payload> Generation<P> {
 
     fn graph(&self) -> Option<Arc<Graph>> {
         self.graph.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn flat(&self) -> Option<Arc<FlatGraph>> {
+        self.flat.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 
@@ -313,7 +324,13 @@ impl<P: Payload> Index<P> {
         let len = store.len;
         let mut best = None;
         let mut scan_from = 0;
-        if let Some(graph) = generation.graph() {
+        if let Some(flat) = generation.flat() {
+            let covered = flat.covered().min(len);
+            let vector = |slot: usize| store.vector(slot);
+            let accept_slot = |slot: usize| slot < len && accept(store.payload(slot));
+            best = flat.search(query, self.config.ef_search, &vector, &accept_slot);
+            scan_from = covered;
+        } else if let Some(graph) = generation.graph() {
             let indexed = generation.indexed.load(Ordering::Acquire).min(len);
             if indexed > 0 {
                 let filter = |id: &usize| *id < len && accept(store.payload(*id));
@@ -363,9 +380,24 @@ impl<P: Payload> Index<P> {
         )
     }
 
+    /// Inserts the generation's unindexed tail into its graph, then refreshes the flat copy
+    /// lookups search if enough is missing from it. Returns how many vectors it inserted.
+    fn index_pending(&self, generation: &Generation<P>) -> usize {
+        let inserted = self.grow_graph(generation);
+        let indexed = generation.indexed.load(Ordering::Acquire);
+        let copied = generation.flat().map_or(0, |f| f.covered());
+        if indexed > copied && (copied == 0 || indexed - copied >= COPY_EVERY) {
+            if let Some(graph) = generation.graph() {
+                let flat = FlatGraph::copy(&graph, indexed).map(Arc::new);
+                *generation.flat.write().unwrap_or_else(PoisonError::into_inner) = flat;
+            }
+        }
+        inserted
+    }
+
     /// Inserts the generation's unindexed tail into its graph, creating the graph once the
     /// store reaches the exact-scan size. Returns how many vectors it inserted.
-    fn index_pending(&self, generation: &Generation<P>) -> usize {
+    fn grow_graph(&self, generation: &Generation<P>) -> usize {
         let len = generation.store().len;
         if len < self.config.exact_below {
             return 0;

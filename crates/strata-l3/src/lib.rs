@@ -69,6 +69,7 @@
 
 mod embed;
 mod error;
+mod flat;
 mod guard;
 mod http;
 mod index;
