@@ -172,7 +172,6 @@ impl Hints {
                     in_tables = true;
                     self.push_table(v);
                 }
-                (_, None) if value.is_none() && key.is_empty() => {}
                 _ => self.ignore(item, "unknown hint"),
             }
         }

@@ -29,7 +29,7 @@ pub fn read_hints(sql: &str, ttl_cap: std::time::Duration) -> Hints {
     if sql.contains('\0') {
         return hints;
     }
-    let Ok(toks) = catch_unwind(|| pg_query::scan_tokens(sql)) else { return hints };
+    let Ok(toks) = catch_unwind(|| tokens::scan(sql)) else { return hints };
     let Ok(toks) = toks else { return hints };
     for t in toks.iter().filter(|t| tokens::is_comment(t.token)) {
         if let Some(text) =
@@ -70,10 +70,13 @@ pub(crate) fn analyze_with(sql: &str, config: &NormalizerConfig) -> Analysis {
 }
 
 fn analyze_inner(sql: &str, config: &NormalizerConfig) -> Analysis {
-    let toks = match pg_query::scan_tokens(sql) {
+    let toks = match tokens::scan(sql) {
         Ok(t) => t,
-        Err(e) => return failed(sql, Hints::default(), &e.to_string()),
+        Err(e) => return failed(sql, Hints::default(), &e),
     };
+    if toks.is_empty() {
+        return roll_up(Vec::new(), Hints::default());
+    }
     let mut hints = Hints::default();
     for t in toks.iter().filter(|t| tokens::is_comment(t.token)) {
         if let Some(text) =

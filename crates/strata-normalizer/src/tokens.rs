@@ -30,6 +30,16 @@ const DOT: i32 = 46;
 const LBRACKET: i32 = 91;
 const RBRACKET: i32 = 93;
 
+/// Scans text into tokens. Text of nothing but whitespace has no tokens and is not handed to the
+/// scanner: pg_query builds a slice from the scanner's null token array in that case, which is
+/// undefined behaviour (and an abort in debug builds).
+pub(crate) fn scan(sql: &str) -> Result<Vec<ScanToken>, String> {
+    if sql.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)) {
+        return Ok(Vec::new());
+    }
+    pg_query::scan_tokens(sql).map_err(|e| e.to_string())
+}
+
 pub(crate) fn is_comment(kind: i32) -> bool {
     kind == Token::SqlComment as i32 || kind == Token::CComment as i32
 }
@@ -39,6 +49,12 @@ fn literal(kind: i32, text: &str, prev: Option<i32>) -> Option<(LiteralForm, Typ
     let k = Token::try_from(kind).ok()?;
     Some(match k {
         Token::Iconst => {
+            let (ty, form) = integer_type(text);
+            (form, ty, text.into())
+        }
+        // The scanner hands integers beyond int4 over as FCONST; PostgreSQL then types them
+        // bigint when they fit, numeric otherwise.
+        Token::Fconst if text.bytes().all(|b| b.is_ascii_digit() || b == b'_') => {
             let (ty, form) = integer_type(text);
             (form, ty, text.into())
         }
@@ -131,23 +147,45 @@ struct Sig<'a> {
     text: &'a str,
 }
 
+const PLUS: i32 = 43;
+const MINUS: i32 = 45;
+
+fn is_sign(kind: i32) -> bool {
+    kind == PLUS || kind == MINUS
+}
+
+fn is_number(kind: i32) -> bool {
+    kind == Token::Iconst as i32 || kind == Token::Fconst as i32
+}
+
+/// Reads one list item at `k`: a literal, or a sign followed by a number. Returns the index of
+/// the literal token.
+fn const_item(sig: &[Sig<'_>], k: usize) -> Option<usize> {
+    let s = sig.get(k)?;
+    if is_sign(s.kind) {
+        let n = sig.get(k + 1)?;
+        return is_number(n.kind).then_some(k + 1);
+    }
+    let prev = k.checked_sub(1).and_then(|p| sig.get(p)).map(|p| p.kind);
+    literal(s.kind, s.text, prev).map(|_| k)
+}
+
 /// Tries to read a constant list starting at `i` (the opening bracket). Returns the index after
 /// the closing bracket and the number of items.
-fn const_items(sig: &[Sig<'_>], mut i: usize, close: i32) -> Option<(usize, usize)> {
+fn const_items(sig: &[Sig<'_>], i: usize, close: i32) -> Option<(usize, usize)> {
     let mut items = 0;
+    let mut k = i + 1;
     loop {
-        let prev = if i > 0 { sig.get(i - 1).map(|s| s.kind) } else { None };
-        let s = sig.get(i + 1)?;
-        literal(s.kind, s.text, prev)?;
+        let last = const_item(sig, k)?;
         items += 1;
-        let next = sig.get(i + 2)?;
+        let next = sig.get(last + 1)?;
         if next.kind == close {
-            return Some((i + 3, items));
+            return Some((last + 2, items));
         }
         if next.kind != COMMA {
             return None;
         }
-        i += 2;
+        k = last + 2;
     }
 }
 
@@ -167,7 +205,8 @@ fn collapsible(sig: &[Sig<'_>], i: usize) -> Option<(ListKind, usize, usize, usi
     if k == Token::Values as i32 && open == LPAREN {
         let (mut end, arity) = const_items(sig, i + 1, RPAREN)?;
         let mut rows = 1;
-        while sig.get(end).map(|s| s.kind) == Some(COMMA) {
+        while sig.get(end).map(|s| s.kind) == Some(COMMA) && sig.get(end + 1).map(|s| s.kind) == Some(LPAREN)
+        {
             let (next_end, n) = const_items(sig, end + 1, RPAREN)?;
             if n != arity {
                 return None;
@@ -222,6 +261,20 @@ impl Writer {
     }
 }
 
+/// The content of a quoted identifier that needs no quotes (lower case letters, digits, `_`),
+/// so it means the same as the unquoted spelling.
+fn plain_quoted<'a>(s: &Sig<'a>) -> Option<&'a str> {
+    if s.kind != Token::Ident as i32 {
+        return None;
+    }
+    let inner = s.text.strip_prefix('"')?.strip_suffix('"')?;
+    let mut chars = inner.chars();
+    let first = chars.next()?;
+    let plain = (first.is_ascii_lowercase() || first == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    plain.then_some(inner)
+}
+
 /// Normalizes the tokens of one statement.
 pub(crate) fn normalize(sql: &str, tokens: &[ScanToken]) -> Option<Normalized> {
     let mut sig = Vec::with_capacity(tokens.len());
@@ -259,11 +312,16 @@ pub(crate) fn normalize(sql: &str, tokens: &[ScanToken]) -> Option<Normalized> {
     let mut i = 0;
     while i < sig.len() {
         if let Some((list, end, items, rows)) = collapsible(&sig, i) {
-            let arity = items / rows;
+            // Items per row: the columns of a VALUES row; one for IN and ARRAY lists.
+            let arity = if list == ListKind::Values { items / rows } else { 1 };
             let mut flavors = 0u32;
             for j in i + 2..end {
                 let prev = sig.get(j - 1).map(|p| p.kind);
-                if let Some(lit) = literal(sig[j].kind, sig[j].text, prev) {
+                if let Some(mut lit) = literal(sig[j].kind, sig[j].text, prev) {
+                    // Inside a collapsed list a sign belongs to its number.
+                    if prev.is_some_and(is_sign) && is_number(sig[j].kind) {
+                        lit.2 = format!("{}{}", sig[j - 1].text, lit.2).into();
+                    }
                     flavors |= 1 << (lit.0.tag() - b'a');
                     push_param(lit, &mut params);
                 }
@@ -297,6 +355,9 @@ pub(crate) fn normalize(sql: &str, tokens: &[ScanToken]) -> Option<Normalized> {
         if let Some(lit) = literal(s.kind, s.text, prev) {
             w.placeholder(&mut next_placeholder, lit.0.tag());
             push_param(lit, &mut params);
+        } else if let Some(plain) = plain_quoted(s) {
+            // `"users"` names the same relation as `users`: render and hash them alike.
+            w.token(s.kind, s.keyword, plain, plain.as_bytes());
         } else if s.keyword != KeywordKind::NoKeyword as i32
             || (s.kind == Token::Ident as i32 && !s.text.starts_with('"'))
         {
@@ -326,7 +387,7 @@ mod tests {
     use super::*;
 
     fn norm(sql: &str) -> String {
-        let toks = pg_query::scan_tokens(sql).unwrap_or_default();
+        let toks = scan(sql).unwrap_or_default();
         normalize(sql, &toks).map(|n| n.normalized).unwrap_or_default()
     }
 

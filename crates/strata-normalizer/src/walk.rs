@@ -122,7 +122,7 @@ impl<'c> Walk<'c> {
     }
 
     fn read(&mut self, rv: &RangeVar) {
-        if rv.schemaname.is_empty() && self.ctes.iter().any(|c| *c == rv.relname) {
+        if rv.schemaname.is_empty() && self.ctes.contains(&rv.relname) {
             return;
         }
         let t = qualified(rv);
