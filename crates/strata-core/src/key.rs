@@ -232,6 +232,14 @@ pub struct KeyBuilder {
 }
 
 impl KeyBuilder {
+    /// Reserves room for `additional` more bytes of components, so a key whose size the caller
+    /// can estimate is built with one allocation.
+    #[must_use]
+    pub fn with_reserved(mut self, additional: usize) -> Self {
+        self.buf.reserve(additional);
+        self
+    }
+
     /// Adds a parameter value with its type and wire format.
     #[must_use]
     pub fn param(mut self, ty: TypeOid, format: Format, value: &[u8]) -> Self {

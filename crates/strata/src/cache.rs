@@ -10,6 +10,7 @@ use strata_core::{
     VersionView,
 };
 use strata_normalizer::{Analysis, Normalizer, NotCacheable, TierHint, WriteEffect};
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::flight::{self, FlightLead, Flights, Joined, Landing};
@@ -28,8 +29,59 @@ pub enum TierRole {
     Warm,
 }
 
+/// A tier's name: free to clone for the usual static names (`l1`, `l2`).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TierName(NameRepr);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum NameRepr {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl TierName {
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            NameRepr::Static(s) => s,
+            NameRepr::Shared(s) => s,
+        }
+    }
+}
+
+impl From<&'static str> for TierName {
+    fn from(name: &'static str) -> Self {
+        TierName(NameRepr::Static(name))
+    }
+}
+
+impl From<String> for TierName {
+    fn from(name: String) -> Self {
+        TierName(NameRepr::Shared(name.into()))
+    }
+}
+
+impl fmt::Display for TierName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for TierName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::ops::Deref for TierName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
 pub(crate) struct Slot {
-    pub(crate) name: Arc<str>,
+    pub(crate) name: TierName,
     pub(crate) role: TierRole,
     pub(crate) tier: Arc<dyn CacheTier>,
 }
@@ -49,7 +101,7 @@ pub enum Lookup {
 #[derive(Debug, Clone)]
 pub struct Hit {
     result: CachedResult,
-    tier: Arc<str>,
+    tier: TierName,
     age: Duration,
     stale: bool,
 }
@@ -68,7 +120,7 @@ impl Hit {
     /// The tier that answered (`l1`, `l2`, ...), or `single-flight` for a result another caller
     /// had just fetched.
     pub fn tier(&self) -> &str {
-        &self.tier
+        self.tier.as_str()
     }
 
     /// How old the result is.
@@ -271,7 +323,7 @@ pub struct Loaded {
 #[non_exhaustive]
 pub enum Source {
     /// A tier (or a concurrent fill), by name.
-    Cache(Arc<str>),
+    Cache(TierName),
     /// The loader ran and its answer was offered to the cache.
     Database,
     /// The loader ran; the cache did not take part, for this reason.
@@ -315,6 +367,25 @@ impl fmt::Debug for QueryCache {
     }
 }
 
+/// A lookup that could not finish without awaiting, and where it stopped.
+struct Pending {
+    plan: Arc<Plan>,
+    key: CacheKey,
+    versions: Vec<u64>,
+    started: Option<Instant>,
+    /// The tier to continue from.
+    next_tier: usize,
+    /// A result a later in-process tier returned, to be promoted and served.
+    found: Option<CachedResult>,
+    /// A concurrent fill to wait for.
+    seat: Option<watch::Receiver<Landing>>,
+}
+
+enum Step {
+    Done(Lookup),
+    Await(Pending),
+}
+
 /// Texts longer than this are planned on every call rather than memoized.
 const PLAN_MEMO_MAX_TEXT: usize = 64 * 1024;
 
@@ -346,98 +417,169 @@ impl QueryCache {
     /// Looks a statement up in the tiers. A hit is served; a miss hands out a [`FillTicket`]
     /// (concurrent misses on one key wait for the first one's fill instead); a bypass says why
     /// the cache will not take part.
+    ///
+    /// An in-process hit is answered synchronously inside the first poll; only lookups that must
+    /// wait (a networked tier, a concurrent fill) go on to a boxed slower path, which keeps this
+    /// future small and cheap to create.
     pub async fn lookup(&self, req: &Request<'_>) -> Lookup {
-        let span = tracing::trace_span!("strata::lookup");
-        self.lookup_inner(req).instrument(span).await
+        match self.lookup_now(req) {
+            Step::Done(lookup) => lookup,
+            Step::Await(pending) => {
+                let span = tracing::trace_span!("strata::lookup");
+                Box::pin(self.lookup_pending(pending).instrument(span)).await
+            }
+        }
     }
 
-    async fn lookup_inner(&self, req: &Request<'_>) -> Lookup {
+    /// Everything a lookup can do without awaiting: plan, versions, key, the in-process tier in
+    /// front, and taking the lead of a new fill.
+    fn lookup_now(&self, req: &Request<'_>) -> Step {
         let plan = self.plan(req.sql);
         let units = match &plan.verdict {
-            Verdict::Bypass(reason) => return self.bypass(reason.clone()),
+            Verdict::Bypass(reason) => return Step::Done(self.bypass(reason.clone())),
             Verdict::Cacheable(c) => &c.units,
         };
         let expected = plan.analysis.client_param_count();
         if req.params.len() != expected as usize {
-            return self.bypass(BypassReason::ParameterCount { expected, bound: req.params.len() });
+            return Step::Done(
+                self.bypass(BypassReason::ParameterCount { expected, bound: req.params.len() }),
+            );
         }
         let shared = &self.shared;
         let mut versions = Vec::with_capacity(units.len());
         if shared.versions.read(units, &mut versions) == VersionView::Unsynchronized {
-            return self.bypass(BypassReason::VersionsUnsynchronized);
+            return Step::Done(self.bypass(BypassReason::VersionsUnsynchronized));
         }
         let key = build_key(req, &plan.analysis, units, &versions);
-        let sampled = shared.metrics.sampled();
-        let started = sampled.then(Instant::now);
-
+        let started = shared.metrics.sampled().then(Instant::now);
+        let mut pending = Pending { plan, key, versions, started, next_tier: 0, found: None, seat: None };
         for (index, slot) in shared.tiers.iter().enumerate() {
-            if !plan.allows(slot.role) {
+            if !pending.plan.allows(slot.role) {
                 continue;
             }
-            let found = match slot.tier.get_now(&key) {
-                NowLookup::Hit(result) => Some(result),
-                NowLookup::Miss => None,
-                NowLookup::WouldAwait => match slot.tier.get(&key).await {
-                    Ok(found) => found,
-                    Err(err) => {
-                        shared.metrics.tier_errors[index].inc();
-                        tracing::debug!(tier = %slot.name, error = %err, "strata: tier lookup failed; treated as a miss");
-                        None
+            pending.next_tier = index;
+            match slot.tier.get_now(&pending.key) {
+                NowLookup::Hit(result) if index == 0 => {
+                    if let Some(lookup) = self.serve(&pending, result, index) {
+                        return Step::Done(lookup);
                     }
+                    // Expired (counted as a miss): keep walking.
+                }
+                NowLookup::Hit(result) => {
+                    // A later in-process tier: promotion into the ones before it awaits.
+                    pending.found = Some(result);
+                    return Step::Await(pending);
+                }
+                NowLookup::Miss => {}
+                NowLookup::WouldAwait => return Step::Await(pending),
+            }
+        }
+        pending.next_tier = shared.tiers.len();
+        match shared.flights.join(&pending.key) {
+            Joined::Lead(lead) => Step::Done(self.lead(pending, lead)),
+            Joined::Follow(seat) => {
+                pending.seat = Some(seat);
+                Step::Await(pending)
+            }
+        }
+    }
+
+    /// The rest of a lookup: tiers that await, promotion, and waiting for a concurrent fill.
+    async fn lookup_pending(&self, mut pending: Pending) -> Lookup {
+        let shared = &self.shared;
+        if let Some(seat) = pending.seat.take() {
+            return self.wait_for_flight(pending, seat).await;
+        }
+        for index in pending.next_tier..shared.tiers.len() {
+            let slot = &shared.tiers[index];
+            if !pending.plan.allows(slot.role) {
+                continue;
+            }
+            let result = match pending.found.take() {
+                Some(result) => Some(result),
+                None => match slot.tier.get_now(&pending.key) {
+                    NowLookup::Hit(result) => Some(result),
+                    NowLookup::Miss => None,
+                    NowLookup::WouldAwait => match slot.tier.get(&pending.key).await {
+                        Ok(found) => found,
+                        Err(err) => {
+                            shared.metrics.tier_errors[index].inc();
+                            tracing::debug!(tier = %slot.name, error = %err, "strata: tier lookup failed; treated as a miss");
+                            None
+                        }
+                    },
                 },
             };
-            let Some(result) = found else {
-                shared.metrics.tier_misses[index].inc();
+            let Some(result) = result else { continue };
+            if result.is_expired_at(shared.clock.now()) {
                 continue;
-            };
-            let now = shared.clock.now();
-            if result.is_expired_at(now) {
-                shared.metrics.tier_misses[index].inc();
-                continue;
-            }
-            shared.metrics.tier_hits[index].inc();
-            if let Some(started) = started {
-                shared.metrics.lookup_seconds[index].observe(started.elapsed().as_secs_f64());
             }
             if index > 0 {
-                self.promote(&key, &result, index, &plan).await;
+                self.promote(&pending.key, &result, index, &pending.plan).await;
             }
-            let age = result.age(now);
-            if sampled || index > 0 {
-                shared.metrics.served_age_seconds.observe(age.as_secs_f64());
+            if let Some(lookup) = self.serve(&pending, result, index) {
+                return lookup;
             }
-            let soft_ttl = result.ttl().mul_f64(shared.policy.soft_ttl_ratio);
-            if age >= soft_ttl && shared.policy.soft_ttl_ratio < 1.0 {
-                // One caller refreshes; everyone else keeps getting the old value meanwhile.
-                if let Some(lead) = shared.flights.try_lead(&key) {
-                    shared.metrics.soft_refreshes.inc();
-                    return Lookup::Miss(self.ticket(key, plan, versions, Some(lead)));
-                }
-                shared.metrics.stale_served.inc();
-                return Lookup::Hit(Hit { result, tier: slot.name.clone(), age, stale: true });
-            }
-            return Lookup::Hit(Hit { result, tier: slot.name.clone(), age, stale: false });
         }
+        match shared.flights.join(&pending.key) {
+            Joined::Lead(lead) => self.lead(pending, lead),
+            Joined::Follow(seat) => self.wait_for_flight(pending, seat).await,
+        }
+    }
 
-        match shared.flights.join(&key) {
-            Joined::Lead(lead) => {
-                if let Some(started) = started {
-                    shared.metrics.lookup_miss_seconds.observe(started.elapsed().as_secs_f64());
-                }
-                Lookup::Miss(self.ticket(key, plan, versions, Some(lead)))
-            }
-            Joined::Follow(seat) => match flight::wait(seat, shared.policy.singleflight_wait).await {
-                Some(result) => {
-                    shared.metrics.flight_filled.inc();
-                    let age = result.age(shared.clock.now());
-                    Lookup::Hit(Hit { result, tier: Arc::from("single-flight"), age, stale: false })
-                }
-                None => {
-                    shared.metrics.flight_failed.inc();
-                    Lookup::Miss(self.ticket(key, plan, versions, None))
-                }
-            },
+    fn lead(&self, pending: Pending, lead: FlightLead) -> Lookup {
+        if let Some(started) = pending.started {
+            self.shared.metrics.lookup_miss_seconds.observe(started.elapsed().as_secs_f64());
         }
+        Lookup::Miss(self.ticket(pending.key, pending.plan, pending.versions, Some(lead)))
+    }
+
+    async fn wait_for_flight(&self, pending: Pending, seat: watch::Receiver<Landing>) -> Lookup {
+        let shared = &self.shared;
+        match flight::wait(seat, shared.policy.singleflight_wait).await {
+            Some(result) => {
+                shared.metrics.flight_filled.inc();
+                let age = result.age(shared.clock.now());
+                Lookup::Hit(Hit { result, tier: TierName::from("single-flight"), age, stale: false })
+            }
+            None => {
+                shared.metrics.flight_failed.inc();
+                Lookup::Miss(self.ticket(pending.key, pending.plan, pending.versions, None))
+            }
+        }
+    }
+
+    /// Turns a tier's result into the answer: `None` if it has expired; past its soft TTL, one
+    /// caller is sent to refresh while everyone else keeps getting the old value.
+    fn serve(&self, pending: &Pending, result: CachedResult, index: usize) -> Option<Lookup> {
+        let shared = &self.shared;
+        let now = shared.clock.now();
+        if result.is_expired_at(now) {
+            return None;
+        }
+        let age = result.age(now);
+        if let Some(started) = pending.started {
+            shared.metrics.lookup_seconds[index].observe(started.elapsed().as_secs_f64());
+            shared.metrics.served_age_seconds.observe(age.as_secs_f64());
+        } else if index > 0 {
+            shared.metrics.served_age_seconds.observe(age.as_secs_f64());
+        }
+        let tier = shared.tiers[index].name.clone();
+        if shared.policy.soft_ttl_ratio < 1.0 && age >= result.ttl().mul_f64(shared.policy.soft_ttl_ratio) {
+            if let Some(lead) = shared.flights.try_lead(&pending.key) {
+                shared.metrics.soft_refreshes.inc();
+                let ticket = self.ticket(
+                    pending.key.clone(),
+                    pending.plan.clone(),
+                    pending.versions.clone(),
+                    Some(lead),
+                );
+                return Some(Lookup::Miss(ticket));
+            }
+            shared.metrics.stale_served.inc();
+            return Some(Lookup::Hit(Hit { result, tier, age, stale: true }));
+        }
+        Some(Lookup::Hit(Hit { result, tier, age, stale: false }))
     }
 
     fn ticket(
@@ -613,7 +755,12 @@ pub(crate) fn build_key(
     units: &[TableName],
     versions: &[u64],
 ) -> CacheKey {
-    let mut builder = CacheKey::builder(req.scope, analysis.key_bytes());
+    // Every record costs a tag and a length (5 bytes) plus its fields: size the buffer once.
+    let literals: usize = analysis.params().map(|p| 10 + p.text().len()).sum();
+    let params: usize = req.params.iter().map(|p| 10 + p.value().map_or(0, <[u8]>::len)).sum();
+    let tables: usize = units.iter().map(|u| 17 + u.as_str().len()).sum();
+    let mut builder = CacheKey::builder(req.scope, analysis.key_bytes())
+        .with_reserved(literals + params + tables + 5 + req.result_formats.len());
     for literal in analysis.params() {
         builder = builder.param(literal.type_oid(), Format::Text, literal.text().as_bytes());
     }

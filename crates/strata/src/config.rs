@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use strata_core::{CacheTier, Clock, SystemClock, TableName, VersionStore};
-use strata_l1::HotTier;
+use strata_core::{CacheTier, Clock, TableName, VersionStore};
+use strata_l1::{CoarseClock, HotTier};
 use strata_l2::WarmTierConfig;
 use strata_normalizer::{Normalizer, NormalizerConfig};
 
-use crate::cache::{QueryCache, Shared, Slot, TierRole};
+use crate::cache::{QueryCache, Shared, Slot, TierName, TierRole};
 use crate::flight::Flights;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
@@ -20,7 +20,7 @@ use crate::Error;
 
 /// Builds a [`QueryCache`]. Every setter documents its default.
 pub struct QueryCacheBuilder {
-    tiers: Vec<(Arc<str>, TierRole, Arc<dyn CacheTier>)>,
+    tiers: Vec<(TierName, TierRole, Arc<dyn CacheTier>)>,
     versions: Option<Arc<dyn VersionStore>>,
     normalizer: Option<NormalizerConfig>,
     default_ttl: Duration,
@@ -48,7 +48,7 @@ impl Default for QueryCacheBuilder {
             ttl_jitter_ratio: 0.1,
             singleflight_wait: Duration::from_secs(5),
             plan_memo_entries: 10_000,
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(CoarseClock::new()),
         }
     }
 }
@@ -57,7 +57,7 @@ impl QueryCacheBuilder {
     /// Adds a tier after the ones added so far; lookups walk tiers in this order. Default: none
     /// (a cache with no tier bypasses everything, which is useful only in tests).
     #[must_use]
-    pub fn with_tier(mut self, name: impl Into<Arc<str>>, role: TierRole, tier: Arc<dyn CacheTier>) -> Self {
+    pub fn with_tier(mut self, name: impl Into<TierName>, role: TierRole, tier: Arc<dyn CacheTier>) -> Self {
         self.tiers.push((name.into(), role, tier));
         self
     }
@@ -149,7 +149,9 @@ impl QueryCacheBuilder {
         self
     }
 
-    /// The clock for result ages and TTLs. Default: the system clock.
+    /// The clock for result ages and TTLs. Default: [`CoarseClock`], the system clock read from a
+    /// value refreshed every millisecond (reading the OS clock costs as much as a whole hit on
+    /// some virtual machines).
     #[must_use]
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -190,7 +192,7 @@ impl QueryCacheBuilder {
                 .map_err(|e| Error::config("default normalizer configuration").with_source(e))?,
         };
         let versions = self.versions.unwrap_or_else(|| Arc::new(LocalVersions::new()));
-        let named: Vec<(Arc<str>, Arc<dyn CacheTier>)> =
+        let named: Vec<(TierName, Arc<dyn CacheTier>)> =
             self.tiers.iter().map(|(n, _, t)| (n.clone(), t.clone())).collect();
         let metrics = Metrics::new(&named, versions.clone())
             .map_err(|e| Error::config("registering metrics").with_source(e))?;

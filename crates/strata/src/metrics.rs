@@ -1,6 +1,6 @@
 //! Prometheus metrics in one registry the application can mount.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 
 use prometheus::core::{Collector, Desc};
@@ -10,11 +10,11 @@ use prometheus::{
 };
 use strata_core::{CacheTier, VersionHealth, VersionStore};
 
+use crate::cache::TierName;
+
 /// Handles to every metric, with per-tier labels resolved once so the hot path only increments.
 pub(crate) struct Metrics {
     pub(crate) registry: Registry,
-    pub(crate) tier_hits: Vec<IntCounter>,
-    pub(crate) tier_misses: Vec<IntCounter>,
     pub(crate) tier_errors: Vec<IntCounter>,
     pub(crate) lookup_seconds: Vec<Histogram>,
     pub(crate) lookup_miss_seconds: Histogram,
@@ -31,9 +31,13 @@ pub(crate) struct Metrics {
     pub(crate) invalidate_everything: IntCounter,
     pub(crate) invalidate_errors: IntCounter,
     pub(crate) served_age_seconds: Histogram,
-    /// Lookups seen, to sample the timing of in-process hits (reading a clock costs as much as
-    /// the hit itself on some virtual machines).
-    pub(crate) sample: AtomicU64,
+}
+
+thread_local! {
+    /// Lookups this thread has seen, to sample the timing of in-process hits: reading a clock
+    /// costs as much as the hit itself on some virtual machines, and a shared counter would cost
+    /// every lookup an atomic read-modify-write.
+    static SAMPLE: Cell<u64> = const { Cell::new(0) };
 }
 
 /// One in this many in-process hits is timed.
@@ -83,13 +87,10 @@ fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> pr
 
 impl Metrics {
     pub(crate) fn new(
-        tiers: &[(Arc<str>, Arc<dyn CacheTier>)],
+        tiers: &[(TierName, Arc<dyn CacheTier>)],
         versions: Arc<dyn VersionStore>,
     ) -> prometheus::Result<Self> {
         let registry = Registry::new();
-        let hits = counter_vec(&registry, "strata_tier_hits_total", "Lookups answered by a tier", &["tier"])?;
-        let misses =
-            counter_vec(&registry, "strata_tier_misses_total", "Lookups a tier could not answer", &["tier"])?;
         let errors = counter_vec(
             &registry,
             "strata_tier_errors_total",
@@ -105,7 +106,7 @@ impl Metrics {
             &["tier"],
         )?;
         registry.register(Box::new(lookup.clone()))?;
-        let names: Vec<&str> = tiers.iter().map(|(n, _)| &**n).collect();
+        let names: Vec<&str> = tiers.iter().map(|(n, _)| n.as_str()).collect();
         let bypasses = counter_vec(
             &registry,
             "strata_bypass_total",
@@ -127,8 +128,6 @@ impl Metrics {
         let invalidations =
             counter_vec(&registry, "strata_invalidations_total", "Write notifications, by kind", &["kind"])?;
         let metrics = Metrics {
-            tier_hits: names.iter().map(|n| hits.with_label_values(&[n])).collect(),
-            tier_misses: names.iter().map(|n| misses.with_label_values(&[n])).collect(),
             tier_errors: names.iter().map(|n| errors.with_label_values(&[n])).collect(),
             lookup_seconds: names.iter().map(|n| lookup.with_label_values(&[n])).collect(),
             lookup_miss_seconds: lookup.with_label_values(&["miss"]),
@@ -163,7 +162,6 @@ impl Metrics {
                 "Age of results served from cache (sampled for in-process hits)",
                 AGE_BUCKETS,
             )?,
-            sample: AtomicU64::new(0),
             registry,
         };
         metrics.registry.register(Box::new(TierGauges::new(tiers, versions)?))?;
@@ -177,31 +175,44 @@ impl Metrics {
     /// Whether this in-process hit should be timed.
     #[inline]
     pub(crate) fn sampled(&self) -> bool {
-        self.sample.fetch_add(1, Relaxed) % SAMPLE_EVERY == 0
+        SAMPLE.with(|seen| {
+            let n = seen.get();
+            seen.set(n.wrapping_add(1));
+            n % SAMPLE_EVERY == 0
+        })
     }
 }
 
-/// Entries, bytes, evictions, corrupt values and breaker-visible errors of each tier, and the
-/// version store's state, read from the tiers when the registry is scraped.
+/// Hits, misses, entries, bytes, evictions, expirations and corrupt values of each tier, and the
+/// version store's state, read from the tiers' own counters when the registry is scraped, so the
+/// hot path does not count twice.
 struct TierGauges {
-    tiers: Vec<(Arc<str>, Arc<dyn CacheTier>)>,
+    tiers: Vec<(TierName, Arc<dyn CacheTier>)>,
     versions: Arc<dyn VersionStore>,
     entries: IntGaugeVec,
     bytes: IntGaugeVec,
+    hits: IntCounterVec,
+    misses: IntCounterVec,
     evictions: IntCounterVec,
     expirations: IntCounterVec,
     corrupt: IntCounterVec,
     synchronized: IntGauge,
     /// Counter values seen at the previous scrape, so counters advance by the difference.
-    last: Mutex<Vec<[u64; 3]>>,
+    last: Mutex<Vec<[u64; 5]>>,
     descs: Vec<Desc>,
 }
 
 impl TierGauges {
     fn new(
-        tiers: &[(Arc<str>, Arc<dyn CacheTier>)],
+        tiers: &[(TierName, Arc<dyn CacheTier>)],
         versions: Arc<dyn VersionStore>,
     ) -> prometheus::Result<Self> {
+        let hits =
+            IntCounterVec::new(Opts::new("strata_tier_hits_total", "Lookups a tier answered"), &["tier"])?;
+        let misses = IntCounterVec::new(
+            Opts::new("strata_tier_misses_total", "Lookups a tier could not answer"),
+            &["tier"],
+        )?;
         let entries =
             IntGaugeVec::new(Opts::new("strata_tier_entries", "Entries held by a tier"), &["tier"])?;
         let bytes = IntGaugeVec::new(Opts::new("strata_tier_bytes", "Bytes held by a tier"), &["tier"])?;
@@ -222,19 +233,30 @@ impl TierGauges {
             "1 when table versions are current (local, or shared with the change channel in sequence), 0 while resynchronizing",
         ))?;
         let mut descs = Vec::new();
-        for c in [&entries as &dyn Collector, &bytes, &evictions, &expirations, &corrupt, &synchronized] {
+        for c in [
+            &hits as &dyn Collector,
+            &misses,
+            &entries,
+            &bytes,
+            &evictions,
+            &expirations,
+            &corrupt,
+            &synchronized,
+        ] {
             descs.extend(c.desc().into_iter().cloned());
         }
         Ok(Self {
             tiers: tiers.to_vec(),
             versions,
+            hits,
+            misses,
             entries,
             bytes,
             evictions,
             expirations,
             corrupt,
             synchronized,
-            last: Mutex::new(vec![[0; 3]; tiers.len()]),
+            last: Mutex::new(vec![[0; 5]; tiers.len()]),
             descs,
         })
     }
@@ -249,11 +271,16 @@ impl Collector for TierGauges {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         for (i, (name, tier)) in self.tiers.iter().enumerate() {
             let stats = tier.stats();
-            self.entries.with_label_values(&[name]).set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
-            self.bytes.with_label_values(&[name]).set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
-            let now = [stats.evictions, stats.expirations, stats.corrupt];
-            for (j, counter) in [&self.evictions, &self.expirations, &self.corrupt].into_iter().enumerate() {
-                counter.with_label_values(&[name]).inc_by(now[j].saturating_sub(last[i][j]));
+            self.entries
+                .with_label_values(&[name.as_str()])
+                .set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
+            self.bytes
+                .with_label_values(&[name.as_str()])
+                .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
+            let now = [stats.hits, stats.misses, stats.evictions, stats.expirations, stats.corrupt];
+            let counters = [&self.hits, &self.misses, &self.evictions, &self.expirations, &self.corrupt];
+            for (j, counter) in counters.into_iter().enumerate() {
+                counter.with_label_values(&[name.as_str()]).inc_by(now[j].saturating_sub(last[i][j]));
             }
             last[i] = now;
         }
@@ -262,7 +289,9 @@ impl Collector for TierGauges {
         self.synchronized.set(i64::from(synchronized));
         let mut families = Vec::new();
         for c in [
-            &self.entries as &dyn Collector,
+            &self.hits as &dyn Collector,
+            &self.misses,
+            &self.entries,
             &self.bytes,
             &self.evictions,
             &self.expirations,

@@ -26,7 +26,7 @@ pub(crate) fn version_unit(table: &TableName) -> TableName {
 /// Versions kept in this process only: for a cache whose tiers no other process shares.
 #[derive(Debug, Default)]
 pub struct LocalVersions {
-    versions: RwLock<HashMap<TableName, u64>>,
+    versions: RwLock<HashMap<TableName, u64, foldhash::fast::RandomState>>,
 }
 
 impl LocalVersions {
