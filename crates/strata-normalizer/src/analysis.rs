@@ -313,6 +313,7 @@ pub struct StatementAnalysis {
     pub(crate) reads: Vec<TableName>,
     pub(crate) writes: WriteEffect,
     pub(crate) functions: Vec<Arc<str>>,
+    pub(crate) temp_created: Vec<TableName>,
     pub(crate) cacheability: Cacheability,
 }
 
@@ -375,6 +376,14 @@ impl StatementAnalysis {
     /// Whether the statement's result may be cached, and why not.
     pub fn cacheability(&self) -> &Cacheability {
         &self.cacheability
+    }
+
+    /// Temporary tables this statement creates (`CREATE TEMP TABLE`, `SELECT ... INTO TEMP`).
+    /// Later statements of the session may read them without the `pg_temp.` prefix, which the
+    /// text alone cannot reveal; a caller should stop caching reads of these names (or the
+    /// session) once it sees one.
+    pub fn temporary_tables_created(&self) -> &[TableName] {
+        &self.temp_created
     }
 }
 
@@ -465,6 +474,12 @@ impl Analysis {
             }
         }
         deps
+    }
+
+    /// Temporary tables created by any statement (see
+    /// [`StatementAnalysis::temporary_tables_created`]).
+    pub fn temporary_tables_created(&self) -> impl Iterator<Item = &TableName> + '_ {
+        self.statements.iter().flat_map(|s| s.temp_created.iter())
     }
 
     /// The union of the statements' write effects ([`WriteEffect::Unknown`] for unparsable text).

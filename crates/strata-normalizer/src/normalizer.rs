@@ -125,6 +125,7 @@ fn analyze_inner(sql: &str, config: &NormalizerConfig) -> Analysis {
             reads: std::mem::take(&mut walk.reads),
             writes,
             functions: std::mem::take(&mut walk.functions),
+            temp_created: std::mem::take(&mut walk.temp_created),
             cacheability: match reason {
                 None => Cacheability::Cacheable,
                 Some(r) => Cacheability::NotCacheable(r),

@@ -25,6 +25,7 @@ pub(crate) struct Walk<'c> {
     writes_unknown: bool,
     pub(crate) functions: Vec<Arc<str>>,
     pub(crate) reason: Option<NotCacheable>,
+    pub(crate) temp_created: Vec<TableName>,
     ctes: Vec<String>,
     depth: u32,
 }
@@ -81,6 +82,7 @@ impl<'c> Walk<'c> {
             writes_unknown: false,
             functions: Vec::new(),
             reason: None,
+            temp_created: Vec::new(),
             ctes: Vec::new(),
             depth: 0,
         }
@@ -109,6 +111,11 @@ impl<'c> Walk<'c> {
 
     fn write(&mut self, rv: &RangeVar) {
         let t = qualified(rv);
+        // `relpersistence` is `t` only where a relation is created: CREATE TEMP TABLE,
+        // CREATE TEMP TABLE ... AS, SELECT ... INTO TEMP.
+        if rv.relpersistence == "t" && !self.temp_created.contains(&t) {
+            self.temp_created.push(t.clone());
+        }
         if !self.writes.contains(&t) {
             self.writes.push(t);
         }

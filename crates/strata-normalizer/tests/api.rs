@@ -407,3 +407,15 @@ fn multi_statement_text_rolls_up() {
     assert!(reads.cacheability().is_cacheable());
     assert_ne!(reads.identity(), analyze("SELECT * FROM a").identity());
 }
+
+#[test]
+fn temporary_tables_created_are_reported() {
+    let names = |sql: &str| -> Vec<String> {
+        analyze(sql).temporary_tables_created().map(|t| t.as_str().to_owned()).collect()
+    };
+    assert_eq!(names("CREATE TEMP TABLE scratch (id int)"), ["scratch"]);
+    assert_eq!(names("CREATE TEMPORARY TABLE s2 AS SELECT * FROM t"), ["s2"]);
+    assert_eq!(names("SELECT * INTO TEMP s3 FROM t"), ["s3"]);
+    assert!(names("CREATE TABLE kept (id int)").is_empty());
+    assert!(names("SELECT * FROM t").is_empty());
+}
