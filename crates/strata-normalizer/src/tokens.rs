@@ -125,10 +125,10 @@ fn decode_standard(text: &str) -> String {
 }
 
 fn dollar_body(text: &str) -> &str {
-    let Some(close) = text[1..].find('$') else { return text };
+    let Some(close) = text.get(1..).and_then(|rest| rest.find('$')) else { return text };
     let tag_len = close + 2;
     if text.len() >= 2 * tag_len {
-        &text[tag_len..text.len() - tag_len]
+        text.get(tag_len..text.len() - tag_len).unwrap_or(text)
     } else {
         text
     }
@@ -288,7 +288,7 @@ pub(crate) fn normalize(sql: &str, tokens: &[ScanToken]) -> Option<Normalized> {
     let mut client_param_count = 0u32;
     for s in &sig {
         if s.kind == Token::Param as i32 {
-            if let Ok(n) = s.text[1..].parse::<u32>() {
+            if let Some(Ok(n)) = s.text.get(1..).map(str::parse::<u32>) {
                 client_param_count = client_param_count.max(n);
             }
         }

@@ -606,8 +606,8 @@ impl<'c> Walk<'c> {
             | NodeEnum::TypeName(_)
             | NodeEnum::SetToDefault(_)
             | NodeEnum::Alias(_)
-            | NodeEnum::CurrentOfExpr(_)
-            | NodeEnum::DefElem(_) => {}
+            | NodeEnum::CurrentOfExpr(_) => {}
+            NodeEnum::DefElem(d) => self.opt(d.arg.as_deref()),
             NodeEnum::RangeVar(rv) => self.read(rv),
             NodeEnum::SelectStmt(s) => self.select(s),
             NodeEnum::InsertStmt(_)
