@@ -41,7 +41,9 @@ pub enum VersionHealth {
 #[async_trait]
 pub trait VersionStore: Send + Sync + fmt::Debug {
     /// Writes the current version of each table into `out` (cleared first, same order as `tables`).
-    /// A table never bumped has version 0.
+    /// A table never bumped reads as the store's starting version: 0 for a local store; a shared
+    /// store may start higher (for example after its backing data was lost, so that versions
+    /// never repeat).
     fn read(&self, tables: &[TableName], out: &mut Vec<u64>) -> VersionView;
 
     /// Bumps the versions of `tables`. Returns once a following [`read`](Self::read) in this

@@ -64,11 +64,6 @@ impl Flights {
         }
         sender.send_replace(landing);
     }
-
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.in_air.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
 }
 
 /// The leader's side of a flight. Dropping it without landing tells the followers it failed.

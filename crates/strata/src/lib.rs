@@ -50,6 +50,7 @@ mod error;
 mod flight;
 mod metrics;
 mod policy;
+mod redis_versions;
 mod request;
 mod versions;
 
@@ -60,6 +61,7 @@ pub use crate::{
     },
     config::{L1Config, QueryCacheBuilder, QueryCacheConfig, TableConfig},
     error::{Error, ErrorKind},
+    redis_versions::{RedisVersions, RedisVersionsBuilder, VersionStats},
     request::{Param, Request},
     versions::LocalVersions,
 };

@@ -1,5 +1,8 @@
 //! What a user of `QueryCache` relies on: single-flight, freshness, promotion, rules, isolation.
 
+// A test reports failure by panicking: unwrap is how it says "this must work".
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,9 @@
 //! The concurrent checker: writers commit and bump, readers look up and fill, and no lookup may
 //! return a result older than a write whose bump completed before the lookup began.
 
+// A test reports failure by panicking: unwrap is how it says "this must work".
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
