@@ -175,6 +175,7 @@ mod tag {
     pub(super) const NULL_PARAM: u8 = b'N';
     pub(super) const RESULT_FORMATS: u8 = b'F';
     pub(super) const TABLE_VERSION: u8 = b'V';
+    pub(super) const VARIANT: u8 = b'X';
 }
 
 /// The key of one cached result: a digest for lookup, and the canonical encoding it was computed
@@ -271,6 +272,16 @@ impl KeyBuilder {
         push_u32(&mut self.buf, 4 + table.len() + 8);
         push_len_prefixed(&mut self.buf, table.as_bytes());
         self.buf.extend_from_slice(&version.to_le_bytes());
+        self
+    }
+
+    /// Adds bytes that select among different answers to the same statement, such as which
+    /// protocol messages asked for it (a proxy replays exactly the bytes the server sent, and
+    /// those depend on whether the client asked for a description, a parse, ...).
+    #[must_use]
+    pub fn variant(mut self, bytes: &[u8]) -> Self {
+        self.buf.push(tag::VARIANT);
+        push_len_prefixed(&mut self.buf, bytes);
         self
     }
 

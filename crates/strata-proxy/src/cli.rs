@@ -8,6 +8,7 @@ use crate::{
     config::{FileConfig, ProxyBuilder, DEFAULT_UPSTREAM},
     error::Error,
     server::Proxy,
+    strata_cache::CacheSettings,
 };
 
 /// A caching PostgreSQL proxy: point clients at it instead of PostgreSQL.
@@ -27,10 +28,14 @@ pub struct Args {
     /// Address serving /health and /metrics; "off" disables it [default: 127.0.0.1:9187].
     #[arg(long, env = "STRATA_HTTP")]
     pub http: Option<String>,
-    /// Redis URL of the shared L2 cache (redis://host:port/); without it the cache uses its
-    /// embedded in-memory L2. Accepted now, used once the query cache is plugged in.
+    /// Redis URL shared by every proxy of a deployment (redis://host:port/): the L2 cache and the
+    /// table versions live there, so a write through one proxy invalidates all of them. Without
+    /// it the cache uses its embedded in-memory L2 and versions local to this process.
     #[arg(long, env = "STRATA_REDIS")]
     pub redis: Option<String>,
+    /// "off" turns caching off: the proxy only relays [default: on].
+    #[arg(long, env = "STRATA_CACHE")]
+    pub cache: Option<String>,
     /// TOML config file (see `FileConfig`).
     #[arg(long, env = "STRATA_CONFIG")]
     pub config: Option<PathBuf>,
@@ -40,6 +45,20 @@ pub struct Args {
 }
 
 impl Args {
+    /// The query cache's settings: the config file's `[cache]` table, the Redis URL, on or off.
+    pub fn cache_settings(&self) -> Result<CacheSettings, Error> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let enabled = match self.cache.as_deref() {
+            None | Some("on" | "true" | "1") => true,
+            Some("off" | "false" | "0") => false,
+            Some(other) => return Err(Error::config(format!("--cache takes on or off, not {other:?}"))),
+        };
+        Ok(CacheSettings { table: file.cache, redis: self.redis.clone().or(file.redis), enabled })
+    }
+
     /// Reads the config file (if any) and merges it under the arguments.
     pub fn resolve(&self) -> Result<(ProxyBuilder, String), Error> {
         let file = match &self.config {

@@ -40,6 +40,7 @@ mod relay;
 mod seam;
 mod server;
 mod session;
+mod strata_cache;
 
 pub use crate::{
     cli::Args,
@@ -51,4 +52,5 @@ pub use crate::{
     },
     server::{BoundProxy, Proxy, ShutdownHandle},
     session::{SessionView, Tracking},
+    strata_cache::{build_query_cache, CacheSettings, StrataCache},
 };

@@ -7,6 +7,7 @@ use strata_proxy::Args;
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let (builder, log) = args.resolve()?;
+    let cache = args.cache_settings()?;
     let filter =
         tracing_subscriber::EnvFilter::try_new(&log).with_context(|| format!("bad log filter {log:?}"))?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -19,6 +20,15 @@ fn main() -> anyhow::Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start tokio")?;
     runtime.block_on(async move {
+        let builder = if cache.enabled {
+            let query_cache = strata_proxy::build_query_cache(&cache).await?;
+            let registry = query_cache.registry().clone();
+            builder
+                .with_cache(std::sync::Arc::new(strata_proxy::StrataCache::new(query_cache)))
+                .with_registry(registry)
+        } else {
+            builder
+        };
         let proxy = builder.build()?;
         let bound = proxy.bind().await?;
         bound.run_until_signal().await?;

@@ -444,6 +444,7 @@ async fn run_session(
     if let Some(key) = key {
         lock(&shared.cancel_keys).remove(&key);
     }
+    shared.cache.session_closed(session_id).await;
 }
 
 /// An extended-protocol batch being received (up to Sync).

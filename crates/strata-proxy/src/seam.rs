@@ -423,6 +423,12 @@ pub trait RequestCache: Send + Sync + fmt::Debug + 'static {
         response: &Response,
         fill: Option<Fill>,
     );
+
+    /// The session ended (the client left, the upstream went away, or the proxy shut down).
+    /// PostgreSQL rolls back whatever transaction it had open. The default does nothing.
+    async fn session_closed(&self, session_id: u64) {
+        let _ = session_id;
+    }
 }
 
 /// The cache used until `strata::QueryCache` is plugged in: every request goes upstream.

@@ -52,6 +52,12 @@ impl SessionView {
         }))
     }
 
+    /// Whether `other` is this very snapshot (not merely an equal one): a cheap way for a cache
+    /// to memoize what it derives from a view until the session's state changes.
+    pub fn same_snapshot(&self, other: &SessionView) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// The proxy's id of this session (unique within the process).
     pub fn session_id(&self) -> u64 {
         self.0.session_id

@@ -665,6 +665,11 @@ impl QueryCache {
         .await
     }
 
+    /// What a statement writes, by the normalizer (memoized like lookups).
+    pub fn write_effect(&self, sql: &str) -> WriteEffect {
+        self.plan(sql).analysis.writes().clone()
+    }
+
     /// Analyzes a statement that was executed and invalidates what it wrote.
     pub async fn invalidate_sql(&self, sql: &str) -> Result<(), Error> {
         let plan = self.plan(sql);
@@ -771,6 +776,9 @@ pub(crate) fn build_key(
         };
     }
     builder = builder.result_formats(req.result_formats);
+    if !req.variant.is_empty() {
+        builder = builder.variant(req.variant);
+    }
     for (unit, version) in units.iter().zip(versions) {
         builder = builder.table_version(unit.as_str(), *version);
     }

@@ -60,12 +60,13 @@ pub struct Request<'a> {
     pub(crate) sql: &'a str,
     pub(crate) params: &'a [Param<'a>],
     pub(crate) result_formats: &'a [Format],
+    pub(crate) variant: &'a [u8],
 }
 
 impl<'a> Request<'a> {
     /// A request for `sql` in `scope`, with no bound parameters and text results.
     pub fn new(scope: &'a KeyScope, sql: &'a str) -> Self {
-        Self { scope, sql, params: &[], result_formats: &[] }
+        Self { scope, sql, params: &[], result_formats: &[], variant: &[] }
     }
 
     /// The parameters the client bound to `$1..$n`.
@@ -79,6 +80,14 @@ impl<'a> Request<'a> {
     #[must_use]
     pub fn with_result_formats(mut self, formats: &'a [Format]) -> Self {
         self.result_formats = formats;
+        self
+    }
+
+    /// Bytes that select among different answers to the same statement and parameters (for a
+    /// proxy: the shape of the protocol exchange whose bytes it replays). Part of the key.
+    #[must_use]
+    pub fn with_variant(mut self, variant: &'a [u8]) -> Self {
+        self.variant = variant;
         self
     }
 

@@ -1,0 +1,362 @@
+//! `StrataCache`: the proxy's [`RequestCache`] backed by `strata::QueryCache`.
+//!
+//! It derives each request's key scope from the session (database, the role in effect, every
+//! setting the proxy tracked), keys extended-protocol batches by their shape (the replayed bytes
+//! depend on which messages asked), fills from the exact server bytes, and turns every write that
+//! commits into a version bump before the client sees `ReadyForQuery`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use strata::{
+    FillTicket, KeyScope, Param, QueryCache, QueryCacheConfig, RedisVersions, SettingsDigest, WriteEffect,
+};
+use strata_core::TypeOid;
+
+use crate::seam::{
+    CacheMode, ExtendedMessage, Fill, Format, Lookup, Request, RequestCache, RequestKind, Response, Target,
+    TransactionStatus,
+};
+use crate::session::SessionView;
+use crate::Error;
+
+/// Where the cache's shared state lives and how it is configured; see [`build_query_cache`].
+#[derive(Clone, Default)]
+pub struct CacheSettings {
+    /// The `[cache]` table of the proxy's configuration file (`strata::QueryCacheConfig`).
+    pub table: Option<toml::Table>,
+    /// A Redis URL: L2 and table versions are then shared with every proxy using the same Redis.
+    pub redis: Option<String>,
+    /// `false` turns caching off (the proxy only relays).
+    pub enabled: bool,
+}
+
+impl fmt::Debug for CacheSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheSettings")
+            .field("table", &self.table.as_ref().map(|t| t.keys().cloned().collect::<Vec<_>>()))
+            .field("redis", &self.redis.as_ref().map(|_| "<set>"))
+            .field("enabled", &self.enabled)
+            .finish()
+    }
+}
+
+/// Builds the `QueryCache` the proxy uses: the `[cache]` table's settings; with a Redis URL,
+/// L2 in that Redis and table versions shared through it (so writes through any proxy invalidate
+/// every proxy); without one, the embedded in-memory L2 and versions local to this process.
+pub async fn build_query_cache(settings: &CacheSettings) -> Result<QueryCache, Error> {
+    let config = match &settings.table {
+        Some(table) => {
+            QueryCacheConfig::from_toml(&table.to_string()).map_err(|e| Error::config(e.to_string()))?
+        }
+        None => QueryCacheConfig::default(),
+    };
+    let Some(url) = &settings.redis else {
+        return config.build().map_err(|e| Error::config(e.to_string()));
+    };
+    let mut config = config;
+    let mut l2 = config.l2.take().unwrap_or_default();
+    l2.storage = strata_l2::StorageConfig::Redis { url: url.clone(), key_prefix: "strata:l2:".to_owned() };
+    config.l2 = Some(l2);
+    let versions = RedisVersions::builder(url.clone())
+        .with_prefix("strata:versions:")
+        .with_deadline(Duration::from_millis(500))
+        .build()
+        .await
+        .map_err(|e| Error::config(format!("cannot use redis for shared table versions: {e}")))?;
+    config
+        .to_builder()
+        .map_err(|e| Error::config(e.to_string()))?
+        .with_version_store(Arc::new(versions))
+        .build()
+        .map_err(|e| Error::config(e.to_string()))
+}
+
+/// The proxy's cache: `strata::QueryCache` behind the [`RequestCache`] seam.
+pub struct StrataCache {
+    cache: QueryCache,
+    /// The scope derived from each session's current snapshot.
+    scopes: Mutex<HashMap<u64, (SessionView, KeyScope)>>,
+    /// Writes made inside each session's open transaction, bumped when it commits.
+    pending: Mutex<HashMap<u64, WriteEffect>>,
+}
+
+impl StrataCache {
+    /// Wraps a query cache.
+    pub fn new(cache: QueryCache) -> Self {
+        Self { cache, scopes: Mutex::new(HashMap::new()), pending: Mutex::new(HashMap::new()) }
+    }
+
+    /// The query cache (for its registry, explain and stats).
+    pub fn query_cache(&self) -> &QueryCache {
+        &self.cache
+    }
+
+    fn scope(&self, session: &SessionView) -> KeyScope {
+        let mut scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((view, scope)) = scopes.get(&session.session_id()) {
+            if view.same_snapshot(session) {
+                return scope.clone();
+            }
+        }
+        let scope = scope_of(session);
+        scopes.insert(session.session_id(), (session.clone(), scope.clone()));
+        scope
+    }
+}
+
+impl fmt::Debug for StrataCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StrataCache").field("cache", &self.cache).finish_non_exhaustive()
+    }
+}
+
+/// The role whose privileges and row-level-security policies apply: `SET ROLE`, else
+/// `SET SESSION AUTHORIZATION`, else the login user.
+fn role_in_effect(session: &SessionView) -> &str {
+    session.role().or(session.session_authorization()).unwrap_or(session.user())
+}
+
+/// Settings that cannot change a result or its text form (the client's own label).
+const NEUTRAL_SETTINGS: &[&str] = &["application_name"];
+
+/// The scope of a session: database, role in effect, and a digest of everything the session
+/// set or the server reported, except settings known not to matter. Anything unknown is
+/// included: two sessions share results only if every tracked setting agrees.
+fn scope_of(session: &SessionView) -> KeyScope {
+    let mut pairs: Vec<(String, &str)> = Vec::new();
+    let neutral = |name: &str| NEUTRAL_SETTINGS.iter().any(|n| n.eq_ignore_ascii_case(name));
+    for (name, value) in session.startup_parameters().filter(|(n, _)| !neutral(n)) {
+        pairs.push((format!("startup:{}", name.to_ascii_lowercase()), value));
+    }
+    for (name, value) in session.server_parameters().filter(|(n, _)| !neutral(n)) {
+        pairs.push((format!("server:{}", name.to_ascii_lowercase()), value));
+    }
+    for (name, value) in session.settings().filter(|(n, _)| !neutral(n)) {
+        pairs.push((format!("set:{}", name.to_ascii_lowercase()), value));
+    }
+    pairs.push(("login_user".to_owned(), session.user()));
+    let digest = SettingsDigest::of(pairs.iter().map(|(n, v)| (n.as_str(), *v)));
+    KeyScope::new(session.database(), role_in_effect(session), digest)
+}
+
+fn strata_format(format: Format) -> strata_core::Format {
+    match format {
+        Format::Text => strata_core::Format::Text,
+        Format::Binary => strata_core::Format::Binary,
+    }
+}
+
+/// A cacheable extended batch: `[Parse] Bind [Describe] Execute Sync`, one statement, no row limit.
+struct Batch<'a> {
+    sql: &'a str,
+    param_types: &'a [u32],
+    params: &'a [Option<bytes::Bytes>],
+    param_formats: &'a [Format],
+    result_formats: &'a [Format],
+    /// Which messages asked: the replayed bytes depend on it.
+    shape: Vec<u8>,
+}
+
+fn batch(messages: &[ExtendedMessage]) -> Option<Batch<'_>> {
+    let mut shape = Vec::with_capacity(8);
+    let mut bind = None;
+    let mut executes = 0;
+    for message in messages {
+        match message {
+            ExtendedMessage::Parse(_) => shape.push(b'P'),
+            ExtendedMessage::Bind(b) => {
+                if bind.is_some() {
+                    return None;
+                }
+                bind = Some(b);
+                shape.push(b'B');
+            }
+            ExtendedMessage::Describe(Target::Portal(_)) => shape.extend_from_slice(b"DP"),
+            ExtendedMessage::Describe(Target::Statement(..)) => shape.extend_from_slice(b"DS"),
+            ExtendedMessage::Execute { max_rows, .. } => {
+                if *max_rows != 0 || bind.is_none() {
+                    return None;
+                }
+                executes += 1;
+                shape.push(b'E');
+            }
+            ExtendedMessage::Sync => shape.push(b'S'),
+            _ => return None,
+        }
+    }
+    let bind = bind?;
+    let statement = bind.statement()?;
+    (executes == 1).then(|| Batch {
+        sql: statement.sql(),
+        param_types: statement.param_types(),
+        params: bind.params(),
+        param_formats: bind.param_formats(),
+        result_formats: bind.result_formats(),
+        shape,
+    })
+}
+
+/// The write effect of everything a request executed.
+fn write_effect(cache: &QueryCache, request: &Request) -> WriteEffect {
+    let mut effect = WriteEffect::Nothing;
+    match request.kind() {
+        RequestKind::Simple { sql } => merge(&mut effect, &cache.write_effect(sql)),
+        RequestKind::Extended { messages } => {
+            for message in messages {
+                if let ExtendedMessage::Execute { statement, .. } = message {
+                    match statement {
+                        Some(statement) => merge(&mut effect, &cache.write_effect(statement.sql())),
+                        // A statement the proxy does not know: anything may have changed.
+                        None => effect = WriteEffect::Unknown,
+                    }
+                }
+            }
+        }
+        // A fast-path function call may do anything.
+        RequestKind::FunctionCall => effect = WriteEffect::Unknown,
+    }
+    effect
+}
+
+fn merge(into: &mut WriteEffect, other: &WriteEffect) {
+    match (&mut *into, other) {
+        (WriteEffect::Unknown, _) | (_, WriteEffect::Nothing) => {}
+        (_, WriteEffect::Unknown) => *into = WriteEffect::Unknown,
+        (WriteEffect::Nothing, WriteEffect::Tables(t)) => *into = WriteEffect::Tables(t.clone()),
+        (WriteEffect::Tables(mine), WriteEffect::Tables(t)) => {
+            for table in t {
+                if !mine.contains(table) {
+                    mine.push(table.clone());
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl RequestCache for StrataCache {
+    fn mode(&self) -> CacheMode {
+        CacheMode::Active
+    }
+
+    async fn lookup(&self, session: &SessionView, request: &Request) -> Lookup {
+        let scope = self.scope(session);
+        let found = match request.kind() {
+            RequestKind::Simple { sql } => {
+                self.cache.lookup(&strata::Request::new(&scope, sql).with_variant(b"Q")).await
+            }
+            RequestKind::Extended { messages } => {
+                let Some(batch) = batch(messages) else { return Lookup::Bypass };
+                let formats: Vec<strata_core::Format> =
+                    batch.result_formats.iter().map(|f| strata_format(*f)).collect();
+                let params: Vec<Param<'_>> = batch
+                    .params
+                    .iter()
+                    .enumerate()
+                    .map(|(i, value)| {
+                        let ty = TypeOid(batch.param_types.get(i).copied().unwrap_or(0));
+                        // One format code applies to every parameter; none means text.
+                        let format = match batch.param_formats {
+                            [] => Format::Text,
+                            [one] => *one,
+                            many => many.get(i).copied().unwrap_or(Format::Text),
+                        };
+                        match (value, format) {
+                            (Some(v), Format::Text) => Param::text(ty, v),
+                            (Some(v), Format::Binary) => Param::binary(ty, v),
+                            (None, f) => Param::null(ty, strata_format(f)),
+                        }
+                    })
+                    .collect();
+                // The declared parameter types shape the ParameterDescription a replay contains.
+                let mut variant = batch.shape.clone();
+                for ty in batch.param_types {
+                    variant.extend_from_slice(&ty.to_le_bytes());
+                }
+                let req = strata::Request::new(&scope, batch.sql)
+                    .with_params(&params)
+                    .with_result_formats(&formats)
+                    .with_variant(&variant);
+                self.cache.lookup(&req).await
+            }
+            _ => return Lookup::Bypass,
+        };
+        match found {
+            strata::Lookup::Hit(hit) => Lookup::Hit(hit.payload().clone()),
+            strata::Lookup::Miss(ticket) => Lookup::Miss(Fill::new(ticket)),
+            strata::Lookup::Bypass(_) => Lookup::Bypass,
+        }
+    }
+
+    async fn complete(
+        &self,
+        session: &SessionView,
+        request: &Request,
+        response: &Response,
+        fill: Option<Fill>,
+    ) {
+        if let Some(ticket) = fill.and_then(|f| f.downcast::<FillTicket>().ok()) {
+            match response.cacheable_bytes() {
+                Some(bytes) => {
+                    ticket.fill(bytes.clone(), response.summary().rows()).await;
+                }
+                // An error, a notice, a parameter change, too large...: never stored; anyone
+                // waiting for this fill goes to the database.
+                None => ticket.abandon(),
+            }
+        }
+        let summary = response.summary();
+        let tags = summary.command_tags();
+        let mut effect = write_effect(&self.cache, request);
+        let status = summary.transaction_status();
+        // An error outside a transaction rolled the whole request back (the simple protocol runs
+        // a multi-statement query as one implicit transaction), unless it committed on the way.
+        if status == TransactionStatus::Idle
+            && summary.error_code().is_some()
+            && !tags.iter().any(|t| t == "COMMIT")
+        {
+            effect = WriteEffect::Nothing;
+        }
+        // A prepared transaction commits later, perhaps from another session: whatever it wrote
+        // is unknown here, so COMMIT PREPARED invalidates everything.
+        if tags.iter().any(|t| t == "COMMIT PREPARED") {
+            effect = WriteEffect::Unknown;
+        }
+        let to_bump = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let session_id = session.session_id();
+            match status {
+                TransactionStatus::InTransaction | TransactionStatus::Failed => {
+                    merge(pending.entry(session_id).or_insert(WriteEffect::Nothing), &effect);
+                    None
+                }
+                _ => {
+                    let mut committed = pending.remove(&session_id).unwrap_or(WriteEffect::Nothing);
+                    let rolled_back = tags.last().is_some_and(|t| t == "ROLLBACK");
+                    if rolled_back && effect == WriteEffect::Nothing {
+                        // ROLLBACK: the transaction's writes never happened.
+                        None
+                    } else {
+                        merge(&mut committed, &effect);
+                        Some(committed)
+                    }
+                }
+            }
+        };
+        if let Some(effect) = to_bump.filter(|e| *e != WriteEffect::Nothing) {
+            if let Err(err) = self.cache.invalidate(&effect).await {
+                tracing::warn!(error = %err, "strata-proxy: could not invalidate after a write; caching is suspended until versions resynchronize");
+            }
+        }
+    }
+
+    async fn session_closed(&self, session_id: u64) {
+        // PostgreSQL rolls back a transaction left open: its writes never happened.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&session_id);
+        self.scopes.lock().unwrap_or_else(|e| e.into_inner()).remove(&session_id);
+    }
+}
