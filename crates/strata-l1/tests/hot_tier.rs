@@ -1,5 +1,8 @@
 //! Behavior of the hot tier a user would notice: its byte bound, TTLs, refusals and concurrency.
 
+// A test reports failure by panicking: unwrap is how it says "this must work".
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
