@@ -1,6 +1,8 @@
 //! The hybrid vector index: an exact scan below a size, an HNSW graph above it, rebuilt
 //! instead of deleted from.
 //!
+//! The graph is built by hnsw_rs and searched through a flat copy (see `flat.rs`).
+//!
 //! hnsw_rs cannot delete points, so an index holds *generations*. A generation is an
 //! append-only store of vectors (chunked, so appending never copies what is stored) plus, once
 //! the store is large enough, an HNSW graph over a prefix of it. Lookups search the graph for
@@ -71,9 +73,7 @@ impl IndexConfig {
         self
     }
 
-    /// Candidates explored per lookup (HNSW's `ef`), at least 1. Default: 128. hnsw_rs descends
-    /// the upper layers one hop per layer, so the bottom-layer search starts farther away than
-    /// in other HNSW implementations and needs a wider `ef` for the same recall.
+    /// Candidates explored per lookup on the bottom layer (HNSW's `ef`), at least 1. Default: 128.
     #[must_use]
     pub fn with_ef_search(mut self, ef: usize) -> Self {
         self.ef_search = ef;

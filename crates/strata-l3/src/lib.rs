@@ -20,10 +20,14 @@
 //!   `/v1/embeddings` or Ollama `/api/embed` endpoint with a timeout, batching and a cache.
 //!   An embedder failure or a missed deadline is a miss, never an error.
 //! - [`VectorIndex`] / [`IndexConfig`]: the hybrid index of each partition: an exact scan below a
-//!   size, an HNSW graph (hnsw_rs, cosine over unit vectors) above it. hnsw_rs cannot delete, so
-//!   evicted, expired and invalidated entries are tombstoned, filtered during the search, and the
+//!   size, an HNSW graph above it. Graphs are built with hnsw_rs (cosine over unit vectors) by a
+//!   background thread; an insert only appends to a store, and vectors not yet in the graph are
+//!   scanned exactly. Lookups search a flat copy of the graph's adjacency (refreshed by the
+//!   indexer), because hnsw_rs's own search allocates per visited node and descends the upper
+//!   layers one hop per layer; hnsw_rs's own filtered search (`FilterT`) remains the fallback
+//!   before the first copy exists. hnsw_rs cannot delete, so evicted, expired and invalidated
+//!   entries are tombstoned and skipped during the search (traversed, never returned), and the
 //!   partition is rebuilt in the background and swapped atomically when tombstones pass a share.
-//!   Graphs are built by a background thread; an insert only appends to a store.
 //!
 //! # Example
 //! ```
