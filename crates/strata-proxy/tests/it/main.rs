@@ -1,6 +1,7 @@
 //! Integration tests of strata-proxy against the harness's real PostgreSQL, with real clients.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod caching;
 mod differential;
 mod faults;
 mod seam;
