@@ -231,6 +231,7 @@ pub struct FillTicket {
     versions: Vec<u64>,
     started: Instant,
     lead: Option<FlightLead>,
+    seed: Option<SemanticSeed>,
 }
 
 impl fmt::Debug for FillTicket {
@@ -294,6 +295,18 @@ impl FillTicket {
                 }
             }
         }
+        if let (Some(l3), Some(seed), Verdict::Cacheable(c)) =
+            (&cache.semantic, &self.seed, &self.plan.verdict)
+        {
+            if let Some(plan) = &c.semantic {
+                let request = strata_l3::SemanticRequest::new(&seed.scope, &plan.text)
+                    .with_tables(&plan.tables)
+                    .with_literals(&seed.literals);
+                if l3.insert(&request, self.key.clone(), result.clone()).await == PutOutcome::Stored {
+                    stored = true;
+                }
+            }
+        }
         if stored {
             cache.metrics.fills_stored.inc();
             cache.metrics.fill_cost_seconds.observe(fill_cost.as_secs_f64());
@@ -341,6 +354,8 @@ pub struct Answer {
 
 pub(crate) struct Shared {
     pub(crate) tiers: Vec<Slot>,
+    /// The semantic tier, consulted after the exact tiers for statements with the `semantic` hint.
+    pub(crate) semantic: Option<Arc<strata_l3::SemanticTier>>,
     pub(crate) versions: Arc<dyn VersionStore>,
     pub(crate) normalizer: Normalizer,
     pub(crate) plans: quick_cache::sync::Cache<Box<str>, Arc<Plan>>,
@@ -379,6 +394,44 @@ struct Pending {
     found: Option<CachedResult>,
     /// A concurrent fill to wait for.
     seat: Option<watch::Receiver<Landing>>,
+    /// For a semantic lookup: the scope and every literal (written and bound).
+    seed: Option<SemanticSeed>,
+}
+
+/// What a semantic lookup or insert needs beyond the plan: the scope, and the literals (those
+/// written in the text and the values bound to `$n`), which a match must carry equal.
+#[derive(Debug, Clone)]
+pub(crate) struct SemanticSeed {
+    scope: strata_core::KeyScope,
+    literals: Vec<strata_l3::Literal>,
+}
+
+fn semantic_seed(req: &Request<'_>, plan: &Plan) -> Option<SemanticSeed> {
+    let Verdict::Cacheable(c) = &plan.verdict else { return None };
+    let semantic = c.semantic.as_ref()?;
+    let mut literals = semantic.literals.clone();
+    for param in req.params {
+        literals.push(match (param.value(), param.format()) {
+            (None, _) => strata_l3::Literal::string("\0null"),
+            (Some(v), Format::Text) => strata_l3::Literal::string(&String::from_utf8_lossy(v)),
+            (Some(v), Format::Binary) => strata_l3::Literal::string(&hex(v)),
+        });
+    }
+    Some(SemanticSeed { scope: req.scope.clone(), literals })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether a result found by similarity was filled under the versions current now: the semantic
+/// tier matches by meaning, not by key, so a write another instance made (which this process's
+/// semantic tier never heard of) must still make the old result unservable.
+fn filled_under(result: &CachedResult, units: &[TableName], versions: &[u64]) -> bool {
+    !result.dependencies().is_empty()
+        && result.dependencies().iter().all(|dep| {
+            units.iter().position(|u| *u == dep.table).is_some_and(|i| versions.get(i) == Some(&dep.version))
+        })
 }
 
 enum Step {
@@ -452,7 +505,9 @@ impl QueryCache {
         }
         let key = build_key(req, &plan.analysis, units, &versions);
         let started = shared.metrics.sampled().then(Instant::now);
-        let mut pending = Pending { plan, key, versions, started, next_tier: 0, found: None, seat: None };
+        let seed = if shared.semantic.is_some() { semantic_seed(req, &plan) } else { None };
+        let mut pending =
+            Pending { plan, key, versions, started, next_tier: 0, found: None, seat: None, seed };
         for (index, slot) in shared.tiers.iter().enumerate() {
             if !pending.plan.allows(slot.role) {
                 continue;
@@ -475,6 +530,10 @@ impl QueryCache {
             }
         }
         pending.next_tier = shared.tiers.len();
+        if pending.seed.is_some() {
+            // The semantic tier embeds text: that awaits.
+            return Step::Await(pending);
+        }
         match shared.flights.join(&pending.key) {
             Joined::Lead(lead) => Step::Done(self.lead(pending, lead)),
             Joined::Follow(seat) => {
@@ -521,17 +580,43 @@ impl QueryCache {
                 return lookup;
             }
         }
+        if let Some(hit) = self.semantic_lookup(&pending).await {
+            return hit;
+        }
         match shared.flights.join(&pending.key) {
             Joined::Lead(lead) => self.lead(pending, lead),
             Joined::Follow(seat) => self.wait_for_flight(pending, seat).await,
         }
     }
 
+    /// Asks the semantic tier for an answer to a similar enough question, and serves it only if
+    /// it was filled under the table versions current now.
+    async fn semantic_lookup(&self, pending: &Pending) -> Option<Lookup> {
+        let shared = &self.shared;
+        let (l3, seed) = (shared.semantic.as_ref()?, pending.seed.as_ref()?);
+        let Verdict::Cacheable(c) = &pending.plan.verdict else { return None };
+        let plan = c.semantic.as_ref()?;
+        let request = strata_l3::SemanticRequest::new(&seed.scope, &plan.text)
+            .with_tables(&plan.tables)
+            .with_literals(&seed.literals);
+        let hit = l3.lookup(&request).await?;
+        let result = hit.result().clone();
+        let now = shared.clock.now();
+        if result.is_expired_at(now) || !filled_under(&result, &c.units, &pending.versions) {
+            return None;
+        }
+        self.promote(&pending.key, &result, shared.tiers.len(), &pending.plan).await;
+        let age = result.age(now);
+        shared.metrics.served_age_seconds.observe(age.as_secs_f64());
+        tracing::debug!(similarity = hit.similarity().get(), "strata: semantic hit");
+        Some(Lookup::Hit(Hit { result, tier: TierName::from("l3"), age, stale: false }))
+    }
+
     fn lead(&self, pending: Pending, lead: FlightLead) -> Lookup {
         if let Some(started) = pending.started {
             self.shared.metrics.lookup_miss_seconds.observe(started.elapsed().as_secs_f64());
         }
-        Lookup::Miss(self.ticket(pending.key, pending.plan, pending.versions, Some(lead)))
+        Lookup::Miss(self.ticket(pending.key, pending.plan, pending.versions, Some(lead), pending.seed))
     }
 
     async fn wait_for_flight(&self, pending: Pending, seat: watch::Receiver<Landing>) -> Lookup {
@@ -544,7 +629,7 @@ impl QueryCache {
             }
             None => {
                 shared.metrics.flight_failed.inc();
-                Lookup::Miss(self.ticket(pending.key, pending.plan, pending.versions, None))
+                Lookup::Miss(self.ticket(pending.key, pending.plan, pending.versions, None, pending.seed))
             }
         }
     }
@@ -573,6 +658,7 @@ impl QueryCache {
                     pending.plan.clone(),
                     pending.versions.clone(),
                     Some(lead),
+                    pending.seed.clone(),
                 );
                 return Some(Lookup::Miss(ticket));
             }
@@ -588,8 +674,9 @@ impl QueryCache {
         plan: Arc<Plan>,
         versions: Vec<u64>,
         lead: Option<FlightLead>,
+        seed: Option<SemanticSeed>,
     ) -> FillTicket {
-        FillTicket { cache: self.shared.clone(), key, plan, versions, started: Instant::now(), lead }
+        FillTicket { cache: self.shared.clone(), key, plan, versions, started: Instant::now(), lead, seed }
     }
 
     /// Copies a hit from a slower tier into the faster ones before it, with the same creation
@@ -659,6 +746,10 @@ impl QueryCache {
             for slot in &shared.tiers {
                 let _ = slot.tier.invalidate_tables(tables).await;
             }
+            if let Some(l3) = &shared.semantic {
+                // Its matches are re-checked against current versions anyway; this frees them.
+                let _ = if tables.is_empty() { l3.clear().await } else { l3.invalidate_tables(tables).await };
+            }
             Ok(())
         }
         .instrument(span)
@@ -687,7 +778,12 @@ impl QueryCache {
 
     /// The statistics of each tier, by name.
     pub fn tier_stats(&self) -> Vec<(String, strata_core::TierStats)> {
-        self.shared.tiers.iter().map(|s| (s.name.to_string(), s.tier.stats())).collect()
+        let mut stats: Vec<_> =
+            self.shared.tiers.iter().map(|s| (s.name.to_string(), s.tier.stats())).collect();
+        if let Some(l3) = &self.shared.semantic {
+            stats.push(("l3".to_owned(), l3.stats()));
+        }
+        stats
     }
 
     /// The Prometheus registry holding every Strata metric; mount it in your exporter.

@@ -21,6 +21,7 @@ use crate::Error;
 /// Builds a [`QueryCache`]. Every setter documents its default.
 pub struct QueryCacheBuilder {
     tiers: Vec<(TierName, TierRole, Arc<dyn CacheTier>)>,
+    semantic: Option<Arc<strata_l3::SemanticTier>>,
     versions: Option<Arc<dyn VersionStore>>,
     normalizer: Option<NormalizerConfig>,
     default_ttl: Duration,
@@ -38,6 +39,7 @@ impl Default for QueryCacheBuilder {
     fn default() -> Self {
         Self {
             tiers: Vec::new(),
+            semantic: None,
             versions: None,
             normalizer: None,
             default_ttl: Duration::from_secs(60),
@@ -72,6 +74,16 @@ impl QueryCacheBuilder {
     #[must_use]
     pub fn with_l2(self, tier: strata_l2::WarmTier) -> Self {
         self.with_tier("l2", TierRole::Warm, Arc::new(tier))
+    }
+
+    /// Adds the semantic tier, named `l3`: statements with the `semantic` hint that miss the exact
+    /// tiers may be answered with the result of a similar enough question in the same scope, over
+    /// the same tables, with equal literals, filled under the current table versions.
+    /// Default: none.
+    #[must_use]
+    pub fn with_l3(mut self, tier: strata_l3::SemanticTier) -> Self {
+        self.semantic = Some(Arc::new(tier));
+        self
     }
 
     /// Where table versions live. Default: [`LocalVersions`], correct only when no other process
@@ -192,8 +204,11 @@ impl QueryCacheBuilder {
                 .map_err(|e| Error::config("default normalizer configuration").with_source(e))?,
         };
         let versions = self.versions.unwrap_or_else(|| Arc::new(LocalVersions::new()));
-        let named: Vec<(TierName, Arc<dyn CacheTier>)> =
+        let mut named: Vec<(TierName, Arc<dyn CacheTier>)> =
             self.tiers.iter().map(|(n, _, t)| (n.clone(), t.clone())).collect();
+        if let Some(l3) = &self.semantic {
+            named.push((TierName::from("l3"), l3.clone() as Arc<dyn CacheTier>));
+        }
         let metrics = Metrics::new(&named, versions.clone())
             .map_err(|e| Error::config("registering metrics").with_source(e))?;
         let unit = |name: &str| version_unit(&TableName::new(name.to_ascii_lowercase()));
@@ -208,6 +223,7 @@ impl QueryCacheBuilder {
         };
         let shared = Shared {
             tiers: self.tiers.into_iter().map(|(name, role, tier)| Slot { name, role, tier }).collect(),
+            semantic: self.semantic,
             versions,
             normalizer: Normalizer::new(normalizer_config),
             plans: quick_cache::sync::Cache::new(self.plan_memo_entries),

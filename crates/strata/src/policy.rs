@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strata_core::{CacheKey, TableName};
-use strata_normalizer::{Analysis, Cacheability, TierHint};
+use strata_normalizer::{Analysis, Cacheability, LiteralForm, TierHint};
 
 use crate::cache::{BypassReason, TierRole};
 use crate::versions::{version_unit, EVERYTHING};
@@ -41,6 +41,19 @@ pub(crate) struct Cacheable {
     /// The version units the key includes: the "everything" unit first, then each table the
     /// statement reads or a `tables=` hint declares, sorted and deduplicated.
     pub(crate) units: Vec<TableName>,
+    /// For statements with the `semantic` hint: what the semantic tier embeds and guards on.
+    pub(crate) semantic: Option<SemanticPlan>,
+}
+
+/// The parts of a semantic lookup that depend only on the text.
+#[derive(Debug)]
+pub(crate) struct SemanticPlan {
+    /// The intent hint's text, else the normalized statements.
+    pub(crate) text: String,
+    /// The tables read (the version units, without the "everything" unit).
+    pub(crate) tables: Vec<TableName>,
+    /// The literals written in the text: a match must carry equal ones.
+    pub(crate) literals: Vec<strata_l3::Literal>,
 }
 
 impl Plan {
@@ -49,6 +62,22 @@ impl Plan {
     pub(crate) fn ttl(&self) -> Duration {
         self.ttl
     }
+}
+
+fn semantic_plan(analysis: &Analysis, units: &[TableName]) -> SemanticPlan {
+    let text = match analysis.hints().intent() {
+        Some(intent) => intent.to_owned(),
+        None => analysis.statements().iter().map(|s| s.normalized()).collect::<Vec<_>>().join("; "),
+    };
+    let literals = analysis
+        .params()
+        .map(|p| match p.form() {
+            LiteralForm::Integer | LiteralForm::Numeric => strata_l3::Literal::number(p.text()),
+            _ => strata_l3::Literal::string(p.text()),
+        })
+        .collect();
+    let tables = units.iter().filter(|u| u.as_str() != EVERYTHING).cloned().collect();
+    SemanticPlan { text, tables, literals }
 }
 
 impl Policy {
@@ -84,7 +113,8 @@ impl Policy {
         let ttl = analysis.hints().ttl().unwrap_or_else(|| {
             units.iter().filter_map(|u| self.table_ttls.get(u)).min().copied().unwrap_or(self.default_ttl)
         });
-        Plan { analysis, verdict: Verdict::Cacheable(Cacheable { units }), ttl }
+        let semantic = analysis.hints().semantic().then(|| semantic_plan(&analysis, &units));
+        Plan { analysis, verdict: Verdict::Cacheable(Cacheable { units, semantic }), ttl }
     }
 
     /// Shortens a TTL by up to the jitter ratio, by an amount taken from the key's digest: keys

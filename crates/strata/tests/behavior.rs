@@ -364,3 +364,45 @@ fn public_types_are_send_sync_and_debug() {
     let _: &dyn CacheTier = &HotTier::builder().build().unwrap();
     let _ = TableName::new("x");
 }
+
+fn semantic_cache() -> QueryCache {
+    let l3 = strata_l3::SemanticTier::builder().build().unwrap();
+    QueryCache::builder().with_l1(HotTier::builder().build().unwrap()).with_l3(l3).build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_similar_question_is_answered_by_l3_but_never_across_a_literal_or_a_write() {
+    let cache = semantic_cache();
+    let scope = scope();
+    let asked = "/* strata: semantic, intent=\"how many orders did alice place in week 47\" */ \
+                 SELECT count(*) FROM orders WHERE customer = 'alice' AND week = 47";
+    let answer = cache.get_or_fill(&Request::new(&scope, asked), || async { loaded("12") }).await.unwrap();
+    assert_eq!(answer.source, Source::Database);
+
+    // Another text (another exact key), the same meaning and the same literals: served by L3.
+    let rephrased = "/* strata: semantic, intent=\"how many orders did alice place during week 47\" */ \
+                     SELECT count(*) FROM orders WHERE week = 47 AND customer = 'alice'";
+    let answer =
+        cache.get_or_fill(&Request::new(&scope, rephrased), || async { loaded("wrong") }).await.unwrap();
+    assert_eq!(answer.source, Source::Cache("l3".into()));
+    assert_eq!(answer.payload, Bytes::from_static(b"12"));
+
+    // A different name in the literals: a different question, whatever the similarity.
+    let bob = "/* strata: semantic, intent=\"how many orders did bob place during week 47\" */ \
+               SELECT count(*) FROM orders WHERE week = 47 AND customer = 'bob'";
+    let answer = cache.get_or_fill(&Request::new(&scope, bob), || async { loaded("3") }).await.unwrap();
+    assert_eq!(answer.source, Source::Database);
+
+    // After a write to orders the old answer is unservable, in every tier.
+    cache.invalidate_sql("INSERT INTO orders (customer, week) VALUES ('alice', 47)").await.unwrap();
+    let again = "/* strata: semantic, intent=\"how many orders has alice placed in week 47\" */ \
+                 SELECT count(*) AS n FROM orders WHERE customer = 'alice' AND week = 47";
+    let answer = cache.get_or_fill(&Request::new(&scope, again), || async { loaded("13") }).await.unwrap();
+    assert_eq!(answer.source, Source::Database);
+    assert_eq!(answer.payload, Bytes::from_static(b"13"));
+
+    // Without the hint, L3 is never consulted.
+    let plain = "SELECT count(*) FROM orders WHERE week = 47 AND customer = 'alice' AND week > 0";
+    let answer = cache.get_or_fill(&Request::new(&scope, plain), || async { loaded("13") }).await.unwrap();
+    assert_eq!(answer.source, Source::Database);
+}
