@@ -44,7 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let db = FakeDatabase { queries: Default::default() };
     let scope = KeyScope::new("shop", "app_user", SettingsDigest::of([("search_path", "public")]));
 
-    let mut ask = |label: &'static str, sql: &'static str, answer: &'static str| {
+    let ask = |label: &'static str, sql: &'static str, answer: &'static str| {
         let (cache, db, scope) = (&cache, &db, &scope);
         async move {
             let req = Request::new(scope, sql);

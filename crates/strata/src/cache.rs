@@ -224,7 +224,10 @@ impl Bypass {
 /// The right, and the duty, to fill a missed key: returned by a miss. Dropping it without
 /// filling (the query failed, or its answer must not be cached) releases any callers waiting
 /// for it, who then go to the database themselves.
-pub struct FillTicket {
+pub struct FillTicket(Box<TicketInner>);
+
+/// Boxed so that [`Lookup`] stays small on the hit path; a miss allocates once.
+struct TicketInner {
     cache: Arc<Shared>,
     key: CacheKey,
     plan: Arc<Plan>,
@@ -237,8 +240,8 @@ pub struct FillTicket {
 impl fmt::Debug for FillTicket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FillTicket")
-            .field("key", &self.key)
-            .field("leads_flight", &self.lead.is_some())
+            .field("key", &self.0.key)
+            .field("leads_flight", &self.0.lead.is_some())
             .finish()
     }
 }
@@ -258,13 +261,14 @@ pub enum FillOutcome {
 impl FillTicket {
     /// The key the result will be stored under.
     pub fn key(&self) -> &CacheKey {
-        &self.key
+        &self.0.key
     }
 
     /// Stores the database's answer. `row_count` is informational.
-    pub async fn fill(mut self, payload: Bytes, row_count: u64) -> FillOutcome {
-        let cache = self.cache.clone();
-        let fill_cost = self.started.elapsed();
+    pub async fn fill(self, payload: Bytes, row_count: u64) -> FillOutcome {
+        let mut this = self.0;
+        let cache = this.cache.clone();
+        let fill_cost = this.started.elapsed();
         if payload.len() as u64 > cache.policy.max_result_bytes {
             cache.metrics.fills_too_large.inc();
             return FillOutcome::TooLarge;
@@ -273,21 +277,21 @@ impl FillTicket {
         let mut builder = CachedResult::builder(payload)
             .with_row_count(row_count)
             .with_created_at(now)
-            .with_ttl(cache.policy.jittered_ttl(self.plan.ttl(), &self.key))
+            .with_ttl(cache.policy.jittered_ttl(this.plan.ttl(), &this.key))
             .with_fill_cost(fill_cost);
-        if let Verdict::Cacheable(c) = &self.plan.verdict {
-            for (unit, version) in c.units.iter().zip(&self.versions) {
+        if let Verdict::Cacheable(c) = &this.plan.verdict {
+            for (unit, version) in c.units.iter().zip(&this.versions) {
                 builder = builder.with_dependency(unit.clone(), *version);
             }
         }
         let result = builder.build();
         // Waiters get the answer before the (possibly networked) stores finish.
-        if let Some(lead) = self.lead.take() {
+        if let Some(lead) = this.lead.take() {
             lead.land(Landing::Filled(result.clone()));
         }
         let mut stored = false;
-        for slot in cache.tiers.iter().filter(|s| self.plan.allows(s.role)) {
-            match slot.tier.put(&self.key, result.clone()).await {
+        for slot in cache.tiers.iter().filter(|s| this.plan.allows(s.role)) {
+            match slot.tier.put(&this.key, result.clone()).await {
                 Ok(PutOutcome::Stored) => stored = true,
                 Ok(_) => {}
                 Err(err) => {
@@ -296,13 +300,13 @@ impl FillTicket {
             }
         }
         if let (Some(l3), Some(seed), Verdict::Cacheable(c)) =
-            (&cache.semantic, &self.seed, &self.plan.verdict)
+            (&cache.semantic, &this.seed, &this.plan.verdict)
         {
             if let Some(plan) = &c.semantic {
                 let request = strata_l3::SemanticRequest::new(&seed.scope, &plan.text)
                     .with_tables(&plan.tables)
                     .with_literals(&seed.literals);
-                if l3.insert(&request, self.key.clone(), result.clone()).await == PutOutcome::Stored {
+                if l3.insert(&request, this.key.clone(), result.clone()).await == PutOutcome::Stored {
                     stored = true;
                 }
             }
@@ -318,7 +322,7 @@ impl FillTicket {
 
     /// Gives the ticket back without filling: waiters go to the database.
     pub fn abandon(self) {
-        self.cache.metrics.fills_abandoned.inc();
+        self.0.cache.metrics.fills_abandoned.inc();
     }
 }
 
@@ -676,7 +680,15 @@ impl QueryCache {
         lead: Option<FlightLead>,
         seed: Option<SemanticSeed>,
     ) -> FillTicket {
-        FillTicket { cache: self.shared.clone(), key, plan, versions, started: Instant::now(), lead, seed }
+        FillTicket(Box::new(TicketInner {
+            cache: self.shared.clone(),
+            key,
+            plan,
+            versions,
+            started: Instant::now(),
+            lead,
+            seed,
+        }))
     }
 
     /// Copies a hit from a slower tier into the faster ones before it, with the same creation
