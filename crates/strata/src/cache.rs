@@ -365,6 +365,9 @@ pub(crate) struct Shared {
     pub(crate) plans: quick_cache::sync::Cache<Box<str>, Arc<Plan>>,
     pub(crate) policy: Policy,
     pub(crate) flights: Arc<Flights>,
+    pub(crate) relations: std::sync::RwLock<crate::Relations>,
+    /// Bumped by every [`QueryCache::set_relations`]: memoized plans of older generations replan.
+    pub(crate) relations_generation: std::sync::atomic::AtomicU64,
     pub(crate) metrics: Metrics,
     pub(crate) clock: Arc<dyn Clock>,
 }
@@ -455,11 +458,20 @@ impl QueryCache {
     /// The plan for a SQL text: analysis, dependencies, TTL and verdict, memoized by text.
     pub(crate) fn plan(&self, sql: &str) -> Arc<Plan> {
         let shared = &self.shared;
+        let generation = shared.relations_generation.load(std::sync::atomic::Ordering::Acquire);
         if let Some(plan) = shared.plans.get(sql) {
-            return plan;
+            if plan.generation == generation {
+                return plan;
+            }
         }
         let analysis = shared.normalizer.analyze(sql);
-        let plan = Arc::new(shared.policy.plan(analysis, shared.tiers.iter().map(|s| s.role)));
+        let relations = self.relations();
+        let plan = Arc::new(shared.policy.plan(
+            analysis,
+            shared.tiers.iter().map(|s| s.role),
+            &relations,
+            generation,
+        ));
         if sql.len() <= PLAN_MEMO_MAX_TEXT {
             shared.plans.insert(sql.into(), plan.clone());
         }
@@ -736,10 +748,19 @@ impl QueryCache {
             let (units, tables): (Vec<TableName>, &[TableName]) = match effect {
                 WriteEffect::Nothing => return Ok(()),
                 WriteEffect::Tables(tables) => {
+                    let relations = self.relations();
                     let mut units: Vec<TableName> = tables.iter().map(version_unit).collect();
+                    // A cascade, an inheritance tree: what else the write may change.
+                    let also: Vec<TableName> = units.iter().flat_map(|u| relations.writes_also(u)).cloned().collect();
+                    units.extend(also);
                     units.sort();
                     units.dedup();
-                    (units, tables)
+                    if units.iter().any(|u| relations.writes_unknown(u)) {
+                        // A trigger or a rule may have changed anything.
+                        (vec![TableName::new(EVERYTHING)], &[][..])
+                    } else {
+                        (units, tables)
+                    }
                 }
                 WriteEffect::Unknown => (vec![TableName::new(EVERYTHING)], &[]),
             };
@@ -771,6 +792,20 @@ impl QueryCache {
     /// What a statement writes, by the normalizer (memoized like lookups).
     pub fn write_effect(&self, sql: &str) -> WriteEffect {
         self.plan(sql).analysis.writes().clone()
+    }
+
+    /// Installs the dependencies a statement's text does not show (views, cascades, triggers),
+    /// usually read from the database's catalog. Lookups plan with them from now on; writes
+    /// expand through them.
+    pub fn set_relations(&self, relations: crate::Relations) {
+        let shared = &self.shared;
+        *shared.relations.write().unwrap_or_else(|e| e.into_inner()) = relations;
+        shared.relations_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The dependencies in force.
+    pub fn relations(&self) -> crate::Relations {
+        self.shared.relations.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Analyzes a statement that was executed and invalidates what it wrote.

@@ -229,6 +229,8 @@ impl QueryCacheBuilder {
             plans: quick_cache::sync::Cache::new(self.plan_memo_entries),
             policy,
             flights: Arc::new(Flights::default()),
+            relations: std::sync::RwLock::new(crate::Relations::default()),
+            relations_generation: std::sync::atomic::AtomicU64::new(0),
             metrics,
             clock: self.clock,
         };

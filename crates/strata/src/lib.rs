@@ -51,6 +51,7 @@ mod flight;
 mod metrics;
 mod policy;
 mod redis_versions;
+mod relations;
 mod request;
 mod versions;
 
@@ -62,6 +63,7 @@ pub use crate::{
     config::{L1Config, QueryCacheBuilder, QueryCacheConfig, TableConfig},
     error::{Error, ErrorKind},
     redis_versions::{RedisVersions, RedisVersionsBuilder, VersionStats},
+    relations::{Relations, RelationsBuilder},
     request::{Param, Request},
     versions::LocalVersions,
 };

@@ -8,6 +8,7 @@ use strata_core::{CacheKey, TableName};
 use strata_normalizer::{Analysis, Cacheability, LiteralForm, TierHint};
 
 use crate::cache::{BypassReason, TierRole};
+use crate::relations::Relations;
 use crate::versions::{version_unit, EVERYTHING};
 
 /// The cache-wide rules, fixed when the cache is built.
@@ -28,6 +29,8 @@ pub(crate) struct Plan {
     pub(crate) analysis: Arc<Analysis>,
     pub(crate) verdict: Verdict,
     ttl: Duration,
+    /// The [`Relations`] generation the plan was made under; a newer one replans.
+    pub(crate) generation: u64,
 }
 
 #[derive(Debug)]
@@ -81,11 +84,18 @@ fn semantic_plan(analysis: &Analysis, units: &[TableName]) -> SemanticPlan {
 }
 
 impl Policy {
-    pub(crate) fn plan(&self, analysis: Arc<Analysis>, mut roles: impl Iterator<Item = TierRole>) -> Plan {
+    pub(crate) fn plan(
+        &self,
+        analysis: Arc<Analysis>,
+        mut roles: impl Iterator<Item = TierRole>,
+        relations: &Relations,
+        generation: u64,
+    ) -> Plan {
         let bypass = |analysis: Arc<Analysis>, reason| Plan {
             analysis,
             verdict: Verdict::Bypass(reason),
             ttl: Duration::ZERO,
+            generation,
         };
         if let Cacheability::NotCacheable(reason) = analysis.cacheability() {
             let reason = reason.clone();
@@ -93,6 +103,10 @@ impl Policy {
         }
         let mut units: Vec<TableName> =
             analysis.reads().iter().chain(analysis.hints().tables()).map(version_unit).collect();
+        // A view (or a partition parent) reads relations its text does not name.
+        let through: Vec<TableName> =
+            units.iter().flat_map(|u| relations.reads_through(u)).cloned().collect();
+        units.extend(through);
         units.push(TableName::new(EVERYTHING));
         units.sort();
         units.dedup();
@@ -114,7 +128,7 @@ impl Policy {
             units.iter().filter_map(|u| self.table_ttls.get(u)).min().copied().unwrap_or(self.default_ttl)
         });
         let semantic = analysis.hints().semantic().then(|| semantic_plan(&analysis, &units));
-        Plan { analysis, verdict: Verdict::Cacheable(Cacheable { units, semantic }), ttl }
+        Plan { analysis, verdict: Verdict::Cacheable(Cacheable { units, semantic }), ttl, generation }
     }
 
     /// Shortens a TTL by up to the jitter ratio, by an amount taken from the key's digest: keys
@@ -146,7 +160,12 @@ mod tests {
     }
 
     fn plan(sql: &str) -> Plan {
-        policy().plan(Arc::new(strata_normalizer::analyze(sql)), [TierRole::Hot, TierRole::Warm].into_iter())
+        policy().plan(
+            Arc::new(strata_normalizer::analyze(sql)),
+            [TierRole::Hot, TierRole::Warm].into_iter(),
+            &Relations::default(),
+            0,
+        )
     }
 
     #[test]
@@ -171,6 +190,8 @@ mod tests {
         let l2_only = policy().plan(
             Arc::new(strata_normalizer::analyze("/* strata: tier=l2 */ SELECT 1")),
             [TierRole::Hot].into_iter(),
+            &Relations::default(),
+            0,
         );
         assert!(matches!(l2_only.verdict, Verdict::Bypass(BypassReason::NoTier)));
     }

@@ -406,3 +406,44 @@ async fn a_similar_question_is_answered_by_l3_but_never_across_a_literal_or_a_wr
     let answer = cache.get_or_fill(&Request::new(&scope, plain), || async { loaded("13") }).await.unwrap();
     assert_eq!(answer.source, Source::Database);
 }
+
+#[tokio::test]
+async fn relations_carry_writes_the_text_does_not_show_to_the_reads_they_change() {
+    let clock = Arc::new(ManualClock::fixed());
+    let cache = QueryCache::builder().with_l1(l1(&clock)).with_clock(clock.clone()).build().unwrap();
+    let scope = scope();
+    let view = Request::new(&scope, "SELECT * FROM order_totals");
+    let children = Request::new(&scope, "SELECT * FROM order_lines");
+    let audit = Request::new(&scope, "SELECT * FROM audit_log");
+    for req in [&view, &children, &audit] {
+        cache.get_or_fill(req, || async { loaded("before") }).await.unwrap();
+        assert!(matches!(cache.lookup(req).await, Lookup::Hit(_)));
+    }
+    // Without the catalog's knowledge a write to the base table misses the view: the limit the
+    // relations exist for.
+    cache.invalidate_sql("UPDATE orders SET total = 0").await.unwrap();
+    assert!(matches!(cache.lookup(&view).await, Lookup::Hit(_)));
+
+    cache.set_relations(
+        strata::Relations::builder()
+            .reads_through("public.order_totals", "orders")
+            .writes_also("orders", "order_lines")
+            .writes_unknown("payments")
+            .build(),
+    );
+    // The view's plan now depends on orders: its new key was never filled.
+    assert!(matches!(cache.lookup(&view).await, Lookup::Miss(_)));
+    cache.get_or_fill(&view, || async { loaded("after") }).await.unwrap();
+    assert!(matches!(cache.lookup(&view).await, Lookup::Hit(_)));
+    assert!(matches!(cache.lookup(&children).await, Lookup::Hit(_)));
+
+    // A write to the base table reaches the view, and the cascade reaches the children.
+    cache.invalidate_sql("DELETE FROM orders WHERE id = 1").await.unwrap();
+    assert!(matches!(cache.lookup(&view).await, Lookup::Miss(_)));
+    assert!(matches!(cache.lookup(&children).await, Lookup::Miss(_)));
+    assert!(matches!(cache.lookup(&audit).await, Lookup::Hit(_)));
+
+    // A table with a trigger: its writes may change anything.
+    cache.invalidate_sql("INSERT INTO payments VALUES (1)").await.unwrap();
+    assert!(matches!(cache.lookup(&audit).await, Lookup::Miss(_)));
+}

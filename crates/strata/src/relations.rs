@@ -1,0 +1,161 @@
+//! What the SQL text of a statement does not show: views over tables, cascades, triggers.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+use strata_core::TableName;
+
+use crate::versions::version_unit;
+
+/// Dependencies between relations that a statement's text does not show, usually read from the
+/// database's catalog: a view reads its base tables; a write to a table may change others (foreign
+/// keys with cascade actions, inheritance and partition trees); a table with triggers or rules may
+/// change anything. Names are relation names without schema, as versions are kept.
+///
+/// Cheap to clone. Install with [`QueryCache::set_relations`](crate::QueryCache::set_relations).
+#[derive(Clone, Default)]
+pub struct Relations(Arc<Closures>);
+
+#[derive(Default)]
+struct Closures {
+    /// For a relation, every relation reading it also reads (transitively), itself excluded.
+    reads: HashMap<TableName, Vec<TableName>>,
+    /// For a table, every table a write to it may also change (transitively), itself excluded.
+    writes: HashMap<TableName, Vec<TableName>>,
+    /// Tables whose writes may change anything.
+    unknown: HashSet<TableName>,
+}
+
+impl Relations {
+    /// Starts an empty set of dependencies.
+    pub fn builder() -> RelationsBuilder {
+        RelationsBuilder::default()
+    }
+
+    /// What reading `relation` also reads.
+    pub(crate) fn reads_through(&self, relation: &TableName) -> &[TableName] {
+        self.0.reads.get(relation).map_or(&[], Vec::as_slice)
+    }
+
+    /// What a write to `table` may also change.
+    pub(crate) fn writes_also(&self, table: &TableName) -> &[TableName] {
+        self.0.writes.get(table).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether a write to `table` may change anything.
+    pub(crate) fn writes_unknown(&self, table: &TableName) -> bool {
+        self.0.unknown.contains(table)
+    }
+
+    /// Whether there are no dependencies at all.
+    pub fn is_empty(&self) -> bool {
+        self.0.reads.is_empty() && self.0.writes.is_empty() && self.0.unknown.is_empty()
+    }
+}
+
+impl fmt::Debug for Relations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Relations")
+            .field("reads_through", &self.0.reads.len())
+            .field("writes_also", &self.0.writes.len())
+            .field("writes_unknown", &self.0.unknown.len())
+            .finish()
+    }
+}
+
+/// Builds [`Relations`]; closures are computed once, in [`build`](Self::build).
+#[derive(Debug, Clone, Default)]
+pub struct RelationsBuilder {
+    reads: Vec<(TableName, TableName)>,
+    writes: Vec<(TableName, TableName)>,
+    unknown: Vec<TableName>,
+}
+
+fn unit(name: &str) -> TableName {
+    version_unit(&TableName::new(name))
+}
+
+impl RelationsBuilder {
+    /// Reading `relation` (a view, a materialized view, an inheritance or partition parent) also
+    /// reads `base`.
+    #[must_use]
+    pub fn reads_through(mut self, relation: &str, base: &str) -> Self {
+        self.reads.push((unit(relation), unit(base)));
+        self
+    }
+
+    /// A write to `table` may also change `other` (a foreign key's cascade action, an inheritance
+    /// or partition tree).
+    #[must_use]
+    pub fn writes_also(mut self, table: &str, other: &str) -> Self {
+        self.writes.push((unit(table), unit(other)));
+        self
+    }
+
+    /// A write to `table` may change anything (user triggers, rules): it invalidates everything.
+    #[must_use]
+    pub fn writes_unknown(mut self, table: &str) -> Self {
+        self.unknown.push(unit(table));
+        self
+    }
+
+    /// Computes the transitive closures.
+    pub fn build(self) -> Relations {
+        Relations(Arc::new(Closures {
+            reads: closure(&self.reads),
+            writes: closure(&self.writes),
+            unknown: self.unknown.into_iter().collect(),
+        }))
+    }
+}
+
+/// For every node with edges, everything reachable from it (itself excluded), sorted.
+fn closure(edges: &[(TableName, TableName)]) -> HashMap<TableName, Vec<TableName>> {
+    let mut direct: HashMap<&TableName, Vec<&TableName>> = HashMap::new();
+    for (from, to) in edges {
+        direct.entry(from).or_default().push(to);
+    }
+    let mut result = HashMap::new();
+    for start in direct.keys() {
+        let mut seen: HashSet<&TableName> = HashSet::new();
+        let mut stack: Vec<&TableName> = direct[start].clone();
+        while let Some(next) = stack.pop() {
+            if next != *start && seen.insert(next) {
+                stack.extend(direct.get(next).into_iter().flatten());
+            }
+        }
+        let mut reached: Vec<TableName> = seen.into_iter().cloned().collect();
+        reached.sort();
+        result.insert((*start).clone(), reached);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[TableName]) -> Vec<&str> {
+        list.iter().map(TableName::as_str).collect()
+    }
+
+    #[test]
+    fn closures_are_transitive_unqualified_and_survive_cycles() {
+        let r = Relations::builder()
+            .reads_through("public.report", "summary")
+            .reads_through("summary", "orders")
+            .reads_through("summary", "customers")
+            .writes_also("customers", "orders")
+            .writes_also("orders", "order_lines")
+            .writes_also("order_lines", "customers")
+            .writes_unknown("audited")
+            .build();
+        assert_eq!(names(r.reads_through(&TableName::new("report"))), ["customers", "orders", "summary"]);
+        assert_eq!(names(r.writes_also(&TableName::new("customers"))), ["order_lines", "orders"]);
+        assert!(r.writes_also(&TableName::new("unrelated")).is_empty());
+        assert!(r.writes_unknown(&TableName::new("audited")));
+        assert!(!Relations::default().writes_unknown(&TableName::new("audited")));
+        assert!(Relations::default().is_empty() && !r.is_empty());
+    }
+}
