@@ -89,6 +89,11 @@ fn push_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
 impl Codec {
     /// Encodes a result stored under `key`. `None` if the payload exceeds `max_payload_bytes`.
     pub(crate) fn encode(&self, key: &CacheKey, result: &CachedResult) -> Option<Vec<u8>> {
+        self.encode_canonical(key.canonical(), result)
+    }
+
+    /// Encodes a result stored under the key whose canonical bytes are `canonical`.
+    pub(crate) fn encode_canonical(&self, canonical: &[u8], result: &CachedResult) -> Option<Vec<u8>> {
         let payload = result.payload();
         if payload.len() > self.max_payload_bytes || u32::try_from(payload.len()).is_err() {
             return None;
@@ -98,7 +103,7 @@ impl Codec {
             .filter(|c| c.len() < payload.len());
         let stored: &[u8] = compressed.as_deref().unwrap_or(payload);
         let deps: usize = result.dependencies().iter().map(|d| 12 + d.table.as_str().len()).sum();
-        let mut buf = Vec::with_capacity(HEADER_LEN + 48 + key.canonical().len() + deps + stored.len());
+        let mut buf = Vec::with_capacity(HEADER_LEN + 48 + canonical.len() + deps + stored.len());
         buf.extend_from_slice(&MAGIC);
         buf.push(VERSION);
         buf.push(if compressed.is_some() { FLAG_LZ4 } else { 0 });
@@ -109,7 +114,7 @@ impl Codec {
         buf.extend_from_slice(&nanos(result.ttl()).to_le_bytes());
         buf.extend_from_slice(&nanos(result.fill_cost()).to_le_bytes());
         buf.extend_from_slice(&result.row_count().to_le_bytes());
-        push_bytes(&mut buf, key.canonical());
+        push_bytes(&mut buf, canonical);
         buf.extend_from_slice(&u32::try_from(result.dependencies().len()).unwrap_or(u32::MAX).to_le_bytes());
         for dep in result.dependencies() {
             push_bytes(&mut buf, dep.table.as_str().as_bytes());

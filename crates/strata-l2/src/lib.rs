@@ -69,6 +69,6 @@ pub use crate::{
     error::{Error, ErrorKind},
     memory::{MemoryStorage, MemoryStorageBuilder},
     redis_storage::{RedisStorage, RedisStorageBuilder},
-    storage::{Storage, StorageUsage},
+    storage::{ResultLookup, Storage, StorageUsage, StoredResult},
     tier::{WarmTier, WarmTierBuilder, WarmTierHealth},
 };

@@ -11,7 +11,8 @@ use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 use strata_core::{Clock, PutOutcome, Rejection, SystemClock};
 
-use crate::{Error, Storage, StorageUsage};
+use crate::codec::Codec;
+use crate::{Error, ResultLookup, Storage, StorageUsage, StoredResult};
 
 /// The share of a shard's capacity quick_cache admits for one item; heavier items would be
 /// dropped by quick_cache without notice, so the storage refuses them first.
@@ -19,10 +20,29 @@ const QUICK_CACHE_HOT_SHARE: f64 = 0.97;
 /// Bytes a value costs beyond its key and bytes: the entry, the expiry and quick_cache's bookkeeping.
 const ENTRY_OVERHEAD_BYTES: u64 = 64;
 
+/// The codec that turns a result kept as a value into bytes for [`Storage::get`]: never
+/// compresses (the bytes stay in the process) and accepts any size the tier stored.
+const PLAIN: Codec = Codec { compress_above_bytes: usize::MAX, max_payload_bytes: u32::MAX as usize };
+
+#[derive(Clone)]
+enum Value {
+    /// Bytes given to [`Storage::set`].
+    Bytes(Bytes),
+    /// A result given to [`Storage::set_result_now`]: cloning it costs one reference count.
+    Result(StoredResult),
+}
+
 #[derive(Clone)]
 struct Entry {
-    value: Bytes,
+    value: Value,
     expires_at: SystemTime,
+}
+
+fn value_weight(value: &Value) -> u64 {
+    match value {
+        Value::Bytes(bytes) => bytes.len() as u64,
+        Value::Result(stored) => stored.canonical().len() as u64 + stored.result().weight_bytes(),
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -30,7 +50,7 @@ struct EntryWeighter;
 
 impl Weighter<String, Entry> for EntryWeighter {
     fn weight(&self, key: &String, entry: &Entry) -> u64 {
-        key.len() as u64 + entry.value.len() as u64 + ENTRY_OVERHEAD_BYTES
+        key.len() as u64 + value_weight(&entry.value) + ENTRY_OVERHEAD_BYTES
     }
 }
 
@@ -170,7 +190,29 @@ impl MemoryStorage {
             self.cache.remove_if(key, |e| e.expires_at == expired);
             return None;
         }
-        Some(entry.value)
+        match entry.value {
+            Value::Bytes(bytes) => Some(bytes),
+            // Rare: someone reads a kept result through the byte interface. Every result the
+            // tier stored fits the plain codec, so this encodes; the fallback is a miss.
+            Value::Result(stored) => {
+                PLAIN.encode_canonical(stored.canonical(), stored.result()).map(Bytes::from)
+            }
+        }
+    }
+
+    fn insert(&self, key: &str, value: Value, ttl: Duration) -> Result<PutOutcome, Error> {
+        let value_bytes = value_weight(&value);
+        if value_bytes > self.max_value_bytes {
+            return Ok(PutOutcome::Rejected(Rejection::TooLarge {
+                weight_bytes: key.len() as u64 + value_bytes + ENTRY_OVERHEAD_BYTES,
+                limit_bytes: self.max_value_bytes,
+            }));
+        }
+        let Some(expires_at) = self.clock.now().checked_add(ttl) else {
+            return Err(Error::config("l2 memory ttl overflows the clock"));
+        };
+        self.cache.insert(key.to_owned(), Entry { value, expires_at });
+        Ok(PutOutcome::Stored)
     }
 }
 
@@ -195,6 +237,28 @@ impl Storage for MemoryStorage {
         Some(self.lookup(key))
     }
 
+    /// One hash lookup and two reference counts: no clock read of its own (the expiry that
+    /// matters is the result's, at the tier's `now`), no decoding.
+    fn get_result_now(&self, key: &str, now: SystemTime) -> ResultLookup {
+        let Some(entry) = self.cache.get(key) else { return ResultLookup::Absent };
+        let Value::Result(stored) = entry.value else { return ResultLookup::Unsupported };
+        if stored.result().is_expired_at(now) {
+            let expires_at = entry.expires_at;
+            self.cache.remove_if(key, |e| e.expires_at == expires_at);
+            return ResultLookup::Expired;
+        }
+        ResultLookup::Found(stored)
+    }
+
+    fn set_result_now(
+        &self,
+        key: &str,
+        value: StoredResult,
+        ttl: Duration,
+    ) -> Option<Result<PutOutcome, Error>> {
+        Some(self.insert(key, Value::Result(value), ttl))
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Bytes>, Error> {
         Ok(self.lookup(key))
     }
@@ -204,18 +268,7 @@ impl Storage for MemoryStorage {
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<PutOutcome, Error> {
-        let weight_bytes = key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD_BYTES;
-        if value.len() as u64 > self.max_value_bytes {
-            return Ok(PutOutcome::Rejected(Rejection::TooLarge {
-                weight_bytes,
-                limit_bytes: self.max_value_bytes,
-            }));
-        }
-        let Some(expires_at) = self.clock.now().checked_add(ttl) else {
-            return Err(Error::config("l2 memory ttl overflows the clock"));
-        };
-        self.cache.insert(key.to_owned(), Entry { value, expires_at });
-        Ok(PutOutcome::Stored)
+        self.insert(key, Value::Bytes(value), ttl)
     }
 
     async fn delete(&self, key: &str) -> Result<(), Error> {

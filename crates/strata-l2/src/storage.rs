@@ -1,11 +1,12 @@
 //! The `Storage` trait: where the warm tier keeps its encoded values; implement it to plug in your own.
 
 use std::fmt;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use strata_core::PutOutcome;
+use strata_core::{CachedResult, PutOutcome};
 
 use crate::Error;
 
@@ -21,6 +22,60 @@ pub struct StorageUsage {
     pub capacity_bytes: u64,
     /// Values removed to make room, since the storage was built.
     pub evictions: u64,
+}
+
+/// A result kept as a value rather than as bytes, with the canonical key it was stored under
+/// (see [`Storage::get_result_now`]). Cloning it costs one reference count.
+///
+/// `Debug` prints sizes, never the key or the payload.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredResult(Arc<Kept>);
+
+#[derive(PartialEq, Eq)]
+struct Kept {
+    canonical: Bytes,
+    result: CachedResult,
+}
+
+impl StoredResult {
+    /// A result stored under the cache key whose [canonical bytes](strata_core::CacheKey::canonical)
+    /// are `canonical`.
+    pub fn new(canonical: Bytes, result: CachedResult) -> Self {
+        Self(Arc::new(Kept { canonical, result }))
+    }
+
+    /// The canonical bytes of the key it was stored under (the tier refuses it for any other key).
+    pub fn canonical(&self) -> &Bytes {
+        &self.0.canonical
+    }
+
+    /// The result.
+    pub fn result(&self) -> &CachedResult {
+        &self.0.result
+    }
+}
+
+impl fmt::Debug for StoredResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredResult")
+            .field("canonical_bytes", &self.0.canonical.len())
+            .field("result", &self.0.result)
+            .finish()
+    }
+}
+
+/// The answer of [`Storage::get_result_now`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResultLookup {
+    /// The storage does not keep results as values, or holds this key as bytes: ask
+    /// [`Storage::get`].
+    Unsupported,
+    /// Nothing under the key.
+    Absent,
+    /// A result was there but had expired at the time given; the storage dropped it.
+    Expired,
+    /// The result.
+    Found(StoredResult),
 }
 
 /// A byte store with per-value expiry, behind the [`WarmTier`](crate::WarmTier).
@@ -46,6 +101,34 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Storages that answer here must never block, and need no deadline.
     fn get_now(&self, key: &str) -> Option<Option<Bytes>> {
         let _ = key;
+        None
+    }
+
+    /// The result under `key`, kept as a value by an in-process storage that stored it with
+    /// [`set_result_now`](Self::set_result_now), answered without waiting; a result that has
+    /// expired at `now` (the tier's clock, read once per lookup) is dropped and reported as
+    /// [`ResultLookup::Expired`].
+    ///
+    /// This is the fast path of in-process storages: such values never left the process, so the
+    /// tier serves them without a checksum or decoding. The default says
+    /// [`ResultLookup::Unsupported`], and the tier uses the byte-oriented methods; a storage
+    /// that keeps values elsewhere should leave it so.
+    fn get_result_now(&self, key: &str, now: SystemTime) -> ResultLookup {
+        let _ = (key, now);
+        ResultLookup::Unsupported
+    }
+
+    /// Stores `value` as a value (no encoding) under `key` for `ttl`, without waiting; `None`
+    /// if the storage does not keep values (the default), and the tier then encodes the result
+    /// and calls [`set`](Self::set). A storage that answers here must still answer
+    /// [`get`](Self::get) for the key with an encoded value the tier can read.
+    fn set_result_now(
+        &self,
+        key: &str,
+        value: StoredResult,
+        ttl: Duration,
+    ) -> Option<Result<PutOutcome, Error>> {
+        let _ = (key, value, ttl);
         None
     }
 

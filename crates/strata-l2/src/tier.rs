@@ -15,7 +15,7 @@ use strata_core::{
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::codec::{Codec, DecodeError};
-use crate::{Error, ErrorKind, Storage};
+use crate::{Error, ErrorKind, ResultLookup, Storage, StoredResult};
 
 /// Builds a [`WarmTier`] over a storage. Every setter documents its default.
 #[derive(Clone)]
@@ -282,11 +282,20 @@ struct StorageKey([u8; 32]);
 
 impl StorageKey {
     fn new(key: &CacheKey) -> Self {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
+        // Two hex digits per table entry: one load per byte on the hit path.
+        const PAIRS: [[u8; 2]; 256] = {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let mut pairs = [[0u8; 2]; 256];
+            let mut i = 0;
+            while i < 256 {
+                pairs[i] = [HEX[i >> 4], HEX[i & 0xf]];
+                i += 1;
+            }
+            pairs
+        };
         let mut out = [0u8; 32];
-        for (i, byte) in key.digest().to_bytes().iter().enumerate() {
-            out[2 * i] = HEX[usize::from(byte >> 4)];
-            out[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+        for (pair, byte) in out.chunks_exact_mut(2).zip(key.digest().to_bytes()) {
+            pair.copy_from_slice(&PAIRS[usize::from(byte)]);
         }
         Self(out)
     }
@@ -400,6 +409,34 @@ impl WarmTier {
         Inspected::Hit(decoded.result)
     }
 
+    /// The in-process fast path: a result the storage kept as a value, checked against the key
+    /// and the tier's clock (read once), counted. `None` when the storage holds no such value
+    /// for the key (it does not keep values, or it holds bytes there): use the byte path.
+    fn lookup_kept(&self, key: &CacheKey, skey: &str) -> Option<Option<CachedResult>> {
+        match self.storage.get_result_now(skey, self.clock.now()) {
+            ResultLookup::Unsupported => None,
+            ResultLookup::Absent => {
+                self.counters.misses.fetch_add(1, Relaxed);
+                Some(None)
+            }
+            ResultLookup::Expired => {
+                self.counters.expirations.fetch_add(1, Relaxed);
+                self.counters.misses.fetch_add(1, Relaxed);
+                Some(None)
+            }
+            ResultLookup::Found(stored) => {
+                if stored.canonical() != key.canonical() {
+                    // Another key with the same digest: never serve it, and leave it for its owner.
+                    self.counters.collisions.fetch_add(1, Relaxed);
+                    self.counters.misses.fetch_add(1, Relaxed);
+                    return Some(None);
+                }
+                self.counters.hits.fetch_add(1, Relaxed);
+                Some(Some(stored.result().clone()))
+            }
+        }
+    }
+
     /// Decodes and checks a stored value; corrupt values are counted and deleted.
     async fn check(&self, key: &CacheKey, skey: &str, raw: Option<Bytes>) -> Option<CachedResult> {
         match self.inspect(key, raw) {
@@ -446,6 +483,11 @@ impl CacheTier for WarmTier {
     /// [`get`](CacheTier::get) then counts and deletes.
     fn get_now(&self, key: &CacheKey) -> NowLookup {
         let skey = StorageKey::new(key);
+        match self.lookup_kept(key, skey.as_str()) {
+            Some(Some(result)) => return NowLookup::Hit(result),
+            Some(None) => return NowLookup::Miss,
+            None => {}
+        }
         let Some(raw) = self.storage.get_now(skey.as_str()) else {
             return NowLookup::WouldAwait;
         };
@@ -460,6 +502,9 @@ impl CacheTier for WarmTier {
     async fn get(&self, key: &CacheKey) -> Result<Option<CachedResult>, strata_core::Error> {
         let skey = StorageKey::new(key);
         let skey = skey.as_str();
+        if let Some(found) = self.lookup_kept(key, skey) {
+            return Ok(found);
+        }
         match self.call("get", self.deadline, || self.storage.get(skey)).await {
             Ok(raw) => Ok(self.check(key, skey, raw).await),
             Err(_) => {
@@ -476,6 +521,18 @@ impl CacheTier for WarmTier {
             return Ok(Vec::new());
         }
         let skeys: Vec<String> = keys.iter().map(storage_key).collect();
+        if let Some(first) = self.lookup_kept(&keys[0], &skeys[0]) {
+            // An in-process storage: every key answers at once (one kept as bytes goes through `get`).
+            let mut found = Vec::with_capacity(keys.len());
+            found.push(first);
+            for (key, skey) in keys.iter().zip(&skeys).skip(1) {
+                match self.lookup_kept(key, skey) {
+                    Some(result) => found.push(result),
+                    None => found.push(self.get(key).await?),
+                }
+            }
+            return Ok(found);
+        }
         let raws = match self.call("get_many", self.deadline, || self.storage.get_many(&skeys)).await {
             Ok(raws) if raws.len() == keys.len() => raws,
             Ok(_) | Err(_) => {
@@ -497,13 +554,36 @@ impl CacheTier for WarmTier {
         if ttl < Duration::from_millis(1) {
             return Ok(self.reject(Rejection::Expired));
         }
+        if value.payload().len() > self.codec.max_payload_bytes {
+            return Ok(self.reject(Rejection::TooLarge {
+                weight_bytes: value.weight_bytes(),
+                limit_bytes: self.codec.max_payload_bytes as u64,
+            }));
+        }
+        let skey = storage_key(key);
+        let kept = StoredResult::new(key.canonical().clone(), value.clone());
+        if let Some(outcome) = self.storage.set_result_now(&skey, kept, ttl) {
+            return Ok(match outcome {
+                Ok(PutOutcome::Stored) => {
+                    self.counters.inserts.fetch_add(1, Relaxed);
+                    PutOutcome::Stored
+                }
+                Ok(PutOutcome::Rejected(rejection)) => self.reject(rejection),
+                Ok(other) => other,
+                Err(err) => {
+                    self.counters.errors.fetch_add(1, Relaxed);
+                    self.counters.dropped_writes.fetch_add(1, Relaxed);
+                    self.warn.warn(&self.name, self.storage.name(), "put", &err);
+                    self.reject(Rejection::Degraded)
+                }
+            });
+        }
         let Some(encoded) = self.codec.encode(key, &value) else {
             return Ok(self.reject(Rejection::TooLarge {
                 weight_bytes: value.weight_bytes(),
                 limit_bytes: self.codec.max_payload_bytes as u64,
             }));
         };
-        let skey = storage_key(key);
         let encoded = Bytes::from(encoded);
         match self.call("put", self.deadline, || self.storage.set(&skey, encoded, ttl)).await {
             Ok(PutOutcome::Stored) => {

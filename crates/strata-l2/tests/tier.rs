@@ -13,7 +13,8 @@ use common::{key, result, result_at};
 use strata_core::{CacheTier, Clock, ManualClock, NowLookup, PutOutcome, Rejection};
 use strata_l2::{
     BreakerState, Error, ErrorKind, MemoryStorage, MemoryStorageBuilder, RedisStorage, RedisStorageBuilder,
-    Storage, StorageConfig, StorageUsage, WarmTier, WarmTierBuilder, WarmTierConfig, WarmTierHealth,
+    ResultLookup, Storage, StorageConfig, StorageUsage, StoredResult, WarmTier, WarmTierBuilder,
+    WarmTierConfig, WarmTierHealth,
 };
 
 fn memory_tier(clock: &Arc<ManualClock>, capacity_bytes: u64) -> WarmTier {
@@ -38,6 +39,8 @@ fn public_types_are_send_sync_and_debug() {
     check::<RedisStorage>();
     check::<RedisStorageBuilder>();
     check::<StorageUsage>();
+    check::<StoredResult>();
+    check::<ResultLookup>();
     check::<BreakerState>();
     check::<Error>();
     check::<ErrorKind>();
@@ -153,6 +156,56 @@ async fn corrupt_and_colliding_values_are_misses() {
     assert_eq!(l2.get(&key(3)).await.unwrap(), None);
     assert_eq!(l2.stats().collisions, 1);
     assert!(storage.get(&skey3).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn memory_keeps_results_as_values_and_still_checks_keys_and_expiry() {
+    let clock = Arc::new(ManualClock::fixed());
+    let l2 = memory_tier(&clock, 1 << 20);
+    let storage = l2.storage().clone();
+    let value = result_at(&b"row: bob"[..], clock.now(), Duration::from_secs(30));
+    l2.put(&key(1), value.clone()).await.unwrap();
+    let skey1 = key(1).digest().to_string();
+
+    // The tier's write is kept as the result itself: the hit is the same allocation, not a decoded copy.
+    let ResultLookup::Found(kept) = storage.get_result_now(&skey1, clock.now()) else {
+        panic!("the memory storage keeps the result as a value")
+    };
+    assert_eq!(kept.canonical(), key(1).canonical());
+    let NowLookup::Hit(hit) = l2.get_now(&key(1)) else { panic!("a kept result is a hit") };
+    assert_eq!(hit.payload().as_ptr(), value.payload().as_ptr(), "served without decoding");
+    assert!(!format!("{kept:?}").contains("bob"), "Debug never prints the payload");
+
+    // The byte interface still answers with a value the tier can read (here: under a
+    // colliding digest, which the tier refuses and counts).
+    let raw = storage.get(&skey1).await.unwrap().expect("kept results read as bytes too");
+    let skey3 = key(3).digest().to_string();
+    storage.set(&skey3, raw, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(l2.get(&key(3)).await.unwrap(), None);
+    assert_eq!(l2.stats().collisions, 1);
+
+    // A kept result of another key under this key's digest is refused on the fast path too.
+    let skey4 = key(4).digest().to_string();
+    let outcome = storage.set_result_now(&skey4, kept.clone(), Duration::from_secs(60));
+    assert!(matches!(outcome, Some(Ok(PutOutcome::Stored))), "{outcome:?}");
+    assert!(matches!(l2.get_now(&key(4)), NowLookup::Miss));
+    assert_eq!(l2.get_many(&[key(4), key(1)]).await.unwrap(), vec![None, Some(value.clone())]);
+    assert_eq!(l2.stats().collisions, 3);
+
+    // Expiry follows the tier's clock and drops the entry.
+    clock.advance(Duration::from_secs(30));
+    assert!(matches!(l2.get_now(&key(1)), NowLookup::Miss));
+    assert_eq!(l2.stats().expirations, 1);
+    assert_eq!(storage.get_result_now(&skey1, clock.now()), ResultLookup::Absent, "expired entry dropped");
+
+    // A storage of bytes only (the trait's defaults) says so, and the tier takes the byte path.
+    let flaky = Flaky {
+        inner: MemoryStorage::builder().build().unwrap(),
+        mode: AtomicU8::new(HEALTHY),
+        calls: AtomicU64::new(0),
+    };
+    assert_eq!(flaky.get_result_now(&skey1, clock.now()), ResultLookup::Unsupported);
+    assert!(flaky.set_result_now(&skey1, kept, Duration::from_secs(1)).is_none());
 }
 
 const HEALTHY: u8 = 0;
