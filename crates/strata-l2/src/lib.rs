@@ -24,9 +24,11 @@
 //! [`WarmTier::health`] and in one rate-limited `tracing::warn!`. A storage that answers but refuses
 //! a command (Redis out of memory) drops that write without opening the breaker, so reads go on.
 //!
-//! The breaker is one per tier and counts consecutive failures. On a Redis Cluster with one node
-//! down, a run of failures on that node's keys can open it for every key; raise
-//! [`WarmTierBuilder::with_breaker_failure_threshold`] there (per-node breakers are not built yet).
+//! A breaker counts consecutive failures. On a Redis Cluster the tier keeps one breaker per
+//! primary: the storage maps each key to its slot (CRC16 of the key or its `{hash tag}`) and the
+//! slot to its node (`CLUSTER SLOTS`, reloaded periodically and after failures), so with one node
+//! down only that node's keys miss while the others keep hitting; batch gets go to each node
+//! separately. [`WarmTier::health`] shows every node's breaker.
 //!
 //! # Example
 //! ```
@@ -60,6 +62,7 @@ mod config;
 mod error;
 mod memory;
 mod redis_storage;
+mod slots;
 mod storage;
 mod tier;
 
@@ -69,6 +72,6 @@ pub use crate::{
     error::{Error, ErrorKind},
     memory::{MemoryStorage, MemoryStorageBuilder},
     redis_storage::{RedisStorage, RedisStorageBuilder},
-    storage::{ResultLookup, Storage, StorageUsage, StoredResult},
-    tier::{WarmTier, WarmTierBuilder, WarmTierHealth},
+    storage::{NodeId, ResultLookup, Storage, StorageUsage, StoredResult},
+    tier::{NodeHealth, WarmTier, WarmTierBuilder, WarmTierHealth},
 };

@@ -11,7 +11,8 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue};
 use strata_core::PutOutcome;
 
-use crate::{Error, ErrorKind, Storage};
+use crate::slots::{slot_of, Topology};
+use crate::{Error, ErrorKind, NodeId, Storage};
 
 /// Where the Redis data lives.
 #[derive(Clone)]
@@ -28,6 +29,7 @@ pub struct RedisStorageBuilder {
     connect_timeout: Duration,
     response_timeout: Duration,
     reconnect_max_delay: Duration,
+    topology_refresh_interval: Duration,
 }
 
 impl fmt::Debug for RedisStorageBuilder {
@@ -38,6 +40,7 @@ impl fmt::Debug for RedisStorageBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .field("topology_refresh_interval", &self.topology_refresh_interval)
             .finish()
     }
 }
@@ -79,6 +82,7 @@ impl RedisStorageBuilder {
             connect_timeout: Duration::from_millis(500),
             response_timeout: Duration::from_secs(2),
             reconnect_max_delay: Duration::from_millis(500),
+            topology_refresh_interval: Duration::from_secs(5),
         }
     }
 
@@ -112,6 +116,15 @@ impl RedisStorageBuilder {
         self
     }
 
+    /// Redis Cluster only: how often the storage reloads which primary serves which slot
+    /// (`CLUSTER SLOTS`), which the tier uses to keep one circuit breaker per node. Failed calls
+    /// also trigger a reload (at most one per 100 ms). Default: 5 s.
+    #[must_use]
+    pub fn with_topology_refresh_interval(mut self, interval: Duration) -> Self {
+        self.topology_refresh_interval = interval;
+        self
+    }
+
     /// Builds the storage without waiting for Redis: the connection is made in the background and
     /// on first use, so a Redis that is down at start-up gives misses, not a failed start.
     ///
@@ -121,12 +134,16 @@ impl RedisStorageBuilder {
         if self.key_prefix.is_empty() {
             return Err(Error::config("l2 redis key prefix must not be empty"));
         }
-        if self.connect_timeout.is_zero() || self.response_timeout.is_zero() {
-            return Err(Error::config("l2 redis timeouts must be above zero"));
+        if self.connect_timeout.is_zero()
+            || self.response_timeout.is_zero()
+            || self.topology_refresh_interval.is_zero()
+        {
+            return Err(Error::config("l2 redis timeouts and intervals must be above zero"));
         }
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::config("l2 redis storage must be built inside a tokio runtime"));
         }
+        let mut topology = None;
         let conn = match &self.target {
             Target::Standalone(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(|e| {
@@ -156,10 +173,15 @@ impl RedisStorageBuilder {
                     .map_err(|e| Error::config("invalid l2 redis cluster node urls").with_source(e))?;
                 let conn =
                     client.get_pending_async_connection_with_config(redis::cluster::ClusterConfig::new());
+                topology = Some(Topology::start(
+                    conn.clone(),
+                    self.topology_refresh_interval,
+                    self.connect_timeout + self.response_timeout,
+                ));
                 Conn::Cluster(conn)
             }
         };
-        Ok(RedisStorage { conn, key_prefix: self.key_prefix, target: self.target })
+        Ok(RedisStorage { conn, key_prefix: self.key_prefix, target: self.target, topology })
     }
 }
 
@@ -173,12 +195,15 @@ enum Conn {
 ///
 /// Standalone Redis uses one multiplexed connection that reconnects by itself (a URL such as
 /// `redis://:password@host:6379/2` selects the password and database; `rediss://` needs the `tls`
-/// feature). Redis Cluster routes each key to its slot's node. Values are written with
+/// feature). Redis Cluster routes each key to its slot's node, and the storage tells the tier
+/// which node that is ([`Storage::node_of`]) so one dead node only loses its own keys. Values are written with
 /// `SET key value PX ttl`, so Redis expires them natively, under a key prefix.
 pub struct RedisStorage {
     conn: Conn,
     key_prefix: String,
     target: Target,
+    /// Cluster only: which primary serves which slot.
+    topology: Option<Topology>,
 }
 
 impl fmt::Debug for RedisStorage {
@@ -251,7 +276,17 @@ impl RedisStorage {
             Conn::Standalone(c) => cmd.query_async(&mut c.clone()).await,
             Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
         };
-        result.map_err(|e| redis_error(what, e))
+        result.map_err(|e| {
+            let err = redis_error(what, e);
+            if let (Some(topology), ErrorKind::Unavailable | ErrorKind::Timeout) =
+                (&self.topology, err.kind())
+            {
+                // A node down, a failover or a redirection that could not be followed: the
+                // slot map may have changed.
+                topology.request_refresh();
+            }
+            err
+        })
     }
 
     /// Deletes every key under the prefix on one server (standalone) or one node (cluster).
@@ -318,6 +353,23 @@ impl Storage for RedisStorage {
         }
     }
 
+    fn node_of(&self, key: &str) -> Option<NodeId> {
+        let topology = self.topology.as_ref()?;
+        // A hash tag may span the prefix and the key, so the slot is the full key's; the full key
+        // is built on the stack for usual lengths.
+        let mut buf = [0u8; 128];
+        let len = self.key_prefix.len() + key.len();
+        let slot = match buf.get_mut(..len) {
+            Some(full) => {
+                full[..self.key_prefix.len()].copy_from_slice(self.key_prefix.as_bytes());
+                full[self.key_prefix.len()..].copy_from_slice(key.as_bytes());
+                slot_of(full)
+            }
+            None => slot_of(self.redis_key(key).as_bytes()),
+        };
+        topology.node_of_slot(slot)
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Bytes>, Error> {
         self.query("redis get failed", redis::cmd("GET").arg(self.redis_key(key))).await
     }
@@ -376,6 +428,18 @@ impl Storage for RedisStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn standalone_has_no_nodes() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _guard = rt.enter();
+        let storage =
+            RedisStorage::standalone("redis://127.0.0.1:1/").build().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(storage.node_of("abc"), None);
+    }
 
     #[test]
     fn urls_are_redacted_and_globs_escaped() {

@@ -64,6 +64,34 @@ impl fmt::Debug for StoredResult {
     }
 }
 
+/// One server of a storage spread over several (a Redis Cluster primary), as `host:port`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(Arc<str>);
+
+impl NodeId {
+    /// A node named `name` (for Redis, `host:port`).
+    pub fn new(name: impl Into<Arc<str>>) -> Self {
+        Self(name.into())
+    }
+
+    /// The node's name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The answer of [`Storage::get_result_now`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResultLookup {
@@ -100,6 +128,15 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// [`CacheTier::get_now`](strata_core::CacheTier::get_now); the default always waits.
     /// Storages that answer here must never block, and need no deadline.
     fn get_now(&self, key: &str) -> Option<Option<Bytes>> {
+        let _ = key;
+        None
+    }
+
+    /// The node that serves `key`, for a storage spread over several servers (Redis Cluster).
+    /// The tier keeps one circuit breaker per node, so a dead node turns only its own keys into
+    /// misses. `None` (the default, and the answer while the storage does not know yet) puts
+    /// the key under the storage-wide breaker. Called on every lookup: it must not wait.
+    fn node_of(&self, key: &str) -> Option<NodeId> {
         let _ = key;
         None
     }

@@ -1,9 +1,12 @@
 //! The warm tier: encodes results, bounds every storage call by a deadline and a circuit breaker, and fails open.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::ops::Deref;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -15,7 +18,7 @@ use strata_core::{
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::codec::{Codec, DecodeError};
-use crate::{Error, ErrorKind, ResultLookup, Storage, StoredResult};
+use crate::{Error, ErrorKind, NodeId, ResultLookup, Storage, StoredResult};
 
 /// Builds a [`WarmTier`] over a storage. Every setter documents its default.
 #[derive(Clone)]
@@ -152,6 +155,9 @@ impl WarmTierBuilder {
         Ok(WarmTier {
             storage: self.storage,
             breaker: Breaker::new(self.breaker_failure_threshold, self.breaker_cooldown),
+            node_breakers: RwLock::new(HashMap::new()),
+            breaker_failure_threshold: self.breaker_failure_threshold,
+            breaker_cooldown: self.breaker_cooldown,
             codec: Codec {
                 compress_above_bytes: self.compress_above_bytes,
                 max_payload_bytes: self.max_payload_bytes,
@@ -181,14 +187,20 @@ struct Counters {
     dropped_writes: AtomicU64,
 }
 
-/// How the warm tier's storage is doing: the breaker and the failure counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the warm tier's storage is doing: the breakers and the failure counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WarmTierHealth {
-    /// The circuit breaker's state.
+    /// The state of the storage-wide circuit breaker: the only one for a storage on one server;
+    /// on a Redis Cluster, the breaker of calls not tied to one node (`clear`, and keys whose
+    /// node the storage does not know yet). Each node's own breaker is in
+    /// [`nodes`](Self::nodes).
     pub breaker: BreakerState,
-    /// How many times the breaker has opened.
+    /// How many times the storage-wide breaker has opened.
     pub breaker_opens: u64,
+    /// One breaker per node of a storage spread over several servers (see
+    /// [`Storage::node_of`]), sorted by node; empty for a storage on one server.
+    pub nodes: Vec<NodeHealth>,
     /// Storage calls that failed, timeouts included.
     pub errors: u64,
     /// Storage calls that hit the deadline.
@@ -199,6 +211,18 @@ pub struct WarmTierHealth {
     pub dropped_writes: u64,
     /// Stored values that failed to decode (served as misses and deleted).
     pub corrupt: u64,
+}
+
+/// The circuit breaker of one node of the storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeHealth {
+    /// The node.
+    pub node: NodeId,
+    /// Its breaker's state.
+    pub breaker: BreakerState,
+    /// How many times its breaker has opened.
+    pub breaker_opens: u64,
 }
 
 /// One `tracing::warn!` per interval, with a count of what was not logged.
@@ -241,7 +265,12 @@ impl RateLimitedWarn {
 /// The shared warm tier (L2). See the [crate docs](crate).
 pub struct WarmTier {
     storage: Arc<dyn Storage>,
+    /// The storage-wide breaker.
     breaker: Breaker,
+    /// One breaker per node, for storages that name nodes; created on a node's first call.
+    node_breakers: RwLock<HashMap<NodeId, Arc<Breaker>>>,
+    breaker_failure_threshold: u32,
+    breaker_cooldown: Duration,
     codec: Codec,
     deadline: Duration,
     admin_deadline: Duration,
@@ -275,6 +304,52 @@ enum CallFailure {
     ShortCircuited,
     /// The storage failed or timed out.
     Failed(Error),
+}
+
+/// The breaker a call goes through.
+enum BreakerRef<'a> {
+    Storage(&'a Breaker),
+    Node(Arc<Breaker>),
+}
+
+impl Deref for BreakerRef<'_> {
+    type Target = Breaker;
+
+    fn deref(&self) -> &Breaker {
+        match self {
+            BreakerRef::Storage(b) => b,
+            BreakerRef::Node(b) => b,
+        }
+    }
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Runs futures concurrently and returns their outputs in order.
+async fn join_all<T>(futures: Vec<BoxFuture<'_, T>>) -> Vec<T> {
+    let mut futures: Vec<Option<BoxFuture<'_, T>>> = futures.into_iter().map(Some).collect();
+    let mut outputs: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(fut) = slot {
+                match fut.as_mut().poll(cx) {
+                    Poll::Ready(value) => {
+                        *output = Some(value);
+                        *slot = None;
+                    }
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 /// The storage key of a cache key: its digest as 32 lowercase hex digits, built on the stack.
@@ -326,12 +401,21 @@ impl WarmTier {
         self.deadline
     }
 
-    /// The breaker's state and the failure counters.
+    /// The breakers' states and the failure counters.
     pub fn health(&self) -> WarmTierHealth {
         let c = &self.counters;
+        let mut nodes: Vec<NodeHealth> = self
+            .node_breakers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(node, b)| NodeHealth { node: node.clone(), breaker: b.state(), breaker_opens: b.opens() })
+            .collect();
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
         WarmTierHealth {
             breaker: self.breaker.state(),
             breaker_opens: self.breaker.opens(),
+            nodes,
             errors: c.errors.load(Relaxed),
             timeouts: c.timeouts.load(Relaxed),
             short_circuited: c.short_circuited.load(Relaxed),
@@ -340,14 +424,48 @@ impl WarmTier {
         }
     }
 
-    /// Runs one storage call under the breaker and `deadline`. The future is created only once
-    /// the breaker admits the call, so an open breaker never touches the storage.
+    /// The breaker of the node that serves `skey`, or the storage-wide one.
+    fn breaker_for(&self, skey: &str) -> BreakerRef<'_> {
+        match self.storage.node_of(skey) {
+            Some(node) => self.node_breaker(node),
+            None => BreakerRef::Storage(&self.breaker),
+        }
+    }
+
+    fn node_breaker(&self, node: NodeId) -> BreakerRef<'_> {
+        if let Some(b) = self.node_breakers.read().unwrap_or_else(PoisonError::into_inner).get(&node) {
+            return BreakerRef::Node(b.clone());
+        }
+        let mut breakers = self.node_breakers.write().unwrap_or_else(PoisonError::into_inner);
+        let b = breakers
+            .entry(node)
+            .or_insert_with(|| Arc::new(Breaker::new(self.breaker_failure_threshold, self.breaker_cooldown)));
+        BreakerRef::Node(b.clone())
+    }
+
+    /// Runs one storage call on the storage-wide breaker; see [`call_on`](Self::call_on).
     async fn call<T, F, Fut>(&self, op: &'static str, deadline: Duration, f: F) -> Result<T, CallFailure>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        let Some(permit) = self.breaker.try_acquire() else {
+        self.call_on(&self.breaker, op, deadline, f).await
+    }
+
+    /// Runs one storage call under `breaker` and `deadline`. The future is created only once
+    /// the breaker admits the call, so an open breaker never touches the storage.
+    async fn call_on<T, F, Fut>(
+        &self,
+        breaker: &Breaker,
+        op: &'static str,
+        deadline: Duration,
+        f: F,
+    ) -> Result<T, CallFailure>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let Some(permit) = breaker.try_acquire() else {
             self.counters.short_circuited.fetch_add(1, Relaxed);
             return Err(CallFailure::ShortCircuited);
         };
@@ -454,7 +572,8 @@ impl WarmTier {
         self.counters.corrupt.fetch_add(1, Relaxed);
         tracing::debug!(target: "strata::l2", tier = %self.name, key = skey, reason = %err, "deleting undecodable l2 value");
         // Best effort: a failed delete is counted by `call`, and the value stays a miss either way.
-        let _ = self.call("delete", self.deadline, || self.storage.delete(skey)).await;
+        let breaker = self.breaker_for(skey);
+        let _ = self.call_on(&breaker, "delete", self.deadline, || self.storage.delete(skey)).await;
     }
 
     fn reject(&self, rejection: Rejection) -> PutOutcome {
@@ -505,7 +624,8 @@ impl CacheTier for WarmTier {
         if let Some(found) = self.lookup_kept(key, skey) {
             return Ok(found);
         }
-        match self.call("get", self.deadline, || self.storage.get(skey)).await {
+        let breaker = self.breaker_for(skey);
+        match self.call_on(&breaker, "get", self.deadline, || self.storage.get(skey)).await {
             Ok(raw) => Ok(self.check(key, skey, raw).await),
             Err(_) => {
                 self.counters.misses.fetch_add(1, Relaxed);
@@ -514,8 +634,8 @@ impl CacheTier for WarmTier {
         }
     }
 
-    /// One batch call (`MGET` on Redis) under one deadline. Fails open like [`get`](Self::get):
-    /// if the batch fails, every key is a miss.
+    /// One batch call (`MGET` on Redis) per node under one deadline, the nodes in parallel.
+    /// Fails open like [`get`](Self::get): the keys of a node whose batch fails are misses.
     async fn get_many(&self, keys: &[CacheKey]) -> Result<Vec<Option<CachedResult>>, strata_core::Error> {
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -533,16 +653,53 @@ impl CacheTier for WarmTier {
             }
             return Ok(found);
         }
-        let raws = match self.call("get_many", self.deadline, || self.storage.get_many(&skeys)).await {
-            Ok(raws) if raws.len() == keys.len() => raws,
-            Ok(_) | Err(_) => {
-                self.counters.misses.fetch_add(keys.len() as u64, Relaxed);
-                return Ok(vec![None; keys.len()]);
+        // One batch per node (a single one for a storage on one server), run concurrently, each
+        // under its node's breaker and the deadline: a dead node turns only its keys into misses.
+        let mut groups: Vec<(Option<NodeId>, Vec<usize>)> = Vec::new();
+        for (i, skey) in skeys.iter().enumerate() {
+            let node = self.storage.node_of(skey);
+            match groups.iter_mut().find(|(n, _)| *n == node) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((node, vec![i])),
             }
-        };
+        }
+        let mut raws: Vec<Option<Option<Bytes>>> = vec![None; keys.len()];
+        let batches: Vec<BoxFuture<'_, (Vec<usize>, Option<Vec<Option<Bytes>>>)>> = groups
+            .into_iter()
+            .map(|(node, members)| {
+                let breaker = match node {
+                    Some(node) => self.node_breaker(node),
+                    None => BreakerRef::Storage(&self.breaker),
+                };
+                let batch: Vec<String> = members.iter().map(|&i| skeys[i].clone()).collect();
+                let fut: BoxFuture<'_, _> = Box::pin(async move {
+                    let found = self
+                        .call_on(&breaker, "get_many", self.deadline, || self.storage.get_many(&batch))
+                        .await
+                        .ok()
+                        .filter(|found| found.len() == batch.len());
+                    (members, found)
+                });
+                fut
+            })
+            .collect();
+        for (members, found) in join_all(batches).await {
+            if let Some(found) = found {
+                for (i, raw) in members.into_iter().zip(found) {
+                    raws[i] = Some(raw);
+                }
+            }
+        }
         let mut found = Vec::with_capacity(keys.len());
         for ((key, skey), raw) in keys.iter().zip(&skeys).zip(raws) {
-            found.push(self.check(key, skey, raw).await);
+            match raw {
+                Some(raw) => found.push(self.check(key, skey, raw).await),
+                // Its node's batch failed, timed out or was short-circuited.
+                None => {
+                    self.counters.misses.fetch_add(1, Relaxed);
+                    found.push(None);
+                }
+            }
         }
         Ok(found)
     }
@@ -585,7 +742,8 @@ impl CacheTier for WarmTier {
             }));
         };
         let encoded = Bytes::from(encoded);
-        match self.call("put", self.deadline, || self.storage.set(&skey, encoded, ttl)).await {
+        let breaker = self.breaker_for(&skey);
+        match self.call_on(&breaker, "put", self.deadline, || self.storage.set(&skey, encoded, ttl)).await {
             Ok(PutOutcome::Stored) => {
                 self.counters.inserts.fetch_add(1, Relaxed);
                 Ok(PutOutcome::Stored)
@@ -603,7 +761,10 @@ impl CacheTier for WarmTier {
     /// (kind `Unavailable` or `Timeout`), so the caller knows the value may still be there.
     async fn remove(&self, key: &CacheKey) -> Result<(), strata_core::Error> {
         let skey = storage_key(key);
-        self.call("remove", self.deadline, || self.storage.delete(&skey)).await.map_err(admin_error)
+        let breaker = self.breaker_for(&skey);
+        self.call_on(&breaker, "remove", self.deadline, || self.storage.delete(&skey))
+            .await
+            .map_err(admin_error)
     }
 
     /// Removes everything under the storage's namespace; bounded by the admin deadline and

@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 
 use common::{key, raw_connection, redis_cli, result, RedisServer};
 use strata_core::{CacheTier, PutOutcome};
-use strata_l2::{RedisStorage, WarmTier};
+use strata_l2::{BreakerState, RedisStorage, WarmTier};
 
 const KEYS: u64 = 90;
 const DEADLINE: Duration = Duration::from_millis(50);
 const SLACK: Duration = Duration::from_millis(150);
+/// The tier's default breaker cool-down.
+const COOLDOWN: Duration = Duration::from_secs(1);
 
 async fn start_cluster() -> Vec<RedisServer> {
     let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_cluster_node()).collect();
@@ -42,14 +44,9 @@ async fn keys_spread_over_slots_and_a_dead_node_only_loses_its_own() {
     let urls: Vec<String> = nodes.iter().map(RedisServer::url).collect();
     let prefix = "strata-test:cluster:";
     let storage = RedisStorage::cluster(urls.clone()).with_key_prefix(prefix).build().unwrap();
-    // The breaker counts consecutive failures; with a third of the keys on a dead node a run of
-    // failures can open it and turn healthy keys into misses for a cool-down. This test checks
-    // routing, so it sets the threshold above the key count (see the crate docs on the breaker).
-    let l2 = WarmTier::builder(Arc::new(storage))
-        .with_deadline(DEADLINE)
-        .with_breaker_failure_threshold(KEYS as u32 + 1)
-        .build()
-        .unwrap();
+    // The default breaker settings (5 consecutive failures, 1 s cool-down): the tier keeps one
+    // breaker per node, so the dead node's run of failures must not touch the others' keys.
+    let l2 = WarmTier::builder(Arc::new(storage)).with_deadline(DEADLINE).build().unwrap();
 
     // Warm-up: the first calls discover the slot map.
     let start = Instant::now();
@@ -99,26 +96,75 @@ async fn keys_spread_over_slots_and_a_dead_node_only_loses_its_own() {
         assert_eq!(l2.put(&key(n), result(vec![n as u8; 256])).await.unwrap(), PutOutcome::Stored, "key {n}");
     }
 
+    // The tier learns the slot map in the background; wait until every key's node is known
+    // (one breaker per node shows in the health report).
+    let start = Instant::now();
+    while l2.health().nodes.len() < 3 {
+        assert!(start.elapsed() < Duration::from_secs(10), "slot map never loaded: {:?}", l2.health());
+        for n in 0..KEYS {
+            l2.get(&key(n)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let health = l2.health();
+    let node_names: Vec<String> = health.nodes.iter().map(|n| n.node.to_string()).collect();
+    let mut expected: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+    expected.sort();
+    assert_eq!(node_names, expected, "one breaker per primary");
+    assert!(health.nodes.iter().all(|n| n.breaker == BreakerState::Closed), "{health:?}");
+
     let victim = 1;
+    let victim_node = format!("127.0.0.1:{}", nodes[victim].port);
     nodes[victim].kill();
     let killed_at = Instant::now();
-    let (mut lost, mut kept, mut slowest) = (0, 0, Duration::ZERO);
-    for n in 0..KEYS {
-        let start = Instant::now();
-        let found = l2.get(&key(n)).await.unwrap();
-        slowest = slowest.max(start.elapsed());
-        if owner[n as usize] == victim {
-            assert!(found.is_none(), "key {n} lived on the dead node");
-            lost += 1;
-        } else {
-            assert!(found.is_some(), "key {n} lives on a live node: {:?}", l2.health());
-            kept += 1;
+    let keys: Vec<_> = (0..KEYS).map(key).collect();
+    let lost_keys = owner.iter().filter(|&&o| o == victim).count();
+    let (mut passes, mut slowest, mut slowest_batch) = (0, Duration::ZERO, Duration::ZERO);
+    // Passes over every key for more than three cool-downs: the dead node's breaker opens after
+    // five failures, probes after each cool-down and reopens, while every other key hits.
+    while passes < 4 || killed_at.elapsed() < 3 * COOLDOWN {
+        passes += 1;
+        for n in 0..KEYS {
+            let start = Instant::now();
+            let found = l2.get(&keys[n as usize]).await.unwrap();
+            slowest = slowest.max(start.elapsed());
+            if owner[n as usize] == victim {
+                assert!(found.is_none(), "pass {passes}: key {n} lived on the dead node");
+            } else {
+                assert!(found.is_some(), "pass {passes}: key {n} lives on a live node: {:?}", l2.health());
+            }
         }
+        // A batch is split by node: the dead node's part misses, the rest hits.
+        let start = Instant::now();
+        let batch = l2.get_many(&keys).await.unwrap();
+        slowest_batch = slowest_batch.max(start.elapsed());
+        for (n, found) in batch.iter().enumerate() {
+            assert_eq!(
+                found.is_some(),
+                owner[n] != victim,
+                "pass {passes}: batch key {n}: {:?}",
+                l2.health()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let health = l2.health();
     eprintln!(
-        "[l2 cluster] node killed: {lost} keys missed, {kept} still hit, slowest call {slowest:?}, pass took {:?}; {:?}",
+        "[l2 cluster] node killed, default breaker: {passes} passes over {:?}; each pass {lost_keys} keys missed, \
+         {} still hit; slowest get {slowest:?}, slowest batch {slowest_batch:?}; {health:?}",
         killed_at.elapsed(),
-        l2.health()
+        KEYS as usize - lost_keys,
     );
     assert!(slowest <= DEADLINE + SLACK, "{slowest:?}");
+    assert!(slowest_batch <= DEADLINE + SLACK, "{slowest_batch:?}");
+    for node in &health.nodes {
+        if node.node.as_str() == victim_node {
+            assert_ne!(node.breaker, BreakerState::Closed, "the dead node's breaker is open: {health:?}");
+            assert!(node.breaker_opens >= 2, "it reopened after a failed probe: {health:?}");
+        } else {
+            assert_eq!((node.breaker, node.breaker_opens), (BreakerState::Closed, 0), "{health:?}");
+        }
+    }
+    assert_eq!((health.breaker, health.breaker_opens), (BreakerState::Closed, 0), "{health:?}");
+    assert!(health.short_circuited > 0, "the dead node's keys short-circuit: {health:?}");
 }
