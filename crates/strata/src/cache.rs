@@ -266,6 +266,11 @@ impl FillTicket {
 
     /// Stores the database's answer. `row_count` is informational.
     pub async fn fill(self, payload: Bytes, row_count: u64) -> FillOutcome {
+        let span = tracing::trace_span!("strata::fill", bytes = payload.len());
+        self.fill_inner(payload, row_count).instrument(span).await
+    }
+
+    async fn fill_inner(self, payload: Bytes, row_count: u64) -> FillOutcome {
         let mut this = self.0;
         let cache = this.cache.clone();
         let fill_cost = this.started.elapsed();
@@ -720,21 +725,26 @@ impl QueryCache {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Loaded, E>>,
     {
-        match self.lookup(req).await {
-            Lookup::Hit(hit) => {
-                Ok(Answer { payload: hit.payload().clone(), source: Source::Cache(hit.tier) })
-            }
-            Lookup::Bypass(bypass) => {
-                let loaded = load().await?;
-                Ok(Answer { payload: loaded.payload, source: Source::Bypassed(bypass.reason) })
-            }
-            Lookup::Miss(ticket) => {
-                // On error the ticket is dropped here, which releases the waiters.
-                let loaded = load().await?;
-                ticket.fill(loaded.payload.clone(), loaded.row_count).await;
-                Ok(Answer { payload: loaded.payload, source: Source::Database })
+        let span = tracing::trace_span!("strata::get_or_fill");
+        async move {
+            match self.lookup(req).await {
+                Lookup::Hit(hit) => {
+                    Ok(Answer { payload: hit.payload().clone(), source: Source::Cache(hit.tier) })
+                }
+                Lookup::Bypass(bypass) => {
+                    let loaded = load().await?;
+                    Ok(Answer { payload: loaded.payload, source: Source::Bypassed(bypass.reason) })
+                }
+                Lookup::Miss(ticket) => {
+                    // On error the ticket is dropped here, which releases the waiters.
+                    let loaded = load().await?;
+                    ticket.fill(loaded.payload.clone(), loaded.row_count).await;
+                    Ok(Answer { payload: loaded.payload, source: Source::Database })
+                }
             }
         }
+        .instrument(span)
+        .await
     }
 
     /// Tells the cache that tables changed (after the write committed): every result that read

@@ -22,6 +22,7 @@ use crate::Error;
 pub struct QueryCacheBuilder {
     tiers: Vec<(TierName, TierRole, Arc<dyn CacheTier>)>,
     semantic: Option<Arc<strata_l3::SemanticTier>>,
+    warm: Option<Arc<strata_l2::WarmTier>>,
     versions: Option<Arc<dyn VersionStore>>,
     normalizer: Option<NormalizerConfig>,
     default_ttl: Duration,
@@ -40,6 +41,7 @@ impl Default for QueryCacheBuilder {
         Self {
             tiers: Vec::new(),
             semantic: None,
+            warm: None,
             versions: None,
             normalizer: None,
             default_ttl: Duration::from_secs(60),
@@ -72,8 +74,11 @@ impl QueryCacheBuilder {
 
     /// Adds a shared warm tier, named `l2`.
     #[must_use]
-    pub fn with_l2(self, tier: strata_l2::WarmTier) -> Self {
-        self.with_tier("l2", TierRole::Warm, Arc::new(tier))
+    pub fn with_l2(mut self, tier: strata_l2::WarmTier) -> Self {
+        let tier = Arc::new(tier);
+        // Kept typed as well, so its breaker state and error counts reach the metrics.
+        self.warm = Some(tier.clone());
+        self.with_tier("l2", TierRole::Warm, tier)
     }
 
     /// Adds the semantic tier, named `l3`: statements with the `semantic` hint that miss the exact
@@ -209,7 +214,7 @@ impl QueryCacheBuilder {
         if let Some(l3) = &self.semantic {
             named.push((TierName::from("l3"), l3.clone() as Arc<dyn CacheTier>));
         }
-        let metrics = Metrics::new(&named, versions.clone())
+        let metrics = Metrics::new(&named, versions.clone(), self.warm.clone())
             .map_err(|e| Error::config("registering metrics").with_source(e))?;
         let unit = |name: &str| version_unit(&TableName::new(name.to_ascii_lowercase()));
         let policy = Policy {

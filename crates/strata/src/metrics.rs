@@ -89,6 +89,7 @@ impl Metrics {
     pub(crate) fn new(
         tiers: &[(TierName, Arc<dyn CacheTier>)],
         versions: Arc<dyn VersionStore>,
+        warm: Option<Arc<strata_l2::WarmTier>>,
     ) -> prometheus::Result<Self> {
         let registry = Registry::new();
         let errors = counter_vec(
@@ -165,6 +166,9 @@ impl Metrics {
             registry,
         };
         metrics.registry.register(Box::new(TierGauges::new(tiers, versions)?))?;
+        if let Some(warm) = warm {
+            metrics.registry.register(Box::new(WarmGauges::new(warm)?))?;
+        }
         Ok(metrics)
     }
 
@@ -300,6 +304,62 @@ impl Collector for TierGauges {
         ] {
             families.extend(c.collect());
         }
+        families
+    }
+}
+
+/// The shared tier's circuit breaker and failure counters, read when the registry is scraped.
+struct WarmGauges {
+    warm: Arc<strata_l2::WarmTier>,
+    breaker: IntGauge,
+    counters: IntGaugeVec,
+    descs: Vec<Desc>,
+}
+
+impl WarmGauges {
+    fn new(warm: Arc<strata_l2::WarmTier>) -> prometheus::Result<Self> {
+        let breaker = IntGauge::with_opts(Opts::new(
+            "strata_l2_breaker_state",
+            "The shared tier's circuit breaker: 0 closed, 1 half-open (probing), 2 open (calls miss at once)",
+        ))?;
+        let counters = IntGaugeVec::new(
+            Opts::new(
+                "strata_l2_failures",
+                "Shared-tier failures since start, by kind (errors, timeouts, short_circuited, dropped_writes, breaker_opens)",
+            ),
+            &["kind"],
+        )?;
+        let mut descs = Vec::new();
+        for c in [&breaker as &dyn Collector, &counters] {
+            descs.extend(c.desc().into_iter().cloned());
+        }
+        Ok(Self { warm, breaker, counters, descs })
+    }
+}
+
+impl Collector for WarmGauges {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let health = self.warm.health();
+        self.breaker.set(match health.breaker {
+            strata_l2::BreakerState::Closed => 0,
+            strata_l2::BreakerState::HalfOpen => 1,
+            _ => 2,
+        });
+        for (kind, value) in [
+            ("errors", health.errors),
+            ("timeouts", health.timeouts),
+            ("short_circuited", health.short_circuited),
+            ("dropped_writes", health.dropped_writes),
+            ("breaker_opens", health.breaker_opens),
+        ] {
+            self.counters.with_label_values(&[kind]).set(i64::try_from(value).unwrap_or(i64::MAX));
+        }
+        let mut families = self.breaker.collect();
+        families.extend(self.counters.collect());
         families
     }
 }

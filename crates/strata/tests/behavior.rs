@@ -329,6 +329,8 @@ async fn explain_says_why_and_metrics_count_what_happened() {
         "strata_bypass_total{reason=\"volatile_function\"} 1",
         "strata_tier_entries{tier=\"l1\"} 1",
         "strata_versions_synchronized 1",
+        "strata_l2_breaker_state 0",
+        "strata_l2_failures{kind=\"errors\"} 0",
     ] {
         assert!(text.contains(line), "metrics lack `{line}`:\n{text}");
     }
