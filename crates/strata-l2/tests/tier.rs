@@ -12,9 +12,9 @@ use bytes::Bytes;
 use common::{key, result, result_at};
 use strata_core::{CacheTier, Clock, ManualClock, NowLookup, PutOutcome, Rejection};
 use strata_l2::{
-    BreakerState, Error, ErrorKind, MemoryStorage, MemoryStorageBuilder, RedisStorage, RedisStorageBuilder,
-    ResultLookup, Storage, StorageConfig, StorageUsage, StoredResult, WarmTier, WarmTierBuilder,
-    WarmTierConfig, WarmTierHealth,
+    BreakerState, Error, ErrorKind, MemoryStorage, MemoryStorageBuilder, NodeHealth, NodeId, RedisStorage,
+    RedisStorageBuilder, ResultLookup, Storage, StorageConfig, StorageUsage, StoredResult, WarmTier,
+    WarmTierBuilder, WarmTierConfig, WarmTierHealth,
 };
 
 fn memory_tier(clock: &Arc<ManualClock>, capacity_bytes: u64) -> WarmTier {
@@ -40,6 +40,8 @@ fn public_types_are_send_sync_and_debug() {
     check::<RedisStorageBuilder>();
     check::<StorageUsage>();
     check::<StoredResult>();
+    check::<NodeId>();
+    check::<NodeHealth>();
     check::<ResultLookup>();
     check::<BreakerState>();
     check::<Error>();
@@ -311,6 +313,119 @@ async fn slow_or_failing_storage_fails_open_and_the_breaker_recovers() {
     assert!(health.short_circuited >= 4, "{health:?}");
     assert_eq!(health.dropped_writes, 1);
     assert_eq!(l2.stats().errors, 4);
+}
+
+/// A storage of our own on two "nodes", `a` and `b` (by the first hex digit of the key), where
+/// node `b` can be taken down: its calls fail, as a dead Redis Cluster primary's do.
+#[derive(Debug)]
+struct TwoNodes {
+    inner: MemoryStorage,
+    b_down: AtomicU8,
+    b_calls: AtomicU64,
+}
+
+fn node_name(key: &str) -> &'static str {
+    if key.as_bytes().first().is_some_and(|&c| c < b'8') {
+        "a"
+    } else {
+        "b"
+    }
+}
+
+impl TwoNodes {
+    fn enter(&self, keys: &[&str]) -> Result<(), Error> {
+        if keys.iter().any(|k| node_name(k) == "b") {
+            self.b_calls.fetch_add(1, SeqCst);
+            if self.b_down.load(SeqCst) == 1 {
+                return Err(Error::new(ErrorKind::Unavailable, "node b is down"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Storage for TwoNodes {
+    fn name(&self) -> &str {
+        "two-nodes"
+    }
+    fn node_of(&self, key: &str) -> Option<NodeId> {
+        Some(NodeId::new(node_name(key)))
+    }
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, Error> {
+        self.enter(&[key])?;
+        self.inner.get(key).await
+    }
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, Error> {
+        self.enter(&keys.iter().map(String::as_str).collect::<Vec<_>>())?;
+        self.inner.get_many(keys).await
+    }
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<PutOutcome, Error> {
+        self.enter(&[key])?;
+        self.inner.set(key, value, ttl).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), Error> {
+        self.enter(&[key])?;
+        self.inner.delete(key).await
+    }
+    async fn clear(&self) -> Result<(), Error> {
+        self.inner.clear().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_breaker_per_node_keeps_healthy_nodes_hitting() {
+    let storage = Arc::new(TwoNodes {
+        inner: MemoryStorage::builder().build().unwrap(),
+        b_down: AtomicU8::new(0),
+        b_calls: AtomicU64::new(0),
+    });
+    // The default breaker: 5 consecutive failures, 1 s cool-down.
+    let l2 = WarmTier::builder(storage.clone()).build().unwrap();
+    let keys: Vec<_> = (0..40).map(key).collect();
+    let on_b: Vec<bool> = keys.iter().map(|k| node_name(&k.digest().to_string()) == "b").collect();
+    assert!(on_b.iter().filter(|&&b| b).count() >= 10 && on_b.iter().filter(|&&b| !b).count() >= 10);
+    for k in &keys {
+        assert_eq!(l2.put(k, result(&b"v"[..])).await.unwrap(), PutOutcome::Stored);
+    }
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_by_key(|&i| !on_b[i]);
+
+    storage.b_calls.store(0, SeqCst);
+    storage.b_down.store(1, SeqCst);
+    for pass in 0..3 {
+        // Node b's keys first: far more failures in a row than the threshold.
+        for &i in &order {
+            let found = l2.get(&keys[i]).await.unwrap();
+            assert_eq!(found.is_some(), !on_b[i], "pass {pass}, key {i}: {:?}", l2.health());
+        }
+        let batch = l2.get_many(&keys).await.unwrap();
+        let hits: Vec<bool> = batch.iter().map(Option::is_some).collect();
+        assert_eq!(
+            hits,
+            on_b.iter().map(|b| !b).collect::<Vec<_>>(),
+            "pass {pass}: a batch is split by node"
+        );
+        tokio::time::advance(Duration::from_millis(600)).await;
+    }
+    let health = l2.health();
+    let states: Vec<_> = health.nodes.iter().map(|n| (n.node.as_str(), n.breaker, n.breaker_opens)).collect();
+    assert_eq!(
+        states,
+        vec![("a", BreakerState::Closed, 0), ("b", BreakerState::Open, 2)],
+        "b opened, probed after its cool-down and reopened: {health:?}"
+    );
+    assert_eq!((health.breaker, health.breaker_opens), (BreakerState::Closed, 0));
+    // Five failures opened it, one failed probe reopened it; every other call to b was short-circuited.
+    assert_eq!(storage.b_calls.load(SeqCst), 6);
+
+    // Back up: after the cool-down a probe closes b's breaker and its keys hit again.
+    storage.b_down.store(0, SeqCst);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    for (i, k) in keys.iter().enumerate() {
+        assert!(l2.get(k).await.unwrap().is_some(), "key {i} after recovery");
+    }
+    assert!(l2.health().nodes.iter().all(|n| n.breaker == BreakerState::Closed));
 }
 
 #[tokio::test]
