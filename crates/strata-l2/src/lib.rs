@@ -16,6 +16,12 @@
 //! ([`TierStats::corrupt`](strata_core::TierStats)) and is deleted; it is never served. A value whose
 //! canonical key differs from the one asked for (a digest collision) is a miss too.
 //!
+//! The memory backend is the exception: it keeps the tier's results as values
+//! ([`Storage::set_result_now`]), and [`get_now`](strata_core::CacheTier::get_now) serves them
+//! with one hash lookup, one read of the tier's clock and no decoding or checksum (values that
+//! never left the process cannot be corrupted in transit or by another writer); the canonical
+//! key and the expiry are still checked. Reading such a value through [`Storage::get`] encodes it.
+//!
 //! # Fail-open
 //! Every storage call has a deadline (default 5 ms). After repeated failures a circuit breaker
 //! opens: lookups miss and writes are dropped at once, without touching the storage, until after a

@@ -1,6 +1,7 @@
 //! `MemoryStorage`: the embedded, byte-bounded backend on `quick_cache`, with per-value expiry.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -8,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use quick_cache::sync::Cache;
-use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
-use strata_core::{Clock, PutOutcome, Rejection, SystemClock};
+use quick_cache::{DefaultHashBuilder, Equivalent, Lifecycle, OptionsBuilder, Weighter};
+use strata_core::{Clock, KeyDigest, PutOutcome, Rejection, SystemClock};
 
 use crate::codec::Codec;
 use crate::{Error, ResultLookup, Storage, StorageUsage, StoredResult};
@@ -23,6 +24,85 @@ const ENTRY_OVERHEAD_BYTES: u64 = 64;
 /// The codec that turns a result kept as a value into bytes for [`Storage::get`]: never
 /// compresses (the bytes stay in the process) and accepts any size the tier stored.
 const PLAIN: Codec = Codec { compress_above_bytes: usize::MAX, max_payload_bytes: u32::MAX as usize };
+
+/// A key of the map: the tier's keys are digests written as 32 lowercase hex digits, kept as the
+/// number so the hit path neither formats nor hashes text; any other key is kept as text.
+#[derive(Clone, PartialEq, Eq)]
+enum MemKey {
+    Digest(u128),
+    Text(Box<str>),
+}
+
+/// How a key is looked up: the same, borrowed. Hashes exactly as [`MemKey`] does.
+#[derive(Clone, Copy)]
+enum KeyRef<'a> {
+    Digest(u128),
+    Text(&'a str),
+}
+
+impl<'a> KeyRef<'a> {
+    fn parse(key: &'a str) -> Self {
+        let digits = key.as_bytes();
+        if digits.len() == 32 && digits.iter().all(|&c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+            if let Ok(n) = u128::from_str_radix(key, 16) {
+                return KeyRef::Digest(n);
+            }
+        }
+        KeyRef::Text(key)
+    }
+
+    fn to_owned_key(self) -> MemKey {
+        match self {
+            KeyRef::Digest(n) => MemKey::Digest(n),
+            KeyRef::Text(t) => MemKey::Text(t.into()),
+        }
+    }
+
+    /// Bytes the key costs, as its text.
+    fn len(self) -> u64 {
+        match self {
+            KeyRef::Digest(_) => 32,
+            KeyRef::Text(t) => t.len() as u64,
+        }
+    }
+}
+
+impl MemKey {
+    fn as_ref(&self) -> KeyRef<'_> {
+        match self {
+            MemKey::Digest(n) => KeyRef::Digest(*n),
+            MemKey::Text(t) => KeyRef::Text(t),
+        }
+    }
+}
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        match self {
+            KeyRef::Digest(n) => state.write_u128(*n),
+            KeyRef::Text(t) => {
+                state.write_u8(1);
+                t.hash(state);
+            }
+        }
+    }
+}
+
+impl Hash for MemKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_ref().hash(state);
+    }
+}
+
+impl Equivalent<MemKey> for KeyRef<'_> {
+    fn equivalent(&self, key: &MemKey) -> bool {
+        match (self, key) {
+            (KeyRef::Digest(a), MemKey::Digest(b)) => a == b,
+            (KeyRef::Text(a), MemKey::Text(b)) => *a == &**b,
+            _ => false,
+        }
+    }
+}
 
 #[derive(Clone)]
 enum Value {
@@ -48,24 +128,24 @@ fn value_weight(value: &Value) -> u64 {
 #[derive(Clone, Copy)]
 struct EntryWeighter;
 
-impl Weighter<String, Entry> for EntryWeighter {
-    fn weight(&self, key: &String, entry: &Entry) -> u64 {
-        key.len() as u64 + value_weight(&entry.value) + ENTRY_OVERHEAD_BYTES
+impl Weighter<MemKey, Entry> for EntryWeighter {
+    fn weight(&self, key: &MemKey, entry: &Entry) -> u64 {
+        key.as_ref().len() + value_weight(&entry.value) + ENTRY_OVERHEAD_BYTES
     }
 }
 
 #[derive(Clone)]
 struct CountEvictions(Arc<AtomicU64>);
 
-impl Lifecycle<String, Entry> for CountEvictions {
+impl Lifecycle<MemKey, Entry> for CountEvictions {
     type RequestState = ();
 
-    fn on_evict(&self, _state: &mut (), _key: String, _entry: Entry) {
+    fn on_evict(&self, _state: &mut (), _key: MemKey, _entry: Entry) {
         self.0.fetch_add(1, Relaxed);
     }
 }
 
-type Inner = Cache<String, Entry, EntryWeighter, DefaultHashBuilder, CountEvictions>;
+type Inner = Cache<MemKey, Entry, EntryWeighter, DefaultHashBuilder, CountEvictions>;
 
 /// The embedded backend: values in this process's memory, bounded by their size in bytes, each
 /// expiring after its TTL (read from an injectable [`Clock`]). Nothing to install; nothing shared
@@ -184,10 +264,11 @@ impl MemoryStorage {
     }
 
     fn lookup(&self, key: &str) -> Option<Bytes> {
-        let entry = self.cache.get(key)?;
+        let key = KeyRef::parse(key);
+        let entry = self.cache.get(&key)?;
         if self.clock.now() >= entry.expires_at {
             let expired = entry.expires_at;
-            self.cache.remove_if(key, |e| e.expires_at == expired);
+            self.cache.remove_if(&key, |e| e.expires_at == expired);
             return None;
         }
         match entry.value {
@@ -200,18 +281,18 @@ impl MemoryStorage {
         }
     }
 
-    fn insert(&self, key: &str, value: Value, ttl: Duration) -> Result<PutOutcome, Error> {
+    fn insert(&self, key: KeyRef<'_>, value: Value, ttl: Duration) -> Result<PutOutcome, Error> {
         let value_bytes = value_weight(&value);
         if value_bytes > self.max_value_bytes {
             return Ok(PutOutcome::Rejected(Rejection::TooLarge {
-                weight_bytes: key.len() as u64 + value_bytes + ENTRY_OVERHEAD_BYTES,
+                weight_bytes: key.len() + value_bytes + ENTRY_OVERHEAD_BYTES,
                 limit_bytes: self.max_value_bytes,
             }));
         }
         let Some(expires_at) = self.clock.now().checked_add(ttl) else {
             return Err(Error::config("l2 memory ttl overflows the clock"));
         };
-        self.cache.insert(key.to_owned(), Entry { value, expires_at });
+        self.cache.insert(key.to_owned_key(), Entry { value, expires_at });
         Ok(PutOutcome::Stored)
     }
 }
@@ -239,12 +320,13 @@ impl Storage for MemoryStorage {
 
     /// One hash lookup and two reference counts: no clock read of its own (the expiry that
     /// matters is the result's, at the tier's `now`), no decoding.
-    fn get_result_now(&self, key: &str, now: SystemTime) -> ResultLookup {
-        let Some(entry) = self.cache.get(key) else { return ResultLookup::Absent };
+    fn get_result_now(&self, key: KeyDigest, now: SystemTime) -> ResultLookup {
+        let key = KeyRef::Digest(key.as_u128());
+        let Some(entry) = self.cache.get(&key) else { return ResultLookup::Absent };
         let Value::Result(stored) = entry.value else { return ResultLookup::Unsupported };
         if stored.result().is_expired_at(now) {
             let expires_at = entry.expires_at;
-            self.cache.remove_if(key, |e| e.expires_at == expires_at);
+            self.cache.remove_if(&key, |e| e.expires_at == expires_at);
             return ResultLookup::Expired;
         }
         ResultLookup::Found(stored)
@@ -252,11 +334,11 @@ impl Storage for MemoryStorage {
 
     fn set_result_now(
         &self,
-        key: &str,
+        key: KeyDigest,
         value: StoredResult,
         ttl: Duration,
     ) -> Option<Result<PutOutcome, Error>> {
-        Some(self.insert(key, Value::Result(value), ttl))
+        Some(self.insert(KeyRef::Digest(key.as_u128()), Value::Result(value), ttl))
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, Error> {
@@ -268,11 +350,11 @@ impl Storage for MemoryStorage {
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<PutOutcome, Error> {
-        self.insert(key, Value::Bytes(value), ttl)
+        self.insert(KeyRef::parse(key), Value::Bytes(value), ttl)
     }
 
     async fn delete(&self, key: &str) -> Result<(), Error> {
-        self.cache.remove(key);
+        self.cache.remove(&KeyRef::parse(key));
         Ok(())
     }
 
@@ -288,5 +370,37 @@ impl Storage for MemoryStorage {
             capacity_bytes: self.capacity_bytes,
             evictions: self.evictions.load(Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn digest_keys_and_text_keys_stay_apart() {
+        let storage = MemoryStorage::builder().build().unwrap();
+        let lower = "0123456789abcdef0123456789abcdef";
+        let upper = lower.to_uppercase();
+        let ttl = Duration::from_secs(60);
+        storage.set(lower, Bytes::from_static(b"l"), ttl).await.unwrap();
+        storage.set(&upper, Bytes::from_static(b"u"), ttl).await.unwrap();
+        storage.set("short", Bytes::from_static(b"s"), ttl).await.unwrap();
+        assert_eq!(storage.get(lower).await.unwrap(), Some(Bytes::from_static(b"l")));
+        assert_eq!(storage.get(&upper).await.unwrap(), Some(Bytes::from_static(b"u")));
+        assert_eq!(storage.get("short").await.unwrap(), Some(Bytes::from_static(b"s")));
+        assert_eq!(storage.get(&lower[1..]).await.unwrap(), None);
+        assert_eq!(storage.usage().entries, 3);
+        // The hex key and its digest name one entry.
+        let digest = KeyDigest::from_bytes(u128::from_str_radix(lower, 16).unwrap().to_be_bytes());
+        assert_eq!(
+            storage.get_result_now(digest, SystemTime::now()),
+            ResultLookup::Unsupported,
+            "held as bytes"
+        );
+        storage.delete(lower).await.unwrap();
+        assert_eq!(storage.get_result_now(digest, SystemTime::now()), ResultLookup::Absent);
+        assert_eq!(storage.usage().entries, 2);
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use strata_core::{CachedResult, PutOutcome};
+use strata_core::{CachedResult, KeyDigest, PutOutcome};
 
 use crate::Error;
 
@@ -150,7 +150,10 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// tier serves them without a checksum or decoding. The default says
     /// [`ResultLookup::Unsupported`], and the tier uses the byte-oriented methods; a storage
     /// that keeps values elsewhere should leave it so.
-    fn get_result_now(&self, key: &str, now: SystemTime) -> ResultLookup {
+    ///
+    /// `key` is the cache key's digest; its 32 lowercase hex digits (`key.to_string()`) are the
+    /// key the byte-oriented methods see for the same value.
+    fn get_result_now(&self, key: KeyDigest, now: SystemTime) -> ResultLookup {
         let _ = (key, now);
         ResultLookup::Unsupported
     }
@@ -161,7 +164,7 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// [`get`](Self::get) for the key with an encoded value the tier can read.
     fn set_result_now(
         &self,
-        key: &str,
+        key: KeyDigest,
         value: StoredResult,
         ttl: Duration,
     ) -> Option<Result<PutOutcome, Error>> {

@@ -530,8 +530,8 @@ impl WarmTier {
     /// The in-process fast path: a result the storage kept as a value, checked against the key
     /// and the tier's clock (read once), counted. `None` when the storage holds no such value
     /// for the key (it does not keep values, or it holds bytes there): use the byte path.
-    fn lookup_kept(&self, key: &CacheKey, skey: &str) -> Option<Option<CachedResult>> {
-        match self.storage.get_result_now(skey, self.clock.now()) {
+    fn lookup_kept(&self, key: &CacheKey) -> Option<Option<CachedResult>> {
+        match self.storage.get_result_now(key.digest(), self.clock.now()) {
             ResultLookup::Unsupported => None,
             ResultLookup::Absent => {
                 self.counters.misses.fetch_add(1, Relaxed);
@@ -601,12 +601,12 @@ impl CacheTier for WarmTier {
     /// Networked storages say [`NowLookup::WouldAwait`], and so does an undecodable value, which
     /// [`get`](CacheTier::get) then counts and deletes.
     fn get_now(&self, key: &CacheKey) -> NowLookup {
-        let skey = StorageKey::new(key);
-        match self.lookup_kept(key, skey.as_str()) {
+        match self.lookup_kept(key) {
             Some(Some(result)) => return NowLookup::Hit(result),
             Some(None) => return NowLookup::Miss,
             None => {}
         }
+        let skey = StorageKey::new(key);
         let Some(raw) = self.storage.get_now(skey.as_str()) else {
             return NowLookup::WouldAwait;
         };
@@ -619,11 +619,11 @@ impl CacheTier for WarmTier {
 
     /// Fails open: a storage that is down, slow or returning garbage gives `Ok(None)`.
     async fn get(&self, key: &CacheKey) -> Result<Option<CachedResult>, strata_core::Error> {
-        let skey = StorageKey::new(key);
-        let skey = skey.as_str();
-        if let Some(found) = self.lookup_kept(key, skey) {
+        if let Some(found) = self.lookup_kept(key) {
             return Ok(found);
         }
+        let skey = StorageKey::new(key);
+        let skey = skey.as_str();
         let breaker = self.breaker_for(skey);
         match self.call_on(&breaker, "get", self.deadline, || self.storage.get(skey)).await {
             Ok(raw) => Ok(self.check(key, skey, raw).await),
@@ -640,13 +640,12 @@ impl CacheTier for WarmTier {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let skeys: Vec<String> = keys.iter().map(storage_key).collect();
-        if let Some(first) = self.lookup_kept(&keys[0], &skeys[0]) {
+        if let Some(first) = self.lookup_kept(&keys[0]) {
             // An in-process storage: every key answers at once (one kept as bytes goes through `get`).
             let mut found = Vec::with_capacity(keys.len());
             found.push(first);
-            for (key, skey) in keys.iter().zip(&skeys).skip(1) {
-                match self.lookup_kept(key, skey) {
+            for key in &keys[1..] {
+                match self.lookup_kept(key) {
                     Some(result) => found.push(result),
                     None => found.push(self.get(key).await?),
                 }
@@ -655,6 +654,7 @@ impl CacheTier for WarmTier {
         }
         // One batch per node (a single one for a storage on one server), run concurrently, each
         // under its node's breaker and the deadline: a dead node turns only its keys into misses.
+        let skeys: Vec<String> = keys.iter().map(storage_key).collect();
         let mut groups: Vec<(Option<NodeId>, Vec<usize>)> = Vec::new();
         for (i, skey) in skeys.iter().enumerate() {
             let node = self.storage.node_of(skey);
@@ -717,9 +717,8 @@ impl CacheTier for WarmTier {
                 limit_bytes: self.codec.max_payload_bytes as u64,
             }));
         }
-        let skey = storage_key(key);
         let kept = StoredResult::new(key.canonical().clone(), value.clone());
-        if let Some(outcome) = self.storage.set_result_now(&skey, kept, ttl) {
+        if let Some(outcome) = self.storage.set_result_now(key.digest(), kept, ttl) {
             return Ok(match outcome {
                 Ok(PutOutcome::Stored) => {
                     self.counters.inserts.fetch_add(1, Relaxed);
@@ -741,6 +740,7 @@ impl CacheTier for WarmTier {
                 limit_bytes: self.codec.max_payload_bytes as u64,
             }));
         };
+        let skey = storage_key(key);
         let encoded = Bytes::from(encoded);
         let breaker = self.breaker_for(&skey);
         match self.call_on(&breaker, "put", self.deadline, || self.storage.set(&skey, encoded, ttl)).await {

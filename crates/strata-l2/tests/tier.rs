@@ -170,7 +170,7 @@ async fn memory_keeps_results_as_values_and_still_checks_keys_and_expiry() {
     let skey1 = key(1).digest().to_string();
 
     // The tier's write is kept as the result itself: the hit is the same allocation, not a decoded copy.
-    let ResultLookup::Found(kept) = storage.get_result_now(&skey1, clock.now()) else {
+    let ResultLookup::Found(kept) = storage.get_result_now(key(1).digest(), clock.now()) else {
         panic!("the memory storage keeps the result as a value")
     };
     assert_eq!(kept.canonical(), key(1).canonical());
@@ -187,8 +187,7 @@ async fn memory_keeps_results_as_values_and_still_checks_keys_and_expiry() {
     assert_eq!(l2.stats().collisions, 1);
 
     // A kept result of another key under this key's digest is refused on the fast path too.
-    let skey4 = key(4).digest().to_string();
-    let outcome = storage.set_result_now(&skey4, kept.clone(), Duration::from_secs(60));
+    let outcome = storage.set_result_now(key(4).digest(), kept.clone(), Duration::from_secs(60));
     assert!(matches!(outcome, Some(Ok(PutOutcome::Stored))), "{outcome:?}");
     assert!(matches!(l2.get_now(&key(4)), NowLookup::Miss));
     assert_eq!(l2.get_many(&[key(4), key(1)]).await.unwrap(), vec![None, Some(value.clone())]);
@@ -198,7 +197,11 @@ async fn memory_keeps_results_as_values_and_still_checks_keys_and_expiry() {
     clock.advance(Duration::from_secs(30));
     assert!(matches!(l2.get_now(&key(1)), NowLookup::Miss));
     assert_eq!(l2.stats().expirations, 1);
-    assert_eq!(storage.get_result_now(&skey1, clock.now()), ResultLookup::Absent, "expired entry dropped");
+    assert_eq!(
+        storage.get_result_now(key(1).digest(), clock.now()),
+        ResultLookup::Absent,
+        "expired entry dropped"
+    );
 
     // A storage of bytes only (the trait's defaults) says so, and the tier takes the byte path.
     let flaky = Flaky {
@@ -206,8 +209,8 @@ async fn memory_keeps_results_as_values_and_still_checks_keys_and_expiry() {
         mode: AtomicU8::new(HEALTHY),
         calls: AtomicU64::new(0),
     };
-    assert_eq!(flaky.get_result_now(&skey1, clock.now()), ResultLookup::Unsupported);
-    assert!(flaky.set_result_now(&skey1, kept, Duration::from_secs(1)).is_none());
+    assert_eq!(flaky.get_result_now(key(1).digest(), clock.now()), ResultLookup::Unsupported);
+    assert!(flaky.set_result_now(key(1).digest(), kept, Duration::from_secs(1)).is_none());
 }
 
 const HEALTHY: u8 = 0;
