@@ -264,3 +264,84 @@ async fn column(c: &tokio_postgres::Client, sql: &str) -> Vec<String> {
 async fn balances(c: &tokio_postgres::Client) -> Vec<String> {
     column(c, "SELECT balance FROM accounts ORDER BY balance").await
 }
+
+/// A redis-server of this test's own, so it can be killed and restarted.
+struct OwnRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl OwnRedis {
+    fn start_on(port: u16) -> OwnRedis {
+        let binary = std::env::var("STRATA_TEST_REDIS_SERVER")
+            .unwrap_or_else(|_| panic!("STRATA_TEST_REDIS_SERVER is unset: run `cargo xtask test`"));
+        let child = std::process::Command::new(binary)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        OwnRedis { child, port }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_redis_goes_away_queries_go_on_uncached_and_caching_comes_back() {
+    let db = "strata_cache_redis_down";
+    fresh_database(db).await;
+    admin(db)
+        .await
+        .batch_execute("CREATE TABLE kv (k int PRIMARY KEY, v text); INSERT INTO kv VALUES (1, 'v0')")
+        .await
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut redis = OwnRedis::start_on(port);
+    let settings =
+        CacheSettings { table: None, redis: Some(format!("redis://127.0.0.1:{port}/")), enabled: true };
+    let cache = Arc::new(StrataCache::new(build_query_cache(&settings).await.expect("cache")));
+    let proxy = start_proxy(|b| b.with_cache(cache.clone())).await;
+    let c = connect(proxy.port(), "postgres", db, None).await.unwrap();
+    assert_eq!(value(&c).await, "v0");
+    let before = hits(&cache);
+    assert_eq!(value(&c).await, "v0");
+    assert!(hits(&cache) > before, "with redis up, the repeated read hits");
+
+    redis.stop();
+    // Reads and writes keep working and keep being right; nothing is served that the cache can
+    // no longer vouch for.
+    for round in 0..5 {
+        assert_eq!(value(&c).await, if round == 0 { "v0" } else { "v1" });
+        c.execute("UPDATE kv SET v = 'v1' WHERE k = 1", &[]).await.unwrap();
+        assert_eq!(value(&c).await, "v1");
+    }
+
+    let _redis = OwnRedis::start_on(redis.port);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let before = hits(&cache);
+        assert_eq!(value(&c).await, "v1");
+        assert_eq!(value(&c).await, "v1");
+        if hits(&cache) > before {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "caching did not come back after redis restarted");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    c.execute("UPDATE kv SET v = 'v2' WHERE k = 1", &[]).await.unwrap();
+    assert_eq!(value(&c).await, "v2");
+}
