@@ -135,13 +135,7 @@ async fn value(c: &tokio_postgres::Client) -> String {
 }
 
 async fn simple_value(c: &tokio_postgres::Client) -> String {
-    let rows = c.simple_query("SELECT v FROM kv WHERE k = 1").await.unwrap();
-    rows.iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .unwrap()
+    column(c, "SELECT v FROM kv WHERE k = 1").await.remove(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
