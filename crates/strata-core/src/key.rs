@@ -198,6 +198,20 @@ impl CacheKey {
         KeyBuilder { buf }
     }
 
+    /// Starts a key in a buffer the caller reuses (it is cleared first), so that a lookup which
+    /// only needs the digest and the canonical bytes allocates nothing; see
+    /// [`KeyBuilder::digest`], [`KeyBuilder::canonical`] and [`KeyBuilder::into_buffer`].
+    pub fn builder_in(mut buf: Vec<u8>, scope: &KeyScope, statement: &[u8]) -> KeyBuilder {
+        buf.clear();
+        buf.reserve(64 + statement.len() + scope.database.len() + scope.role.len());
+        buf.push(ENCODING_VERSION);
+        push_record(&mut buf, tag::DATABASE, scope.database.as_bytes());
+        push_record(&mut buf, tag::ROLE, scope.role.as_bytes());
+        push_record(&mut buf, tag::SETTINGS, &scope.settings.0.to_bytes());
+        push_record(&mut buf, tag::STATEMENT, statement);
+        KeyBuilder { buf }
+    }
+
     /// Rebuilds a key from its canonical encoding, as stored by a tier; the digest is recomputed.
     pub fn from_canonical(canonical: Bytes) -> Self {
         Self { digest: KeyDigest::of(&canonical), canonical }
@@ -283,6 +297,21 @@ impl KeyBuilder {
         self.buf.push(tag::VARIANT);
         push_len_prefixed(&mut self.buf, bytes);
         self
+    }
+
+    /// The digest of the key built so far (what [`build`](Self::build) would give).
+    pub fn digest(&self) -> KeyDigest {
+        KeyDigest::of(&self.buf)
+    }
+
+    /// The canonical bytes built so far.
+    pub fn canonical(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Gives the buffer back for reuse, without building a key.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
     }
 
     /// Finishes the key.
@@ -403,6 +432,20 @@ mod tests {
         );
         assert_ne!(SettingsDigest::of([("a", "1b")]), SettingsDigest::of([("a1", "b")]));
         assert_eq!(CacheKey::from_canonical(a.canonical().clone()), a);
+    }
+
+    #[test]
+    fn a_key_built_in_a_reused_buffer_is_the_same_key() {
+        let owned = base().param(TypeOid::INT4, Format::Text, b"42").build();
+        let dirty = b"left over from another key".to_vec();
+        let reused = CacheKey::builder_in(dirty, &scope(), b"SELECT * FROM users WHERE id = $1").param(
+            TypeOid::INT4,
+            Format::Text,
+            b"42",
+        );
+        assert_eq!(reused.digest(), owned.digest());
+        assert_eq!(reused.canonical(), &owned.canonical()[..]);
+        assert_eq!(reused.build(), owned);
     }
 
     #[test]

@@ -10,7 +10,8 @@ use bytes::Bytes;
 use quick_cache::sync::Cache;
 use quick_cache::{Equivalent, Lifecycle, OptionsBuilder, Weighter};
 use strata_core::{
-    async_trait, CacheKey, CacheTier, CachedResult, Clock, Error, NowLookup, PutOutcome, Rejection, TierStats,
+    async_trait, CacheKey, CacheTier, CachedResult, Clock, Error, KeyDigest, NowLookup, PutOutcome,
+    Rejection, TierStats,
 };
 
 use crate::config::{shard_count, HotTierBuilder, QUICK_CACHE_HOT_SHARE};
@@ -38,20 +39,30 @@ impl Hash for StoredKey {
     }
 }
 
-/// Looks a [`CacheKey`] up without cloning it into a [`StoredKey`].
-struct Probe<'a>(&'a CacheKey);
+/// Looks a key up by its digest and borrowed canonical bytes, without building a [`StoredKey`].
+struct Probe<'a> {
+    digest: u128,
+    canonical: &'a [u8],
+}
+
+impl<'a> Probe<'a> {
+    #[inline]
+    fn of(key: &'a CacheKey) -> Self {
+        Probe { digest: key.digest().as_u128(), canonical: key.canonical() }
+    }
+}
 
 impl Hash for Probe<'_> {
     #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u128(self.0.digest().as_u128());
+        state.write_u128(self.digest);
     }
 }
 
 impl Equivalent<StoredKey> for Probe<'_> {
     #[inline]
     fn equivalent(&self, stored: &StoredKey) -> bool {
-        stored.digest == self.0.digest().as_u128() && stored.canonical == *self.0.canonical()
+        stored.digest == self.digest && stored.canonical == self.canonical
     }
 }
 
@@ -210,12 +221,24 @@ impl HotTier {
     /// Looks up a key without awaiting. Expired entries are removed and count as misses.
     #[inline]
     pub fn lookup(&self, key: &CacheKey) -> Option<CachedResult> {
-        let Some(result) = self.cache.get(&Probe(key)) else {
+        self.lookup_probe(&Probe::of(key))
+    }
+
+    /// Looks a key up by its digest and canonical bytes, as a [`KeyBuilder`](strata_core::KeyBuilder)
+    /// has them before it builds an owned [`CacheKey`]: a hit then allocates nothing at all.
+    #[inline]
+    pub fn lookup_parts(&self, digest: KeyDigest, canonical: &[u8]) -> Option<CachedResult> {
+        self.lookup_probe(&Probe { digest: digest.as_u128(), canonical })
+    }
+
+    #[inline]
+    fn lookup_probe(&self, probe: &Probe<'_>) -> Option<CachedResult> {
+        let Some(result) = self.cache.get(probe) else {
             self.counters.misses.fetch_add(1, Relaxed);
             return None;
         };
         if result.is_expired_at(self.clock.now()) {
-            if self.cache.remove_if(&Probe(key), |stored| *stored == result).is_some() {
+            if self.cache.remove_if(probe, |stored| *stored == result).is_some() {
                 self.counters.expirations.fetch_add(1, Relaxed);
             }
             self.counters.misses.fetch_add(1, Relaxed);
@@ -248,7 +271,7 @@ impl HotTier {
 
     /// Removes a key, if present.
     pub fn invalidate(&self, key: &CacheKey) {
-        self.cache.remove(&Probe(key));
+        self.cache.remove(&Probe::of(key));
     }
 
     /// Removes everything.

@@ -363,6 +363,9 @@ pub struct Answer {
 
 pub(crate) struct Shared {
     pub(crate) tiers: Vec<Slot>,
+    /// The first tier, typed, when it is a [`strata_l1::HotTier`]: hits are then found with the
+    /// key built in a reused buffer, allocating nothing.
+    pub(crate) hot: Option<Arc<strata_l1::HotTier>>,
     /// The semantic tier, consulted after the exact tiers for statements with the `semantic` hint.
     pub(crate) semantic: Option<Arc<strata_l3::SemanticTier>>,
     pub(crate) versions: Arc<dyn VersionStore>,
@@ -520,16 +523,42 @@ impl QueryCache {
             );
         }
         let shared = &self.shared;
+        let started = shared.metrics.sampled().then(Instant::now);
+        let mut first_tier = 0;
+        match self.probe_hot(req, &plan, units) {
+            Fast::Skip => {}
+            Fast::Unsynchronized => return Step::Done(self.bypass(BypassReason::VersionsUnsynchronized)),
+            Fast::Missed => first_tier = 1,
+            Fast::Found(result) => {
+                let now = shared.clock.now();
+                let age = result.age(now);
+                let fresh = !result.is_expired_at(now)
+                    && (shared.policy.soft_ttl_ratio >= 1.0
+                        || age < result.ttl().mul_f64(shared.policy.soft_ttl_ratio));
+                if fresh {
+                    if let Some(started) = started {
+                        shared.metrics.lookup_seconds[0].observe(started.elapsed().as_secs_f64());
+                        shared.metrics.served_age_seconds.observe(age.as_secs_f64());
+                    }
+                    return Step::Done(Lookup::Hit(Hit {
+                        result,
+                        tier: shared.tiers[0].name.clone(),
+                        age,
+                        stale: false,
+                    }));
+                }
+                // Expired or past its soft TTL: the walk below decides who refreshes.
+            }
+        }
         let mut versions = Vec::with_capacity(units.len());
         if shared.versions.read(units, &mut versions) == VersionView::Unsynchronized {
             return Step::Done(self.bypass(BypassReason::VersionsUnsynchronized));
         }
         let key = build_key(req, &plan.analysis, units, &versions);
-        let started = shared.metrics.sampled().then(Instant::now);
         let seed = if shared.semantic.is_some() { semantic_seed(req, &plan) } else { None };
         let mut pending =
             Pending { plan, key, versions, started, next_tier: 0, found: None, seat: None, seed };
-        for (index, slot) in shared.tiers.iter().enumerate() {
+        for (index, slot) in shared.tiers.iter().enumerate().skip(first_tier) {
             if !pending.plan.allows(slot.role) {
                 continue;
             }
@@ -562,6 +591,32 @@ impl QueryCache {
                 Step::Await(pending)
             }
         }
+    }
+
+    /// Asks the typed in-process tier in front with the key built in this thread's reused buffer:
+    /// a hit allocates nothing. Versions read here only select the key; a miss reads them again
+    /// for its fill ticket, still before the query runs.
+    fn probe_hot(&self, req: &Request<'_>, plan: &Plan, units: &[TableName]) -> Fast {
+        let shared = &self.shared;
+        let Some(hot) = &shared.hot else { return Fast::Skip };
+        if !plan.allows(shared.tiers[0].role) {
+            return Fast::Skip;
+        }
+        SCRATCH.with(|cell| {
+            let Ok(mut scratch) = cell.try_borrow_mut() else { return Fast::Skip };
+            let Scratch { key, versions } = &mut *scratch;
+            if shared.versions.read(units, versions) == VersionView::Unsynchronized {
+                return Fast::Unsynchronized;
+            }
+            let builder = CacheKey::builder_in(std::mem::take(key), req.scope, plan.analysis.key_bytes());
+            let builder = key_parts(builder, req, &plan.analysis, units, versions);
+            let found = hot.lookup_parts(builder.digest(), builder.canonical());
+            *key = builder.into_buffer();
+            match found {
+                Some(result) => Fast::Found(result),
+                None => Fast::Missed,
+            }
+        })
     }
 
     /// The rest of a lookup: tiers that await, promotion, and waiting for a concurrent fill.
@@ -917,8 +972,20 @@ pub(crate) fn build_key(
     let literals: usize = analysis.params().map(|p| 10 + p.text().len()).sum();
     let params: usize = req.params.iter().map(|p| 10 + p.value().map_or(0, <[u8]>::len)).sum();
     let tables: usize = units.iter().map(|u| 17 + u.as_str().len()).sum();
-    let mut builder = CacheKey::builder(req.scope, analysis.key_bytes())
-        .with_reserved(literals + params + tables + 5 + req.result_formats.len());
+    let builder = CacheKey::builder(req.scope, analysis.key_bytes())
+        .with_reserved(literals + params + tables + 10 + req.result_formats.len() + req.variant.len());
+    key_parts(builder, req, analysis, units, versions).build()
+}
+
+/// Appends everything after the statement identity: literal values lifted by the normalizer,
+/// bound parameters, result formats, the variant, and the version of every table read.
+fn key_parts(
+    mut builder: strata_core::KeyBuilder,
+    req: &Request<'_>,
+    analysis: &Analysis,
+    units: &[TableName],
+    versions: &[u64],
+) -> strata_core::KeyBuilder {
     for literal in analysis.params() {
         builder = builder.param(literal.type_oid(), Format::Text, literal.text().as_bytes());
     }
@@ -935,7 +1002,28 @@ pub(crate) fn build_key(
     for (unit, version) in units.iter().zip(versions) {
         builder = builder.table_version(unit.as_str(), *version);
     }
-    builder.build()
+    builder
+}
+
+/// Per-thread buffers of the allocation-free hit path.
+#[derive(Default)]
+struct Scratch {
+    key: Vec<u8>,
+    versions: Vec<u64>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// What the allocation-free probe of the in-process tier found.
+enum Fast {
+    /// Not applicable (no typed in-process tier in front, or the buffers are in use).
+    Skip,
+    /// The versions cannot be vouched for.
+    Unsynchronized,
+    Found(CachedResult),
+    Missed,
 }
 
 /// The answer of [`QueryCache::explain`].

@@ -23,6 +23,7 @@ pub struct QueryCacheBuilder {
     tiers: Vec<(TierName, TierRole, Arc<dyn CacheTier>)>,
     semantic: Option<Arc<strata_l3::SemanticTier>>,
     warm: Option<Arc<strata_l2::WarmTier>>,
+    hot: Option<Arc<HotTier>>,
     versions: Option<Arc<dyn VersionStore>>,
     normalizer: Option<NormalizerConfig>,
     default_ttl: Duration,
@@ -42,6 +43,7 @@ impl Default for QueryCacheBuilder {
             tiers: Vec::new(),
             semantic: None,
             warm: None,
+            hot: None,
             versions: None,
             normalizer: None,
             default_ttl: Duration::from_secs(60),
@@ -68,8 +70,13 @@ impl QueryCacheBuilder {
 
     /// Adds an in-process hot tier, named `l1`.
     #[must_use]
-    pub fn with_l1(self, tier: HotTier) -> Self {
-        self.with_tier("l1", TierRole::Hot, Arc::new(tier))
+    pub fn with_l1(mut self, tier: HotTier) -> Self {
+        let tier = Arc::new(tier);
+        if self.tiers.is_empty() {
+            // In front of the others, typed: its hits need no owned key at all.
+            self.hot = Some(tier.clone());
+        }
+        self.with_tier("l1", TierRole::Hot, tier)
     }
 
     /// Adds a shared warm tier, named `l2`.
@@ -229,6 +236,7 @@ impl QueryCacheBuilder {
         let shared = Shared {
             tiers: self.tiers.into_iter().map(|(name, role, tier)| Slot { name, role, tier }).collect(),
             semantic: self.semantic,
+            hot: self.hot,
             versions,
             normalizer: Normalizer::new(normalizer_config),
             plans: quick_cache::sync::Cache::new(self.plan_memo_entries),
