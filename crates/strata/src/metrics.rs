@@ -320,7 +320,7 @@ impl WarmGauges {
     fn new(warm: Arc<strata_l2::WarmTier>) -> prometheus::Result<Self> {
         let breaker = IntGauge::with_opts(Opts::new(
             "strata_l2_breaker_state",
-            "The shared tier's circuit breaker: 0 closed, 1 half-open (probing), 2 open (calls miss at once)",
+            "The shared tier's worst circuit breaker (storage-wide or any cluster node): 0 closed, 1 half-open (probing), 2 open (calls miss at once)",
         ))?;
         let counters = IntGaugeVec::new(
             Opts::new(
@@ -344,11 +344,15 @@ impl Collector for WarmGauges {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let health = self.warm.health();
-        self.breaker.set(match health.breaker {
+        let level = |state: &strata_l2::BreakerState| match state {
             strata_l2::BreakerState::Closed => 0,
             strata_l2::BreakerState::HalfOpen => 1,
             _ => 2,
-        });
+        };
+        // On a cluster each node has its own breaker: report the worst, so one dead node shows.
+        let worst =
+            health.nodes.iter().map(|n| level(&n.breaker)).chain([level(&health.breaker)]).max().unwrap_or(0);
+        self.breaker.set(worst);
         for (kind, value) in [
             ("errors", health.errors),
             ("timeouts", health.timeouts),
