@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+use strata_core::{Clock, SystemClock};
 
 use crate::redis_storage::redact;
 use crate::{Error, MemoryStorage, RedisStorage, Storage, WarmTier};
@@ -84,10 +85,15 @@ impl StorageConfig {
     /// Builds the storage. Redis backends must be built inside a tokio runtime; they connect in
     /// the background, so a Redis that is down at start-up is not an error.
     pub fn build(&self) -> Result<Arc<dyn Storage>, Error> {
+        self.build_with_clock(Arc::new(SystemClock))
+    }
+
+    /// Builds the storage, reading time (the memory backend's TTLs) from `clock`.
+    pub fn build_with_clock(&self, clock: Arc<dyn Clock>) -> Result<Arc<dyn Storage>, Error> {
         Ok(match self {
-            StorageConfig::Memory { capacity_bytes } => {
-                Arc::new(MemoryStorage::builder().with_capacity_bytes(*capacity_bytes).build()?)
-            }
+            StorageConfig::Memory { capacity_bytes } => Arc::new(
+                MemoryStorage::builder().with_capacity_bytes(*capacity_bytes).with_clock(clock).build()?,
+            ),
             StorageConfig::Redis { url, key_prefix } => {
                 Arc::new(RedisStorage::standalone(url.clone()).with_key_prefix(key_prefix.clone()).build()?)
             }
@@ -144,7 +150,14 @@ impl Default for WarmTierConfig {
 impl WarmTierConfig {
     /// Builds the storage and the tier over it, validating every setting.
     pub fn build(&self) -> Result<WarmTier, Error> {
-        WarmTier::builder(self.storage.build()?)
+        self.build_with_clock(Arc::new(SystemClock))
+    }
+
+    /// Builds the storage and the tier over it, both reading time from `clock` (a cheap clock
+    /// matters: the in-memory backend's hit reads it once).
+    pub fn build_with_clock(&self, clock: Arc<dyn Clock>) -> Result<WarmTier, Error> {
+        WarmTier::builder(self.storage.build_with_clock(clock.clone())?)
+            .with_clock(clock)
             .with_deadline(Duration::from_millis(self.deadline_ms))
             .with_breaker_failure_threshold(self.breaker_failure_threshold)
             .with_breaker_cooldown(Duration::from_millis(self.breaker_cooldown_ms))

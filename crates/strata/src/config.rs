@@ -384,8 +384,12 @@ impl QueryCacheConfig {
                 .with_l1(hot.build().map_err(|e| Error::config(format!("invalid l1: {e}")).with_source(e))?);
         }
         if let Some(l2) = &self.l2 {
-            builder = builder
-                .with_l2(l2.build().map_err(|e| Error::config(format!("invalid l2: {e}")).with_source(e))?);
+            // The in-memory backend reads the clock on every hit: give it the cheap one.
+            let clock: Arc<dyn Clock> = Arc::new(CoarseClock::new());
+            let l2 = l2
+                .build_with_clock(clock)
+                .map_err(|e| Error::config(format!("invalid l2: {e}")).with_source(e))?;
+            builder = builder.with_l2(l2);
         }
         for (table, rules) in &self.tables {
             if let Some(ttl) = rules.ttl_ms {
