@@ -5,10 +5,11 @@ use std::{path::PathBuf, time::Duration};
 use clap::Parser;
 
 use crate::{
+    catalog::CatalogConfig,
     config::{FileConfig, ProxyBuilder, DEFAULT_UPSTREAM},
     error::Error,
     server::Proxy,
-    strata_cache::CacheSettings,
+    strata_cache::{CacheSettings, Invalidation},
 };
 
 /// A caching PostgreSQL proxy: point clients at it instead of PostgreSQL.
@@ -42,7 +43,28 @@ pub struct Args {
     /// Log filter, e.g. "info" or "strata_proxy=debug" [default: info].
     #[arg(long, env = "STRATA_LOG")]
     pub log: Option<String>,
+    /// Role the proxy reads the upstream's catalog as, to learn what a write changes beyond the
+    /// tables its SQL names (views, triggers, rules, cascading foreign keys, partitions). Its
+    /// password comes only from the STRATA_CATALOG_PASSWORD environment variable.
+    #[arg(long, env = "STRATA_CATALOG_USER")]
+    pub catalog_user: Option<String>,
+    /// Databases whose catalog is read at startup, comma-separated (others are read when a
+    /// client first uses them).
+    #[arg(long, env = "STRATA_CATALOG_DATABASES", value_delimiter = ',')]
+    pub catalog_databases: Option<Vec<String>>,
+    /// Period of the catalog refresh in milliseconds [default: 30000].
+    #[arg(long, env = "STRATA_CATALOG_REFRESH_MS")]
+    pub catalog_refresh_ms: Option<u64>,
+    /// How writes become invalidations: "catalog" (needs a catalog user), "everything" (every
+    /// write invalidates every cached result) or "sql-text" (only the tables the SQL names; stale
+    /// results through views, triggers, cascades, partitions) [default: catalog with a catalog
+    /// user, else everything].
+    #[arg(long, env = "STRATA_INVALIDATION")]
+    pub invalidation: Option<String>,
 }
+
+/// The environment variable holding the catalog user's password (never an argument).
+const CATALOG_PASSWORD_ENV: &str = "STRATA_CATALOG_PASSWORD";
 
 impl Args {
     /// The query cache's settings: the config file's `[cache]` table, the Redis URL, on or off.
@@ -57,6 +79,53 @@ impl Args {
             Some(other) => return Err(Error::config(format!("--cache takes on or off, not {other:?}"))),
         };
         Ok(CacheSettings { table: file.cache, redis: self.redis.clone().or(file.redis), enabled })
+    }
+
+    /// How writes become invalidations, from the arguments over the config file; the catalog
+    /// password from `STRATA_CATALOG_PASSWORD`.
+    pub fn invalidation(&self) -> Result<Invalidation, Error> {
+        let password = std::env::var(CATALOG_PASSWORD_ENV).ok().filter(|p| !p.is_empty());
+        self.invalidation_with_password(password)
+    }
+
+    fn invalidation_with_password(&self, password: Option<String>) -> Result<Invalidation, Error> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let user = self.catalog_user.clone().or(file.catalog_user).filter(|u| !u.is_empty());
+        let mode = self.invalidation.clone().or(file.invalidation);
+        match (mode.as_deref(), user) {
+            (None | Some("catalog"), Some(user)) => {
+                let upstream =
+                    self.upstream.clone().or(file.upstream).unwrap_or_else(|| DEFAULT_UPSTREAM.to_owned());
+                let mut b = CatalogConfig::builder().with_upstream(upstream).with_user(user);
+                if let Some(p) = password {
+                    b = b.with_password(p);
+                }
+                for d in self.catalog_databases.clone().or(file.catalog_databases).unwrap_or_default() {
+                    b = b.with_database(d);
+                }
+                if let Some(ms) = self.catalog_refresh_ms.or(file.catalog_refresh_ms) {
+                    b = b.with_refresh_interval(Duration::from_millis(ms));
+                }
+                if let Some(ms) = file.connect_timeout_ms {
+                    b = b.with_timeout(Duration::from_millis(ms));
+                }
+                Ok(Invalidation::Catalog(b.build()?))
+            }
+            (Some("catalog"), None) => {
+                Err(Error::config("invalidation = catalog needs a catalog user (--catalog-user)"))
+            }
+            (Some(other @ ("everything" | "sql-text")), Some(_)) => Err(Error::config(format!(
+                "a catalog user is set but invalidation = {other}; drop one of them"
+            ))),
+            (None | Some("everything"), None) => Ok(Invalidation::Everything),
+            (Some("sql-text"), None) => Ok(Invalidation::SqlText),
+            (Some(other), _) => Err(Error::config(format!(
+                "invalidation takes catalog, everything or sql-text, not {other:?}"
+            ))),
+        }
     }
 
     /// Reads the config file (if any) and merges it under the arguments.
@@ -137,5 +206,52 @@ mod tests {
         assert!(Args { config: Some("/nonexistent/strata.toml".into()), ..Args::default() }
             .resolve()
             .is_err());
+    }
+
+    fn invalidation(args: &[&str], file: &str, password: Option<&str>) -> String {
+        let path = std::env::temp_dir().join(format!(
+            "strata-proxy-inval-{}-{}.toml",
+            std::process::id(),
+            args.len() + file.len()
+        ));
+        if std::fs::write(&path, file).is_err() {
+            return "cannot write the config file".to_owned();
+        }
+        let mut argv = vec!["strata-proxy", "--config", path.to_str().unwrap_or_default()];
+        argv.extend_from_slice(args);
+        let shown = match Args::try_parse_from(argv) {
+            Err(e) => format!("args error: {}", e.kind()),
+            Ok(a) => match a.invalidation_with_password(password.map(str::to_owned)) {
+                Ok(i) => format!("{i:?}"),
+                Err(e) => format!("error: {e}"),
+            },
+        };
+        let _ = std::fs::remove_file(&path);
+        shown
+    }
+
+    #[test]
+    fn invalidation_defaults_to_everything_and_follows_the_catalog_with_a_user() {
+        assert_eq!(invalidation(&[], "", None), "Everything");
+        assert_eq!(invalidation(&["--invalidation", "sql-text"], "", None), "SqlText");
+        let shown = invalidation(
+            &["--catalog-user", "cat", "--catalog-databases", "app,reports"],
+            "upstream = \"postgres://db:7\"\ncatalog_refresh_ms = 2000\n",
+            Some("s3cret"),
+        );
+        assert!(shown.starts_with("Catalog(CatalogConfig {"), "{shown}");
+        for part in ["host: \"db\", port: 7", "user: \"cat\"", "[\"app\", \"reports\"]", "2s", "<set>"] {
+            assert!(shown.contains(part), "{part} in {shown}");
+        }
+        assert!(!shown.contains("s3cret"), "{shown}");
+        let from_file = invalidation(&[], "catalog_user = \"cat\"\ncatalog_databases = [\"x\"]\n", None);
+        assert!(from_file.contains("user: \"cat\"") && from_file.contains("password: None"), "{from_file}");
+        assert!(invalidation(&["--invalidation", "catalog"], "", None).starts_with("error"));
+        assert!(invalidation(&["--catalog-user", "cat", "--invalidation", "sql-text"], "", None)
+            .starts_with("error"));
+        assert!(invalidation(&["--invalidation", "some"], "", None).starts_with("error"));
+        // The password is never an argument nor a file key.
+        assert!(invalidation(&["--catalog-password", "x"], "", None).starts_with("args error"));
+        assert!(invalidation(&[], "catalog_password = \"x\"\n", None).starts_with("error"));
     }
 }

@@ -270,6 +270,10 @@ fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, Error> {
 /// max_result_bytes = 1048576
 /// connect_timeout_ms = 5000
 /// shutdown_grace_ms = 30000
+/// catalog_user = "strata_catalog"         # password: STRATA_CATALOG_PASSWORD only
+/// catalog_databases = ["app"]
+/// catalog_refresh_ms = 30000
+/// invalidation = "catalog"                # or "everything", "sql-text"
 ///
 /// [cache]   # handed to the query cache's own configuration
 /// ```
@@ -294,6 +298,16 @@ pub struct FileConfig {
     pub connect_timeout_ms: Option<u64>,
     /// Shutdown grace period in milliseconds.
     pub shutdown_grace_ms: Option<u64>,
+    /// How writes become invalidations: `"everything"`, `"sql-text"` or `"catalog"` (default:
+    /// `"catalog"` with a `catalog_user`, else `"everything"`).
+    pub invalidation: Option<String>,
+    /// The role the proxy reads the upstream's catalog as (its password only from the
+    /// environment, `STRATA_CATALOG_PASSWORD`).
+    pub catalog_user: Option<String>,
+    /// Databases whose catalog is read at startup (others when a client first uses them).
+    pub catalog_databases: Option<Vec<String>>,
+    /// Period of the catalog refresh in milliseconds (default 30000).
+    pub catalog_refresh_ms: Option<u64>,
     /// The query cache's settings, passed through to it.
     pub cache: Option<toml::Table>,
 }

@@ -16,6 +16,9 @@
 //!   [`PassThrough`] is the cache used until `strata::QueryCache` is plugged in.
 //! - [`SessionView`]: what the proxy tracked of a session (database, user, server parameters,
 //!   transaction status, `SET`/`RESET`/`SET ROLE`/`SET SESSION AUTHORIZATION`/`DISCARD`).
+//! - [`StrataCache`]: `strata::QueryCache` behind the seam. How a committed write becomes
+//!   invalidations is its [`Invalidation`]: everything (the default), only the tables the SQL
+//!   names, or those expanded through the upstream's catalog ([`CatalogConfig`]).
 //! - `/health` and `/metrics` (Prometheus text) on a small HTTP port.
 //!
 //! # Example
@@ -29,6 +32,7 @@
 //! # }
 //! ```
 
+mod catalog;
 mod cli;
 mod config;
 mod effects;
@@ -43,6 +47,7 @@ mod session;
 mod strata_cache;
 
 pub use crate::{
+    catalog::{CatalogConfig, CatalogConfigBuilder},
     cli::Args,
     config::{FileConfig, ProxyBuilder, Upstream, DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_UPSTREAM},
     error::{Error, ErrorKind},
@@ -52,5 +57,5 @@ pub use crate::{
     },
     server::{BoundProxy, Proxy, ShutdownHandle},
     session::{SessionView, Tracking},
-    strata_cache::{build_query_cache, CacheSettings, StrataCache},
+    strata_cache::{build_query_cache, CacheSettings, Invalidation, StrataCache, StrataCacheBuilder},
 };

@@ -8,6 +8,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let (builder, log) = args.resolve()?;
     let cache = args.cache_settings()?;
+    let invalidation = args.invalidation()?;
     let filter =
         tracing_subscriber::EnvFilter::try_new(&log).with_context(|| format!("bad log filter {log:?}"))?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -24,7 +25,11 @@ fn main() -> anyhow::Result<()> {
             let query_cache = strata_proxy::build_query_cache(&cache).await?;
             let registry = query_cache.registry().clone();
             builder
-                .with_cache(std::sync::Arc::new(strata_proxy::StrataCache::new(query_cache)))
+                .with_cache(std::sync::Arc::new(
+                    strata_proxy::StrataCache::builder(query_cache)
+                        .with_invalidation(invalidation)
+                        .build()?,
+                ))
                 .with_registry(registry)
         } else {
             builder

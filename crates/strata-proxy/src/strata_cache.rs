@@ -16,6 +16,7 @@ use strata::{
 };
 use strata_core::TypeOid;
 
+use crate::catalog::{Catalog, CatalogConfig};
 use crate::seam::{
     CacheMode, ExtendedMessage, Fill, Format, Lookup, Request, RequestCache, RequestKind, Response, Target,
     TransactionStatus,
@@ -75,24 +76,116 @@ pub async fn build_query_cache(settings: &CacheSettings) -> Result<QueryCache, E
         .map_err(|e| Error::config(e.to_string()))
 }
 
+/// How a write that committed through the proxy becomes invalidations.
+///
+/// The SQL text of a write names the tables it writes, but not everything it changes: triggers
+/// and rules write elsewhere, cascading foreign keys change referencing tables, a view or a
+/// partition parent shows rows of relations a read does not name. Only the catalog tells.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub enum Invalidation {
+    /// Every committed write invalidates every cached result. The safe default when the proxy
+    /// has no catalog connection: reads still hit until the next write.
+    #[default]
+    Everything,
+    /// Only the tables the SQL text names. Serves stale results for views, triggers, rules,
+    /// cascading foreign keys and inheritance or partition trees: choose it only for a schema
+    /// without them (or with the tables they touch excluded from caching).
+    SqlText,
+    /// The tables the SQL text names, expanded through the upstream's catalog read on a
+    /// connection of the proxy's own.
+    Catalog(CatalogConfig),
+}
+
 /// The proxy's cache: `strata::QueryCache` behind the [`RequestCache`] seam.
 pub struct StrataCache {
     cache: QueryCache,
+    mode: Mode,
     /// The scope derived from each session's current snapshot.
     scopes: Mutex<HashMap<u64, (SessionView, KeyScope)>>,
     /// Writes made inside each session's open transaction, bumped when it commits.
     pending: Mutex<HashMap<u64, WriteEffect>>,
 }
 
+#[derive(Debug)]
+enum Mode {
+    Everything,
+    SqlText,
+    Catalog(Catalog),
+}
+
+/// Builds a [`StrataCache`].
+#[derive(Debug)]
+pub struct StrataCacheBuilder {
+    cache: QueryCache,
+    invalidation: Invalidation,
+}
+
+impl StrataCacheBuilder {
+    /// How writes become invalidations. Default [`Invalidation::Everything`].
+    pub fn with_invalidation(mut self, invalidation: Invalidation) -> Self {
+        self.invalidation = invalidation;
+        self
+    }
+
+    /// Builds the cache; with [`Invalidation::Catalog`] it starts reading the catalog in the
+    /// background, so it must run inside a Tokio runtime.
+    pub fn build(self) -> Result<StrataCache, Error> {
+        let mode = match self.invalidation {
+            Invalidation::Everything => {
+                tracing::warn!("{NO_CATALOG_WARNING}");
+                Mode::Everything
+            }
+            Invalidation::SqlText => {
+                tracing::warn!("strata-proxy: invalidating only the tables a write's SQL text names (invalidation = sql-text): results that depend on views, triggers, rules, cascading foreign keys or partitions can be stale until their TTL");
+                Mode::SqlText
+            }
+            Invalidation::Catalog(config) => {
+                tracing::info!(user = config.user(), databases = ?config.databases(), "strata-proxy: following the upstream catalog for invalidation");
+                Mode::Catalog(Catalog::start(config, self.cache.clone())?)
+            }
+        };
+        Ok(StrataCache {
+            cache: self.cache,
+            mode,
+            scopes: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+/// Logged at startup when the proxy has no catalog connection.
+const NO_CATALOG_WARNING: &str = "strata-proxy: no catalog user (--catalog-user / STRATA_CATALOG_USER): every write through the proxy invalidates every cached result, since without reading the catalog the proxy cannot know what views, triggers, rules, cascading foreign keys and partitions make a write change; set a catalog user for per-table invalidation";
+
 impl StrataCache {
-    /// Wraps a query cache.
+    /// Wraps a query cache with the safe default, [`Invalidation::Everything`].
     pub fn new(cache: QueryCache) -> Self {
-        Self { cache, scopes: Mutex::new(HashMap::new()), pending: Mutex::new(HashMap::new()) }
+        Self {
+            cache,
+            mode: Mode::Everything,
+            scopes: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Starts building a cache around `cache`.
+    pub fn builder(cache: QueryCache) -> StrataCacheBuilder {
+        StrataCacheBuilder { cache, invalidation: Invalidation::Everything }
     }
 
     /// The query cache (for its registry, explain and stats).
     pub fn query_cache(&self) -> &QueryCache {
         &self.cache
+    }
+
+    /// With [`Invalidation::Catalog`]: waits up to `timeout` until the catalog of every database
+    /// seen so far has been read after its last known schema change, and says whether that
+    /// happened. Without a catalog there is nothing to wait for: `true` at once.
+    pub async fn wait_for_catalog(&self, timeout: Duration) -> bool {
+        match &self.mode {
+            Mode::Catalog(catalog) => catalog.wait_current(timeout).await,
+            Mode::Everything | Mode::SqlText => true,
+        }
     }
 
     fn scope(&self, session: &SessionView) -> KeyScope {
@@ -104,14 +197,73 @@ impl StrataCache {
         }
         let scope = scope_of(session);
         scopes.insert(session.session_id(), (session.clone(), scope.clone()));
+        drop(scopes);
+        // A new session or a changed snapshot, never the hit path: start reading the
+        // database's catalog if nobody has yet.
+        if let Mode::Catalog(catalog) = &self.mode {
+            catalog.observe(session.database());
+        }
         scope
+    }
+
+    /// What a committed write on `database` invalidates under the invalidation mode.
+    fn committed(&self, database: &str, effect: WriteEffect) -> WriteEffect {
+        match (&self.mode, effect) {
+            (_, WriteEffect::Nothing) => WriteEffect::Nothing,
+            (Mode::Catalog(catalog), WriteEffect::Unknown) => {
+                // DDL, a DO block, a function: the schema may have changed. Until a read of
+                // the catalog started after now is installed, writes here invalidate everything.
+                catalog.schema_may_have_changed(database);
+                WriteEffect::Unknown
+            }
+            (_, WriteEffect::Unknown) | (Mode::Everything, _) => WriteEffect::Unknown,
+            (Mode::SqlText, tables) => tables,
+            (Mode::Catalog(catalog), tables) => {
+                if catalog.is_current(database) {
+                    tables
+                } else {
+                    WriteEffect::Unknown
+                }
+            }
+        }
     }
 }
 
 impl fmt::Debug for StrataCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StrataCache").field("cache", &self.cache).finish_non_exhaustive()
+        f.debug_struct("StrataCache")
+            .field("cache", &self.cache)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
     }
+}
+
+/// Whether a command tag is one of a statement that may change the schema or privileges.
+fn changes_schema(tag: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "CREATE ",
+        "ALTER ",
+        "DROP ",
+        "COMMENT",
+        "GRANT",
+        "REVOKE",
+        "SECURITY LABEL",
+        "IMPORT FOREIGN SCHEMA",
+    ];
+    tag == "DO" || tag == "CALL" || PREFIXES.iter().any(|p| tag.starts_with(p))
+}
+
+/// Whether a simple-protocol text has a `TRUNCATE ... CASCADE`, which empties every table
+/// referencing the named ones whatever their foreign keys' actions.
+fn truncates_with_cascade(sql: &str) -> bool {
+    crate::effects::split_statements(sql).iter().any(|statement| {
+        let words: Vec<String> = statement
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| !w.is_empty())
+            .map(str::to_ascii_uppercase)
+            .collect();
+        words.iter().any(|w| w == "TRUNCATE") && words.iter().any(|w| w == "CASCADE")
+    })
 }
 
 /// The role whose privileges and row-level-security policies apply: `SET ROLE`, else
@@ -204,12 +356,20 @@ fn batch(messages: &[ExtendedMessage]) -> Option<Batch<'_>> {
 fn write_effect(cache: &QueryCache, request: &Request) -> WriteEffect {
     let mut effect = WriteEffect::Nothing;
     match request.kind() {
-        RequestKind::Simple { sql } => merge(&mut effect, &cache.write_effect(sql)),
+        RequestKind::Simple { sql } => match cache.write_effect(sql) {
+            WriteEffect::Tables(_) if truncates_with_cascade(sql) => effect = WriteEffect::Unknown,
+            written => merge(&mut effect, &written),
+        },
         RequestKind::Extended { messages } => {
             for message in messages {
                 if let ExtendedMessage::Execute { statement, .. } = message {
                     match statement {
-                        Some(statement) => merge(&mut effect, &cache.write_effect(statement.sql())),
+                        Some(statement) => match cache.write_effect(statement.sql()) {
+                            WriteEffect::Tables(_) if truncates_with_cascade(statement.sql()) => {
+                                effect = WriteEffect::Unknown;
+                            }
+                            written => merge(&mut effect, &written),
+                        },
                         // A statement the proxy does not know: anything may have changed.
                         None => effect = WriteEffect::Unknown,
                     }
@@ -315,15 +475,21 @@ impl RequestCache for StrataCache {
         let status = summary.transaction_status();
         // An error outside a transaction rolled the whole request back (the simple protocol runs
         // a multi-statement query as one implicit transaction), unless it committed on the way.
-        if status == TransactionStatus::Idle
+        let rolled_back = status == TransactionStatus::Idle
             && summary.error_code().is_some()
-            && !tags.iter().any(|t| t == "COMMIT")
-        {
+            && !tags.iter().any(|t| t == "COMMIT");
+        if rolled_back {
             effect = WriteEffect::Nothing;
         }
         // A prepared transaction commits later, perhaps from another session: whatever it wrote
         // is unknown here, so COMMIT PREPARED invalidates everything.
         if tags.iter().any(|t| t == "COMMIT PREPARED") {
+            effect = WriteEffect::Unknown;
+        }
+        // DDL (and what may run DDL) that executed: views, triggers, rules, keys, partitions or
+        // privileges may have changed, whatever tables the text names. It invalidates everything
+        // and, with a catalog, makes the database stale until its catalog is read again.
+        if !rolled_back && tags.iter().any(|t| changes_schema(t)) {
             effect = WriteEffect::Unknown;
         }
         let to_bump = {
@@ -347,6 +513,7 @@ impl RequestCache for StrataCache {
                 }
             }
         };
+        let to_bump = to_bump.map(|e| self.committed(session.database(), e));
         if let Some(effect) = to_bump.filter(|e| *e != WriteEffect::Nothing) {
             if let Err(err) = self.cache.invalidate(&effect).await {
                 tracing::warn!(error = %err, "strata-proxy: could not invalidate after a write; caching is suspended until versions resynchronize");

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod caching;
+mod catalog;
 mod differential;
 mod faults;
 mod seam;
