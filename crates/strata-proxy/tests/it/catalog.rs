@@ -299,6 +299,45 @@ async fn ddl_through_the_proxy_is_followed_without_waiting_for_the_periodic_refr
     assert_eq!(fresh(&c, &direct, "SELECT count(*) FROM audit").await, "1");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_is_read_when_a_client_first_uses_it_and_refreshed_periodically() {
+    let db = "strata_cat_observed";
+    fresh_database(db).await;
+    admin(db).await.batch_execute(COMBINED).await.unwrap();
+    let pg = pg();
+    // No database listed: the first session on `db` starts its read. A short period picks up
+    // DDL that bypassed the proxy.
+    let config = CatalogConfig::builder()
+        .with_upstream(format!("postgres://{}:{}", pg.host(), pg.port()))
+        .with_user("postgres")
+        .with_refresh_interval(Duration::from_millis(200))
+        .build()
+        .expect("catalog config");
+    let (proxy, cache) = proxy_with(Invalidation::Catalog(config)).await;
+    let (c, direct) = (connect(proxy.port(), "postgres", db, None).await.unwrap(), admin(db).await);
+    let _ = value(&c, "SELECT 1").await;
+    assert!(cache.wait_for_catalog(Duration::from_secs(30)).await, "the first session did not start a read");
+    warm(&c, &cache, "SELECT v FROM v_base").await;
+    warm(&c, &cache, "SELECT count(*) FROM other").await;
+    c.batch_execute("UPDATE base SET v = 11").await.unwrap();
+    assert_eq!(fresh(&c, &direct, "SELECT v FROM v_base").await, "11");
+    still_hits(&c, &cache, "SELECT count(*) FROM other").await;
+
+    // A view created straight on PostgreSQL shows up with the next periodic read.
+    direct.batch_execute("CREATE VIEW v_direct AS SELECT sum(v) AS total FROM base").await.unwrap();
+    let scope = strata::KeyScope::new(db, "postgres", strata::SettingsDigest::of([("x", "y")]));
+    let explained =
+        || cache.query_cache().explain(&strata::Request::new(&scope, "SELECT total FROM v_direct")).tables;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !explained().iter().any(|(t, _)| t == "base") {
+        assert!(tokio::time::Instant::now() < deadline, "the periodic refresh never learned v_direct");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    warm(&c, &cache, "SELECT total FROM v_direct").await;
+    c.batch_execute("UPDATE base SET v = 12").await.unwrap();
+    assert_eq!(fresh(&c, &direct, "SELECT total FROM v_direct").await, "12");
+}
+
 /// The view-and-trigger schema the no-catalog tests use.
 const COMBINED: &str = "
 CREATE TABLE base (id int PRIMARY KEY, v int); INSERT INTO base VALUES (1, 10);
