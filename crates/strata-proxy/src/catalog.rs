@@ -269,7 +269,38 @@ SELECT 'rule', c.relname::text, NULL, 'false'
   FROM pg_catalog.pg_rewrite r
   JOIN user_rel c ON c.oid = r.ev_class
   WHERE r.rulename <> '_RETURN'
+UNION
+SELECT 'opaque', x.relname::text, NULL, 'false'
+  FROM (SELECT r.ev_class AS oid, d.refobjid AS fn
+          FROM pg_catalog.pg_rewrite r
+          JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+               AND d.refclassid = 'pg_catalog.pg_proc'::regclass
+          WHERE r.rulename = '_RETURN'
+        UNION
+        SELECT p.polrelid, d.refobjid
+          FROM pg_catalog.pg_policy p
+          JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = p.oid
+               AND d.refclassid = 'pg_catalog.pg_proc'::regclass) o
+  JOIN pg_catalog.pg_proc f ON f.oid = o.fn AND f.pronamespace <> 'pg_catalog'::regnamespace
+  JOIN user_rel x ON x.oid = o.oid AND x.relkind IN ('v', 'r', 'p', 'f')
+UNION
+SELECT 'relation', c.relname::text, NULL, 'false'
+  FROM user_rel c WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
 ";
+
+/// A view or a row-level-security policy that calls a function outside `pg_catalog` may read any
+/// table through it (the catalog records only the function): reading it reads every relation.
+pub(crate) fn expand_opaque(
+    edges: &mut BTreeSet<Edge>,
+    opaque: &BTreeSet<String>,
+    relations: &BTreeSet<String>,
+) {
+    for x in opaque {
+        for r in relations.iter().filter(|r| *r != x) {
+            edges.insert(Edge::ReadsThrough(x.clone(), r.clone()));
+        }
+    }
+}
 
 /// The relations for a set of edges.
 pub(crate) fn relations_of<'a>(edges: impl IntoIterator<Item = &'a Edge>) -> Relations {
@@ -406,6 +437,15 @@ impl Catalog {
         self.inner.wake.notify_one();
     }
 
+    /// Reads every known database's catalog again now (each is stale until then).
+    pub(crate) fn refresh_all(&self) {
+        for db in self.state().dbs.values_mut() {
+            db.wanted += 1;
+            db.retry_at = None;
+        }
+        self.inner.wake.notify_one();
+    }
+
     /// Waits until every database seen so far is current, up to `timeout`.
     pub(crate) async fn wait_current(&self, timeout: Duration) -> bool {
         let mut changed = self.inner.changed.subscribe();
@@ -480,7 +520,10 @@ async fn read(
         if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) {
             ReadError::NoDatabase
         } else {
-            ReadError::Failed(format!("{what}: {e}"))
+            match e.as_db_error() {
+                Some(db) => ReadError::Failed(format!("{what}: {} ({})", db.message(), db.code().code())),
+                None => ReadError::Failed(format!("{what}: {e}")),
+            }
         }
     };
     if clients.get(database).is_none_or(tokio_postgres::Client::is_closed) {
@@ -523,13 +566,22 @@ async fn read(
             return Err(ReadError::Failed("catalog query timed out".to_owned()));
         }
     };
-    let mut edges = BTreeSet::new();
+    let (mut edges, mut opaque, mut relations) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     for message in &messages {
         if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
             let (Some(kind), Some(a)) = (row.get(0), row.get(1)) else { continue };
-            edges.extend(edges_of_row(kind, a, row.get(2), row.get(3) == Some("true")));
+            match kind {
+                "opaque" => {
+                    opaque.insert(a.to_owned());
+                }
+                "relation" => {
+                    relations.insert(a.to_owned());
+                }
+                _ => edges.extend(edges_of_row(kind, a, row.get(2), row.get(3) == Some("true"))),
+            }
         }
     }
+    expand_opaque(&mut edges, &opaque, &relations);
     Ok(edges)
 }
 
@@ -676,5 +728,14 @@ mod tests {
                 && edges.contains(&Edge::Unknown("logged".into()))
         );
         assert_eq!(edges.len(), 11);
+
+        let mut edges = BTreeSet::new();
+        let names = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<String>>();
+        expand_opaque(&mut edges, &names(&["v_fn"]), &names(&["a", "b", "v_fn"]));
+        let expected: BTreeSet<Edge> =
+            [Edge::ReadsThrough("v_fn".into(), "a".into()), Edge::ReadsThrough("v_fn".into(), "b".into())]
+                .into_iter()
+                .collect();
+        assert_eq!(edges, expected);
     }
 }

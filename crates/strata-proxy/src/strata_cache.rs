@@ -188,6 +188,20 @@ impl StrataCache {
         }
     }
 
+    /// With [`Invalidation::Catalog`]: reads the catalog of every database seen so far again
+    /// now (say, after DDL that bypassed the proxy, instead of waiting for the periodic refresh),
+    /// and waits up to `timeout` for it; until then writes on them invalidate everything.
+    /// Without a catalog: `true` at once.
+    pub async fn refresh_catalog(&self, timeout: Duration) -> bool {
+        match &self.mode {
+            Mode::Catalog(catalog) => {
+                catalog.refresh_all();
+                catalog.wait_current(timeout).await
+            }
+            Mode::Everything | Mode::SqlText => true,
+        }
+    }
+
     fn scope(&self, session: &SessionView) -> KeyScope {
         let mut scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((view, scope)) = scopes.get(&session.session_id()) {

@@ -107,7 +107,21 @@ async fn view_reads_are_fresh_after_a_write_to_their_base_table() {
     assert_eq!(fresh(&c, &direct, "SELECT total FROM v_top").await, "31");
     still_hits(&c, &cache, "SELECT count(*) FROM other").await;
 
+    // A view calling a user function may read any table through it: a write anywhere counts.
+    direct
+        .batch_execute(
+            "CREATE FUNCTION other_count() RETURNS bigint LANGUAGE sql STABLE AS 'SELECT count(*) FROM other';
+             CREATE VIEW v_fn AS SELECT id, other_count() AS n FROM base WHERE id = 1;",
+        )
+        .await
+        .unwrap();
+    assert!(cache.refresh_catalog(Duration::from_secs(30)).await, "catalog refresh");
+    warm(&c, &cache, "SELECT n FROM v_fn").await;
+    c.batch_execute("INSERT INTO other VALUES (2)").await.unwrap();
+    assert_eq!(fresh(&c, &direct, "SELECT n FROM v_fn").await, "2");
+
     // A write through an auto-updatable view reaches its base table (extended protocol).
+    warm(&c, &cache, "SELECT count(*) FROM other").await;
     warm(&c, &cache, "SELECT v FROM base WHERE id = 2").await;
     c.execute("UPDATE v_base SET v = $1 WHERE id = 2", &[&21i32]).await.unwrap();
     assert_eq!(fresh(&c, &direct, "SELECT v FROM base WHERE id = 2").await, "21");
