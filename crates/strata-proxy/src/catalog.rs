@@ -688,6 +688,9 @@ mod tests {
         check::<CatalogConfig>();
         check::<CatalogConfigBuilder>();
         check::<Catalog>();
+        check::<crate::Invalidation>();
+        check::<crate::StrataCacheBuilder>();
+        check::<crate::StrataCache>();
     }
 
     fn tables(cache: &QueryCache, sql: &str) -> Vec<String> {

@@ -3,7 +3,10 @@
 //! It derives each request's key scope from the session (database, the role in effect, every
 //! setting the proxy tracked), keys extended-protocol batches by their shape (the replayed bytes
 //! depend on which messages asked), fills from the exact server bytes, and turns every write that
-//! commits into a version bump before the client sees `ReadyForQuery`.
+//! commits into a version bump before the client sees `ReadyForQuery`: of every table
+//! ([`Invalidation::Everything`], the default), of the tables the SQL names, or of those expanded
+//! through the upstream's catalog ([`Invalidation::Catalog`], see `catalog.rs`). DDL that
+//! committed invalidates everything and, with a catalog, triggers a read of it.
 
 use std::collections::HashMap;
 use std::fmt;
