@@ -16,6 +16,9 @@ pub enum ErrorKind {
     Embedder,
     /// The call did not finish within its deadline.
     Timeout,
+    /// A TLS handshake failed: the server's certificate did not verify (unknown issuer, a name
+    /// other than the URL's host, expired) or no protocol version could be agreed.
+    Tls,
 }
 
 impl fmt::Display for ErrorKind {
@@ -24,6 +27,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Config => "config",
             ErrorKind::Embedder => "embedder",
             ErrorKind::Timeout => "timeout",
+            ErrorKind::Tls => "tls",
         })
     }
 }
@@ -76,7 +80,7 @@ impl From<Error> for strata_core::Error {
     fn from(err: Error) -> Self {
         let kind = match err.kind {
             ErrorKind::Config => strata_core::ErrorKind::Config,
-            ErrorKind::Embedder => strata_core::ErrorKind::Unavailable,
+            ErrorKind::Embedder | ErrorKind::Tls => strata_core::ErrorKind::Unavailable,
             ErrorKind::Timeout => strata_core::ErrorKind::Timeout,
         };
         strata_core::Error::new(kind, err.message.clone()).with_source(err)

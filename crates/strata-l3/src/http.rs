@@ -1,4 +1,4 @@
-//! An embedder that calls an HTTP embedding API (OpenAI-compatible or Ollama) over plain HTTP/1.1.
+//! An embedder that calls an HTTP embedding API (OpenAI-compatible or Ollama) over HTTP/1.1 or HTTPS.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+#[cfg(feature = "https")]
+use crate::tls::TlsClient;
 use crate::{Embedder, Error, ErrorKind};
 
 /// The most bytes read from one response; a larger answer is an error, not an allocation.
@@ -35,20 +37,24 @@ pub struct HttpEmbedderBuilder {
     batch_size: usize,
     cache_entries: usize,
     api_key: Option<String>,
+    #[cfg(feature = "https")]
+    root_certificates_pem: Vec<Vec<u8>>,
 }
 
 impl fmt::Debug for HttpEmbedderBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpEmbedderBuilder")
-            .field("url", &self.url)
+        let mut d = f.debug_struct("HttpEmbedderBuilder");
+        d.field("url", &self.url)
             .field("api", &self.api)
             .field("model", &self.model)
             .field("dimension", &self.dimension)
             .field("timeout", &self.timeout)
             .field("batch_size", &self.batch_size)
             .field("cache_entries", &self.cache_entries)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .finish()
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"));
+        #[cfg(feature = "https")]
+        d.field("root_certificates_pem", &self.root_certificates_pem.len());
+        d.finish()
     }
 }
 
@@ -82,9 +88,32 @@ impl HttpEmbedderBuilder {
         self
     }
 
+    /// Also trusts the root certificate(s) in `pem` (one or more `-----BEGIN CERTIFICATE-----`
+    /// blocks) for `https://` URLs, on top of the Mozilla roots (webpki-roots), so an endpoint
+    /// behind a private CA verifies. May be called more than once. Checked in
+    /// [`build`](Self::build): PEM without a certificate, or one that is not a usable trust
+    /// anchor, is a [`Config`](ErrorKind::Config) error. Default: the Mozilla roots only.
+    #[cfg(feature = "https")]
+    #[must_use]
+    pub fn with_root_certificate_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.root_certificates_pem.push(pem.as_ref().to_vec());
+        self
+    }
+
     /// Checks the settings and builds the embedder.
     pub fn build(self) -> Result<HttpEmbedder, Error> {
         let target = Target::parse(&self.url)?;
+        #[cfg(feature = "https")]
+        let tls = match target.scheme {
+            Scheme::Https => Some(TlsClient::new(target.connect_host(), &self.root_certificates_pem)?),
+            Scheme::Http => {
+                // Check the roots even when unused, so a bad file is found at startup.
+                if !self.root_certificates_pem.is_empty() {
+                    TlsClient::new("localhost", &self.root_certificates_pem)?;
+                }
+                None
+            }
+        };
         if self.timeout.is_zero() {
             return Err(Error::config("embedder timeout must be above zero"));
         }
@@ -96,6 +125,8 @@ impl HttpEmbedderBuilder {
         }
         Ok(HttpEmbedder {
             target,
+            #[cfg(feature = "https")]
+            tls,
             api: self.api,
             model: self.model,
             dimension: self.dimension,
@@ -107,9 +138,18 @@ impl HttpEmbedderBuilder {
     }
 }
 
-/// Where requests go: host, port and path of an `http://` URL.
+/// The scheme of the embedder URL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    Https,
+}
+
+/// Where requests go: scheme, host, port and path of an `http://` or `https://` URL.
 #[derive(Clone, Debug)]
 struct Target {
+    scheme: Scheme,
+    /// As written in the URL: an IPv6 address keeps its brackets.
     host: String,
     port: u16,
     path: String,
@@ -117,30 +157,58 @@ struct Target {
 
 impl Target {
     fn parse(url: &str) -> Result<Self, Error> {
-        if url.starts_with("https://") {
-            return Err(Error::config(
-                "https embedder urls are not supported by this build; use http:// (for example a local proxy)",
-            ));
-        }
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| Error::config(format!("embedder url must start with http://, got {url:?}")))?;
+        let (scheme, rest) = if let Some(rest) = url.strip_prefix("http://") {
+            (Scheme::Http, rest)
+        } else if let Some(rest) = url.strip_prefix("https://") {
+            if cfg!(not(feature = "https")) {
+                return Err(Error::config(
+                    "https embedder urls need strata-l3's `https` feature, which this build does not have; use http:// (for example a local proxy)",
+                ));
+            }
+            (Scheme::Https, rest)
+        } else {
+            return Err(Error::config(format!(
+                "embedder url must start with http:// or https://, got {url:?}"
+            )));
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => {
-                let port =
-                    p.parse().map_err(|_| Error::config(format!("invalid port in embedder url {url:?}")))?;
-                (h, port)
-            }
-            None => (authority, 80),
+        let default_port = match scheme {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
         };
-        if host.is_empty() {
+        // `[v6 address]:port`, `[v6 address]`, `host:port` or `host`.
+        let (host, port) = match authority.rfind(':') {
+            Some(i) if !authority[i..].contains(']') => {
+                let port = authority[i + 1..]
+                    .parse()
+                    .map_err(|_| Error::config(format!("invalid port in embedder url {url:?}")))?;
+                (&authority[..i], port)
+            }
+            _ => (authority, default_port),
+        };
+        if host.is_empty() || host == "[]" {
             return Err(Error::config(format!("embedder url has no host: {url:?}")));
         }
-        Ok(Self { host: host.to_owned(), port, path: path.to_owned() })
+        if host.contains(['@', '[', ']']) && !(host.starts_with('[') && host.ends_with(']')) {
+            return Err(Error::config(format!("embedder url has an unsupported host: {url:?}")));
+        }
+        Ok(Self { scheme, host: host.to_owned(), port, path: path.to_owned() })
+    }
+
+    /// The host to connect to and to verify the certificate against: without IPv6 brackets.
+    fn connect_host(&self) -> &str {
+        self.host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(&self.host)
+    }
+
+    /// The `Host` header value: the port only when it is not the scheme's default.
+    fn host_header(&self) -> String {
+        match (self.scheme, self.port) {
+            (Scheme::Http, 80) | (Scheme::Https, 443) => self.host.clone(),
+            _ => format!("{}:{}", self.host, self.port),
+        }
     }
 }
 
@@ -180,12 +248,21 @@ impl TextCache {
 
 /// An embedder behind an HTTP API: OpenAI-compatible `/v1/embeddings` or Ollama `/api/embed`.
 ///
-/// Requests are batched ([`HttpEmbedderBuilder::with_batch_size`]), bounded by a timeout, and
-/// answered from a bounded cache of embeddings by text when the same text comes again. Only
-/// plain `http://` is supported (no TLS dependency in this crate); for a remote `https` API,
-/// put a local proxy in front. `Debug` never prints the API key.
+/// Requests are batched ([`HttpEmbedderBuilder::with_batch_size`]), bounded by a timeout
+/// (connect, TLS handshake and answer together), and answered from a bounded cache of
+/// embeddings by text when the same text comes again. `Debug` never prints the API key.
+///
+/// `https://` URLs (the `https` feature, on by default) use rustls with the ring provider: the
+/// server's certificate must chain to a Mozilla root (webpki-roots, built in: no system files
+/// are read) or to a root added with `HttpEmbedderBuilder::with_root_certificate_pem`, and
+/// must be valid for the URL's host, which is also sent as SNI. A certificate that does not
+/// verify is an error of kind [`ErrorKind::Tls`]; in a [`SemanticTier`](crate::SemanticTier)
+/// that is a miss, like any embedder failure. Each request uses a new connection
+/// (`Connection: close`); TLS 1.3 sessions are resumed across requests.
 pub struct HttpEmbedder {
     target: Target,
+    #[cfg(feature = "https")]
+    tls: Option<TlsClient>,
     api: EmbeddingApi,
     model: String,
     dimension: usize,
@@ -197,7 +274,8 @@ pub struct HttpEmbedder {
 
 impl fmt::Debug for HttpEmbedder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpEmbedder")
+        let mut d = f.debug_struct("HttpEmbedder");
+        d.field("scheme", &self.target.scheme)
             .field("host", &self.target.host)
             .field("port", &self.target.port)
             .field("path", &self.target.path)
@@ -206,14 +284,17 @@ impl fmt::Debug for HttpEmbedder {
             .field("dimension", &self.dimension)
             .field("timeout", &self.timeout)
             .field("batch_size", &self.batch_size)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .finish()
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"));
+        #[cfg(feature = "https")]
+        d.field("tls", &self.tls);
+        d.finish()
     }
 }
 
 impl HttpEmbedder {
-    /// Starts a builder for `url` (e.g. `http://127.0.0.1:11434/api/embed`), speaking `api`,
-    /// asking for `model`, whose vectors have `dimension` numbers.
+    /// Starts a builder for `url` (e.g. `http://127.0.0.1:11434/api/embed` or
+    /// `https://api.openai.com/v1/embeddings`), speaking `api`, asking for `model`, whose vectors
+    /// have `dimension` numbers.
     pub fn builder(url: &str, api: EmbeddingApi, model: &str, dimension: usize) -> HttpEmbedderBuilder {
         HttpEmbedderBuilder {
             url: url.to_owned(),
@@ -224,6 +305,8 @@ impl HttpEmbedder {
             batch_size: 32,
             cache_entries: 4096,
             api_key: None,
+            #[cfg(feature = "https")]
+            root_certificates_pem: Vec::new(),
         }
     }
 
@@ -263,50 +346,88 @@ impl HttpEmbedder {
     /// One `POST` with `Connection: close`; returns the body of a 2xx answer.
     async fn post(&self, body: String) -> Result<Vec<u8>, Error> {
         let t = &self.target;
-        let mut stream = TcpStream::connect((t.host.as_str(), t.port))
+        let tcp = TcpStream::connect((t.connect_host(), t.port))
             .await
             .map_err(|e| Error::embedder("embedder connection failed").with_source(e))?;
-        let mut head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        // Head and body go out in one write (one segment, one TLS record when they fit).
+        let _ = tcp.set_nodelay(true);
+        let mut request = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
             t.path,
-            t.host,
-            t.port,
+            t.host_header(),
             body.len()
         );
         if let Some(key) = &self.api_key {
-            head.push_str(&format!("Authorization: Bearer {key}\r\n"));
+            request.push_str(&format!("Authorization: Bearer {key}\r\n"));
         }
-        head.push_str("\r\n");
-        let io = |e: std::io::Error| Error::embedder("embedder connection failed").with_source(e);
-        stream.write_all(head.as_bytes()).await.map_err(io)?;
-        stream.write_all(body.as_bytes()).await.map_err(io)?;
-        let mut raw = Vec::new();
-        let mut limited = (&mut stream).take(MAX_RESPONSE_BYTES as u64 + 1);
-        limited.read_to_end(&mut raw).await.map_err(io)?;
-        if raw.len() > MAX_RESPONSE_BYTES {
-            return Err(Error::embedder("embedder answer is too large"));
+        request.push_str("\r\n");
+        request.push_str(&body);
+        #[cfg(feature = "https")]
+        if let Some(tls) = &self.tls {
+            let mut stream = tls.connect(tcp).await?;
+            return exchange(&mut stream, request.as_bytes()).await;
         }
-        parse_http_response(&raw)
+        let mut tcp = tcp;
+        exchange(&mut tcp, request.as_bytes()).await
     }
 }
 
-fn parse_http_response(raw: &[u8]) -> Result<Vec<u8>, Error> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| Error::embedder("embedder answer has no http header end"))?;
+/// Sends `request` and reads the answer until it is complete by its own framing
+/// (`Content-Length` or a final chunk) or the server closes; returns the body of a 2xx answer.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let io = |e: std::io::Error| Error::embedder("embedder connection failed").with_source(e);
+    stream.write_all(request).await.map_err(io)?;
+    stream.flush().await.map_err(io)?;
+    let mut raw = Vec::new();
+    let mut chunk = vec![0u8; 16 << 10];
+    loop {
+        match stream.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => {
+                raw.extend_from_slice(&chunk[..n]);
+                if raw.len() > MAX_RESPONSE_BYTES {
+                    return Err(Error::embedder("embedder answer is too large"));
+                }
+                if response_complete(&raw) {
+                    break;
+                }
+            }
+            // A TLS peer that closes without close_notify: only a self-delimited answer is
+            // trusted, since the end of an unframed body could have been cut off.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(Error::embedder(
+                    "embedder closed the connection without close_notify before its answer was complete",
+                )
+                .with_source(e));
+            }
+            Err(e) => return Err(io(e)),
+        }
+    }
+    parse_http_response(&raw)
+}
+
+/// The parts of an HTTP response head the embedder needs.
+struct Head {
+    status: u16,
+    chunked: bool,
+    length: Option<usize>,
+    body_start: usize,
+}
+
+/// Parses the head of `raw`; `None` while the head is incomplete.
+fn parse_head(raw: &[u8]) -> Result<Option<Head>, Error> {
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { return Ok(None) };
     let head = std::str::from_utf8(&raw[..split])
         .map_err(|_| Error::embedder("embedder http header is not utf-8"))?;
-    let body = &raw[split + 4..];
     let mut lines = head.split("\r\n");
     let status: u16 = lines
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| Error::embedder("embedder answer has no http status"))?;
-    if !(200..300).contains(&status) {
-        return Err(Error::embedder(format!("embedder answered http status {status}")));
-    }
     let mut chunked = false;
     let mut length = None;
     for line in lines {
@@ -321,10 +442,36 @@ fn parse_http_response(raw: &[u8]) -> Result<Vec<u8>, Error> {
             }
         }
     }
-    if chunked {
+    Ok(Some(Head { status, chunked, length, body_start: split + 4 }))
+}
+
+/// Whether `raw` holds a whole answer by its framing (or an unparseable head: stop and report).
+fn response_complete(raw: &[u8]) -> bool {
+    match parse_head(raw) {
+        Ok(None) => false,
+        Err(_) => true,
+        Ok(Some(head)) => {
+            let body = &raw[head.body_start..];
+            if head.chunked {
+                // Only then can the last chunk be there; trailers make it wait for the close.
+                body.ends_with(b"0\r\n\r\n") && dechunk(body).is_ok()
+            } else {
+                head.length.is_some_and(|n| body.len() >= n)
+            }
+        }
+    }
+}
+
+fn parse_http_response(raw: &[u8]) -> Result<Vec<u8>, Error> {
+    let head = parse_head(raw)?.ok_or_else(|| Error::embedder("embedder answer has no http header end"))?;
+    if !(200..300).contains(&head.status) {
+        return Err(Error::embedder(format!("embedder answered http status {}", head.status)));
+    }
+    let body = &raw[head.body_start..];
+    if head.chunked {
         return dechunk(body);
     }
-    match length {
+    match head.length {
         Some(n) if n <= body.len() => Ok(body[..n].to_vec()),
         Some(_) => Err(Error::embedder("embedder answer is shorter than its content-length")),
         None => Ok(body.to_vec()),
@@ -427,16 +574,54 @@ impl Embedder for HttpEmbedder {
 mod tests {
     use super::*;
 
+    fn target(url: &str) -> Target {
+        Target::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"))
+    }
+
     #[test]
-    fn urls_are_parsed_and_https_is_refused_clearly() {
-        let t = Target::parse("http://127.0.0.1:11434/api/embed").unwrap_or_else(|e| panic!("{e}"));
+    fn urls_are_parsed_with_their_default_ports_and_host_headers() {
+        let t = target("http://127.0.0.1:11434/api/embed");
         assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("127.0.0.1", 11434, "/api/embed"));
-        let t = Target::parse("http://embed.local").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((t.port, t.path.as_str()), (80, "/"));
-        let err = Target::parse("https://api.openai.com/v1/embeddings").err().map(|e| e.to_string());
-        assert!(err.is_some_and(|e| e.contains("https")));
-        assert!(Target::parse("ftp://x").is_err());
-        assert!(Target::parse("http://x:notaport/").is_err());
+        assert_eq!((t.scheme, t.host_header().as_str()), (Scheme::Http, "127.0.0.1:11434"));
+        let t = target("http://embed.local");
+        assert_eq!((t.port, t.path.as_str(), t.host_header().as_str()), (80, "/", "embed.local"));
+        let t = target("http://[::1]:8080/api/embed");
+        assert_eq!((t.connect_host(), t.port, t.host_header().as_str()), ("::1", 8080, "[::1]:8080"));
+        let t = target("http://[::1]/x");
+        assert_eq!((t.connect_host(), t.port), ("::1", 80));
+        for bad in ["ftp://x", "http://x:notaport/", "http:///x", "http://[]:80/", "http://u@h/", "h:80"] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[cfg(feature = "https")]
+    #[test]
+    fn https_urls_default_to_port_443() {
+        let t = target("https://api.openai.com/v1/embeddings");
+        assert_eq!((t.scheme, t.port, t.path.as_str()), (Scheme::Https, 443, "/v1/embeddings"));
+        assert_eq!(t.host_header(), "api.openai.com");
+        assert_eq!(target("https://h:8443/").host_header(), "h:8443");
+    }
+
+    #[cfg(not(feature = "https"))]
+    #[test]
+    fn https_urls_are_refused_clearly_without_the_feature() {
+        let err = Target::parse("https://api.openai.com/v1/embeddings").err();
+        assert!(err.is_some_and(|e| e.kind() == ErrorKind::Config && e.message().contains("`https` feature")));
+    }
+
+    #[test]
+    fn answers_are_complete_by_their_framing() {
+        assert!(!response_complete(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n"));
+        assert!(!response_complete(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nxy"));
+        assert!(response_complete(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nxyz"));
+        assert!(!response_complete(b"HTTP/1.1 200 OK\r\n\r\nxyz"), "unframed: read to the close");
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n";
+        assert!(!response_complete(chunked));
+        assert!(!response_complete(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n0\r\n\r\n"));
+        let done = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n";
+        assert!(response_complete(done));
+        assert!(response_complete(b"HTTP/1.1 \xff\r\n\r\n"), "an unparseable head stops the read");
     }
 
     #[test]

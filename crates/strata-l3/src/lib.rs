@@ -17,7 +17,8 @@
 //! - [`CosineSimilarity`]: the validated threshold type, settable per request.
 //! - [`Embedder`]: an object-safe async trait. [`LocalEmbedder`] (the default) hashes words and
 //!   character n-grams, with no model and no network; [`HttpEmbedder`] calls an OpenAI-compatible
-//!   `/v1/embeddings` or Ollama `/api/embed` endpoint with a timeout, batching and a cache.
+//!   `/v1/embeddings` or Ollama `/api/embed` endpoint, over `http://` or `https://`, with a
+//!   timeout, batching and a cache.
 //!   An embedder failure or a missed deadline is a miss, never an error.
 //! - [`VectorIndex`] / [`IndexConfig`]: the hybrid index of each partition: an exact scan below a
 //!   size, an HNSW graph above it. Graphs are built with hnsw_rs (cosine over unit vectors) by a
@@ -69,7 +70,11 @@
 //! ```
 //!
 //! # Feature flags
-//! None. The HTTP embedder speaks plain `http://` only (no TLS dependency).
+//! - `https` (on by default): `https://` URLs for [`HttpEmbedder`], with rustls (ring provider,
+//!   no C toolchain beyond what ring needs, no cmake) trusting the Mozilla roots from
+//!   webpki-roots plus the roots given to `HttpEmbedderBuilder::with_root_certificate_pem`.
+//!   Without it the crate has no TLS dependency and an `https://` URL is a configuration error;
+//!   a local `http://` Ollama works either way.
 
 mod embed;
 mod error;
@@ -79,6 +84,8 @@ mod http;
 mod index;
 mod similarity;
 mod tier;
+#[cfg(feature = "https")]
+mod tls;
 
 pub use crate::{
     embed::{Embedder, LocalEmbedder},
