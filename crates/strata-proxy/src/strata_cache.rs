@@ -319,54 +319,80 @@ fn strata_format(format: Format) -> strata_core::Format {
     }
 }
 
-/// A cacheable extended batch: `[Parse] Bind [Describe] Execute Sync`, one statement, no row limit.
+/// A cacheable extended batch: one or more `[Parse] Bind [Describe] Execute` groups (pipelined
+/// before one `Sync`), no row limits.
 struct Batch<'a> {
+    items: Vec<BatchItem<'a>>,
+    /// Which messages asked: the replayed bytes depend on it.
+    shape: Vec<u8>,
+}
+
+/// One executed statement of a batch.
+struct BatchItem<'a> {
     sql: &'a str,
     param_types: &'a [u32],
     params: &'a [Option<bytes::Bytes>],
     param_formats: &'a [Format],
     result_formats: &'a [Format],
-    /// Which messages asked: the replayed bytes depend on it.
-    shape: Vec<u8>,
 }
 
 fn batch(messages: &[ExtendedMessage]) -> Option<Batch<'_>> {
     let mut shape = Vec::with_capacity(8);
-    let mut bind = None;
-    let mut executes = 0;
+    let mut bound: Option<&crate::seam::Bind> = None;
+    let mut items = Vec::new();
     for message in messages {
         match message {
             ExtendedMessage::Parse(_) => shape.push(b'P'),
             ExtendedMessage::Bind(b) => {
-                if bind.is_some() {
+                // A portal bound and never executed: not a shape worth caching.
+                if bound.is_some() {
                     return None;
                 }
-                bind = Some(b);
+                bound = Some(b);
                 shape.push(b'B');
             }
             ExtendedMessage::Describe(Target::Portal(_)) => shape.extend_from_slice(b"DP"),
             ExtendedMessage::Describe(Target::Statement(..)) => shape.extend_from_slice(b"DS"),
-            ExtendedMessage::Execute { max_rows, .. } => {
-                if *max_rows != 0 || bind.is_none() {
+            ExtendedMessage::Execute { max_rows, portal, .. } => {
+                let bind = bound.take()?;
+                if *max_rows != 0 || bind.portal() != portal {
                     return None;
                 }
-                executes += 1;
+                let statement = bind.statement()?;
+                items.push(BatchItem {
+                    sql: statement.sql(),
+                    param_types: statement.param_types(),
+                    params: bind.params(),
+                    param_formats: bind.param_formats(),
+                    result_formats: bind.result_formats(),
+                });
                 shape.push(b'E');
             }
             ExtendedMessage::Sync => shape.push(b'S'),
             _ => return None,
         }
     }
-    let bind = bind?;
-    let statement = bind.statement()?;
-    (executes == 1).then(|| Batch {
-        sql: statement.sql(),
-        param_types: statement.param_types(),
-        params: bind.params(),
-        param_formats: bind.param_formats(),
-        result_formats: bind.result_formats(),
-        shape,
-    })
+    (bound.is_none() && !items.is_empty()).then_some(Batch { items, shape })
+}
+
+impl BatchItem<'_> {
+    /// The bound parameters with their declared types and formats (one format code applies to
+    /// every parameter; none means text).
+    fn params(&self) -> impl Iterator<Item = Param<'_>> + '_ {
+        self.params.iter().enumerate().map(|(i, value)| {
+            let ty = TypeOid(self.param_types.get(i).copied().unwrap_or(0));
+            let format = match self.param_formats {
+                [] => Format::Text,
+                [one] => *one,
+                many => many.get(i).copied().unwrap_or(Format::Text),
+            };
+            match (value, format) {
+                (Some(v), Format::Text) => Param::text(ty, v),
+                (Some(v), Format::Binary) => Param::binary(ty, v),
+                (None, f) => Param::null(ty, strata_format(f)),
+            }
+        })
+    }
 }
 
 /// The write effect of everything a request executed.
@@ -428,37 +454,44 @@ impl RequestCache for StrataCache {
             }
             RequestKind::Extended { messages } => {
                 let Some(batch) = batch(messages) else { return Lookup::Bypass };
-                let formats: Vec<strata_core::Format> =
-                    batch.result_formats.iter().map(|f| strata_format(*f)).collect();
-                let params: Vec<Param<'_>> = batch
-                    .params
-                    .iter()
-                    .enumerate()
-                    .map(|(i, value)| {
-                        let ty = TypeOid(batch.param_types.get(i).copied().unwrap_or(0));
-                        // One format code applies to every parameter; none means text.
-                        let format = match batch.param_formats {
-                            [] => Format::Text,
-                            [one] => *one,
-                            many => many.get(i).copied().unwrap_or(Format::Text),
-                        };
-                        match (value, format) {
-                            (Some(v), Format::Text) => Param::text(ty, v),
-                            (Some(v), Format::Binary) => Param::binary(ty, v),
-                            (None, f) => Param::null(ty, strata_format(f)),
-                        }
-                    })
-                    .collect();
+                let params: Vec<Param<'_>> = batch.items.iter().flat_map(BatchItem::params).collect();
                 // The declared parameter types shape the ParameterDescription a replay contains.
                 let mut variant = batch.shape.clone();
-                for ty in batch.param_types {
-                    variant.extend_from_slice(&ty.to_le_bytes());
+                if let [item] = batch.items.as_slice() {
+                    for ty in item.param_types {
+                        variant.extend_from_slice(&ty.to_le_bytes());
+                    }
+                    let formats: Vec<strata_core::Format> =
+                        item.result_formats.iter().map(|f| strata_format(*f)).collect();
+                    let req = strata::Request::new(&scope, item.sql)
+                        .with_params(&params)
+                        .with_result_formats(&formats)
+                        .with_variant(&variant);
+                    self.cache.lookup(&req).await
+                } else {
+                    // Pipelined statements: one text for the analysis (cacheable only if every
+                    // statement is), their parameters one after the other, and each one's declared
+                    // types and result formats in the variant. The separator sits on its own line so
+                    // a trailing line comment cannot swallow it.
+                    let sql = batch.items.iter().map(|i| i.sql).collect::<Vec<_>>().join("\n;\n");
+                    // Each list is length-prefixed, so no two batches encode alike; the count of
+                    // values each Bind carried is there too, so a batch that splits the same
+                    // values differently (which the server would refuse) never meets a cached answer.
+                    for item in &batch.items {
+                        variant.extend_from_slice(&(item.params.len() as u32).to_le_bytes());
+                        variant.extend_from_slice(&(item.param_types.len() as u32).to_le_bytes());
+                        for ty in item.param_types {
+                            variant.extend_from_slice(&ty.to_le_bytes());
+                        }
+                        variant.extend_from_slice(&(item.result_formats.len() as u32).to_le_bytes());
+                        variant.extend(item.result_formats.iter().map(|f| strata_format(*f).code() as u8));
+                    }
+                    let req = strata::Request::new(&scope, &sql)
+                        .with_params(&params)
+                        .with_variant(&variant)
+                        .as_batch();
+                    self.cache.lookup(&req).await
                 }
-                let req = strata::Request::new(&scope, batch.sql)
-                    .with_params(&params)
-                    .with_result_formats(&formats)
-                    .with_variant(&variant);
-                self.cache.lookup(&req).await
             }
             _ => return Lookup::Bypass,
         };

@@ -517,7 +517,7 @@ impl QueryCache {
             Verdict::Cacheable(c) => &c.units,
         };
         let expected = plan.analysis.client_param_count();
-        if req.params.len() != expected as usize {
+        if req.params.len() != expected as usize && !req.params_per_statement {
             return Step::Done(
                 self.bypass(BypassReason::ParameterCount { expected, bound: req.params.len() }),
             );
@@ -944,7 +944,7 @@ impl QueryCache {
                     .collect();
                 if view == VersionView::Unsynchronized {
                     explanation.verdict = Err(BypassReason::VersionsUnsynchronized.to_string());
-                } else if req.params.len() != analysis.client_param_count() as usize {
+                } else if req.params.len() != analysis.client_param_count() as usize && !req.params_per_statement {
                     explanation.verdict = Err(BypassReason::ParameterCount {
                         expected: analysis.client_param_count(),
                         bound: req.params.len(),

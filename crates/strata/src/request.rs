@@ -61,12 +61,13 @@ pub struct Request<'a> {
     pub(crate) params: &'a [Param<'a>],
     pub(crate) result_formats: &'a [Format],
     pub(crate) variant: &'a [u8],
+    pub(crate) params_per_statement: bool,
 }
 
 impl<'a> Request<'a> {
     /// A request for `sql` in `scope`, with no bound parameters and text results.
     pub fn new(scope: &'a KeyScope, sql: &'a str) -> Self {
-        Self { scope, sql, params: &[], result_formats: &[], variant: &[] }
+        Self { scope, sql, params: &[], result_formats: &[], variant: &[], params_per_statement: false }
     }
 
     /// The parameters the client bound to `$1..$n`.
@@ -88,6 +89,17 @@ impl<'a> Request<'a> {
     #[must_use]
     pub fn with_variant(mut self, variant: &'a [u8]) -> Self {
         self.variant = variant;
+        self
+    }
+
+    /// Marks the text as several statements that each bind their own `$1..$n` (a pipelined
+    /// batch of the extended protocol), with [`with_params`](Self::with_params) holding their
+    /// parameters one statement after the other. The count of parameters is then not checked
+    /// against the highest `$n`; each statement's text fixes its own share, so the key stays
+    /// unambiguous.
+    #[must_use]
+    pub fn as_batch(mut self) -> Self {
+        self.params_per_statement = true;
         self
     }
 

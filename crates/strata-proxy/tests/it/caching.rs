@@ -339,3 +339,82 @@ async fn when_redis_goes_away_queries_go_on_uncached_and_caching_comes_back() {
     c.execute("UPDATE kv SET v = 'v2' WHERE k = 1", &[]).await.unwrap();
     assert_eq!(value(&c).await, "v2");
 }
+
+/// Parse (unnamed), Bind (unnamed portal, text parameters), Execute, for one statement.
+fn parse_bind_execute(sql: &str, params: &[&str]) -> Vec<u8> {
+    let mut parse = cstr("");
+    parse.extend(cstr(sql));
+    parse.extend_from_slice(&0i16.to_be_bytes());
+    let mut bind = cstr("");
+    bind.extend(cstr(""));
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    bind.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for p in params {
+        bind.extend_from_slice(&(p.len() as i32).to_be_bytes());
+        bind.extend_from_slice(p.as_bytes());
+    }
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    let mut execute = cstr("");
+    execute.extend_from_slice(&0i32.to_be_bytes());
+    let mut out = message(b'P', &parse);
+    out.extend(message(b'B', &bind));
+    out.extend(message(b'E', &execute));
+    out
+}
+
+fn pipelined(statements: &[(&str, &[&str])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (sql, params) in statements {
+        out.extend(parse_bind_execute(sql, params));
+    }
+    out.extend(message(b'S', &[]));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_batches_are_answered_byte_for_byte_and_cached_as_a_whole() {
+    let db = "strata_cache_pipeline";
+    fresh_database(db).await;
+    admin(db)
+        .await
+        .batch_execute(
+            "CREATE TABLE p (id int PRIMARY KEY, v text); INSERT INTO p VALUES (1, 'one'), (2, 'two')",
+        )
+        .await
+        .unwrap();
+    let (proxy, cache) = caching_proxy().await;
+    let batch = pipelined(&[
+        ("SELECT v FROM p WHERE id = $1", &["1"]),
+        ("SELECT v, $2::text FROM p WHERE id = $1", &["2", "x"]),
+    ]);
+    let (mut direct, _) = RawClient::startup(pg().port(), "postgres", db).await;
+    direct.send(&batch).await;
+    let expected = direct.read_until_ready().await;
+    assert!(expected.iter().any(|(t, _)| *t == b'D'), "rows expected: {expected:?}");
+
+    let (mut through, _) = RawClient::startup(proxy.port(), "postgres", db).await;
+    let before = hits(&cache);
+    for round in 0..3 {
+        through.send(&batch).await;
+        assert_eq!(through.read_until_ready().await, expected, "round {round}");
+    }
+    assert!(hits(&cache) - before >= 2, "the repeated batch should be answered from cache");
+
+    // The same values split differently between the two statements: the server refuses it, and
+    // so must the proxy rather than replay the cached success.
+    let resplit = pipelined(&[
+        ("SELECT v FROM p WHERE id = $1", &["1", "2"]),
+        ("SELECT v, $2::text FROM p WHERE id = $1", &["x"]),
+    ]);
+    through.send(&resplit).await;
+    let refused = through.read_until_ready().await;
+    assert!(refused.iter().any(|(t, _)| *t == b'E'), "expected an error, got {refused:?}");
+
+    // A write in a batch of its own invalidates what the cached batch read.
+    through.send(&pipelined(&[("UPDATE p SET v = $1 WHERE id = 2", &["deux"])])).await;
+    through.read_until_ready().await;
+    direct.send(&batch).await;
+    let expected = direct.read_until_ready().await;
+    through.send(&batch).await;
+    assert_eq!(through.read_until_ready().await, expected);
+}
