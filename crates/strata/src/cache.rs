@@ -944,7 +944,9 @@ impl QueryCache {
                     .collect();
                 if view == VersionView::Unsynchronized {
                     explanation.verdict = Err(BypassReason::VersionsUnsynchronized.to_string());
-                } else if req.params.len() != analysis.client_param_count() as usize && !req.params_per_statement {
+                } else if req.params.len() != analysis.client_param_count() as usize
+                    && !req.params_per_statement
+                {
                     explanation.verdict = Err(BypassReason::ParameterCount {
                         expected: analysis.client_param_count(),
                         bound: req.params.len(),
