@@ -366,6 +366,7 @@ pub struct NormalizerConfig {
     pub(crate) hint_ttl_cap: Duration,
     pub(crate) memo_capacity: usize,
     pub(crate) memo_max_text_bytes: usize,
+    pub(crate) shape_memo_capacity: usize,
     extra_count: usize,
 }
 
@@ -410,6 +411,11 @@ impl NormalizerConfig {
     pub fn memo_max_text_bytes(&self) -> usize {
         self.memo_max_text_bytes
     }
+
+    /// How many query shapes (texts with their literal values left out) the shape memo keeps.
+    pub fn shape_memo_capacity(&self) -> usize {
+        self.shape_memo_capacity
+    }
 }
 
 impl Default for NormalizerConfig {
@@ -421,6 +427,7 @@ impl Default for NormalizerConfig {
             hint_ttl_cap: Duration::from_secs(3600),
             memo_capacity: 10_000,
             memo_max_text_bytes: 16 * 1024,
+            shape_memo_capacity: 4096,
             extra_count: 0,
         }
     }
@@ -435,6 +442,7 @@ impl fmt::Debug for NormalizerConfig {
             .field("hint_ttl_cap", &self.hint_ttl_cap)
             .field("memo_capacity", &self.memo_capacity)
             .field("memo_max_text_bytes", &self.memo_max_text_bytes)
+            .field("shape_memo_capacity", &self.shape_memo_capacity)
             .finish()
     }
 }
@@ -518,10 +526,19 @@ impl NormalizerConfigBuilder {
     }
 
     /// Texts longer than this many bytes are not memoized, so a few huge statements cannot hold a
-    /// lot of memory. Must be at least 64. Default: 16 KiB.
+    /// lot of memory. Applies to the shape memo too. Must be at least 64. Default: 16 KiB.
     #[must_use]
     pub fn with_memo_max_text_bytes(mut self, bytes: usize) -> Self {
         self.config.memo_max_text_bytes = bytes;
+        self
+    }
+
+    /// How many query shapes the shape memo keeps: a text that differs from an analyzed one only
+    /// in its literal values (numbers, strings) is then analyzed without a parse, with the same
+    /// result. 0 turns it off. At most 10 million. Default: 4096.
+    #[must_use]
+    pub fn with_shape_memo_capacity(mut self, entries: usize) -> Self {
+        self.config.shape_memo_capacity = entries;
         self
     }
 
@@ -539,6 +556,12 @@ impl NormalizerConfigBuilder {
         }
         if c.memo_capacity > 10_000_000 {
             return Err(Error::config(format!("memo capacity {} is above 10000000", c.memo_capacity)));
+        }
+        if c.shape_memo_capacity > 10_000_000 {
+            return Err(Error::config(format!(
+                "shape memo capacity {} is above 10000000",
+                c.shape_memo_capacity
+            )));
         }
         if c.memo_max_text_bytes < 64 {
             return Err(Error::config(format!(

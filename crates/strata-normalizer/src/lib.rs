@@ -48,6 +48,7 @@ mod config;
 mod error;
 mod hints;
 mod normalizer;
+mod shape;
 mod tokens;
 mod walk;
 

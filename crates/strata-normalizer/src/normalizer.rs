@@ -1,7 +1,10 @@
 //! The analysis driver: scan, parse, walk each statement, roll up, and memoize by text.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+
+use pg_query::protobuf::ScanToken;
 
 use quick_cache::sync::Cache;
 use xxhash_rust::xxh3::{xxh3_128, Xxh3};
@@ -11,6 +14,7 @@ use crate::analysis::{
 };
 use crate::config::NormalizerConfig;
 use crate::hints::Hints;
+use crate::shape::{self, Shape};
 use crate::tokens;
 use crate::walk::Walk;
 
@@ -58,24 +62,30 @@ fn failed(sql: &str, hints: Hints, message: &str) -> Analysis {
 
 /// Analyzes SQL text with the given configuration, without memoization.
 pub(crate) fn analyze_with(sql: &str, config: &NormalizerConfig) -> Analysis {
+    analyze_scanned(sql, config).0
+}
+
+/// Analyzes SQL text and also returns the scanner's tokens when the text parsed.
+fn analyze_scanned(sql: &str, config: &NormalizerConfig) -> (Analysis, Option<Vec<ScanToken>>) {
     if sql.contains('\0') {
-        return failed(sql, Hints::default(), "text contains a NUL byte");
+        return (failed(sql, Hints::default(), "text contains a NUL byte"), None);
     }
     // pg_query's own Rust code indexes into the trees it builds; a bug there must not take the
     // proxy down, so it is contained here as a parse error.
     match catch_unwind(AssertUnwindSafe(|| analyze_inner(sql, config))) {
-        Ok(a) => a,
-        Err(_) => failed(sql, Hints::default(), "internal error in the SQL parser"),
+        Ok((a, toks)) if !a.is_parse_error() => (a, Some(toks)),
+        Ok((a, _)) => (a, None),
+        Err(_) => (failed(sql, Hints::default(), "internal error in the SQL parser"), None),
     }
 }
 
-fn analyze_inner(sql: &str, config: &NormalizerConfig) -> Analysis {
+fn analyze_inner(sql: &str, config: &NormalizerConfig) -> (Analysis, Vec<ScanToken>) {
     let toks = match tokens::scan(sql) {
         Ok(t) => t,
-        Err(e) => return failed(sql, Hints::default(), &e),
+        Err(e) => return (failed(sql, Hints::default(), &e), Vec::new()),
     };
     if toks.is_empty() {
-        return roll_up(Vec::new(), Hints::default());
+        return (roll_up(Vec::new(), Hints::default()), toks);
     }
     let mut hints = Hints::default();
     for t in toks.iter().filter(|t| tokens::is_comment(t.token)) {
@@ -87,7 +97,7 @@ fn analyze_inner(sql: &str, config: &NormalizerConfig) -> Analysis {
     }
     let parsed = match pg_query::parse(sql, 0) {
         Ok(p) => p,
-        Err(e) => return failed(sql, hints, &e.to_string()),
+        Err(e) => return (failed(sql, hints, &e.to_string()), toks),
     };
     let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
     for raw in &parsed.protobuf.stmts {
@@ -99,7 +109,7 @@ fn analyze_inner(sql: &str, config: &NormalizerConfig) -> Analysis {
         let first = toks.partition_point(|t| (t.start as i64) < start as i64);
         let last = toks.partition_point(|t| (t.start as i64) < end as i64);
         let Some(norm) = tokens::normalize(sql, &toks[first..last.max(first)]) else {
-            return failed(sql, hints, "token offsets out of range");
+            return (failed(sql, hints, "token offsets out of range"), toks);
         };
         let mut walk = Walk::new(config);
         let kind = match raw.stmt.as_ref().and_then(|s| s.node.as_ref()) {
@@ -132,7 +142,7 @@ fn analyze_inner(sql: &str, config: &NormalizerConfig) -> Analysis {
             },
         });
     }
-    roll_up(statements, hints)
+    (roll_up(statements, hints), toks)
 }
 
 fn roll_up(statements: Vec<StatementAnalysis>, hints: Hints) -> Analysis {
@@ -180,18 +190,23 @@ fn roll_up(statements: Vec<StatementAnalysis>, hints: Hints) -> Analysis {
     Analysis { statements, hints, identity, key_bytes, reads, writes, cacheability, client_param_count }
 }
 
-/// Analyzes SQL text with a configuration and a bounded memo from text to analysis, so a
-/// repeated text costs one hash lookup. Cheap to share: `Send + Sync`, use it from many threads.
+/// Analyzes SQL text with a configuration and two bounded memos, so a repeated text costs one
+/// hash lookup and a text that differs from an analyzed one only in its literal values (the same
+/// query with another id) costs one pass of a small lexer instead of a parse. Cheap to share:
+/// `Send + Sync`, use it from many threads.
 pub struct Normalizer {
     config: NormalizerConfig,
     memo: Option<Cache<String, Arc<Analysis>>>,
+    shapes: Option<Cache<Box<[u8]>, Arc<Shape>>>,
+    shape_hits: AtomicU64,
 }
 
 impl Normalizer {
     /// A normalizer with this configuration.
     pub fn new(config: NormalizerConfig) -> Self {
         let memo = (config.memo_capacity > 0).then(|| Cache::new(config.memo_capacity));
-        Self { config, memo }
+        let shapes = (config.shape_memo_capacity > 0).then(|| Cache::new(config.shape_memo_capacity));
+        Self { config, memo, shapes, shape_hits: AtomicU64::new(0) }
     }
 
     /// The configuration in use.
@@ -199,16 +214,36 @@ impl Normalizer {
         &self.config
     }
 
-    /// Analyzes SQL text, answering from the memo when the same text was analyzed before.
-    /// Never panics (see [`analyze`]).
+    /// Analyzes SQL text, answering from the memo when the same text was analyzed before, and
+    /// from the shape memo when a text differing only in literal values was. The answer is the
+    /// same either way. Never panics (see [`analyze`]).
     pub fn analyze(&self, sql: &str) -> Arc<Analysis> {
-        let memo = self.memo.as_ref().filter(|_| sql.len() <= self.config.memo_max_text_bytes);
+        let small = sql.len() <= self.config.memo_max_text_bytes;
+        let memo = self.memo.as_ref().filter(|_| small);
         if let Some(memo) = memo {
             if let Some(hit) = memo.get(sql) {
                 return hit;
             }
         }
-        let analysis = Arc::new(analyze_with(sql, &self.config));
+        let shapes = self.shapes.as_ref().filter(|_| small && !sql.contains('\0'));
+        let lexed = shapes.and_then(|_| shape::lex(sql)).filter(shape::Lexed::has_slots);
+        if let (Some(shapes), Some(lexed)) = (shapes, &lexed) {
+            if let Some(analysis) = shapes.get(lexed.key()).and_then(|s| s.apply(sql, lexed)) {
+                self.shape_hits.fetch_add(1, Ordering::Relaxed);
+                let analysis = Arc::new(analysis);
+                if let Some(memo) = memo {
+                    memo.insert(sql.to_owned(), Arc::clone(&analysis));
+                }
+                return analysis;
+            }
+        }
+        let (analysis, scanned) = analyze_scanned(sql, &self.config);
+        let analysis = Arc::new(analysis);
+        if let (Some(shapes), Some(lexed), Some(scanned)) = (shapes, lexed, scanned) {
+            if let Some(shape) = Shape::build(sql, &lexed, &analysis, &scanned) {
+                shapes.insert(lexed.into_key(), Arc::new(shape));
+            }
+        }
         if let Some(memo) = memo {
             memo.insert(sql.to_owned(), Arc::clone(&analysis));
         }
@@ -230,6 +265,16 @@ impl Normalizer {
     pub fn memo_len(&self) -> usize {
         self.memo.as_ref().map_or(0, |m| m.len())
     }
+
+    /// How many shapes the shape memo holds now.
+    pub fn shape_memo_len(&self) -> usize {
+        self.shapes.as_ref().map_or(0, |m| m.len())
+    }
+
+    /// How many analyses were answered from the shape memo (without a parse) so far.
+    pub fn shape_hits(&self) -> u64 {
+        self.shape_hits.load(Ordering::Relaxed)
+    }
 }
 
 impl Default for Normalizer {
@@ -243,6 +288,8 @@ impl std::fmt::Debug for Normalizer {
         f.debug_struct("Normalizer")
             .field("config", &self.config)
             .field("memo_len", &self.memo_len())
+            .field("shape_memo_len", &self.shape_memo_len())
+            .field("shape_hits", &self.shape_hits())
             .finish()
     }
 }

@@ -44,8 +44,8 @@ pub(crate) fn is_comment(kind: i32) -> bool {
     kind == Token::SqlComment as i32 || kind == Token::CComment as i32
 }
 
-/// The literal a token stands for, if it is one.
-fn literal(kind: i32, text: &str, prev: Option<i32>) -> Option<(LiteralForm, TypeOid, Box<str>)> {
+/// The literal a token stands for, if it is one: its form, its type and its parameter text.
+pub(crate) fn literal(kind: i32, text: &str, prev: Option<i32>) -> Option<(LiteralForm, TypeOid, Box<str>)> {
     let k = Token::try_from(kind).ok()?;
     Some(match k {
         Token::Iconst => {
@@ -82,6 +82,16 @@ fn literal(kind: i32, text: &str, prev: Option<i32>) -> Option<(LiteralForm, Typ
         }
         _ => return None,
     })
+}
+
+/// The special date/time input a literal spells, if its value depends on when it is read
+/// (`'now'`, `'today'`, ...): lower-cased and trimmed.
+pub(crate) fn time_dependent(form: LiteralForm, text: &str) -> Option<String> {
+    if !matches!(form, LiteralForm::String | LiteralForm::DollarString) {
+        return None;
+    }
+    let v = text.trim().to_ascii_lowercase();
+    matches!(v.as_str(), "now" | "today" | "tomorrow" | "yesterday").then_some(v)
 }
 
 fn integer_type(text: &str) -> (TypeOid, LiteralForm) {
@@ -301,11 +311,8 @@ pub(crate) fn normalize(sql: &str, tokens: &[ScanToken]) -> Option<Normalized> {
     let mut time_literal = None;
     let mut lowered = String::new();
     let mut push_param = |p: (LiteralForm, TypeOid, Box<str>), params: &mut Vec<Parameter>| {
-        if matches!(p.0, LiteralForm::String | LiteralForm::DollarString) && time_literal.is_none() {
-            let v = p.2.trim().to_ascii_lowercase();
-            if matches!(v.as_str(), "now" | "today" | "tomorrow" | "yesterday") {
-                time_literal = Some(Arc::from(v.as_str()));
-            }
+        if time_literal.is_none() {
+            time_literal = time_dependent(p.0, &p.2).map(Arc::from);
         }
         params.push(Parameter { ty: p.1, form: p.0, text: p.2 });
     };

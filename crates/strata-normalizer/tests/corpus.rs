@@ -3,57 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
 
 use expect_test::expect_file;
 use strata_normalizer::{Cacheability, Normalizer, NormalizerConfig, NotCacheable, WriteEffect};
 
-fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus/postgres_regress")
-}
+mod support;
 
-/// Turns a psql script into SQL: drops backslash meta-command lines and the data lines of
-/// `COPY ... FROM stdin` (the statement may span lines) up to the `\.` terminator.
-fn sql_of_psql_script(script: &str) -> String {
-    let mut out = String::with_capacity(script.len());
-    let mut in_copy_data = false;
-    let mut statement = String::new();
-    for line in script.lines() {
-        if in_copy_data {
-            if line == "\\." {
-                in_copy_data = false;
-            }
-            continue;
-        }
-        if line.starts_with('\\') {
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-        if line.trim_start().starts_with("--") {
-            continue;
-        }
-        statement.push_str(&line.to_ascii_lowercase());
-        statement.push(' ');
-        if line.trim_end().ends_with(';') {
-            let s = statement.trim_start();
-            if s.starts_with("copy") && s.contains("stdin") && !s.contains(" to stdin") {
-                in_copy_data = true;
-            }
-            statement.clear();
-        }
-    }
-    out
-}
-
-/// Statements of a script: PostgreSQL's scanner splits them; when it rejects the whole file
-/// (a deliberately malformed literal somewhere), fall back to lines ending in `;`.
-fn statements_of(sql: &str) -> (Vec<&str>, bool) {
-    match pg_query::split_with_scanner(sql) {
-        Ok(parts) => (parts, false),
-        Err(_) => (sql.split(";\n").collect(), true),
-    }
-}
+use support::{corpus_files, sql_of_psql_script, statements_of};
 
 fn reason_name(c: &Cacheability) -> &'static str {
     match c.reason() {
@@ -79,17 +35,7 @@ fn reason_name(c: &Cacheability) -> &'static str {
 
 #[test]
 fn regression_corpus_analyzes_without_panic() {
-    let dir = corpus_dir();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| {
-            panic!("the regression corpus is missing at {} ({e}); run `cargo xtask test`", dir.display())
-        })
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
-        .collect();
-    files.sort();
-    assert!(files.len() > 100, "only {} corpus files", files.len());
-
+    let files = corpus_files();
     let normalizer = Normalizer::new(NormalizerConfig::builder().with_memo_capacity(0).build().unwrap());
     let mut statements = 0usize;
     let mut split_failures = 0usize;

@@ -1,0 +1,304 @@
+//! The shape memo's fast path gives exactly the analysis a full parse gives: for every statement
+//! of the PostgreSQL regression corpus and ORM-style queries, with their literals replaced by
+//! other values of the same class and of other classes.
+
+use std::fmt::Write as _;
+
+use proptest::prelude::*;
+use strata_normalizer::{Analysis, Normalizer, NormalizerConfig, WriteEffect};
+
+mod support;
+
+use support::{corpus_files, sql_of_psql_script, statements_of};
+
+/// Everything observable through the public API, parameter values included.
+fn observe(a: &Analysis) -> String {
+    let mut out = String::new();
+    let writes = |w: &WriteEffect| format!("{w:?}");
+    let _ = writeln!(
+        out,
+        "identity={} key={:?} cpc={} kind={:?} parse_error={} cacheability={:?} writes={} reads={:?} deps={:?} hints={:?} temp={:?}",
+        a.identity(),
+        a.key_bytes(),
+        a.client_param_count(),
+        a.kind(),
+        a.is_parse_error(),
+        a.cacheability(),
+        writes(a.writes()),
+        a.reads(),
+        a.dependencies(),
+        a.hints(),
+        a.temporary_tables_created().collect::<Vec<_>>(),
+    );
+    let h = a.hints();
+    let _ = writeln!(
+        out,
+        "hints ttl={:?} capped={} intent={:?} ignored={:?}",
+        h.ttl(),
+        h.ttl_was_capped(),
+        h.intent(),
+        h.ignored()
+    );
+    for p in a.params() {
+        let _ = writeln!(out, "param {:?} {:?} {:?}", p.type_oid(), p.form(), p.text());
+    }
+    for s in a.statements() {
+        let _ = writeln!(
+            out,
+            "stmt kind={:?} range={:?} normalized={:?} identity={} key={:?} cpc={} reads={:?} writes={} functions={:?} temp={:?} cacheability={:?}",
+            s.kind(),
+            s.range(),
+            s.normalized(),
+            s.identity(),
+            s.key_bytes(),
+            s.client_param_count(),
+            s.reads(),
+            writes(s.writes()),
+            s.functions(),
+            s.temporary_tables_created(),
+            s.cacheability(),
+        );
+        for p in s.params() {
+            let _ = writeln!(out, "  param {:?} {:?} {:?}", p.type_oid(), p.form(), p.text());
+        }
+    }
+    out
+}
+
+fn with_shapes() -> Normalizer {
+    let config = NormalizerConfig::builder()
+        .with_memo_capacity(0)
+        .with_shape_memo_capacity(1_000_000)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    Normalizer::new(config)
+}
+
+fn without_memos() -> Normalizer {
+    let config = NormalizerConfig::builder()
+        .with_memo_capacity(0)
+        .with_shape_memo_capacity(0)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    Normalizer::new(config)
+}
+
+/// Replacement values for a literal token, by its scanner kind: first values of the same
+/// class, then values of other classes.
+fn replacements(kind: i32, text: &str) -> (&'static [&'static str], &'static [&'static str]) {
+    use pg_query::protobuf::Token;
+    let k = Token::try_from(kind).ok();
+    match k {
+        Some(Token::Iconst) => (
+            &["0", "7", "48213", "2147483647", "0x7FFF", "1_000"],
+            &["2147483648", "1.5", "99999999999999999999", "'7'", "1e5"],
+        ),
+        Some(Token::Fconst) if text.bytes().all(|b| b.is_ascii_digit()) => {
+            (&["2147483648", "9223372036854775807"], &["9223372036854775808", "5", "2.5"])
+        }
+        Some(Token::Fconst) => {
+            (&["3.25", "1e10", ".5", "0.0", "1.5E-3", "99999999999999999999.9"], &["42", "'x'"])
+        }
+        Some(Token::Sconst) if text.starts_with('\'') => (
+            &["'x'", "''", "'it''s'", "'a;b -- c /* d'", "'1'", "'2024-01-01'", "'now'", "' Today '", "'\\'"],
+            &["$$x$$", "E'x'", "5", "B'1'", "2.5"],
+        ),
+        Some(Token::Sconst) if text.starts_with('$') => (&["$$y$$", "$q$a$b$q$", "$$now$$"], &["'y'", "5"]),
+        Some(Token::Sconst) => (&["E'q'", "e'it''s'"], &["'q'", "E'\\n'"]),
+        Some(Token::Bconst) => (&["B'1'", "b'0110'"], &["X'1F'", "'1'"]),
+        Some(Token::Xconst) => (&["X'AB'", "x'0'"], &["B'1'", "1"]),
+        _ => (&[], &[]),
+    }
+}
+
+fn is_literal(kind: i32) -> bool {
+    use pg_query::protobuf::Token;
+    [Token::Iconst, Token::Fconst, Token::Sconst, Token::Bconst, Token::Xconst]
+        .iter()
+        .any(|t| *t as i32 == kind)
+}
+
+/// Texts of `sql` with its literals replaced: all of them by same-class values (one text per
+/// round), and each of the first few by one value of another class.
+fn variants(sql: &str) -> Vec<String> {
+    let Ok(tokens) = pg_query::scan_tokens(sql) else { return Vec::new() };
+    let literals: Vec<(usize, usize, i32)> = tokens
+        .iter()
+        .filter(|t| is_literal(t.token))
+        .filter_map(|t| Some((usize::try_from(t.start).ok()?, usize::try_from(t.end).ok()?, t.token)))
+        .collect();
+    if literals.is_empty() {
+        return Vec::new();
+    }
+    let replace = |choose: &dyn Fn(usize, i32, &str) -> Option<&'static str>| -> String {
+        let mut out = String::with_capacity(sql.len() + 16);
+        let mut at = 0;
+        for (n, (s, e, k)) in literals.iter().enumerate() {
+            out.push_str(&sql[at..*s]);
+            out.push_str(choose(n, *k, &sql[*s..*e]).unwrap_or(&sql[*s..*e]));
+            at = *e;
+        }
+        out.push_str(&sql[at..]);
+        out
+    };
+    let mut out = Vec::new();
+    for round in 0..3 {
+        out.push(replace(&|n, k, t| {
+            let same = replacements(k, t).0;
+            (!same.is_empty()).then(|| same[(n + round * 3) % same.len()])
+        }));
+    }
+    for target in 0..literals.len().min(3) {
+        out.push(replace(&|n, k, t| {
+            let other = replacements(k, t).1;
+            (n == target && !other.is_empty()).then(|| other[n % other.len()])
+        }));
+    }
+    out
+}
+
+#[derive(Default)]
+struct Tally {
+    compared: usize,
+    fast: usize,
+    mismatches: Vec<String>,
+}
+
+impl Tally {
+    fn check(&mut self, shapes: &Normalizer, full: &Normalizer, text: &str) {
+        let before = shapes.shape_hits();
+        let got = observe(&shapes.analyze(text));
+        let fast = shapes.shape_hits() > before;
+        let want = observe(&full.analyze(text));
+        self.compared += 1;
+        if fast {
+            self.fast += 1;
+        }
+        if got != want && self.mismatches.len() < 20 {
+            self.mismatches.push(format!("TEXT {text:?}\nFAST {got}\nFULL {want}"));
+        }
+    }
+}
+
+#[test]
+fn fast_path_equals_full_analysis_on_the_regression_corpus() {
+    let shapes = with_shapes();
+    let full = without_memos();
+    let mut tally = Tally::default();
+    for file in corpus_files() {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        let sql = sql_of_psql_script(&String::from_utf8_lossy(&bytes));
+        let (parts, _) = statements_of(&sql);
+        for part in parts {
+            if part.trim().is_empty() {
+                continue;
+            }
+            // The original text first (it records the shape), then its variants.
+            tally.check(&shapes, &full, part);
+            for v in variants(part) {
+                tally.check(&shapes, &full, &v);
+            }
+        }
+    }
+    assert!(
+        tally.mismatches.is_empty(),
+        "{} mismatches:\n{}",
+        tally.mismatches.len(),
+        tally.mismatches.join("\n")
+    );
+    // The comparison must exercise the fast path, or it proves nothing.
+    assert!(tally.fast > 20_000, "only {} of {} texts took the fast path", tally.fast, tally.compared);
+    eprintln!("compared {} texts, {} on the fast path", tally.compared, tally.fast);
+}
+
+#[test]
+fn fast_path_answers_pgbench_select_without_a_parse() {
+    let shapes = with_shapes();
+    let full = without_memos();
+    shapes.analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 48213;");
+    for aid in [1, 99_999, 2_147_483_647] {
+        let text = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};");
+        let before = shapes.shape_hits();
+        let a = shapes.analyze(&text);
+        assert_eq!(shapes.shape_hits(), before + 1, "{text}");
+        assert_eq!(observe(&a), observe(&full.analyze(&text)));
+        assert_eq!(a.params().next().map(|p| p.text()), Some(aid.to_string().as_str()));
+    }
+    // Another class of literal (bigint) takes the full path and still gets its own type.
+    let big = "SELECT abalance FROM pgbench_accounts WHERE aid = 2147483648;";
+    let before = shapes.shape_hits();
+    assert_eq!(observe(&shapes.analyze(big)), observe(&full.analyze(big)));
+    assert_eq!(shapes.shape_hits(), before);
+    // A time-dependent literal never reuses a cacheable shape.
+    shapes.analyze("SELECT * FROM events WHERE at < '2024-01-01'::timestamp");
+    let now = "SELECT * FROM events WHERE at < 'now'::timestamp";
+    let a = shapes.analyze(now);
+    assert!(!a.cacheability().is_cacheable());
+    assert_eq!(observe(&a), observe(&full.analyze(now)));
+}
+
+const ORM: &[&str] = &[
+    r#"SELECT "auth_user"."id", "auth_user"."username" FROM "auth_user" WHERE "auth_user"."id" = {i} LIMIT {i}"#,
+    r#"SELECT "blog_post"."id" FROM "blog_post" WHERE "blog_post"."id" IN ({i}, {i}, {i}) AND "blog_post"."title" = {s}"#,
+    "select o1_0.id from orders o1_0 where o1_0.customer_id={i} and o1_0.total > {f} order by o1_0.created_at desc offset {i} rows fetch first {i} rows only",
+    "SELECT id, data->>{s} FROM documents WHERE data @> {s} AND tenant_id = {i} ORDER BY id LIMIT {i} /* strata: ttl=30s */",
+    r#"INSERT INTO "events" ("name","payload","n") VALUES ({s}, {s}, {i}), ({s}, {s}, -{i}) ON CONFLICT DO NOTHING RETURNING "id""#,
+    r#"UPDATE "users" SET "name" = {s}, "score" = {f} WHERE "users"."id" = {i}"#,
+    "DELETE FROM sessions WHERE expires_at < {s}::timestamptz AND user_id = ANY(ARRAY[{i}, -{i}])",
+    "SELECT count(*) FROM t WHERE a BETWEEN {i} AND {i} AND b = {s} -- strata: tier=l1\n",
+    "SELECT x::float({p}), y::numeric({p}, {p}) FROM t WHERE z = {i}",
+    "SELECT 1; SELECT * FROM t WHERE id = {i};",
+];
+
+fn fill(template: &str, ints: &[i64], floats: &[f64], strings: &[String], precisions: &[u8]) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    let (mut i, mut f, mut s, mut p) = (0, 0, 0, 0);
+    while let Some(at) = rest.find('{') {
+        out.push_str(&rest[..at]);
+        let hole = &rest[at..at + 3];
+        match hole {
+            "{i}" => {
+                out.push_str(&ints[i % ints.len()].unsigned_abs().to_string());
+                i += 1;
+            }
+            "{f}" => {
+                out.push_str(&format!("{:?}", floats[f % floats.len()].abs()));
+                f += 1;
+            }
+            "{s}" => {
+                out.push_str(&format!("'{}'", strings[s % strings.len()].replace('\'', "''")));
+                s += 1;
+            }
+            _ => {
+                out.push_str(&precisions[p % precisions.len()].to_string());
+                p += 1;
+            }
+        }
+        rest = &rest[at + 3..];
+    }
+    out.push_str(rest);
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_literals_in_orm_queries_match_the_full_path(
+        q in 0..ORM.len(),
+        first in (prop::collection::vec(any::<i64>(), 1..6), prop::collection::vec(any::<f64>(), 1..3)),
+        second in (prop::collection::vec(any::<i64>(), 1..6), prop::collection::vec(any::<f64>(), 1..3)),
+        strings in prop::collection::vec("[a-zA-Z0-9 ',;$/*\\\\-]{0,12}|now|today", 1..4),
+        precisions in prop::collection::vec(0u8..70, 1..3),
+    ) {
+        let shapes = with_shapes();
+        let full = without_memos();
+        let fl = |v: &[f64]| v.iter().map(|x| if x.is_finite() { *x } else { 1.5 }).collect::<Vec<_>>();
+        let a = fill(ORM[q], &first.0, &fl(&first.1), &strings, &precisions);
+        let b = fill(ORM[q], &second.0, &fl(&second.1), &strings.iter().rev().cloned().collect::<Vec<_>>(), &precisions);
+        shapes.analyze(&a);
+        let got = observe(&shapes.analyze(&b));
+        prop_assert_eq!(got, observe(&full.analyze(&b)), "{} after {}", b, a);
+    }
+}
