@@ -5,6 +5,7 @@
 //! whole set-up.
 
 mod bench;
+mod e2e;
 mod prereq;
 mod services;
 #[cfg(test)]
@@ -23,6 +24,9 @@ commands:
                    STRATA_TEST_* variables, run `cargo test --workspace ARGS...`, stop the servers
   ci               what CI runs: fmt check, clippy -D warnings, cargo deny, docs -D warnings, tests
   bench [ARGS...]  run every crate's criterion benches against provisioned servers and print a summary
+  bench e2e [OPTS] strata-proxy against direct PostgreSQL, PgBouncer and pgpool-II with pgbench;
+                   writes BENCHMARKS.md and BENCHMARKS.png (--duration SECS, --warm-up SECS,
+                   --targets direct,pgbouncer,pgpool,strata,strata-redis, --out FILE)
   services         start the throwaway servers, print their variables, and wait for Ctrl-C
   proxy [ARGS...]  install prerequisites and run strata-proxy (release build) with ARGS";
 
@@ -44,6 +48,7 @@ fn run() -> Result<ExitCode> {
     match command.as_str() {
         "test" => test(&rest, &interrupted),
         "ci" => ci(&interrupted),
+        "bench" if rest.first().is_some_and(|a| a == "e2e") => e2e::run(&rest[1..], &interrupted),
         "bench" => bench::run(&rest, &interrupted),
         "services" => services::hold(&interrupted),
         "proxy" => proxy(&rest, &interrupted),
@@ -85,9 +90,14 @@ fn test(args: &[String], interrupted: &services::Interrupted) -> Result<ExitCode
 }
 
 fn ci(interrupted: &services::Interrupted) -> Result<ExitCode> {
-    let steps: [(&str, &[&str]); 3] = [
+    let steps: [(&str, &[&str]); 4] = [
         ("fmt", &["fmt", "--all", "--", "--check"]),
         ("clippy", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+        // The plot binary of `bench e2e` is only built with its feature.
+        (
+            "clippy (xtask plot)",
+            &["clippy", "--package", "xtask", "--features", "plot", "--bin", "plot", "--", "-D", "warnings"],
+        ),
         ("doc", &["doc", "--workspace", "--no-deps"]),
     ];
     prereq::ensure_all()?;

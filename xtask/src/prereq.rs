@@ -42,6 +42,25 @@ pub(crate) fn ensure_all() -> Result<Tools> {
     Ok(Tools { redis_server, redis_cli, pg_bindir, run_as_postgres })
 }
 
+/// What `cargo xtask bench e2e` compares Strata with, and the font its plot is drawn with.
+#[derive(Debug, Clone)]
+pub(crate) struct BenchTools {
+    pub(crate) pgbouncer: PathBuf,
+    pub(crate) pgpool: PathBuf,
+    pub(crate) font: PathBuf,
+}
+
+/// Installs PgBouncer, pgpool-II and a TrueType font when missing.
+pub(crate) fn ensure_bench_tools() -> Result<BenchTools> {
+    let pgbouncer = find_or_install("pgbouncer", "pgbouncer")?;
+    let pgpool = find_or_install("pgpool", "pgpool2")?;
+    const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+    if !Path::new(FONT).is_file() {
+        install(&["fonts-dejavu-core"])?;
+    }
+    Ok(BenchTools { pgbouncer, pgpool, font: PathBuf::from(FONT) })
+}
+
 /// Makes sure crates that bind to C can build: pg_query needs libclang (bindgen).
 pub(crate) fn ensure_build_tools() -> Result<()> {
     if has_libclang() {

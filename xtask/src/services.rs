@@ -49,12 +49,12 @@ pub(crate) fn run_interruptibly(mut cmd: Command, interrupted: &Interrupted) -> 
 }
 
 /// A free TCP port on 127.0.0.1, as the OS hands it out.
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(listener.local_addr()?.port())
 }
 
-fn scratch_dir(what: &str) -> Result<PathBuf> {
+pub(crate) fn scratch_dir(what: &str) -> Result<PathBuf> {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let dir = std::env::temp_dir().join(format!("strata-{what}-{}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -70,8 +70,13 @@ pub(crate) struct Services {
 
 impl Services {
     pub(crate) fn start(tools: &Tools) -> Result<Self> {
+        Self::start_with(tools, "")
+    }
+
+    /// Both servers, with `postgresql.conf` lines appended to the test defaults.
+    pub(crate) fn start_with(tools: &Tools, extra_pg_conf: &str) -> Result<Self> {
         let redis = Redis::start(tools)?;
-        let postgres = Postgres::start(tools)?;
+        let postgres = Postgres::start(tools, extra_pg_conf)?;
         println!(
             "xtask: redis-server on 127.0.0.1:{}, PostgreSQL on 127.0.0.1:{} (throwaway)",
             redis.port, postgres.port
@@ -91,6 +96,14 @@ impl Services {
             ("STRATA_TEST_REDIS_CLI", self.tools.redis_cli.display().to_string()),
             ("STRATA_TEST_PG_BINDIR", self.tools.pg_bindir.display().to_string()),
         ]
+    }
+
+    pub(crate) fn redis_port(&self) -> u16 {
+        self.redis.port
+    }
+
+    pub(crate) fn postgres_port(&self) -> u16 {
+        self.postgres.port
     }
 
     pub(crate) fn export_to(&self, cmd: &mut Command) {
@@ -185,17 +198,12 @@ host all all ::1/128 trust
 ";
 
 impl Postgres {
-    fn start(tools: &Tools) -> Result<Self> {
+    fn start(tools: &Tools, extra_conf: &str) -> Result<Self> {
         let dir = scratch_dir("postgres")?;
         let port = free_port()?;
         // From here on, the guard removes the directory whatever happens.
         let pg = Self { dir, port, tools: tools.clone() };
-        if tools.run_as_postgres {
-            let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&pg.dir).status()?;
-            if !status.success() {
-                bail!("could not hand {} to the postgres user", pg.dir.display());
-            }
-        }
+        give_to_service_user(tools, &pg.dir)?;
         let data = pg.dir.join("data");
         let out = pg
             .command("initdb")
@@ -220,7 +228,7 @@ impl Postgres {
         let conf = format!(
             "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
              fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 300\n\
-             shared_buffers = 128MB\n",
+             shared_buffers = 128MB\n{extra_conf}\n",
             pg.dir.display()
         );
         append(&data.join("postgresql.conf"), &conf)?;
@@ -245,15 +253,7 @@ impl Postgres {
 
     /// A PostgreSQL binary, run as the `postgres` user when we are root (it refuses root).
     fn command(&self, binary: &str) -> Command {
-        let path = self.tools.pg_bindir.join(binary);
-        if self.tools.run_as_postgres {
-            let mut cmd =
-                Command::new(prereq::find_in_path("runuser").unwrap_or_else(|| PathBuf::from("runuser")));
-            cmd.args(["-u", "postgres", "--"]).arg(path);
-            cmd
-        } else {
-            Command::new(path)
-        }
+        as_service_user(&self.tools, &self.tools.pg_bindir.join(binary))
     }
 }
 
@@ -272,6 +272,30 @@ impl Drop for Postgres {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A server program, run as the `postgres` user when we are root (PostgreSQL and PgBouncer refuse
+/// root; everything of theirs lives in directories that user owns).
+pub(crate) fn as_service_user(tools: &Tools, program: &Path) -> Command {
+    if tools.run_as_postgres {
+        let mut cmd =
+            Command::new(prereq::find_in_path("runuser").unwrap_or_else(|| PathBuf::from("runuser")));
+        cmd.args(["-u", "postgres", "--"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Hands a directory to the `postgres` user when servers run as that user.
+pub(crate) fn give_to_service_user(tools: &Tools, dir: &Path) -> Result<()> {
+    if tools.run_as_postgres {
+        let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status()?;
+        if !status.success() {
+            bail!("could not hand {} to the postgres user", dir.display());
+        }
+    }
+    Ok(())
 }
 
 fn append(path: &Path, text: &str) -> Result<()> {
