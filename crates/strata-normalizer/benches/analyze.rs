@@ -1,4 +1,5 @@
-//! Cold `analyze` against raw `pg_query::parse` of the same statements, and memoized `analyze`.
+//! Cold `analyze` against raw `pg_query::parse` of the same statements, memoized `analyze`, and
+//! the shape memo's fast path (fresh literal values in a known query) against the full path.
 //! After criterion's own report, prints the ratios measured side by side in this run.
 #![allow(clippy::expect_used)]
 
@@ -26,7 +27,36 @@ const STATEMENTS: &[&str] = &[
 ];
 
 fn cold() -> Normalizer {
+    Normalizer::new(
+        NormalizerConfig::builder()
+            .with_memo_capacity(0)
+            .with_shape_memo_capacity(0)
+            .build()
+            .expect("valid config"),
+    )
+}
+
+/// No text memo, so every text below is new to it; only the shape memo helps.
+fn shapes_only() -> Normalizer {
     Normalizer::new(NormalizerConfig::builder().with_memo_capacity(0).build().expect("valid config"))
+}
+
+/// `pgbench -S`'s statement with a different literal every time.
+fn pgbench_select(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|k| format!("SELECT abalance FROM pgbench_accounts WHERE aid = {};", 1 + (k * 7919) % 1_000_000))
+        .collect()
+}
+
+/// A Django point lookup (quoted identifiers, two literals) with a different id every time.
+fn django_lookup(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|k| {
+            format!(
+                r#"SELECT "auth_user"."id", "auth_user"."username", "auth_user"."email" FROM "auth_user" WHERE "auth_user"."id" = {k} LIMIT 21"#
+            )
+        })
+        .collect()
 }
 
 fn warm() -> Normalizer {
@@ -62,7 +92,27 @@ fn benches(c: &mut Criterion) {
             }
         })
     });
+    let variants = pgbench_select(4096);
+    let fast = shapes_only();
+    for v in &variants[..2] {
+        fast.analyze(v);
+    }
+    let mut k = 0;
+    g.bench_function("analyze_pgbench_select_shape_memo", |b| {
+        b.iter(|| {
+            k = (k + 1) % variants.len();
+            black_box(fast.analyze(black_box(&variants[k])))
+        })
+    });
+    let full = cold();
+    g.bench_function("analyze_pgbench_select_full", |b| {
+        b.iter(|| {
+            k = (k + 1) % variants.len();
+            black_box(full.analyze(black_box(&variants[k])))
+        })
+    });
     g.finish();
+    assert!(fast.shape_hits() > 0, "the shape memo was never used");
 }
 
 /// Median time per statement of `f` over several rounds.
@@ -79,6 +129,79 @@ fn per_statement(rounds: usize, iters: usize, mut f: impl FnMut(&str)) -> Durati
     }
     samples.sort();
     samples[rounds / 2]
+}
+
+/// Median time per text of `f` over `texts`, in several interleaved rounds.
+fn per_text(rounds: usize, texts: &[String], mut f: impl FnMut(&str)) -> Duration {
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let start = Instant::now();
+        for t in texts {
+            f(black_box(t));
+        }
+        samples.push(start.elapsed() / texts.len() as u32);
+    }
+    samples.sort();
+    samples[rounds / 2]
+}
+
+fn print_shape_ratio(name: &str, variants: &[String]) {
+    let fast = shapes_only();
+    let full = cold();
+    fast.analyze(&variants[0]);
+    fast.analyze(&variants[1]);
+    let hits_before = fast.shape_hits();
+    let mut fast_t = Vec::new();
+    let mut full_t = Vec::new();
+    for _ in 0..5 {
+        fast_t.push(per_text(3, variants, |s| {
+            black_box(fast.analyze(s));
+        }));
+        full_t.push(per_text(1, &variants[..2000], |s| {
+            black_box(full.analyze(s));
+        }));
+    }
+    fast_t.sort();
+    full_t.sort();
+    let (f, c) = (fast_t[2], full_t[2]);
+    let hits = fast.shape_hits() - hits_before;
+    println!(
+        "RATIO normalizer {name} full / shape_memo = {:.1}x (shape memo {:.0} ns, full {:.0} ns per text with a new \
+         literal; {hits} shape hits of {} texts; goal <= 2000 ns)",
+        c.as_secs_f64() / f.as_secs_f64(),
+        f.as_nanos() as f64,
+        c.as_nanos() as f64,
+        5 * 3 * variants.len(),
+    );
+}
+
+/// The cost the shape memo adds to texts it cannot help: each text below is a new shape, so
+/// it is lexed, fully analyzed, and its shape recorded.
+fn print_shape_overhead() {
+    let texts: Vec<String> =
+        (0..4000).map(|k| format!("SELECT abalance FROM pgbench_accounts_{k} WHERE aid = {k};")).collect();
+    let mut with_t = Vec::new();
+    let mut without_t = Vec::new();
+    for _ in 0..5 {
+        // A fresh normalizer each round, so every text is a new shape again.
+        let with = shapes_only();
+        with_t.push(per_text(1, &texts, |s| {
+            black_box(with.analyze(s));
+        }));
+        let without = cold();
+        without_t.push(per_text(1, &texts, |s| {
+            black_box(without.analyze(s));
+        }));
+    }
+    with_t.sort();
+    without_t.sort();
+    let (w, o) = (with_t[2], without_t[2]);
+    println!(
+        "RATIO normalizer analyze_new_shape with shape memo / without = {:.2}x (with {:.0} ns, without {:.0} ns per text)",
+        w.as_secs_f64() / o.as_secs_f64(),
+        w.as_nanos() as f64,
+        o.as_nanos() as f64,
+    );
 }
 
 fn print_ratios() {
@@ -120,5 +243,9 @@ fn main() {
     // `cargo test --benches` runs benches once as a smoke test; skip the timing loop then.
     if !std::env::args().any(|a| a == "--test" || a == "--list") {
         print_ratios();
+        println!();
+        print_shape_ratio("analyze_pgbench_select", &pgbench_select(20_000));
+        print_shape_ratio("analyze_django_lookup", &django_lookup(20_000));
+        print_shape_overhead();
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use pg_query::protobuf::ScanToken;
 
 use quick_cache::sync::Cache;
-use xxhash_rust::xxh3::{xxh3_128, Xxh3};
+use xxhash_rust::xxh3::{xxh3_128, xxh3_64, Xxh3};
 
 use crate::analysis::{
     Analysis, Cacheability, NotCacheable, StatementAnalysis, StatementIdentity, StatementKind, WriteEffect,
@@ -198,6 +198,9 @@ pub struct Normalizer {
     config: NormalizerConfig,
     memo: Option<Cache<String, Arc<Analysis>>>,
     shapes: Option<Cache<Box<[u8]>, Arc<Shape>>>,
+    /// Hashes of shape keys seen once: a shape is recorded the second time its key shows up, so
+    /// one-off texts neither pay for recording nor push useful shapes out.
+    seen: Option<Cache<u64, ()>>,
     shape_hits: AtomicU64,
 }
 
@@ -206,7 +209,9 @@ impl Normalizer {
     pub fn new(config: NormalizerConfig) -> Self {
         let memo = (config.memo_capacity > 0).then(|| Cache::new(config.memo_capacity));
         let shapes = (config.shape_memo_capacity > 0).then(|| Cache::new(config.shape_memo_capacity));
-        Self { config, memo, shapes, shape_hits: AtomicU64::new(0) }
+        let seen = (config.shape_memo_capacity > 0)
+            .then(|| Cache::new(config.shape_memo_capacity.saturating_mul(4)));
+        Self { config, memo, shapes, seen, shape_hits: AtomicU64::new(0) }
     }
 
     /// The configuration in use.
@@ -239,8 +244,11 @@ impl Normalizer {
         }
         let (analysis, scanned) = analyze_scanned(sql, &self.config);
         let analysis = Arc::new(analysis);
-        if let (Some(shapes), Some(lexed), Some(scanned)) = (shapes, lexed, scanned) {
-            if let Some(shape) = Shape::build(sql, &lexed, &analysis, &scanned) {
+        if let (Some(shapes), Some(seen), Some(lexed), Some(scanned)) = (shapes, &self.seen, lexed, scanned) {
+            let hash = xxh3_64(lexed.key());
+            if seen.get(&hash).is_none() {
+                seen.insert(hash, ());
+            } else if let Some(shape) = Shape::build(sql, &lexed, &analysis, &scanned) {
                 shapes.insert(lexed.into_key(), Arc::new(shape));
             }
         }

@@ -74,6 +74,12 @@ fn with_shapes() -> Normalizer {
     Normalizer::new(config)
 }
 
+/// Analyzes a text twice: a shape is recorded the second time its key is seen.
+fn learn(n: &Normalizer, text: &str) {
+    n.analyze(text);
+    n.analyze(text);
+}
+
 fn without_memos() -> Normalizer {
     let config = NormalizerConfig::builder()
         .with_memo_capacity(0)
@@ -193,7 +199,8 @@ fn fast_path_equals_full_analysis_on_the_regression_corpus() {
             if part.trim().is_empty() {
                 continue;
             }
-            // The original text first (it records the shape), then its variants.
+            // The original text first (twice: that records the shape), then its variants.
+            shapes.analyze(part);
             tally.check(&shapes, &full, part);
             for v in variants(part) {
                 tally.check(&shapes, &full, &v);
@@ -215,7 +222,7 @@ fn fast_path_equals_full_analysis_on_the_regression_corpus() {
 fn fast_path_answers_pgbench_select_without_a_parse() {
     let shapes = with_shapes();
     let full = without_memos();
-    shapes.analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 48213;");
+    learn(&shapes, "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;");
     for aid in [1, 99_999, 2_147_483_647] {
         let text = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};");
         let before = shapes.shape_hits();
@@ -230,11 +237,49 @@ fn fast_path_answers_pgbench_select_without_a_parse() {
     assert_eq!(observe(&shapes.analyze(big)), observe(&full.analyze(big)));
     assert_eq!(shapes.shape_hits(), before);
     // A time-dependent literal never reuses a cacheable shape.
-    shapes.analyze("SELECT * FROM events WHERE at < '2024-01-01'::timestamp");
+    learn(&shapes, "SELECT * FROM events WHERE at < '2024-01-01'::timestamp");
     let now = "SELECT * FROM events WHERE at < 'now'::timestamp";
     let a = shapes.analyze(now);
     assert!(!a.cacheability().is_cacheable());
     assert_eq!(observe(&a), observe(&full.analyze(now)));
+}
+
+#[test]
+fn literals_the_grammar_checks_do_not_vary() {
+    let shapes = with_shapes();
+    let full = without_memos();
+    learn(&shapes, "SELECT x::float(10) FROM t WHERE id = 1");
+    // float(p) must have 1 <= p <= 53: the grammar rejects float(60) even though float(10) parsed.
+    for text in ["SELECT x::float(60) FROM t WHERE id = 2", "SELECT x::float(0) FROM t WHERE id = 3"] {
+        let a = shapes.analyze(text);
+        assert!(a.is_parse_error(), "{text}");
+        assert_eq!(observe(&a), observe(&full.analyze(text)));
+    }
+    let before = shapes.shape_hits();
+    let same = "SELECT x::float(10) FROM t WHERE id = 4";
+    assert_eq!(observe(&shapes.analyze(same)), observe(&full.analyze(same)));
+    assert_eq!(shapes.shape_hits(), before + 1);
+}
+
+#[test]
+fn shape_memo_is_bounded_and_records_a_shape_on_its_second_sighting() {
+    let config = NormalizerConfig::builder()
+        .with_memo_capacity(0)
+        .with_shape_memo_capacity(16)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let n = Normalizer::new(config);
+    n.analyze("SELECT * FROM t WHERE id = 1");
+    assert_eq!(n.shape_memo_len(), 0, "a one-off text records no shape");
+    n.analyze("SELECT * FROM t WHERE id = 2");
+    assert_eq!(n.shape_memo_len(), 1);
+    n.analyze("SELECT * FROM t WHERE id = 3");
+    assert_eq!(n.shape_hits(), 1);
+    for k in 0..2000 {
+        let text = format!("SELECT * FROM t{k} WHERE id = {k}");
+        learn(&n, &text);
+    }
+    assert!(n.shape_memo_len() <= 32, "shape memo grew to {}", n.shape_memo_len());
 }
 
 const ORM: &[&str] = &[
@@ -290,14 +335,14 @@ proptest! {
         first in (prop::collection::vec(any::<i64>(), 1..6), prop::collection::vec(any::<f64>(), 1..3)),
         second in (prop::collection::vec(any::<i64>(), 1..6), prop::collection::vec(any::<f64>(), 1..3)),
         strings in prop::collection::vec("[a-zA-Z0-9 ',;$/*\\\\-]{0,12}|now|today", 1..4),
-        precisions in prop::collection::vec(0u8..70, 1..3),
+        precisions in (prop::collection::vec(0u8..70, 1..3), prop::collection::vec(0u8..70, 1..3)),
     ) {
         let shapes = with_shapes();
         let full = without_memos();
         let fl = |v: &[f64]| v.iter().map(|x| if x.is_finite() { *x } else { 1.5 }).collect::<Vec<_>>();
-        let a = fill(ORM[q], &first.0, &fl(&first.1), &strings, &precisions);
-        let b = fill(ORM[q], &second.0, &fl(&second.1), &strings.iter().rev().cloned().collect::<Vec<_>>(), &precisions);
-        shapes.analyze(&a);
+        let a = fill(ORM[q], &first.0, &fl(&first.1), &strings, &precisions.0);
+        let b = fill(ORM[q], &second.0, &fl(&second.1), &strings.iter().rev().cloned().collect::<Vec<_>>(), &precisions.1);
+        learn(&shapes, &a);
         let got = observe(&shapes.analyze(&b));
         prop_assert_eq!(got, observe(&full.analyze(&b)), "{} after {}", b, a);
     }
