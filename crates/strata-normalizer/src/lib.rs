@@ -9,8 +9,21 @@
 //!   called, [`Cacheability`] verdict with a readable [`NotCacheable`] reason, and
 //!   [`WriteEffect`]; and the same rolled up for the whole text, with its [`Hints`].
 //! - [`NormalizerConfig`]: the function allow list (and volatility fed from `pg_proc`), catalog
-//!   policy, hint TTL cap and memo size.
+//!   policy, hint TTL cap, memo size and shape memo size.
 //! - [`read_hints`]: only the hints of a text.
+//!
+//! # Memos
+//! [`Normalizer`] answers a text it analyzed before from a memo keyed by the text. It also keeps
+//! a *shape memo* for the common case of one query sent with different literal values
+//! (`pgbench -S`, ORM point lookups): a small lexer of PostgreSQL's lexical grammar reduces the
+//! text to its tokens with each literal replaced by its class (scanner token, form, type). A
+//! shape is recorded the second time its key is seen; later texts with that key are answered
+//! from its analysis with their own parameters, without a parse (about a microsecond instead of
+//! tens). The answer is always the one a full analysis gives: shapes are recorded only for
+//! `SELECT`/`INSERT`/`UPDATE`/`DELETE`/`MERGE` texts whose analysis cannot depend on literal
+//! values, and any text the lexer is not sure about (non-ASCII outside quotes, escapes in `E''`,
+//! `U&''`, string continuation, ...) takes the full path. [`Normalizer::shape_hits`] counts the
+//! texts answered that way.
 //!
 //! Identity is computed over PostgreSQL's scanner tokens, not pg_query's fingerprint (which
 //! ignores schema names and aliases): keywords and unquoted identifiers are case-folded,
@@ -37,6 +50,15 @@
 //!     key = key.param(p.type_oid(), Format::Text, p.text().as_bytes());
 //! }
 //! let _key = key.table_version("users", 1).build();
+//!
+//! // The same query with other literals: the shape is recorded the second time it is seen, and
+//! // from then on answered without a parse, with the analysis a parse would give.
+//! normalizer.analyze("SELECT name FROM users WHERE id = 8");
+//! normalizer.analyze("SELECT name FROM users WHERE id = 9");
+//! let c = normalizer.analyze("SELECT name FROM users WHERE id = 10");
+//! assert_eq!(c.identity(), a.identity());
+//! assert_eq!(c.params().next().map(|p| p.text()), Some("10"));
+//! assert_eq!(normalizer.shape_hits(), 1);
 //!
 //! let w = normalizer.analyze("UPDATE users SET name = 'x' WHERE id = 1");
 //! assert!(!w.cacheability().is_cacheable());
