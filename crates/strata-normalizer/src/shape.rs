@@ -346,6 +346,15 @@ fn dollar_end(b: &[u8], i: usize) -> Option<usize> {
     Some(end)
 }
 
+/// Appends `v` in LEB128 (one byte below 128), so a key stays close to its text's length.
+fn varint(key: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        key.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    key.push(v as u8);
+}
+
 /// The index of the last token before `n` that is not a comment.
 fn prev_significant(toks: &[Tok], n: usize) -> Option<usize> {
     toks[..n].iter().rposition(|t| t.kind != Kind::Comment)
@@ -500,12 +509,12 @@ pub(crate) fn lex(sql: &str) -> Option<Lexed> {
         lx.key.push(gap << 4 | kind.tag());
         if kind == Kind::Slot {
             let lit = tokens::literal(literal, text, None)?;
-            lx.key.extend_from_slice(&literal.to_le_bytes());
+            varint(&mut lx.key, u64::try_from(literal).ok()?);
             lx.key.push(lit.0.tag());
-            lx.key.extend_from_slice(&lit.1 .0.to_le_bytes());
+            varint(&mut lx.key, u64::from(lit.1 .0));
             lx.slots.push((lx.toks.len(), lit));
         } else {
-            lx.key.extend_from_slice(&u32::try_from(text.len()).ok()?.to_le_bytes());
+            varint(&mut lx.key, text.len() as u64);
             lx.key.extend_from_slice(text.as_bytes());
         }
         lx.toks.push(Tok { start, end: i, kind, literal });
