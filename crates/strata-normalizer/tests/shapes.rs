@@ -432,6 +432,8 @@ const HOLES: &[&str] = &[
     "SELECT #; SELECT # FROM t WHERE a=#",
     "VALUES (#), (#)",
     "SELECT * FROM t WHERE a = #::int8 AND b LIKE # ESCAPE #",
+    "/* lead */ SELECT # ;  -- between\r\n SELECT a FROM t WHERE a = # ;\t/* strata: cache=off */ ",
+    "SELECT a FROM t WHERE a = ANY('{#}'::int[]) AND b = $1 AND c = #",
 ];
 
 #[test]
