@@ -18,10 +18,12 @@ pub(crate) enum Landing {
 }
 
 /// The flights in progress, keyed by the full cache key (digest *and* canonical form, so a
-/// digest collision never hands one key's result to another's waiters).
+/// digest collision never hands one key's result to another's waiters). Every miss joins and
+/// lands once, so the map hashes with foldhash rather than SipHash: the keys are already
+/// digests of caller input, and a flight lives only as long as one query.
 #[derive(Debug, Default)]
 pub(crate) struct Flights {
-    in_air: Mutex<HashMap<CacheKey, Arc<watch::Sender<Landing>>>>,
+    in_air: Mutex<HashMap<CacheKey, Arc<watch::Sender<Landing>>, foldhash::fast::RandomState>>,
 }
 
 /// What joining a flight gives: the lead (fill it), or a seat (wait for it).
@@ -62,7 +64,11 @@ impl Flights {
                 in_air.remove(key);
             }
         }
-        sender.send_replace(landing);
+        // Seats are only handed out through the map, and this flight is no longer there: with
+        // nobody seated now, nobody ever will be, and the usual lone miss skips the wake-up.
+        if sender.receiver_count() > 0 {
+            sender.send_replace(landing);
+        }
     }
 }
 
