@@ -149,8 +149,7 @@ fn words(s: &str) -> Vec<String> {
 /// The effects of one SQL text (one or several statements).
 pub(crate) fn effects_of(sql: &str) -> Vec<Effect> {
     let mut effects = Vec::new();
-    let lower = sql.to_ascii_lowercase();
-    if lower.contains("set_config") {
+    if contains_ignore_ascii_case(sql.as_bytes(), b"set_config") {
         effects.push(Effect::Untrackable("set_config() call"));
     }
     for stmt in split_statements(sql) {
@@ -161,7 +160,27 @@ pub(crate) fn effects_of(sql: &str) -> Vec<Effect> {
     effects
 }
 
+/// Whether `needle` (lowercase ASCII) occurs in `haystack`, ASCII case ignored.
+fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// Whether a statement starts with a keyword [`statement_effect`] reads; checked without
+/// allocating, since nearly every statement a client sends starts with another one.
+fn may_have_effect(stmt: &str) -> bool {
+    let s = strip_leading(stmt);
+    let end = s.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.' || c == '$')).unwrap_or(s.len());
+    // A word that is not ASCII never lowercases to one of these keywords.
+    let first = &s.as_bytes()[..end];
+    ["set", "reset", "discard", "create", "deallocate"]
+        .iter()
+        .any(|k| first.eq_ignore_ascii_case(k.as_bytes()))
+}
+
 fn statement_effect(stmt: &str) -> Option<Effect> {
+    if !may_have_effect(stmt) {
+        return None;
+    }
     let w = words(stmt);
     let first = w.first()?.as_str();
     match first {

@@ -10,20 +10,20 @@ use std::{
     collections::{HashMap, HashSet, VecDeque},
     io,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, MutexGuard,
     },
     time::Duration,
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{
         tcp::{OwnedReadHalf, OwnedWriteHalf},
         TcpStream,
     },
-    sync::{watch, OwnedMutexGuard},
+    sync::{watch, Notify, OwnedMutexGuard},
     time::{timeout, Instant},
 };
 use tracing::{debug, info, warn};
@@ -236,7 +236,11 @@ struct Session {
     shared: Arc<Shared>,
     state: Mutex<State>,
     client_out: Arc<tokio::sync::Mutex<ClientOut>>,
-    idle: watch::Sender<bool>,
+    /// Whether nothing is in flight and the session is outside a transaction (a shutdown may end
+    /// it now). A plain flag, written on every request, and a `Notify` poked only when it turns
+    /// true: a shutdown waiting for it re-reads the flag, so the hot path pays no channel.
+    idle: AtomicBool,
+    became_idle: Notify,
 }
 
 impl Session {
@@ -302,7 +306,6 @@ async fn run_session(
     }
     let session_id = shared.next_session_id.fetch_add(1, Ordering::Relaxed);
     let (up_rd, up_wr) = up.into_split();
-    let (idle, _) = watch::channel(false);
     let session = Arc::new(Session {
         shared: shared.clone(),
         state: Mutex::new(State {
@@ -314,7 +317,8 @@ async fn run_session(
             response_unwritten: false,
         }),
         client_out: Arc::new(tokio::sync::Mutex::new(ClientOut { w: client_wr, mid_frame: false })),
-        idle,
+        idle: AtomicBool::new(false),
+        became_idle: Notify::new(),
     });
     let active = shared.cache.mode() == CacheMode::Active;
     let client_side = ClientSide {
@@ -344,7 +348,6 @@ async fn run_session(
     let mut s2c = tokio::spawn(server_side.run());
 
     let mut shutdown = shared.shutdown.clone();
-    let mut idle_rx = session.idle.subscribe();
     let mut deadline: Option<Instant> =
         (*shutdown.borrow()).then(|| Instant::now() + shared.config.shutdown_grace);
     enum Ended {
@@ -353,6 +356,9 @@ async fn run_session(
         Shutdown,
     }
     let ended = loop {
+        if deadline.is_some() && session.idle.load(Ordering::Acquire) {
+            break Ended::Shutdown;
+        }
         tokio::select! {
             r = &mut c2s => break Ended::Client(r.ok()),
             r = &mut s2c => break Ended::Server(r.ok()),
@@ -361,7 +367,9 @@ async fn run_session(
                     deadline = Some(Instant::now() + shared.config.shutdown_grace);
                 }
             }
-            _ = idle_rx.wait_for(|idle| *idle), if deadline.is_some() => break Ended::Shutdown,
+            // A permit stored by `notify_one` before this wait began wakes it at once; the loop
+            // then re-reads the flag.
+            _ = session.became_idle.notified(), if deadline.is_some() => {}
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 break Ended::Shutdown
             }
@@ -464,6 +472,19 @@ struct OpenBatch {
     wire: BytesMut,
 }
 
+/// An extended batch held through its Sync, to be looked up.
+struct HeldBatch(OpenBatch);
+
+/// What [`ClientSide::on_frame_now`] leaves to the async path.
+enum Now {
+    Done(Flow),
+    Query(Bytes),
+    Lookup(HeldBatch),
+}
+
+/// Initial capacity of a batch's copy of its client bytes.
+const WIRE_START_BYTES: usize = 256;
+
 struct ClientSide {
     session: Arc<Session>,
     rd: OwnedReadHalf,
@@ -509,7 +530,20 @@ impl ClientSide {
             while let Some((tag, msg)) =
                 next_client_frame(&mut self.buf, max).map_err(ClientEnd::Malformed)?
             {
-                if let Flow::Terminate = self.on_frame(tag, msg).await? {
+                // Extended-protocol messages other than a held batch's Sync need no await: keep
+                // them out of the async path, whose future is large to build for every frame.
+                let flow = match self.on_frame_now(tag, msg)? {
+                    Now::Done(flow) => flow,
+                    Now::Query(msg) => {
+                        self.on_query(msg).await?;
+                        Flow::Continue
+                    }
+                    Now::Lookup(held) => {
+                        self.finish_held(held).await?;
+                        Flow::Continue
+                    }
+                };
+                if let Flow::Terminate = flow {
                     self.flush_upstream().await?;
                     return Ok(ClientEnd::Terminated);
                 }
@@ -535,21 +569,26 @@ impl ClientSide {
     }
 
     fn set_busy(&self) {
-        self.session.idle.send_if_modified(|idle| std::mem::replace(idle, false));
+        self.session.idle.store(false, Ordering::Release);
     }
 
-    async fn on_frame(&mut self, tag: u8, msg: Bytes) -> Result<Flow, ClientEnd> {
+    /// Handles a frame without awaiting, or says what remains to be done that awaits.
+    fn on_frame_now(&mut self, tag: u8, msg: Bytes) -> Result<Now, ClientEnd> {
         if !self.ready {
             self.ready = self.session.state().ready;
         }
         if !self.ready {
             // Authentication messages (and anything before the first ReadyForQuery) pass unchanged.
             self.out.extend_from_slice(&msg);
-            return Ok(Flow::Continue);
+            return Ok(Now::Done(Flow::Continue));
         }
         match tag {
-            b'Q' => self.on_query(msg).await?,
-            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S' => self.on_extended(tag, msg).await?,
+            b'Q' => return Ok(Now::Query(msg)),
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S' => {
+                if let Some(held) = self.on_extended(tag, msg)? {
+                    return Ok(Now::Lookup(held));
+                }
+            }
             b'F' => {
                 self.release_open();
                 self.session.shared.metrics.requests_function.inc();
@@ -559,7 +598,7 @@ impl ClientSide {
             b'X' => {
                 self.release_open();
                 self.out.extend_from_slice(&msg);
-                return Ok(Flow::Terminate);
+                return Ok(Now::Done(Flow::Terminate));
             }
             _ => {
                 // CopyData, CopyDone, CopyFail and anything else belong to the request in flight.
@@ -567,7 +606,7 @@ impl ClientSide {
                 self.out.extend_from_slice(&msg);
             }
         }
-        Ok(Flow::Continue)
+        Ok(Now::Done(Flow::Continue))
     }
 
     async fn on_query(&mut self, msg: Bytes) -> Result<(), ClientEnd> {
@@ -668,7 +707,9 @@ impl ClientSide {
         self.open = Some(open);
     }
 
-    async fn on_extended(&mut self, tag: u8, msg: Bytes) -> Result<(), ClientEnd> {
+    /// Decodes and forwards (or holds) one extended message; at the Sync of a held batch, returns
+    /// it for [`ClientSide::finish_held`].
+    fn on_extended(&mut self, tag: u8, msg: Bytes) -> Result<Option<HeldBatch>, ClientEnd> {
         let mut open = self.open.take().unwrap_or_default();
         let (decoded, fresh) = self.decode_extended(tag, &msg, &mut open).map_err(ClientEnd::Malformed)?;
         let stmt = match &decoded {
@@ -680,6 +721,10 @@ impl ClientSide {
         let is_sync = matches!(decoded, ExtendedMessage::Sync);
         let is_flush = matches!(decoded, ExtendedMessage::Flush);
         if self.active {
+            if open.wire.capacity() == 0 {
+                // One allocation for a typical batch instead of regrowing per message.
+                open.wire.reserve(msg.len().max(WIRE_START_BYTES));
+            }
             open.wire.extend_from_slice(&msg);
             open.messages.push(decoded);
         } else {
@@ -708,7 +753,7 @@ impl ClientSide {
             } else {
                 self.open = Some(open);
             }
-            return Ok(());
+            return Ok(None);
         }
         // Holding for a lookup at Sync.
         open.held_bytes += msg.len();
@@ -718,8 +763,14 @@ impl ClientSide {
             if is_flush || self.open.as_ref().is_some_and(|o| o.held_bytes > MAX_HELD_BYTES) {
                 self.release_open();
             }
-            return Ok(());
+            return Ok(None);
         }
+        Ok(Some(HeldBatch(open)))
+    }
+
+    /// Looks a held batch up at its Sync: replays a hit, else sends the batch upstream.
+    async fn finish_held(&mut self, held: HeldBatch) -> Result<(), ClientEnd> {
+        let HeldBatch(mut open) = held;
         self.session.shared.metrics.requests_extended.inc();
         let effects = std::mem::take(&mut open.effects);
         let request = Request::new(
@@ -1010,8 +1061,16 @@ impl ServerSide {
         let mut guard: Option<OwnedMutexGuard<ClientOut>> = None;
         let max_result = self.session.shared.config.max_result_bytes;
         loop {
+            // Complete messages at the front of `buf` that go to the client unchanged: they are
+            // written straight from `buf` rather than split off and copied one by one.
+            let mut fwd = 0;
             loop {
                 if self.stream_left > 0 {
+                    if fwd > 0 {
+                        self.out.extend_from_slice(&self.buf[..fwd]);
+                        self.buf.advance(fwd);
+                        fwd = 0;
+                    }
                     if self.buf.is_empty() {
                         break;
                     }
@@ -1024,18 +1083,39 @@ impl ServerSide {
                     self.stream_left -= n;
                     continue;
                 }
-                if self.buf.len() < 5 {
+                let rest = &self.buf[fwd..];
+                if rest.len() < 5 {
                     break;
                 }
-                let tag = self.buf[0];
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+                let tag = rest[0];
+                let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
                 if len < 4 {
                     return ServerEnd::Protocol(format!("invalid message length {len}"));
                 }
                 let total = len + 1;
-                if self.buf.len() >= total {
-                    let msg = self.buf.split_to(total).freeze();
-                    self.on_message(tag, msg, max_result).await;
+                if rest.len() >= total {
+                    let mut completed = None;
+                    let forward = on_message(
+                        &self.session,
+                        &mut self.fatal_seen,
+                        tag,
+                        &rest[..total],
+                        max_result,
+                        &mut completed,
+                    );
+                    if let Some((entry, status)) = completed {
+                        if self.active {
+                            // Reported before this ReadyForQuery is written to the client below.
+                            self.complete(entry, status).await;
+                        }
+                    }
+                    if forward {
+                        fwd += total;
+                    } else {
+                        self.out.extend_from_slice(&self.buf[..fwd]);
+                        self.buf.advance(fwd + total);
+                        fwd = 0;
+                    }
                     continue;
                 }
                 if total >= STREAM_THRESHOLD
@@ -1052,18 +1132,26 @@ impl ServerSide {
                     self.stream_left = total;
                     continue;
                 }
-                self.buf.reserve(total - self.buf.len());
+                self.buf.reserve(total - rest.len());
                 break;
             }
-            if !self.out.is_empty() {
+            if fwd > 0 || !self.out.is_empty() {
                 let mut g = match guard.take() {
                     Some(g) => g,
                     None => self.session.client_out.clone().lock_owned().await,
                 };
-                self.session.shared.metrics.bytes_to_client.inc_by(self.out.len() as u64);
-                if g.w.write_all(&self.out).await.is_err() {
+                let written = if self.out.is_empty() {
+                    self.session.shared.metrics.bytes_to_client.inc_by(fwd as u64);
+                    g.w.write_all(&self.buf[..fwd]).await
+                } else {
+                    self.out.extend_from_slice(&self.buf[..fwd]);
+                    self.session.shared.metrics.bytes_to_client.inc_by(self.out.len() as u64);
+                    g.w.write_all(&self.out).await
+                };
+                if written.is_err() {
                     return ServerEnd::ClientWrite;
                 }
+                self.buf.advance(fwd);
                 self.out.clear();
                 if self.active {
                     self.session.state().response_unwritten = false;
@@ -1082,104 +1170,6 @@ impl ServerSide {
                 Ok(_) => {}
                 Err(e) => return ServerEnd::Read(e),
             }
-        }
-    }
-
-    async fn on_message(&mut self, tag: u8, msg: Bytes, max_result: usize) {
-        let body = &msg[5..];
-        let mut forward = true;
-        let mut completed = None;
-        {
-            let mut st = self.session.state();
-            let st = &mut *st;
-            match tag {
-                b'Z' => {
-                    let status = body.first().copied().and_then(TransactionStatus::from_byte);
-                    if !st.ready {
-                        st.ready = true;
-                    } else if let Some(mut entry) = st.in_flight.pop_front() {
-                        st.response_unwritten = true;
-                        entry.record(&msg, max_result);
-                        let status = status.unwrap_or(TransactionStatus::Failed);
-                        finish_effects(st, &entry, status);
-                        completed = Some((entry, status));
-                    }
-                    if let Some(status) = status {
-                        st.view.set_transaction_status(status);
-                    }
-                    let idle = st.in_flight.is_empty() && status == Some(TransactionStatus::Idle);
-                    self.session.idle.send_if_modified(|v| std::mem::replace(v, idle) != idle);
-                }
-                b'S' => {
-                    let mut r = Reader::new(body, "ParameterStatus");
-                    if let (Ok(name), Ok(value)) = (r.cstr(), r.cstr()) {
-                        st.view.set_server_parameter(name, value);
-                    }
-                    if let Some(e) = st.in_flight.front_mut() {
-                        e.mark(NotCacheable::ParameterChange);
-                    }
-                }
-                b'K' => {
-                    let mut r = Reader::new(body, "BackendKeyData");
-                    if let (Ok(pid), Ok(secret)) = (r.u32(), r.u32()) {
-                        if let Some(old) = st.backend_key.replace((pid, secret)) {
-                            lock(&self.session.shared.cancel_keys).remove(&old);
-                        }
-                        lock(&self.session.shared.cancel_keys).insert((pid, secret));
-                    }
-                }
-                b'E' => {
-                    let (code, severity) = error_fields(body);
-                    if matches!(severity.as_deref(), Some("FATAL" | "PANIC")) {
-                        self.fatal_seen = true;
-                    }
-                    if let Some(e) = st.in_flight.front_mut() {
-                        e.mark(NotCacheable::Error);
-                        if e.error_code.is_none() {
-                            e.error_code = code;
-                        }
-                    }
-                }
-                _ => {
-                    if let Some(e) = st.in_flight.front_mut() {
-                        match tag {
-                            b'C' => {
-                                let tag_text =
-                                    Reader::new(body, "CommandComplete").cstr().unwrap_or_default();
-                                e.tags.push(tag_text);
-                            }
-                            b'D' => e.rows += 1,
-                            b'N' => e.mark(NotCacheable::Notice),
-                            b'A' => e.mark(NotCacheable::Notification),
-                            b'G' | b'H' | b'W' | b'd' | b'c' => e.mark(NotCacheable::Copy),
-                            b's' => e.mark(NotCacheable::PortalSuspended),
-                            b'1' => {
-                                e.parse_seen += 1;
-                                forward = !e.drop_parse.contains(&e.parse_seen);
-                            }
-                            b'3' => {
-                                e.close_seen += 1;
-                                forward = !e.drop_close.contains(&e.close_seen);
-                            }
-                            b'2' | b'T' | b'n' | b't' | b'I' => {}
-                            _ => e.mark(NotCacheable::Unexpected),
-                        }
-                    }
-                }
-            }
-            if forward && tag != b'Z' {
-                if let Some(e) = st.in_flight.front_mut() {
-                    e.record(&msg, max_result);
-                }
-            }
-        }
-        if let Some((entry, status)) = completed {
-            if self.active {
-                self.complete(entry, status).await;
-            }
-        }
-        if forward {
-            self.out.extend_from_slice(&msg);
         }
     }
 
@@ -1205,6 +1195,111 @@ impl ServerSide {
         };
         self.session.shared.cache.complete(&view, &request, &response, entry.fill).await;
     }
+}
+
+/// Tracks one complete server message and says whether it goes to the client; for the
+/// ReadyForQuery ending a request, puts the finished request in `completed` (an out parameter,
+/// so the large entry is not copied through a return value for every message).
+fn on_message(
+    session: &Session,
+    fatal_seen: &mut bool,
+    tag: u8,
+    msg: &[u8],
+    max_result: usize,
+    completed: &mut Option<(InFlight, TransactionStatus)>,
+) -> bool {
+    let body = &msg[5..];
+    let mut forward = true;
+    {
+        let mut st = session.state();
+        let st = &mut *st;
+        match tag {
+            b'Z' => {
+                let status = body.first().copied().and_then(TransactionStatus::from_byte);
+                if !st.ready {
+                    st.ready = true;
+                } else if let Some(mut entry) = st.in_flight.pop_front() {
+                    st.response_unwritten = true;
+                    entry.record(msg, max_result);
+                    let status = status.unwrap_or(TransactionStatus::Failed);
+                    finish_effects(st, &entry, status);
+                    *completed = Some((entry, status));
+                }
+                if let Some(status) = status {
+                    st.view.set_transaction_status(status);
+                }
+                let idle = st.in_flight.is_empty() && status == Some(TransactionStatus::Idle);
+                if idle {
+                    if !session.idle.swap(true, Ordering::AcqRel) {
+                        session.became_idle.notify_one();
+                    }
+                } else {
+                    session.idle.store(false, Ordering::Release);
+                }
+            }
+            b'S' => {
+                let mut r = Reader::new(body, "ParameterStatus");
+                if let (Ok(name), Ok(value)) = (r.cstr(), r.cstr()) {
+                    st.view.set_server_parameter(name, value);
+                }
+                if let Some(e) = st.in_flight.front_mut() {
+                    e.mark(NotCacheable::ParameterChange);
+                }
+            }
+            b'K' => {
+                let mut r = Reader::new(body, "BackendKeyData");
+                if let (Ok(pid), Ok(secret)) = (r.u32(), r.u32()) {
+                    if let Some(old) = st.backend_key.replace((pid, secret)) {
+                        lock(&session.shared.cancel_keys).remove(&old);
+                    }
+                    lock(&session.shared.cancel_keys).insert((pid, secret));
+                }
+            }
+            b'E' => {
+                let (code, severity) = error_fields(body);
+                if matches!(severity.as_deref(), Some("FATAL" | "PANIC")) {
+                    *fatal_seen = true;
+                }
+                if let Some(e) = st.in_flight.front_mut() {
+                    e.mark(NotCacheable::Error);
+                    if e.error_code.is_none() {
+                        e.error_code = code;
+                    }
+                }
+            }
+            _ => {
+                if let Some(e) = st.in_flight.front_mut() {
+                    match tag {
+                        b'C' => {
+                            let tag_text = Reader::new(body, "CommandComplete").cstr().unwrap_or_default();
+                            e.tags.push(tag_text);
+                        }
+                        b'D' => e.rows += 1,
+                        b'N' => e.mark(NotCacheable::Notice),
+                        b'A' => e.mark(NotCacheable::Notification),
+                        b'G' | b'H' | b'W' | b'd' | b'c' => e.mark(NotCacheable::Copy),
+                        b's' => e.mark(NotCacheable::PortalSuspended),
+                        b'1' => {
+                            e.parse_seen += 1;
+                            forward = !e.drop_parse.contains(&e.parse_seen);
+                        }
+                        b'3' => {
+                            e.close_seen += 1;
+                            forward = !e.drop_close.contains(&e.close_seen);
+                        }
+                        b'2' | b'T' | b'n' | b't' | b'I' => {}
+                        _ => e.mark(NotCacheable::Unexpected),
+                    }
+                }
+            }
+        }
+        if forward && tag != b'Z' {
+            if let Some(e) = st.in_flight.front_mut() {
+                e.record(msg, max_result);
+            }
+        }
+    }
+    forward
 }
 
 /// Applies a finished request's session-state effects, holding those of an open transaction until

@@ -337,9 +337,11 @@ struct BatchItem<'a> {
 }
 
 fn batch(messages: &[ExtendedMessage]) -> Option<Batch<'_>> {
-    let mut shape = Vec::with_capacity(8);
+    // Room for the shape and, of a single statement, its declared types and more: the shape
+    // becomes the key's variant without regrowing.
+    let mut shape = Vec::with_capacity(32);
     let mut bound: Option<&crate::seam::Bind> = None;
-    let mut items = Vec::new();
+    let mut items = Vec::with_capacity(1);
     for message in messages {
         match message {
             ExtendedMessage::Parse(_) => shape.push(b'P'),
@@ -453,10 +455,10 @@ impl RequestCache for StrataCache {
                 self.cache.lookup(&strata::Request::new(&scope, sql).with_variant(b"Q")).await
             }
             RequestKind::Extended { messages } => {
-                let Some(batch) = batch(messages) else { return Lookup::Bypass };
+                let Some(mut batch) = batch(messages) else { return Lookup::Bypass };
                 let params: Vec<Param<'_>> = batch.items.iter().flat_map(BatchItem::params).collect();
                 // The declared parameter types shape the ParameterDescription a replay contains.
-                let mut variant = batch.shape.clone();
+                let mut variant = std::mem::take(&mut batch.shape);
                 if let [item] = batch.items.as_slice() {
                     for ty in item.param_types {
                         variant.extend_from_slice(&ty.to_le_bytes());
