@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::targets::{strata_command, strata_config, TargetKind};
-use super::{Mode, Run, WarmUp, Workload, ACCOUNTS, HEAVY_RANGES, PG_CONF, SCALE};
+use super::{Mode, Run, WarmUp, Workload, ACCOUNTS, HEAVY_MODE, HEAVY_RANGES, PG_CONF, SCALE, WARM_CLIENTS};
 use crate::prereq::{BenchTools, Tools};
 
 /// Where and with what the benchmark ran.
@@ -115,8 +115,8 @@ fn combinations() -> Vec<(Workload, Mode, u32)> {
             all.push((Workload::SelectOnly, mode, clients));
         }
     }
-    all.push((Workload::HeavyRead, Mode::Prepared, 8));
-    all.push((Workload::HeavyMixed, Mode::Prepared, 8));
+    all.push((Workload::HeavyRead, HEAVY_MODE, 8));
+    all.push((Workload::HeavyMixed, HEAVY_MODE, 8));
     all.push((Workload::Miss, Mode::Simple, 8));
     all.push((Workload::Miss, Mode::Prepared, 8));
     all
@@ -127,6 +127,7 @@ pub(crate) fn render(
     warm_ups: &[WarmUp],
     env: &Environment,
     lengths: &str,
+    warm_up_secs: u64,
     elapsed: Duration,
 ) -> String {
     let mut targets: Vec<TargetKind> = Vec::new();
@@ -185,6 +186,21 @@ pub(crate) fn render(
         }
     }
 
+    let _ = writeln!(
+        w,
+        "\nHow to read the workloads (what holds whatever the figures):\n\n\
+         - **select-only** picks one of {ACCOUNTS} accounts uniformly, so a cache helps only once it holds most of \
+         them: the caching targets were filled first (below). At one client every request is one round trip \
+         through an extra process, so the proxy competes with PostgreSQL's own cost of a point select \
+         (tens of microseconds) with its hop and wake-ups.\n\
+         - **heavy read** repeats {HEAVY_RANGES} summaries that each cost PostgreSQL milliseconds: this is where a \
+         result cache pays.\n\
+         - **90/10**: Strata invalidates per table. Every account update makes all {HEAVY_RANGES} summaries (they \
+         read `pgbench_accounts`) unreachable, and at about a hundred updates per second nearly every summary read \
+         misses; finer invalidation (by key range) is not built.\n\
+         - **cache miss** never repeats a parameter: every request pays the hop, the lookup and the fill (stored in \
+         L1 and L2), and PostgreSQL still runs the query on the same two cores.\n"
+    );
     let _ = writeln!(w, "\n## TPS, and ratio to direct PostgreSQL\n");
     let _ = write!(w, "| workload | mode | clients |");
     for t in &targets {
@@ -328,7 +344,18 @@ pub(crate) fn render(
         let _ = writeln!(w, "-- {name}\n{text}");
     }
     let _ = writeln!(w, "```\n");
-    let _ = writeln!(w, "pgbench commands, with `$PORT` the target's port:\n");
+    let _ = writeln!(
+        w,
+        "The heavy runs use the simple protocol for every target: their queries cost milliseconds, so the \
+         protocol's own cost does not matter, and pgpool-II 4.3 in raw mode leaves a session in a transaction \
+         after an UPDATE in the extended protocol (with or without its query cache), which makes pgbench abort.\n"
+    );
+    let _ = writeln!(
+        w,
+        "pgbench commands, with `$PORT` the target's port (the warm-up runs before each measured run are \
+         the same command with `-T {}` and no log):\n",
+        warm_up_secs
+    );
     let _ = writeln!(w, "```");
     let mut seen = Vec::new();
     for r in runs {
@@ -337,6 +364,16 @@ pub(crate) fn render(
             seen.push(r.command.clone());
         }
     }
+    let _ = writeln!(
+        w,
+        "pgbench -n -h 127.0.0.1 -p $PORT -U postgres -c {WARM_CLIENTS} -j 2 -M $MODE -t {} -f warm_accounts.sql -D k=0 bench   # filling, capped at {} s",
+        ACCOUNTS / WARM_CLIENTS,
+        super::WARM_CAP.as_secs()
+    );
+    let _ = writeln!(
+        w,
+        "pgbench -n -h 127.0.0.1 -p $PORT -U postgres -c 1 -j 1 -M {HEAVY_MODE} -t {HEAVY_RANGES} -f heavy_check.sql -D k=0 bench   # after the 90/10 run"
+    );
     let _ = writeln!(w, "```");
     md
 }
@@ -374,7 +411,7 @@ fn goals(runs: &[Run], target: TargetKind) -> Vec<(String, String, bool)> {
     }
     for (workload, factor) in [(Workload::HeavyRead, 10.0), (Workload::HeavyMixed, 3.0)] {
         if let (Some(s), Some(d)) =
-            (get(target, workload, Mode::Prepared, 8), get(direct, workload, Mode::Prepared, 8))
+            (get(target, workload, HEAVY_MODE, 8), get(direct, workload, HEAVY_MODE, 8))
         {
             let r = s.tps / d.tps;
             let fresh = s.fresh_after != Some(false);
