@@ -83,6 +83,7 @@ pub use crate::{
     error::{Error, ErrorKind},
     hints::{CacheHint, Hints, IgnoredHint, TierHint},
     normalizer::{analyze, read_hints, Normalizer},
+    tokens::is_time_dependent_input,
 };
 
 #[cfg(test)]

@@ -87,11 +87,36 @@ pub(crate) fn literal(kind: i32, text: &str, prev: Option<i32>) -> Option<(Liter
 /// The special date/time input a literal spells, if its value depends on when it is read
 /// (`'now'`, `'today'`, ...): lower-cased and trimmed.
 pub(crate) fn time_dependent(form: LiteralForm, text: &str) -> Option<String> {
-    if !matches!(form, LiteralForm::String | LiteralForm::DollarString) {
-        return None;
-    }
     let v = text.trim().to_ascii_lowercase();
-    matches!(v.as_str(), "now" | "today" | "tomorrow" | "yesterday").then_some(v)
+    match form {
+        LiteralForm::String | LiteralForm::DollarString => is_time_dependent_input(&v).then_some(v),
+        // E'' and U&'' are kept as written; an escape could spell any word, so a literal with
+        // one is treated as time-dependent too.
+        LiteralForm::EscapeString | LiteralForm::UnicodeString => {
+            let body = v.split_once('\'').map_or(v.as_str(), |(_, rest)| rest);
+            let escaped = body.contains('\\') || v.contains("uescape");
+            (escaped || is_time_dependent_input(body)).then_some(v)
+        }
+        _ => None,
+    }
+}
+
+/// Whether a value, read as date/time input, depends on when it is read: it contains one of the
+/// words `now`, `today`, `tomorrow`, `yesterday` (case-insensitive), which PostgreSQL accepts
+/// anywhere in such input (`'tomorrow 10:00'`, `' Now'`). Errs on the side of yes (`'today is
+/// a day'` counts): a false alarm only costs a cache miss, a miss the other way serves a stale
+/// answer.
+///
+/// ```
+/// use strata_normalizer::is_time_dependent_input;
+/// assert!(is_time_dependent_input("tomorrow 10:00"));
+/// assert!(is_time_dependent_input(" NOW"));
+/// assert!(!is_time_dependent_input("2024-01-01 10:00"));
+/// assert!(!is_time_dependent_input("nowhere"));
+/// ```
+pub fn is_time_dependent_input(value: &str) -> bool {
+    const WORDS: [&str; 4] = ["now", "today", "tomorrow", "yesterday"];
+    value.split(|c: char| !c.is_ascii_alphanumeric()).any(|w| WORDS.iter().any(|t| w.eq_ignore_ascii_case(t)))
 }
 
 fn integer_type(text: &str) -> (TypeOid, LiteralForm) {

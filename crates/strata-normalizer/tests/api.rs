@@ -217,6 +217,11 @@ fn cacheability_reasons() {
             "SELECT * FROM pg_temp.scratch",
             "SELECT lower(name), count(*) FROM t GROUP BY 1",
             "SELECT x FROM t WHERE s = 'today is a day'",
+            "SELECT * FROM t WHERE at > 'tomorrow 10:00'::timestamp",
+            "SELECT * FROM t WHERE at > ' Now'::timestamptz",
+            "SELECT * FROM t WHERE at > E'now'::timestamptz",
+            "SELECT * FROM t WHERE at > E'\\x6eow'::timestamptz",
+            "SELECT * FROM t WHERE s = 'nowhere'",
         ],
         expect![[r#"
             WITH d AS (DELETE FROM q RETURNING *) SELECT * FROM d
@@ -242,6 +247,16 @@ fn cacheability_reasons() {
             SELECT lower(name), count(*) FROM t GROUP BY 1
               cacheable | kinds=["select"] reads=["t"] writes=-
             SELECT x FROM t WHERE s = 'today is a day'
+              not cacheable: time-dependent literal 'today is a day' | kinds=["select"] reads=["t"] writes=-
+            SELECT * FROM t WHERE at > 'tomorrow 10:00'::timestamp
+              not cacheable: time-dependent literal 'tomorrow 10:00' | kinds=["select"] reads=["t"] writes=-
+            SELECT * FROM t WHERE at > ' Now'::timestamptz
+              not cacheable: time-dependent literal 'now' | kinds=["select"] reads=["t"] writes=-
+            SELECT * FROM t WHERE at > E'now'::timestamptz
+              not cacheable: time-dependent literal 'e'now'' | kinds=["select"] reads=["t"] writes=-
+            SELECT * FROM t WHERE at > E'\x6eow'::timestamptz
+              not cacheable: time-dependent literal 'e'\x6eow'' | kinds=["select"] reads=["t"] writes=-
+            SELECT * FROM t WHERE s = 'nowhere'
               cacheable | kinds=["select"] reads=["t"] writes=-
         "#]],
     );

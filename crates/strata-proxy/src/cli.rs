@@ -61,6 +61,10 @@ pub struct Args {
     /// user, else everything].
     #[arg(long, env = "STRATA_INVALIDATION")]
     pub invalidation: Option<String>,
+    /// Threads serving sessions [default: one per core]. On a host shared with PostgreSQL and
+    /// the clients, fewer threads can mean fewer wake-ups per request; measure before changing.
+    #[arg(long, env = "STRATA_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
 }
 
 /// The environment variable holding the catalog user's password (never an argument).

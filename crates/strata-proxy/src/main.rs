@@ -18,8 +18,11 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start tokio")?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.worker_threads {
+        runtime.worker_threads(usize::from(threads));
+    }
+    let runtime = runtime.enable_all().build().context("cannot start tokio")?;
     runtime.block_on(async move {
         let builder = if cache.enabled {
             let query_cache = strata_proxy::build_query_cache(&cache).await?;

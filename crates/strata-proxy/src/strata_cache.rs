@@ -514,7 +514,7 @@ impl RequestCache for StrataCache {
         if let Some(ticket) = fill.and_then(|f| f.downcast::<FillTicket>().ok()) {
             match response.cacheable_bytes() {
                 Some(bytes) => {
-                    ticket.fill(bytes.clone(), response.summary().rows()).await;
+                    ticket.fill_detached(bytes.clone(), response.summary().rows()).await;
                 }
                 // An error, a notice, a parameter change, too large...: never stored; anyone
                 // waiting for this fill goes to the database.

@@ -17,7 +17,7 @@ use crate::flight::{self, FlightLead, Flights, Joined, Landing};
 use crate::metrics::Metrics;
 use crate::policy::{Plan, Policy, Verdict};
 use crate::versions::{version_unit, EVERYTHING};
-use crate::{Error, Request};
+use crate::{Error, Param, Request};
 
 /// The role a tier plays, which hints and promotion refer to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -159,6 +159,9 @@ pub enum BypassReason {
     VersionsUnsynchronized,
     /// No configured tier may hold this statement (for example `tier=l2` without an L2).
     NoTier,
+    /// A text parameter of a date/time or unspecified type spells a value that depends on when
+    /// it is read (`'now'`, `'tomorrow 10:00'`): the server reads it at execution time.
+    TimeDependentParameter,
 }
 
 impl BypassReason {
@@ -170,6 +173,7 @@ impl BypassReason {
             BypassReason::ParameterCount { .. } => "parameter_count",
             BypassReason::VersionsUnsynchronized => "versions_unsynchronized",
             BypassReason::NoTier => "no_tier",
+            BypassReason::TimeDependentParameter => "time_dependent_parameter",
         }
     }
 }
@@ -184,6 +188,9 @@ impl fmt::Display for BypassReason {
             }
             BypassReason::VersionsUnsynchronized => f.write_str("table versions are resynchronizing"),
             BypassReason::NoTier => f.write_str("no configured tier may hold this statement"),
+            BypassReason::TimeDependentParameter => {
+                f.write_str("a parameter spells a time-dependent value such as 'now'")
+            }
         }
     }
 }
@@ -267,10 +274,21 @@ impl FillTicket {
     /// Stores the database's answer. `row_count` is informational.
     pub async fn fill(self, payload: Bytes, row_count: u64) -> FillOutcome {
         let span = tracing::trace_span!("strata::fill", bytes = payload.len());
-        self.fill_inner(payload, row_count).instrument(span).await
+        self.fill_inner(payload, row_count, Stores::AllAwaited).instrument(span).await
     }
 
-    async fn fill_inner(self, payload: Bytes, row_count: u64) -> FillOutcome {
+    /// Like [`fill`](Self::fill), but only the in-process (hot) tiers are stored before it
+    /// returns; the stores into the other tiers (a Redis L2, the semantic tier) go on as a task
+    /// of the current tokio runtime (and are awaited here when there is none). For callers that
+    /// answer their client first, like a proxy: a networked store's round trip leaves the
+    /// client's path. Until the task lands another process may miss where it would have hit;
+    /// nothing stale can be served, since the key carries the versions read before the query ran.
+    pub async fn fill_detached(self, payload: Bytes, row_count: u64) -> FillOutcome {
+        let span = tracing::trace_span!("strata::fill", bytes = payload.len());
+        self.fill_inner(payload, row_count, Stores::HotAwaited).instrument(span).await
+    }
+
+    async fn fill_inner(self, payload: Bytes, row_count: u64, stores: Stores) -> FillOutcome {
         let mut this = self.0;
         let cache = this.cache.clone();
         let fill_cost = this.started.elapsed();
@@ -295,26 +313,41 @@ impl FillTicket {
             lead.land(Landing::Filled(result.clone()));
         }
         let mut stored = false;
+        let mut later: Vec<Arc<dyn CacheTier>> = Vec::new();
         for slot in cache.tiers.iter().filter(|s| this.plan.allows(s.role)) {
-            match slot.tier.put(&this.key, result.clone()).await {
-                Ok(PutOutcome::Stored) => stored = true,
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::debug!(tier = %slot.name, error = %err, "strata: fill failed in one tier");
-                }
+            if stores == Stores::HotAwaited && slot.role != TierRole::Hot {
+                later.push(slot.tier.clone());
+                continue;
             }
+            stored |= store(&slot.tier, &this.key, &result).await;
         }
-        if let (Some(l3), Some(seed), Verdict::Cacheable(c)) =
-            (&cache.semantic, &this.seed, &this.plan.verdict)
-        {
-            if let Some(plan) = &c.semantic {
-                let request = strata_l3::SemanticRequest::new(&seed.scope, &plan.text)
-                    .with_tables(&plan.tables)
-                    .with_literals(&seed.literals);
-                if l3.insert(&request, this.key.clone(), result.clone()).await == PutOutcome::Stored {
-                    stored = true;
-                }
+        let semantic = match (&cache.semantic, this.seed.take(), &this.plan.verdict) {
+            (Some(l3), Some(seed), Verdict::Cacheable(c)) => {
+                c.semantic.as_ref().map(|plan| (l3.clone(), seed, plan.text.clone(), plan.tables.clone()))
             }
+            _ => None,
+        };
+        let key = this.key.clone();
+        let rest = async move {
+            let mut stored = false;
+            for tier in &later {
+                stored |= store(tier, &key, &result).await;
+            }
+            if let Some((l3, seed, text, tables)) = semantic {
+                let request = strata_l3::SemanticRequest::new(&seed.scope, &text)
+                    .with_tables(&tables)
+                    .with_literals(&seed.literals);
+                stored |= l3.insert(&request, key.clone(), result.clone()).await == PutOutcome::Stored;
+            }
+            stored
+        };
+        match (stores, tokio::runtime::Handle::try_current()) {
+            (Stores::HotAwaited, Ok(runtime)) => {
+                // Counted as stored: the task was handed a result to store.
+                runtime.spawn(rest.instrument(tracing::trace_span!("strata::fill_detached")));
+                stored = true;
+            }
+            _ => stored |= rest.await,
         }
         if stored {
             cache.metrics.fills_stored.inc();
@@ -328,6 +361,25 @@ impl FillTicket {
     /// Gives the ticket back without filling: waiters go to the database.
     pub fn abandon(self) {
         self.0.cache.metrics.fills_abandoned.inc();
+    }
+}
+
+/// Which stores a fill awaits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stores {
+    AllAwaited,
+    HotAwaited,
+}
+
+/// Puts a result into one tier; a failure is logged and counts as not stored.
+async fn store(tier: &Arc<dyn CacheTier>, key: &CacheKey, result: &CachedResult) -> bool {
+    match tier.put(key, result.clone()).await {
+        Ok(PutOutcome::Stored) => true,
+        Ok(_) => false,
+        Err(err) => {
+            tracing::debug!(tier = %tier.name(), error = %err, "strata: fill failed in one tier");
+            false
+        }
     }
 }
 
@@ -521,6 +573,9 @@ impl QueryCache {
             return Step::Done(
                 self.bypass(BypassReason::ParameterCount { expected, bound: req.params.len() }),
             );
+        }
+        if req.params.iter().any(time_dependent_param) {
+            return Step::Done(self.bypass(BypassReason::TimeDependentParameter));
         }
         let shared = &self.shared;
         let started = shared.metrics.sampled().then(Instant::now);
@@ -952,6 +1007,8 @@ impl QueryCache {
                         bound: req.params.len(),
                     }
                     .to_string());
+                } else if req.params.iter().any(time_dependent_param) {
+                    explanation.verdict = Err(BypassReason::TimeDependentParameter.to_string());
                 } else {
                     explanation.key_digest =
                         Some(build_key(req, analysis, &c.units, &versions).digest().to_string());
@@ -960,6 +1017,18 @@ impl QueryCache {
         }
         explanation
     }
+}
+
+/// Whether a bound parameter is date/time input read at execution time: text format, a type
+/// that is unspecified, `unknown` or a date/time type, and a value such as `now` or `tomorrow`.
+/// (A binary value is an absolute instant; a `text` parameter is only text.)
+fn time_dependent_param(param: &Param<'_>) -> bool {
+    const DATE_TIME: [u32; 7] = [0, 705, 1082, 1083, 1114, 1184, 1266];
+    param.format() == Format::Text
+        && DATE_TIME.contains(&param.type_oid().0)
+        && param
+            .value()
+            .is_some_and(|v| std::str::from_utf8(v).is_ok_and(strata_normalizer::is_time_dependent_input))
 }
 
 /// The key of a request: scope, statement identity, literal values lifted by the normalizer,

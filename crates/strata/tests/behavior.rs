@@ -276,6 +276,107 @@ async fn scope_parameters_and_result_formats_separate_results() {
     ));
 }
 
+/// A tier that holds every put until released, like a slow network store.
+#[derive(Debug)]
+struct Gated {
+    inner: WarmTier,
+    open: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl strata_core::CacheTier for Gated {
+    fn name(&self) -> &str {
+        "gated"
+    }
+    async fn get(
+        &self,
+        key: &strata_core::CacheKey,
+    ) -> Result<Option<strata_core::CachedResult>, strata_core::Error> {
+        self.inner.get(key).await
+    }
+    async fn put(
+        &self,
+        key: &strata_core::CacheKey,
+        value: strata_core::CachedResult,
+    ) -> Result<strata_core::PutOutcome, strata_core::Error> {
+        let _permit = self.open.acquire().await;
+        self.inner.put(key, value).await
+    }
+    async fn remove(&self, key: &strata_core::CacheKey) -> Result<(), strata_core::Error> {
+        self.inner.remove(key).await
+    }
+    async fn clear(&self) -> Result<(), strata_core::Error> {
+        self.inner.clear().await
+    }
+    fn stats(&self) -> strata_core::TierStats {
+        self.inner.stats()
+    }
+}
+
+#[tokio::test]
+async fn a_detached_fill_stores_in_process_tiers_at_once_and_the_others_in_the_background() {
+    let clock = Arc::new(ManualClock::fixed());
+    let gated = Arc::new(Gated { inner: l2(&clock), open: tokio::sync::Semaphore::new(0) });
+    let cache = QueryCache::builder()
+        .with_l1(l1(&clock))
+        .with_tier("gated", strata::TierRole::Warm, gated.clone())
+        .with_clock(clock.clone())
+        .build()
+        .unwrap();
+    let scope = scope();
+    let req = Request::new(&scope, "SELECT * FROM users");
+    let Lookup::Miss(ticket) = cache.lookup(&req).await else { panic!("expected a miss") };
+    // Returns while the networked store is still blocked.
+    let outcome = tokio::time::timeout(Duration::from_secs(5), ticket.fill_detached(Bytes::from("rows"), 1))
+        .await
+        .expect("a detached fill must not wait for a networked tier");
+    assert_eq!(outcome, strata::FillOutcome::Stored);
+    assert!(matches!(cache.lookup(&req).await, Lookup::Hit(h) if h.tier() == "l1"));
+    assert_eq!(gated.stats().entries, 0, "the gated tier has not stored yet");
+    gated.open.add_permits(1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while gated.stats().entries == 0 {
+        assert!(std::time::Instant::now() < deadline, "the background store never landed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn time_dependent_parameters_are_never_cached() {
+    let clock = Arc::new(ManualClock::fixed());
+    let cache = QueryCache::builder().with_l1(l1(&clock)).with_clock(clock.clone()).build().unwrap();
+    let scope = scope();
+    let sql = "SELECT * FROM events WHERE at > $1";
+    let bypassed = |ty: u32, value: &'static [u8]| {
+        let cache = &cache;
+        let scope = &scope;
+        async move {
+            let params = [Param::text(TypeOid(ty), value)];
+            let req = Request::new(scope, sql).with_params(&params);
+            match cache.lookup(&req).await {
+                Lookup::Bypass(b) => *b.reason() == BypassReason::TimeDependentParameter,
+                Lookup::Miss(ticket) => {
+                    ticket.abandon();
+                    false
+                }
+                Lookup::Hit(_) => false,
+            }
+        }
+    };
+    // Unspecified, unknown, date, timestamp and timestamptz parameters spelling the time of
+    // reading are read by the server when the query runs.
+    for (ty, value) in
+        [(0, &b"now"[..]), (705, b" Today"), (1082, b"tomorrow"), (1114, b"yesterday 10:00"), (1184, b"NOW")]
+    {
+        assert!(bypassed(ty, value).await, "type {ty} value {:?}", String::from_utf8_lossy(value));
+    }
+    // A fixed instant, or the same word as text, is an ordinary value.
+    assert!(!bypassed(1184, b"2026-11-24 10:00:00+00").await);
+    assert!(!bypassed(25, b"now").await);
+    let binary = [Param::binary(TypeOid(1184), &[0, 0, 0, 0, 0, 0, 0, 1])];
+    assert!(matches!(cache.lookup(&Request::new(&scope, sql).with_params(&binary)).await, Lookup::Miss(_)));
+}
+
 #[tokio::test]
 async fn writes_invalidate_the_tables_they_touch_and_unknown_effects_invalidate_everything() {
     let clock = Arc::new(ManualClock::fixed());
