@@ -60,7 +60,7 @@ fn draw(points: &[Point], png: &str) -> Result<()> {
             targets.push(&p.target);
         }
     }
-    let max_tps = points.iter().map(|p| p.tps).fold(1.0, f64::max) * 1.1;
+    let max_tps = points.iter().map(|p| p.tps).fold(1.0, f64::max) * 1.3;
     let root = BitMapBackend::new(png, (1400, 620)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled("pgbench -S (select-only), scale 10: TPS by clients", ("sans-serif", 26))?;
@@ -96,7 +96,7 @@ fn draw(points: &[Point], png: &str) -> Result<()> {
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::UpperLeft)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font(("sans-serif", 14))
