@@ -363,16 +363,18 @@ impl Bench<'_> {
         let before = target.cache_counters()?;
         let args = self.command_args(
             target,
-            &[
-                "-f".into(),
-                self.work.join("warm_accounts.sql").display().to_string(),
-                "-D".into(),
-                "k=0".into(),
-            ],
-            mode,
-            WARM_CLIENTS,
-            Length::Transactions(ACCOUNTS / WARM_CLIENTS),
-            None,
+            &Invocation {
+                script: vec![
+                    "-f".into(),
+                    self.work.join("warm_accounts.sql").display().to_string(),
+                    "-D".into(),
+                    "k=0".into(),
+                ],
+                mode,
+                clients: WARM_CLIENTS,
+                length: Length::Transactions(ACCOUNTS / WARM_CLIENTS),
+                log_prefix: None,
+            },
         );
         let started = Instant::now();
         let mut child = Command::new(pgbench_path(self.tools))
@@ -498,14 +500,20 @@ impl Bench<'_> {
 
     /// After the mixed run: every heavy summary read through the target equals the database's.
     fn heavy_summaries_fresh(&self, target: &Target) -> Result<bool> {
-        let args = [
-            "-f".to_owned(),
-            self.work.join("heavy_check.sql").display().to_string(),
-            "-D".to_owned(),
-            "k=0".to_owned(),
-        ];
-        let out =
-            self.pgbench_args(target, &args, Mode::Prepared, 1, Length::Transactions(HEAVY_RANGES), None);
+        // In the protocol of the run, so that it reads the entries the run cached.
+        let check = Invocation {
+            script: vec![
+                "-f".to_owned(),
+                self.work.join("heavy_check.sql").display().to_string(),
+                "-D".to_owned(),
+                "k=0".to_owned(),
+            ],
+            mode: HEAVY_MODE,
+            clients: 1,
+            length: Length::Transactions(HEAVY_RANGES),
+            log_prefix: None,
+        };
+        let out = self.run_pgbench(target, &check);
         match out {
             Ok(out) if out.transactions == u64::from(HEAVY_RANGES) && out.failed == 0 => Ok(true),
             Ok(out) => {
@@ -531,19 +539,12 @@ impl Bench<'_> {
         length: Length,
         log_prefix: Option<&Path>,
     ) -> Result<PgbenchOutput> {
-        self.pgbench_args(target, &workload.pgbench_args(self.work), mode, clients, length, log_prefix)
+        let script = workload.pgbench_args(self.work);
+        self.run_pgbench(target, &Invocation { script, mode, clients, length, log_prefix })
     }
 
-    fn pgbench_args(
-        &self,
-        target: &Target,
-        script: &[String],
-        mode: Mode,
-        clients: u32,
-        length: Length,
-        log_prefix: Option<&Path>,
-    ) -> Result<PgbenchOutput> {
-        let args = self.command_args(target, script, mode, clients, length, log_prefix);
+    fn run_pgbench(&self, target: &Target, invocation: &Invocation<'_>) -> Result<PgbenchOutput> {
+        let args = self.command_args(target, invocation);
         let command = format!("pgbench {}", display_args(&args, self.work, target.port()));
         let out = Command::new(pgbench_path(self.tools))
             .args(&args)
@@ -560,16 +561,9 @@ impl Bench<'_> {
         PgbenchOutput::parse(&stdout, command).with_context(|| format!("unexpected pgbench output: {stdout}"))
     }
 
-    fn command_args(
-        &self,
-        target: &Target,
-        script: &[String],
-        mode: Mode,
-        clients: u32,
-        length: Length,
-        log_prefix: Option<&Path>,
-    ) -> Vec<String> {
-        let threads = clients.min(2);
+    fn command_args(&self, target: &Target, invocation: &Invocation<'_>) -> Vec<String> {
+        let Invocation { script, mode, clients, length, log_prefix } = invocation;
+        let threads = (*clients).min(2);
         let mut args: Vec<String> = vec![
             "-n".into(),
             "-h".into(),
@@ -596,6 +590,16 @@ impl Bench<'_> {
         args.push(DATABASE.into());
         args
     }
+}
+
+/// One pgbench command against a target: its script arguments, protocol, clients, length, and
+/// where its per-transaction log goes (if anywhere).
+struct Invocation<'a> {
+    script: Vec<String>,
+    mode: Mode,
+    clients: u32,
+    length: Length,
+    log_prefix: Option<&'a Path>,
 }
 
 /// How long a pgbench run lasts.
