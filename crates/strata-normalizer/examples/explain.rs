@@ -14,11 +14,12 @@ fn main() {
             let params: Vec<String> =
                 s.params().iter().map(|p| format!("{}:{}", p.type_oid().0, p.text())).collect();
             println!(
-                "  [{}] {} | {} | params={params:?} fns={:?} id={}",
+                "  [{}] {} | {} | params={params:?} fns={:?} session={:?} id={}",
                 s.kind(),
                 s.normalized(),
                 s.cacheability(),
                 s.functions(),
+                s.session_effects(),
                 s.identity()
             );
         }

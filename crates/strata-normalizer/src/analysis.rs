@@ -300,6 +300,143 @@ impl WriteEffect {
     }
 }
 
+/// What a statement may do to its session's state beyond its own result: settings, role,
+/// prepared statements, listens, temporary objects, and code the text does not show.
+///
+/// Read from PostgreSQL's parse tree, so a word in a string literal, a comment or a
+/// dollar-quoted body never counts. Only what runs counts: the statement of `EXPLAIN ANALYZE`
+/// and the query of `DECLARE` do, the statement of `PREPARE` and the body of
+/// `CREATE FUNCTION`/`CREATE PROCEDURE` do not. Plain `EXPLAIN` runs only what the planner
+/// evaluates, which may be a call of any function that is not a known builtin (reported as
+/// [`SessionEffect::ServerCode`]). DDL changes the schema, not the session, and has no effect
+/// except creating a temporary object or evaluating an expression written in it right away
+/// (`ALTER TABLE ... ADD COLUMN ... DEFAULT`, `... TYPE ... USING`, a validated `CHECK`,
+/// partition bounds, `ALTER DOMAIN ... ADD CHECK`), whose function calls count. Transaction
+/// control, `SHOW`, `NOTIFY`, `VACUUM`, `ANALYZE`, `LOCK`, `CHECKPOINT`, cursor `FETCH`/`CLOSE`
+/// and `COPY` to or from the client have none. See [`Analysis::leaves_session_alone`] for what
+/// the text cannot show.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SessionEffect {
+    /// `SET [SESSION] name ...`, including the spellings the grammar turns into a setting:
+    /// `SET TIME ZONE` (`timezone`), `SET NAMES` (`client_encoding`), `SET SCHEMA`
+    /// (`search_path`), `SET XML OPTION` (`xmloption`), `SET ... TO DEFAULT` and
+    /// `SET ... FROM CURRENT`. `SET TRANSACTION ...` reports the settings it assigns
+    /// (`transaction_isolation`, `transaction_read_only`, `transaction_deferrable`),
+    /// `SET SESSION CHARACTERISTICS AS TRANSACTION ...` their `default_` counterparts, and
+    /// `SET TRANSACTION SNAPSHOT` the name `transaction snapshot`. The name is lowercased, as
+    /// PostgreSQL compares setting names.
+    Set {
+        /// The setting's name.
+        name: Arc<str>,
+    },
+    /// `SET LOCAL name ...` (also `SET LOCAL ROLE`, with the name `role`, and
+    /// `SET LOCAL SESSION AUTHORIZATION`, with the name `session_authorization`): lasts until
+    /// the end of the transaction.
+    SetLocal {
+        /// The setting's name.
+        name: Arc<str>,
+    },
+    /// `RESET name` (`RESET TIME ZONE` is `timezone`, `RESET TRANSACTION ISOLATION LEVEL` is
+    /// `transaction_isolation`).
+    Reset {
+        /// The setting's name.
+        name: Arc<str>,
+    },
+    /// `RESET ALL`.
+    ResetAll,
+    /// `SET [SESSION] ROLE ...` or `RESET ROLE`.
+    Role,
+    /// `SET [SESSION] SESSION AUTHORIZATION ...` or `RESET SESSION AUTHORIZATION`.
+    SessionAuthorization,
+    /// `DISCARD ALL|PLANS|SEQUENCES|TEMP`.
+    Discard(DiscardTarget),
+    /// SQL `PREPARE name AS ...`. The prepared statement does not run at `PREPARE` time, so
+    /// its own effects are not reported (an `EXECUTE` of it is [`SessionEffect::ServerCode`]).
+    Prepare(Arc<str>),
+    /// SQL `DEALLOCATE [PREPARE] name`; `None` for `DEALLOCATE ALL`.
+    Deallocate(Option<Arc<str>>),
+    /// `LISTEN` or `UNLISTEN`.
+    Listen,
+    /// Creates a temporary object: `CREATE TEMP TABLE/VIEW/SEQUENCE`, `CREATE TEMP TABLE ... AS`,
+    /// `SELECT ... INTO TEMP`, or a relation, type or function created in schema `pg_temp`
+    /// (`CREATE TABLE pg_temp.x`). Its unqualified name may shadow a table (or type) for the
+    /// session's later statements.
+    TemporaryObject,
+    /// A call of `set_config` (bare or `pg_catalog.`-qualified, in any case the parser folds,
+    /// anywhere in the statement that runs).
+    SetConfig,
+    /// Another change of session state, named: `cursor WITH HOLD` (`DECLARE ... WITH HOLD`,
+    /// a cursor that outlives the transaction), `LOAD`, `setseed` (the session's random
+    /// seed), `pg_reload_conf` (settings from the configuration file change),
+    /// `pg_replication_origin_session_setup` and `pg_replication_origin_session_reset`.
+    Other(&'static str),
+    /// Code runs on the server that the text does not show, so anything may have changed:
+    /// `DO`, `CALL`, `EXECUTE` of a SQL-prepared statement, `COPY ... PROGRAM`, a call of a
+    /// function that is not a builtin known to leave the session alone, a construct the
+    /// normalizer does not analyze, and text that does not parse. The string says why (for
+    /// example `DO block` or `function app.set_tenant`).
+    ///
+    /// A function is a known builtin when it is on the normalizer's own builtin allow list,
+    /// among the volatile builtins it knows (`now`, `random`, `nextval`, `current_setting`,
+    /// ...), a `pg_*` or `txid_*` function, or (qualified with `pg_catalog`) one the grammar
+    /// calls for SQL syntax such as `LIKE ... ESCAPE`; and it is written bare or qualified with
+    /// `pg_catalog`, never another schema. Casts and operators are not function calls here.
+    /// A function added with
+    /// [`NormalizerConfigBuilder::with_allowed_function`](crate::NormalizerConfigBuilder::with_allowed_function)
+    /// or `with_function_volatility` still counts here: the allow list vouches for its result,
+    /// not for what it does to the session.
+    ServerCode(Arc<str>),
+}
+
+impl fmt::Display for SessionEffect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionEffect::Set { name } => write!(f, "SET {name}"),
+            SessionEffect::SetLocal { name } => write!(f, "SET LOCAL {name}"),
+            SessionEffect::Reset { name } => write!(f, "RESET {name}"),
+            SessionEffect::ResetAll => f.write_str("RESET ALL"),
+            SessionEffect::Role => f.write_str("SET ROLE"),
+            SessionEffect::SessionAuthorization => f.write_str("SET SESSION AUTHORIZATION"),
+            SessionEffect::Discard(t) => write!(f, "DISCARD {}", t.as_str()),
+            SessionEffect::Prepare(name) => write!(f, "PREPARE {name}"),
+            SessionEffect::Deallocate(Some(name)) => write!(f, "DEALLOCATE {name}"),
+            SessionEffect::Deallocate(None) => f.write_str("DEALLOCATE ALL"),
+            SessionEffect::Listen => f.write_str("LISTEN"),
+            SessionEffect::TemporaryObject => f.write_str("creates a temporary object"),
+            SessionEffect::SetConfig => f.write_str("set_config()"),
+            SessionEffect::Other(what) => f.write_str(what),
+            SessionEffect::ServerCode(why) => write!(f, "runs server code: {why}"),
+        }
+    }
+}
+
+/// What `DISCARD` drops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DiscardTarget {
+    /// `DISCARD ALL`: all of the below, plus settings, prepared statements, cursors, listens
+    /// and advisory locks.
+    All,
+    /// `DISCARD PLANS`: cached query plans.
+    Plans,
+    /// `DISCARD SEQUENCES`: cached sequence state (`currval`, `lastval`).
+    Sequences,
+    /// `DISCARD TEMP`: the session's temporary objects.
+    Temp,
+}
+
+impl DiscardTarget {
+    /// The keyword as written after `DISCARD`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiscardTarget::All => "ALL",
+            DiscardTarget::Plans => "PLANS",
+            DiscardTarget::Sequences => "SEQUENCES",
+            DiscardTarget::Temp => "TEMP",
+        }
+    }
+}
+
 /// Everything known about one statement of the text.
 #[derive(Clone)]
 pub struct StatementAnalysis {
@@ -314,6 +451,7 @@ pub struct StatementAnalysis {
     pub(crate) writes: WriteEffect,
     pub(crate) functions: Vec<Arc<str>>,
     pub(crate) temp_created: Vec<TableName>,
+    pub(crate) session_effects: Vec<SessionEffect>,
     pub(crate) cacheability: Cacheability,
 }
 
@@ -385,6 +523,13 @@ impl StatementAnalysis {
     pub fn temporary_tables_created(&self) -> &[TableName] {
         &self.temp_created
     }
+
+    /// What the statement may do to its session's state, deduplicated, in the order written.
+    /// Empty when the text shows nothing (see [`Analysis::leaves_session_alone`] for what the
+    /// text cannot show).
+    pub fn session_effects(&self) -> &[SessionEffect] {
+        &self.session_effects
+    }
 }
 
 impl fmt::Debug for StatementAnalysis {
@@ -397,6 +542,7 @@ impl fmt::Debug for StatementAnalysis {
             .field("reads", &self.reads)
             .field("writes", &self.writes)
             .field("cacheability", &self.cacheability)
+            .field("session_effects", &self.session_effects)
             .finish_non_exhaustive()
     }
 }
@@ -412,6 +558,8 @@ pub struct Analysis {
     pub(crate) writes: WriteEffect,
     pub(crate) cacheability: Cacheability,
     pub(crate) client_param_count: u32,
+    /// The effect of text that did not parse ([`SessionEffect::ServerCode`]); `None` otherwise.
+    pub(crate) unparsed: Option<SessionEffect>,
 }
 
 impl Analysis {
@@ -492,6 +640,27 @@ impl Analysis {
     pub fn cacheability(&self) -> &Cacheability {
         &self.cacheability
     }
+
+    /// The session effects of every statement, statement by statement (see
+    /// [`StatementAnalysis::session_effects`]; an effect appears once per statement that has
+    /// it). Text that did not parse yields one [`SessionEffect::ServerCode`].
+    pub fn session_effects(&self) -> impl Iterator<Item = &SessionEffect> + '_ {
+        self.unparsed.iter().chain(self.statements.iter().flat_map(|s| s.session_effects.iter()))
+    }
+
+    /// Whether the text, as written, leaves its session's state alone: no statement has a
+    /// [`SessionEffect`]. Text that did not parse does not (anything may run); empty text,
+    /// blanks, comments and lone semicolons do.
+    ///
+    /// This is judged from the text alone. Code the text does not show may still run when a
+    /// statement does and change the session: triggers, rules, views, row-level security
+    /// policies, column defaults, check constraints, user-defined operators and casts, and
+    /// type input functions can call user functions, and a `search_path` set earlier can make
+    /// a bare builtin name resolve to a user function of the same name. Only the catalog shows
+    /// those; checking it is the caller's job.
+    pub fn leaves_session_alone(&self) -> bool {
+        self.session_effects().next().is_none()
+    }
 }
 
 impl fmt::Debug for Analysis {
@@ -502,6 +671,7 @@ impl fmt::Debug for Analysis {
             .field("identity", &self.identity)
             .field("writes", &self.writes)
             .field("cacheability", &self.cacheability)
+            .field("unparsed", &self.unparsed)
             .finish_non_exhaustive()
     }
 }

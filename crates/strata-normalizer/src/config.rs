@@ -1,7 +1,8 @@
 //! Configuration: the function allow list, catalog policy, hint TTL cap and memo size.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::error::Error;
@@ -357,6 +358,13 @@ pub(crate) const KNOWN_VOLATILE_READONLY: &[&str] = &[
     "crypt",
     "gen_salt",
 ];
+
+/// Whether a bare function name is on the builtin allow list the normalizer ships (not the
+/// names a configuration adds: those vouch for a result, not for what a function does).
+pub(crate) fn is_shipped_allowed(bare: &str) -> bool {
+    static SET: OnceLock<HashSet<&'static str>> = OnceLock::new();
+    SET.get_or_init(|| DEFAULT_ALLOWED_FUNCTIONS.iter().copied().collect()).contains(bare)
+}
 
 /// Normalizer settings. Build with [`NormalizerConfig::builder`].
 #[derive(Clone)]

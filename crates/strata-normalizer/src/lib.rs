@@ -8,6 +8,9 @@
 //!   lifted literals ([`Parameter`]) with their types, client `$n` count, tables read, functions
 //!   called, [`Cacheability`] verdict with a readable [`NotCacheable`] reason, and
 //!   [`WriteEffect`]; and the same rolled up for the whole text, with its [`Hints`].
+//! - [`SessionEffect`]: what each statement may do to its session's state (`SET`, `RESET`,
+//!   role, `DISCARD`, `PREPARE`, `LISTEN`, temporary objects, `set_config`, server code the
+//!   text does not show), and [`Analysis::leaves_session_alone`] for the whole text.
 //! - [`NormalizerConfig`]: the function allow list (and volatility fed from `pg_proc`), catalog
 //!   policy, hint TTL cap, memo size and shape memo size.
 //! - [`read_hints`]: only the hints of a text.
@@ -70,14 +73,15 @@ mod config;
 mod error;
 mod hints;
 mod normalizer;
+mod session;
 mod shape;
 mod tokens;
 mod walk;
 
 pub use crate::{
     analysis::{
-        Analysis, Cacheability, LiteralForm, NotCacheable, Parameter, StatementAnalysis, StatementIdentity,
-        StatementKind, WriteEffect,
+        Analysis, Cacheability, DiscardTarget, LiteralForm, NotCacheable, Parameter, SessionEffect,
+        StatementAnalysis, StatementIdentity, StatementKind, WriteEffect,
     },
     config::{CatalogPolicy, NormalizerConfig, NormalizerConfigBuilder, Volatility},
     error::{Error, ErrorKind},
@@ -103,6 +107,8 @@ mod tests {
         assert_send_sync_debug::<StatementIdentity>();
         assert_send_sync_debug::<StatementKind>();
         assert_send_sync_debug::<WriteEffect>();
+        assert_send_sync_debug::<SessionEffect>();
+        assert_send_sync_debug::<DiscardTarget>();
         assert_send_sync_debug::<CatalogPolicy>();
         assert_send_sync_debug::<NormalizerConfig>();
         assert_send_sync_debug::<NormalizerConfigBuilder>();

@@ -10,7 +10,8 @@ use quick_cache::sync::Cache;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64, Xxh3};
 
 use crate::analysis::{
-    Analysis, Cacheability, NotCacheable, StatementAnalysis, StatementIdentity, StatementKind, WriteEffect,
+    Analysis, Cacheability, NotCacheable, SessionEffect, StatementAnalysis, StatementIdentity, StatementKind,
+    WriteEffect,
 };
 use crate::config::NormalizerConfig;
 use crate::hints::Hints;
@@ -57,6 +58,8 @@ fn failed(sql: &str, hints: Hints, message: &str) -> Analysis {
         writes: WriteEffect::Unknown,
         cacheability: Cacheability::NotCacheable(NotCacheable::ParseError(Arc::from(message))),
         client_param_count: 0,
+        // Whatever the text was meant to do, the server may run something of it.
+        unparsed: Some(SessionEffect::ServerCode(Arc::from("text that did not parse"))),
     }
 }
 
@@ -124,6 +127,11 @@ fn analyze_inner(sql: &str, config: &NormalizerConfig) -> (Analysis, Vec<ScanTok
             reason = Some(NotCacheable::Unsupported(Arc::from("empty statement node")));
         }
         let writes = if kind == StatementKind::Unknown { WriteEffect::Unknown } else { walk.write_effect() };
+        let session_effects = if kind == StatementKind::Unknown {
+            vec![SessionEffect::ServerCode(Arc::from("empty statement node"))]
+        } else {
+            std::mem::take(&mut walk.effects).into_vec()
+        };
         statements.push(StatementAnalysis {
             kind,
             range: start..end,
@@ -136,6 +144,7 @@ fn analyze_inner(sql: &str, config: &NormalizerConfig) -> (Analysis, Vec<ScanTok
             writes,
             functions: std::mem::take(&mut walk.functions),
             temp_created: std::mem::take(&mut walk.temp_created),
+            session_effects,
             cacheability: match reason {
                 None => Cacheability::Cacheable,
                 Some(r) => Cacheability::NotCacheable(r),
@@ -187,7 +196,17 @@ fn roll_up(statements: Vec<StatementAnalysis>, hints: Hints) -> Analysis {
     if hints.cache() == crate::hints::CacheHint::Off {
         cacheability = Cacheability::NotCacheable(NotCacheable::HintCacheOff);
     }
-    Analysis { statements, hints, identity, key_bytes, reads, writes, cacheability, client_param_count }
+    Analysis {
+        statements,
+        hints,
+        identity,
+        key_bytes,
+        reads,
+        writes,
+        cacheability,
+        client_param_count,
+        unparsed: None,
+    }
 }
 
 /// Analyzes SQL text with a configuration and two bounded memos, so a repeated text costs one

@@ -24,7 +24,7 @@
 //! - statement boundaries fall on token boundaries.
 //!
 //! Everything else the analysis holds (identity, key bytes, tables, functions, verdict, write
-//! effect, hints) comes from the token kinds, the identifiers and the comments, which the key
+//! effect, session effects, hints) comes from the token kinds, the identifiers and the comments, which the key
 //! holds verbatim, and from the parse tree, whose shape literal values of the same class do not
 //! change once the checks above hold.
 
@@ -725,6 +725,7 @@ impl Shape {
                 writes: s.writes.clone(),
                 functions: s.functions.clone(),
                 temp_created: s.temp_created.clone(),
+                session_effects: s.session_effects.clone(),
                 cacheability: s.cacheability.clone(),
             });
         }
@@ -737,6 +738,7 @@ impl Shape {
             writes: t.writes.clone(),
             cacheability: t.cacheability.clone(),
             client_param_count: t.client_param_count,
+            unparsed: t.unparsed.clone(),
         })
     }
 }

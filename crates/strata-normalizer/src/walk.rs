@@ -3,7 +3,9 @@
 //!
 //! The walk knows the node types that occur in queries. When it meets one it does not know
 //! inside a statement, it does not guess: the statement becomes "not cacheable: unsupported
-//! construct" and its write effect unknown, so a missed table can never serve stale data.
+//! construct", its write effect unknown and its session effects include server code, so a
+//! missed table can never serve stale data. It also collects the statement's session effects
+//! (see `session.rs`).
 
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
@@ -12,20 +14,22 @@ use pg_query::protobuf::{self, DropBehavior, ObjectType, RangeVar, SelectStmt, S
 use pg_query::{Node, NodeEnum};
 use strata_core::TableName;
 
-use crate::analysis::{NotCacheable, StatementKind, WriteEffect};
+use crate::analysis::{NotCacheable, SessionEffect, StatementKind, WriteEffect};
 use crate::config::{CatalogPolicy, NormalizerConfig, Volatility, KNOWN_VOLATILE_READONLY};
+use crate::session::{self, Effects, NO_POSITION};
 
 /// Deeper trees than this are refused rather than walked.
 const MAX_DEPTH: u32 = 400;
 
 pub(crate) struct Walk<'c> {
-    config: &'c NormalizerConfig,
+    pub(crate) config: &'c NormalizerConfig,
     pub(crate) reads: Vec<TableName>,
     writes: Vec<TableName>,
     writes_unknown: bool,
     pub(crate) functions: Vec<Arc<str>>,
     pub(crate) reason: Option<NotCacheable>,
     pub(crate) temp_created: Vec<TableName>,
+    pub(crate) effects: Effects,
     ctes: Vec<String>,
     depth: u32,
 }
@@ -47,6 +51,13 @@ pub(crate) fn variant_name(node: &NodeEnum) -> String {
     let mut b = Bounded(String::new());
     let _ = write!(b, "{node:?}");
     b.0
+}
+
+/// Whether an `EXPLAIN` runs its statement (`ANALYZE`).
+pub(crate) fn explain_analyzes(e: &protobuf::ExplainStmt) -> bool {
+    e.options.iter().any(|o| {
+        matches!(o.node.as_ref(), Some(NodeEnum::DefElem(d)) if d.defname == "analyze" || d.defname == "analyse")
+    })
 }
 
 fn qualified(rv: &RangeVar) -> TableName {
@@ -83,6 +94,7 @@ impl<'c> Walk<'c> {
             functions: Vec::new(),
             reason: None,
             temp_created: Vec::new(),
+            effects: Effects::default(),
             ctes: Vec::new(),
             depth: 0,
         }
@@ -107,6 +119,8 @@ impl<'c> Walk<'c> {
     fn unsupported(&mut self, what: &str) {
         self.deny(NotCacheable::Unsupported(Arc::from(what)));
         self.writes_unknown = true;
+        let why = format!("unsupported construct {what}");
+        self.effects.push(NO_POSITION, SessionEffect::ServerCode(Arc::from(why)));
     }
 
     fn write(&mut self, rv: &RangeVar) {
@@ -178,6 +192,7 @@ impl<'c> Walk<'c> {
         if kind != StatementKind::Select {
             self.deny(NotCacheable::NotARead(kind));
         }
+        self.statement_effects(node, kind);
         match node {
             NodeEnum::SelectStmt(s) => self.select(s),
             NodeEnum::InsertStmt(_)
@@ -208,10 +223,7 @@ impl<'c> Walk<'c> {
                 }
             }
             NodeEnum::ExplainStmt(e) => {
-                let analyze = e.options.iter().any(|o| {
-                    matches!(o.node.as_ref(), Some(NodeEnum::DefElem(d)) if d.defname == "analyze" || d.defname == "analyse")
-                });
-                if analyze {
+                if explain_analyzes(e) {
                     // EXPLAIN ANALYZE runs the statement, writes included.
                     if let Some(inner) = e.query.as_ref().and_then(|q| q.node.as_ref()) {
                         self.statement(inner);
@@ -466,6 +478,7 @@ impl<'c> Walk<'c> {
             self.deny(NotCacheable::SelectInto);
             if let Some(rv) = &into.rel {
                 self.write(rv);
+                self.temporary_relation(rv);
             }
         }
         self.ctes.truncate(mark);
@@ -485,6 +498,8 @@ impl<'c> Walk<'c> {
                 if let Some(rv) = &s.relation {
                     self.write(rv);
                 }
+                // Subscripts in the column list (`INSERT INTO t (a[f()]) ...`) are expressions.
+                self.list(&s.cols);
                 self.opt(s.select_stmt.as_deref());
                 if let Some(oc) = &s.on_conflict_clause {
                     if let Some(infer) = &oc.infer {
@@ -577,6 +592,11 @@ impl<'c> Walk<'c> {
         }
     }
 
+    /// Walks an expression outside a statement (one that DDL evaluates).
+    pub(crate) fn expression(&mut self, node: &Node) {
+        self.node(node);
+    }
+
     fn node(&mut self, node: &Node) {
         if let Some(n) = node.node.as_ref() {
             self.node_enum(n);
@@ -621,6 +641,10 @@ impl<'c> Walk<'c> {
                 match string_list(&f.funcname) {
                     Some(name) => self.function(&name),
                     None => self.unsupported("function name"),
+                }
+                if let Some(effect) = session::name_parts(&f.funcname).and_then(|p| session::of_function(&p))
+                {
+                    self.effects.push(f.location, effect);
                 }
                 self.list(&f.args);
                 self.list(&f.agg_order);

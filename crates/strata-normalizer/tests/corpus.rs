@@ -1,11 +1,14 @@
 //! Every statement of the PostgreSQL regression corpus is analyzed without a panic; the summary
-//! (statements, verdicts, kinds, write effects, parse errors) is snapshotted.
+//! (statements, verdicts, kinds, write effects, parse errors) is snapshotted, and so is the
+//! summary of session effects, after checking them against the rest of each analysis.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use expect_test::expect_file;
-use strata_normalizer::{Cacheability, Normalizer, NormalizerConfig, NotCacheable, WriteEffect};
+use strata_normalizer::{
+    Cacheability, Normalizer, NormalizerConfig, NotCacheable, SessionEffect, StatementKind, WriteEffect,
+};
 
 mod support;
 
@@ -92,4 +95,92 @@ fn regression_corpus_analyzes_without_panic() {
         let _ = writeln!(out, "  {k}: {v}");
     }
     expect_file!["snapshots/postgres_regress_summary.txt"].assert_eq(&out);
+}
+
+/// A label for the corpus summary: the effect without the names that vary.
+fn label(e: &SessionEffect) -> String {
+    match e {
+        SessionEffect::Set { .. } => "Set".to_owned(),
+        SessionEffect::SetLocal { .. } => "SetLocal".to_owned(),
+        SessionEffect::Reset { .. } => "Reset".to_owned(),
+        SessionEffect::Prepare(_) => "Prepare".to_owned(),
+        SessionEffect::Deallocate(Some(_)) => "Deallocate(name)".to_owned(),
+        SessionEffect::ServerCode(why) if why.starts_with("function ") => "ServerCode(function)".to_owned(),
+        SessionEffect::ServerCode(why) if why.starts_with("CALL") => "ServerCode(CALL)".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[test]
+fn regression_corpus_effects_are_consistent_with_the_rest_of_the_analysis() {
+    let normalizer = Normalizer::new(
+        NormalizerConfig::builder().with_memo_capacity(0).build().unwrap_or_else(|e| panic!("{e}")),
+    );
+    let mut texts = 0usize;
+    let mut alone = 0usize;
+    let mut labels: BTreeMap<String, usize> = BTreeMap::new();
+    let mut wrong: Vec<String> = Vec::new();
+    for file in corpus_files() {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        let sql = sql_of_psql_script(&String::from_utf8_lossy(&bytes));
+        for part in statements_of(&sql).0 {
+            if part.trim().is_empty() {
+                continue;
+            }
+            texts += 1;
+            let a = normalizer.analyze(part);
+            if a.leaves_session_alone() {
+                alone += 1;
+            }
+            if a.is_parse_error() && a.leaves_session_alone() {
+                wrong.push(format!("parse error counted as neutral: {part}"));
+            }
+            for s in a.statements() {
+                let effects = s.session_effects();
+                for e in effects {
+                    *labels.entry(label(e)).or_default() += 1;
+                }
+                let has = |f: &dyn Fn(&SessionEffect) -> bool| effects.iter().any(f);
+                // The effects are a set.
+                if effects.iter().enumerate().any(|(i, e)| effects[..i].contains(e)) {
+                    wrong.push(format!("duplicate effects {effects:?}: {part}"));
+                }
+                // Every `SET`/`RESET`/`DISCARD` changes the session.
+                if s.kind() == StatementKind::Session && effects.is_empty() {
+                    wrong.push(format!("session statement without effect: {part}"));
+                }
+                // A call the walk met is reported: set_config as such, a schema other than
+                // pg_catalog as server code.
+                for f in s.functions() {
+                    let set_config = &**f == "set_config" || &**f == "pg_catalog.set_config";
+                    let foreign = f.contains('.') && !f.starts_with("pg_catalog.");
+                    if (set_config && !has(&|e| *e == SessionEffect::SetConfig))
+                        || (foreign && !has(&|e| matches!(e, SessionEffect::ServerCode(_))))
+                    {
+                        wrong.push(format!("call of {f} not reported: {part}"));
+                    }
+                }
+                // A construct the walk does not know may run anything.
+                if matches!(s.cacheability().reason(), Some(NotCacheable::Unsupported(_)))
+                    && !has(&|e| matches!(e, SessionEffect::ServerCode(_)))
+                {
+                    wrong.push(format!("unsupported construct without server code: {part}"));
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} inconsistencies:\n{}",
+        wrong.len(),
+        wrong.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+    );
+    let mut out = String::new();
+    let _ = writeln!(out, "texts: {texts}");
+    let _ = writeln!(out, "texts that leave the session alone: {alone}");
+    let _ = writeln!(out, "\nstatements with each effect:");
+    for (k, v) in &labels {
+        let _ = writeln!(out, "  {k}: {v}");
+    }
+    expect_file!["snapshots/postgres_regress_session_effects.txt"].assert_eq(&out);
 }

@@ -1,6 +1,6 @@
-//! The shape memo's fast path gives exactly the analysis a full parse gives: for every statement
-//! of the PostgreSQL regression corpus and ORM-style queries, with their literals replaced by
-//! other values of the same class and of other classes.
+//! The shape memo's fast path gives exactly the analysis a full parse gives (session effects
+//! included): for every statement of the PostgreSQL regression corpus and ORM-style queries,
+//! with their literals replaced by other values of the same class and of other classes.
 
 use std::fmt::Write as _;
 
@@ -17,7 +17,7 @@ fn observe(a: &Analysis) -> String {
     let writes = |w: &WriteEffect| format!("{w:?}");
     let _ = writeln!(
         out,
-        "identity={} key={:?} cpc={} kind={:?} parse_error={} cacheability={:?} writes={} reads={:?} deps={:?} hints={:?} temp={:?}",
+        "identity={} key={:?} cpc={} kind={:?} parse_error={} cacheability={:?} writes={} reads={:?} deps={:?} hints={:?} temp={:?} session_alone={} session={:?}",
         a.identity(),
         a.key_bytes(),
         a.client_param_count(),
@@ -29,6 +29,8 @@ fn observe(a: &Analysis) -> String {
         a.dependencies(),
         a.hints(),
         a.temporary_tables_created().collect::<Vec<_>>(),
+        a.leaves_session_alone(),
+        a.session_effects().collect::<Vec<_>>(),
     );
     let h = a.hints();
     let _ = writeln!(
@@ -45,7 +47,7 @@ fn observe(a: &Analysis) -> String {
     for s in a.statements() {
         let _ = writeln!(
             out,
-            "stmt kind={:?} range={:?} normalized={:?} identity={} key={:?} cpc={} reads={:?} writes={} functions={:?} temp={:?} cacheability={:?}",
+            "stmt kind={:?} range={:?} normalized={:?} identity={} key={:?} cpc={} reads={:?} writes={} functions={:?} temp={:?} session={:?} cacheability={:?}",
             s.kind(),
             s.range(),
             s.normalized(),
@@ -56,6 +58,7 @@ fn observe(a: &Analysis) -> String {
             writes(s.writes()),
             s.functions(),
             s.temporary_tables_created(),
+            s.session_effects(),
             s.cacheability(),
         );
         for p in s.params() {
@@ -242,6 +245,33 @@ fn fast_path_answers_pgbench_select_without_a_parse() {
     let a = shapes.analyze(now);
     assert!(!a.cacheability().is_cacheable());
     assert_eq!(observe(&a), observe(&full.analyze(now)));
+}
+
+#[test]
+fn the_shape_memo_answers_with_the_same_effects() {
+    let config = NormalizerConfig::builder()
+        .with_memo_capacity(0)
+        .with_shape_memo_capacity(64)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let n = Normalizer::new(config);
+    for (template, alone) in [
+        ("SELECT set_config('app.tenant', '{}', false) FROM t WHERE id = {}", false),
+        ("SELECT app.f({}) FROM t WHERE id = {}", false),
+        ("SELECT {} INTO TEMP x FROM t WHERE id = {}", false),
+        ("SELECT lower('{}') FROM t WHERE id = {}", true),
+    ] {
+        let text =
+            |k: u32| template.replacen("{}", &k.to_string(), 1).replacen("{}", &(k * 7).to_string(), 1);
+        n.analyze(&text(1));
+        n.analyze(&text(2));
+        let before = n.shape_hits();
+        let fast = n.analyze(&text(3));
+        assert_eq!(n.shape_hits(), before + 1, "{template} was not answered from its shape");
+        let full = without_memos().analyze(&text(3));
+        assert_eq!(fast.leaves_session_alone(), alone, "{template}");
+        assert_eq!(fast.session_effects().collect::<Vec<_>>(), full.session_effects().collect::<Vec<_>>());
+    }
 }
 
 #[test]

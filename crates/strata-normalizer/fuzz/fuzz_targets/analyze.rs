@@ -14,6 +14,7 @@ fuzz_target!(|data: &[u8]| {
         if a.is_parse_error() {
             assert_eq!(a.writes(), &WriteEffect::Unknown);
             assert!(a.statements().is_empty());
+            assert!(!a.leaves_session_alone());
         }
         if a.cacheability().is_cacheable() {
             assert!(!a.statements().is_empty());
@@ -44,6 +45,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(fast.writes(), full.writes());
             assert_eq!(fast.reads(), full.reads());
             assert_eq!(fast.hints(), full.hints());
+            assert!(fast.session_effects().eq(full.session_effects()));
             let params = |a: &strata_normalizer::Analysis| {
                 a.params().map(|p| (p.type_oid(), p.form(), p.text().to_owned())).collect::<Vec<_>>()
             };
