@@ -4,12 +4,13 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
 
+use strata::{CatalogConfig, Invalidation};
+
 use crate::{
-    catalog::CatalogConfig,
     config::{FileConfig, ProxyBuilder, DEFAULT_UPSTREAM},
     error::Error,
     server::Proxy,
-    strata_cache::{CacheSettings, Invalidation},
+    strata_cache::CacheSettings,
 };
 
 /// A caching PostgreSQL proxy: point clients at it instead of PostgreSQL.
@@ -61,6 +62,10 @@ pub struct Args {
     /// user, else everything].
     #[arg(long, env = "STRATA_INVALIDATION")]
     pub invalidation: Option<String>,
+    /// Custom settings (app.tenant) every session's cache key includes, comma-separated, beyond
+    /// those learnt from SQL texts, role and database defaults and the catalog.
+    #[arg(long, env = "STRATA_CUSTOM_SETTINGS", value_delimiter = ',')]
+    pub custom_settings: Option<Vec<String>>,
     /// Threads serving sessions [default: one per core]. On a host shared with PostgreSQL and
     /// the clients, fewer threads can mean fewer wake-ups per request; measure before changing.
     #[arg(long, env = "STRATA_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -82,7 +87,12 @@ impl Args {
             Some("off" | "false" | "0") => false,
             Some(other) => return Err(Error::config(format!("--cache takes on or off, not {other:?}"))),
         };
-        Ok(CacheSettings { table: file.cache, redis: self.redis.clone().or(file.redis), enabled })
+        Ok(CacheSettings {
+            table: file.cache,
+            redis: self.redis.clone().or(file.redis),
+            enabled,
+            custom_settings: self.custom_settings.clone().or(file.custom_settings).unwrap_or_default(),
+        })
     }
 
     /// How writes become invalidations, from the arguments over the config file; the catalog
@@ -116,7 +126,7 @@ impl Args {
                 if let Some(ms) = file.connect_timeout_ms {
                     b = b.with_timeout(Duration::from_millis(ms));
                 }
-                Ok(Invalidation::Catalog(b.build()?))
+                Ok(Invalidation::Catalog(b.build().map_err(|e| Error::config(e.to_string()))?))
             }
             (Some("catalog"), None) => {
                 Err(Error::config("invalidation = catalog needs a catalog user (--catalog-user)"))

@@ -274,6 +274,7 @@ fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, Error> {
 /// catalog_databases = ["app"]
 /// catalog_refresh_ms = 30000
 /// invalidation = "catalog"                # or "everything", "sql-text"
+/// custom_settings = ["app.tenant"]        # always part of session keys
 ///
 /// [cache]   # handed to the query cache's own configuration
 /// ```
@@ -308,6 +309,9 @@ pub struct FileConfig {
     pub catalog_databases: Option<Vec<String>>,
     /// Period of the catalog refresh in milliseconds (default 30000).
     pub catalog_refresh_ms: Option<u64>,
+    /// Custom settings (`app.tenant`) every session's key includes, beyond those Strata learns
+    /// from SQL texts, role and database defaults and the catalog.
+    pub custom_settings: Option<Vec<String>>,
     /// The query cache's settings, passed through to it.
     pub cache: Option<toml::Table>,
 }

@@ -14,9 +14,13 @@
 //!   [`Response`]; a [`RequestCache`] may answer a request with recorded bytes
 //!   ([`Lookup::Hit`]) or receive the response to record ([`Lookup::Miss`] → `complete`).
 //!   [`PassThrough`] is the cache used until `strata::QueryCache` is plugged in.
-//! - [`SessionView`]: what the proxy tracked of a session (database, user, server parameters,
-//!   transaction status, `SET`/`RESET`/`SET ROLE`/`SET SESSION AUTHORIZATION`/`DISCARD`).
-//! - [`StrataCache`]: `strata::QueryCache` behind the seam. How a committed write becomes
+//!   A cache opens one [`RequestSession`] per client session; when it needs the session's
+//!   state it asks the proxy to read it back on the session's own connection
+//!   ([`Lookup::Verify`]), hidden from the client.
+//! - [`SessionView`]: the wire facts of a session (database, user, startup and server
+//!   parameters, transaction status). The proxy reads no SQL: what statements mean for the cache
+//!   is `strata`'s business.
+//! - [`StrataCache`]: `strata::SessionCache` behind the seam. How a committed write becomes
 //!   invalidations is its [`Invalidation`]: everything (the default), only the tables the SQL
 //!   names, or those expanded through the upstream's catalog ([`CatalogConfig`]).
 //! - `/health` and `/metrics` (Prometheus text) on a small HTTP port.
@@ -32,10 +36,8 @@
 //! # }
 //! ```
 
-mod catalog;
 mod cli;
 mod config;
-mod effects;
 mod error;
 mod http;
 mod metrics;
@@ -47,15 +49,16 @@ mod session;
 mod strata_cache;
 
 pub use crate::{
-    catalog::{CatalogConfig, CatalogConfigBuilder},
     cli::Args,
     config::{FileConfig, ProxyBuilder, Upstream, DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_UPSTREAM},
     error::{Error, ErrorKind},
     seam::{
-        Bind, CacheMode, ExtendedMessage, Fill, Format, Lookup, NotCacheable, PassThrough, PreparedStatement,
-        Request, RequestCache, RequestKind, Response, ResponseSummary, Target, TransactionStatus,
+        Bind, CacheMode, Dropped, ExtendedMessage, Fill, Format, Lookup, NotCacheable, PassThrough,
+        PreparedStatement, Request, RequestCache, RequestKind, RequestSession, Response, ResponseSummary,
+        Target, TransactionStatus,
     },
     server::{BoundProxy, Proxy, ShutdownHandle},
-    session::{SessionView, Tracking},
-    strata_cache::{build_query_cache, CacheSettings, Invalidation, StrataCache, StrataCacheBuilder},
+    session::SessionView,
+    strata_cache::{build_query_cache, CacheSettings, StrataCache, StrataCacheBuilder},
 };
+pub use strata::{CatalogConfig, CatalogConfigBuilder, Invalidation, TestOnlySessionTrust};

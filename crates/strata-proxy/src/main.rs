@@ -27,13 +27,11 @@ fn main() -> anyhow::Result<()> {
         let builder = if cache.enabled {
             let query_cache = strata_proxy::build_query_cache(&cache).await?;
             let registry = query_cache.registry().clone();
-            builder
-                .with_cache(std::sync::Arc::new(
-                    strata_proxy::StrataCache::builder(query_cache)
-                        .with_invalidation(invalidation)
-                        .build()?,
-                ))
-                .with_registry(registry)
+            let mut strata = strata_proxy::StrataCache::builder(query_cache).with_invalidation(invalidation);
+            for name in &cache.custom_settings {
+                strata = strata.with_custom_setting(name.clone());
+            }
+            builder.with_cache(std::sync::Arc::new(strata.build()?)).with_registry(registry)
         } else {
             builder
         };

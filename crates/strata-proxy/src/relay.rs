@@ -23,24 +23,24 @@ use tokio::{
         tcp::{OwnedReadHalf, OwnedWriteHalf},
         TcpStream,
     },
-    sync::{watch, Notify, OwnedMutexGuard},
+    sync::{oneshot, watch, Notify, OwnedMutexGuard},
     time::{timeout, Instant},
 };
 use tracing::{debug, info, warn};
 
 use crate::{
     config::ProxyConfig,
-    effects::{effects_of, Effect},
     metrics::Metrics,
     protocol::{
         error_fields, error_response, frame, parse_message, parse_startup, Malformed, Reader, Severity,
         StartupParams, CANCEL_REQUEST, GSSENC_REQUEST, MAX_STARTUP_BYTES, SSL_REQUEST,
     },
     seam::{
-        Bind, CacheMode, ExtendedMessage, Fill, Format, Lookup, NotCacheable, PreparedStatement, Request,
-        RequestCache, RequestKind, Response, ResponseSummary, Target, TransactionStatus,
+        Bind, CacheMode, Dropped, ExtendedMessage, Fill, Format, Lookup, NotCacheable, PreparedStatement,
+        Request, RequestCache, RequestKind, RequestSession, Response, ResponseSummary, Target,
+        TransactionStatus,
     },
-    session::{SessionView, Tracking},
+    session::SessionView,
 };
 
 /// Frames of at least this size whose content the proxy does not need are streamed through as
@@ -180,13 +180,19 @@ struct ClientOut {
     mid_frame: bool,
 }
 
+/// The answer to a verification query: its rows, or why there are none.
+type VerifyAnswer = Result<Vec<Vec<Option<Bytes>>>, String>;
+
 /// One request sent upstream and not yet answered by ReadyForQuery.
 #[derive(Default)]
 struct InFlight {
     /// The request once complete (only built when the cache is active).
     request: Option<Request>,
-    view: Option<SessionView>,
-    effects: Vec<Effect>,
+    /// For the cache's own query reading the session state back: where its answer goes. None
+    /// of its messages reach the client.
+    verify: Option<oneshot::Sender<VerifyAnswer>>,
+    verify_rows: Vec<Vec<Option<Bytes>>>,
+    verify_error: Option<String>,
     fill: Option<Fill>,
     recording: Option<BytesMut>,
     not_cacheable: Option<NotCacheable>,
@@ -224,8 +230,6 @@ struct State {
     /// Whether the startup ReadyForQuery has been seen (authentication is over).
     ready: bool,
     in_flight: VecDeque<InFlight>,
-    /// Session-state effects of a transaction in progress, applied at COMMIT.
-    txn_effects: Vec<Effect>,
     backend_key: Option<(u32, u32)>,
     /// A request was answered (popped) but its last bytes are not yet written to the client; a
     /// replay must wait so that responses reach the client in request order.
@@ -234,6 +238,8 @@ struct State {
 
 struct Session {
     shared: Arc<Shared>,
+    /// The cache's side of this session, when a cache takes part.
+    cache: Option<Box<dyn RequestSession>>,
     state: Mutex<State>,
     client_out: Arc<tokio::sync::Mutex<ClientOut>>,
     /// Whether nothing is in flight and the session is outside a transaction (a shutdown may end
@@ -241,6 +247,8 @@ struct Session {
     /// true: a shutdown waiting for it re-reads the flag, so the hot path pays no channel.
     idle: AtomicBool,
     became_idle: Notify,
+    /// Poked when the last bytes of an answered request reach the client.
+    response_written: Notify,
 }
 
 impl Session {
@@ -306,21 +314,27 @@ async fn run_session(
     }
     let session_id = shared.next_session_id.fetch_add(1, Ordering::Relaxed);
     let (up_rd, up_wr) = up.into_split();
+    let view = SessionView::new(session_id, &params);
+    let cache = match shared.cache.mode() {
+        CacheMode::Active => shared.cache.open_session(&view),
+        CacheMode::PassThrough => None,
+    };
     let session = Arc::new(Session {
         shared: shared.clone(),
+        cache,
         state: Mutex::new(State {
-            view: SessionView::new(session_id, &params),
+            view,
             ready: false,
             in_flight: VecDeque::new(),
-            txn_effects: Vec::new(),
             backend_key: None,
             response_unwritten: false,
         }),
         client_out: Arc::new(tokio::sync::Mutex::new(ClientOut { w: client_wr, mid_frame: false })),
         idle: AtomicBool::new(false),
         became_idle: Notify::new(),
+        response_written: Notify::new(),
     });
-    let active = shared.cache.mode() == CacheMode::Active;
+    let active = session.cache.is_some();
     let client_side = ClientSide {
         session: session.clone(),
         rd: client_rd,
@@ -452,7 +466,6 @@ async fn run_session(
     if let Some(key) = key {
         lock(&shared.cancel_keys).remove(&key);
     }
-    shared.cache.session_closed(session_id).await;
 }
 
 /// An extended-protocol batch being received (up to Sync).
@@ -468,7 +481,8 @@ struct OpenBatch {
     forwarding: bool,
     parse_sent: u64,
     close_sent: u64,
-    effects: Vec<Effect>,
+    /// Prepared statements the batch's executed statements drop (`DEALLOCATE`, `DISCARD ALL`).
+    dropped: Vec<Dropped>,
     wire: BytesMut,
 }
 
@@ -592,7 +606,7 @@ impl ClientSide {
             b'F' => {
                 self.release_open();
                 self.session.shared.metrics.requests_function.inc();
-                self.push_closed(Request::new(RequestKind::FunctionCall, msg.clone()), Vec::new(), None);
+                self.push_closed(Request::new(RequestKind::FunctionCall, msg.clone()), None);
                 self.out.extend_from_slice(&msg);
             }
             b'X' => {
@@ -612,8 +626,8 @@ impl ClientSide {
     async fn on_query(&mut self, msg: Bytes) -> Result<(), ClientEnd> {
         let sql = Reader::new(&msg[5..], "Query").cstr().map_err(ClientEnd::Malformed)?;
         self.session.shared.metrics.requests_simple.inc();
-        let effects = effects_of(&sql);
-        apply_statement_effects(&effects, &mut self.statements);
+        let dropped = self.dropped(&sql);
+        apply_dropped(&dropped, &mut self.statements);
         // A simple Query destroys the unnamed statement.
         self.statements.remove("");
         let request = self.active.then(|| Request::new(RequestKind::Simple { sql }, msg.clone()));
@@ -624,7 +638,6 @@ impl ClientSide {
             self.open = None;
             let mut st = self.session.state();
             if let Some(entry) = st.in_flight.back_mut() {
-                entry.effects.extend(effects.iter().cloned());
                 entry.request = request.map(|mut r| {
                     r.replayable = false;
                     r
@@ -633,39 +646,104 @@ impl ClientSide {
         } else {
             let mut fill = None;
             if let Some(request) = &request {
-                match self.lookup(request, &effects).await? {
+                match self.lookup(request).await? {
                     Some(Lookup::Hit(bytes)) => return self.replay(bytes).await,
                     Some(Lookup::Miss(f)) => fill = Some(f),
-                    Some(Lookup::Bypass) | None => {}
+                    Some(Lookup::Bypass | Lookup::Verify(_)) | None => {}
                 }
             }
-            self.push_closed_opt(request, effects.clone(), fill);
+            self.push_closed_opt(request, fill);
         }
-        apply_statement_effects(&effects, &mut self.upstream_statements);
+        apply_dropped(&dropped, &mut self.upstream_statements);
         self.upstream_statements.remove("");
         self.out.extend_from_slice(&msg);
         Ok(())
     }
 
-    /// Asks the cache when the request may be answered from it; `None` when not eligible.
-    async fn lookup(&mut self, request: &Request, effects: &[Effect]) -> Result<Option<Lookup>, ClientEnd> {
-        if !request.is_replayable() || !effects.is_empty() {
+    /// Which prepared statements a text drops, by the cache's reading of it (the proxy reads no
+    /// SQL); without a cache nothing is replayed, so the maps need no care.
+    fn dropped(&self, sql: &str) -> Dropped {
+        match &self.session.cache {
+            Some(cache) => cache.drops_statements(sql),
+            None => Dropped::Nothing,
+        }
+    }
+
+    /// Whether nothing stands between a lookup and the server: nothing in flight, every response
+    /// written, idle outside a transaction.
+    fn lookup_eligible(&self) -> bool {
+        let st = self.session.state();
+        st.in_flight.is_empty()
+            && !st.response_unwritten
+            && st.view.transaction_status() == TransactionStatus::Idle
+    }
+
+    /// Asks the cache when the request may be answered from it; `None` when not eligible. When
+    /// the cache first needs the session's state, reads it on the session's own connection.
+    async fn lookup(&mut self, request: &Request) -> Result<Option<Lookup>, ClientEnd> {
+        if !request.is_replayable() {
             return Ok(None);
         }
-        let view = {
-            let st = self.session.state();
-            let eligible = st.in_flight.is_empty()
-                && !st.response_unwritten
-                && st.view.transaction_status() == TransactionStatus::Idle
-                && *st.view.tracking() == Tracking::Tracked;
-            if !eligible {
+        if !self.lookup_eligible() {
+            // The client may send its next request as soon as it read the last answer, before
+            // the task writing that answer has marked it written: wait for that, briefly.
+            let written = self.session.response_written.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
+            let only_unwritten = {
+                let st = self.session.state();
+                st.response_unwritten
+                    && st.in_flight.is_empty()
+                    && st.view.transaction_status() == TransactionStatus::Idle
+            };
+            if !only_unwritten {
                 return Ok(None);
             }
-            st.view.clone()
-        };
+            let _ = timeout(Duration::from_millis(20), written).await;
+            if !self.lookup_eligible() {
+                return Ok(None);
+            }
+        }
+        let session = self.session.clone();
+        let Some(cache) = session.cache.as_deref() else { return Ok(None) };
         // Anything already decoded goes out first so the cache's latency never delays it.
         self.flush_upstream().await?;
-        Ok(Some(self.session.shared.cache.lookup(&view, request).await))
+        // A verification can learn of names it must read as well (role defaults, function
+        // bodies): a few rounds at most, then the request goes upstream uncached.
+        for _ in 0..3 {
+            match cache.lookup(request).await {
+                Lookup::Verify(sql) => {
+                    let answer = self.verify(&sql).await?;
+                    cache.verified(answer.as_deref().map_err(String::as_str));
+                    if !self.lookup_eligible() {
+                        return Ok(None);
+                    }
+                }
+                found => return Ok(Some(found)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Runs the cache's verification query on the session's connection, hiding its answer from
+    /// the client (the session is idle: the query is its own implicit transaction and leaves the
+    /// transaction status as it was).
+    async fn verify(&mut self, sql: &str) -> Result<VerifyAnswer, ClientEnd> {
+        let (tx, rx) = oneshot::channel();
+        self.set_busy();
+        self.session.state().in_flight.push_back(InFlight { verify: Some(tx), ..InFlight::default() });
+        let mut body = Vec::with_capacity(sql.len() + 1);
+        body.extend_from_slice(sql.as_bytes());
+        body.push(0);
+        self.out.extend_from_slice(&frame(b'Q', &body));
+        self.flush_upstream().await?;
+        // A simple Query destroys the server's unnamed statement; it is prepared again if used.
+        self.upstream_statements.remove("");
+        Ok(match timeout(self.session.shared.config.connect_timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err("the upstream connection ended".to_owned()),
+            Err(_) => Err("timed out".to_owned()),
+        })
     }
 
     async fn replay(&mut self, bytes: Bytes) -> Result<(), ClientEnd> {
@@ -675,16 +753,15 @@ impl ClientSide {
         out.w.write_all(&bytes).await.map_err(|_| ClientEnd::ClientWrite)
     }
 
-    fn push_closed(&mut self, request: Request, effects: Vec<Effect>, fill: Option<Fill>) {
-        self.push_closed_opt(self.active.then_some(request), effects, fill);
+    fn push_closed(&mut self, request: Request, fill: Option<Fill>) {
+        self.push_closed_opt(self.active.then_some(request), fill);
     }
 
-    fn push_closed_opt(&mut self, request: Option<Request>, effects: Vec<Effect>, fill: Option<Fill>) {
+    fn push_closed_opt(&mut self, request: Option<Request>, fill: Option<Fill>) {
         self.set_busy();
         let mut st = self.session.state();
-        let view = request.as_ref().map(|_| st.view.clone());
         let recording = fill.as_ref().map(|_| BytesMut::new());
-        st.in_flight.push_back(InFlight { request, view, effects, fill, recording, ..InFlight::default() });
+        st.in_flight.push_back(InFlight { request, fill, recording, ..InFlight::default() });
     }
 
     /// Sends a held batch upstream now (a Flush, a non-extended message, or too much held).
@@ -693,11 +770,7 @@ impl ClientSide {
         if !open.forwarding {
             open.forwarding = true;
             self.set_busy();
-            {
-                let mut st = self.session.state();
-                let view = self.active.then(|| st.view.clone());
-                st.in_flight.push_back(InFlight { view, ..InFlight::default() });
-            }
+            self.session.state().in_flight.push_back(InFlight::default());
             self.close_orphans(&mut open);
             for (msg, stmt, fresh) in std::mem::take(&mut open.held) {
                 self.forward_extended(&mut open, msg, stmt, fresh);
@@ -744,7 +817,6 @@ impl ClientSide {
                 });
                 let mut st = self.session.state();
                 if let Some(entry) = st.in_flight.back_mut() {
-                    entry.effects = open.effects;
                     entry.request = request.map(|mut r| {
                         r.replayable = false;
                         r
@@ -772,14 +844,13 @@ impl ClientSide {
     async fn finish_held(&mut self, held: HeldBatch) -> Result<(), ClientEnd> {
         let HeldBatch(mut open) = held;
         self.session.shared.metrics.requests_extended.inc();
-        let effects = std::mem::take(&mut open.effects);
         let request = Request::new(
             RequestKind::Extended { messages: std::mem::take(&mut open.messages) },
             std::mem::take(&mut open.wire).freeze(),
         );
         let request = if !open.duplicate_parse { request } else { Request { replayable: false, ..request } };
         let mut fill = None;
-        match self.lookup(&request, &effects).await? {
+        match self.lookup(&request).await? {
             Some(Lookup::Hit(bytes)) => {
                 if let RequestKind::Extended { messages } = request.kind() {
                     for m in messages {
@@ -793,9 +864,9 @@ impl ClientSide {
                 return self.replay(bytes).await;
             }
             Some(Lookup::Miss(f)) => fill = Some(f),
-            Some(Lookup::Bypass) | None => {}
+            Some(Lookup::Bypass | Lookup::Verify(_)) | None => {}
         }
-        self.push_closed_opt(Some(request), effects, fill);
+        self.push_closed_opt(Some(request), fill);
         self.close_orphans(&mut open);
         for (msg, stmt, fresh) in std::mem::take(&mut open.held) {
             self.forward_extended(&mut open, msg, stmt, fresh);
@@ -915,8 +986,11 @@ impl ClientSide {
                 let max_rows = r.u32()?;
                 let statement = self.portals.get(&portal).cloned().flatten();
                 if let Some(s) = &statement {
-                    open.effects.extend(s.effects().iter().cloned());
-                    apply_statement_effects(s.effects(), &mut self.statements);
+                    let dropped = self.dropped(s.sql());
+                    if dropped != Dropped::Nothing {
+                        apply_dropped(&dropped, &mut self.statements);
+                        open.dropped.push(dropped);
+                    }
                 }
                 ExtendedMessage::Execute { portal, max_rows, statement }
             }
@@ -976,7 +1050,11 @@ impl ClientSide {
                 }
                 open.close_sent += 1;
             }
-            b'E' => apply_statement_effects(&open.effects, &mut self.upstream_statements),
+            b'E' => {
+                for dropped in &open.dropped {
+                    apply_dropped(dropped, &mut self.upstream_statements);
+                }
+            }
             _ => {}
         }
         if !drop_parse.is_empty() || !drop_close.is_empty() {
@@ -1008,14 +1086,14 @@ fn read_formats(r: &mut Reader<'_>) -> Result<Vec<Format>, Malformed> {
 }
 
 /// SQL-level statements that drop protocol-level prepared statements.
-fn apply_statement_effects(effects: &[Effect], statements: &mut HashMap<String, Arc<PreparedStatement>>) {
-    for e in effects {
-        match e {
-            Effect::DiscardAll | Effect::Deallocate(None) => statements.clear(),
-            Effect::Deallocate(Some(name)) => {
+fn apply_dropped(dropped: &Dropped, statements: &mut HashMap<String, Arc<PreparedStatement>>) {
+    match dropped {
+        Dropped::Nothing => {}
+        Dropped::All => statements.clear(),
+        Dropped::Named(names) => {
+            for name in names {
                 statements.remove(name);
             }
-            _ => {}
         }
     }
 }
@@ -1120,6 +1198,7 @@ impl ServerSide {
                 }
                 if total >= STREAM_THRESHOLD
                     && !matches!(tag, b'Z' | b'C' | b'E' | b'N' | b'S' | b'K' | b'1' | b'3')
+                    && self.session.state().in_flight.front().is_none_or(|e| e.verify.is_none())
                 {
                     if let Some(e) = self.session.state().in_flight.front_mut() {
                         match tag {
@@ -1155,6 +1234,7 @@ impl ServerSide {
                 self.out.clear();
                 if self.active {
                     self.session.state().response_unwritten = false;
+                    self.session.response_written.notify_waiters();
                 }
                 g.mid_frame = self.stream_left > 0;
                 if g.mid_frame {
@@ -1174,7 +1254,9 @@ impl ServerSide {
     }
 
     async fn complete(&self, mut entry: InFlight, status: TransactionStatus) {
-        let (Some(request), Some(view)) = (entry.request.take(), entry.view.take()) else { return };
+        let (Some(request), Some(cache)) = (entry.request.take(), self.session.cache.as_deref()) else {
+            return;
+        };
         let mut not_cacheable = entry.not_cacheable;
         if not_cacheable.is_none() && status != TransactionStatus::Idle {
             not_cacheable = Some(NotCacheable::InTransaction);
@@ -1193,7 +1275,7 @@ impl ServerSide {
             },
             bytes: entry.recording.map(BytesMut::freeze),
         };
-        self.session.shared.cache.complete(&view, &request, &response, entry.fill).await;
+        cache.complete(&request, &response, entry.fill).await;
     }
 }
 
@@ -1213,6 +1295,9 @@ fn on_message(
     {
         let mut st = session.state();
         let st = &mut *st;
+        if st.ready && st.in_flight.front().is_some_and(|e| e.verify.is_some()) {
+            return on_verify_message(st, fatal_seen, tag, msg);
+        }
         match tag {
             b'Z' => {
                 let status = body.first().copied().and_then(TransactionStatus::from_byte);
@@ -1222,7 +1307,6 @@ fn on_message(
                     st.response_unwritten = true;
                     entry.record(msg, max_result);
                     let status = status.unwrap_or(TransactionStatus::Failed);
-                    finish_effects(st, &entry, status);
                     *completed = Some((entry, status));
                 }
                 if let Some(status) = status {
@@ -1241,6 +1325,11 @@ fn on_message(
                 let mut r = Reader::new(body, "ParameterStatus");
                 if let (Ok(name), Ok(value)) = (r.cstr(), r.cstr()) {
                     st.view.set_server_parameter(name, value);
+                }
+                if st.ready {
+                    if let Some(cache) = &session.cache {
+                        cache.parameter_changed();
+                    }
                 }
                 if let Some(e) = st.in_flight.front_mut() {
                     e.mark(NotCacheable::ParameterChange);
@@ -1302,44 +1391,62 @@ fn on_message(
     forward
 }
 
-/// Applies a finished request's session-state effects, holding those of an open transaction until
-/// it commits.
-fn finish_effects(st: &mut State, entry: &InFlight, after: TransactionStatus) {
-    let before = st.view.transaction_status();
-    for e in &entry.effects {
-        if let Effect::Untrackable(reason) = e {
-            st.view.mark_untracked(reason);
+/// A message answering the cache's verification query: kept from the client, except what is
+/// the client's whatever it answers (an asynchronous notification or parameter report, a fatal
+/// error before the server closes).
+fn on_verify_message(st: &mut State, fatal_seen: &mut bool, tag: u8, msg: &[u8]) -> bool {
+    let body = &msg[5..];
+    let Some(entry) = st.in_flight.front_mut() else { return true };
+    match tag {
+        b'D' => match data_row(body) {
+            Some(row) => entry.verify_rows.push(row),
+            None => {
+                entry.verify_error.get_or_insert_with(|| "malformed DataRow".to_owned());
+            }
+        },
+        b'E' => {
+            let (code, severity) = error_fields(body);
+            let fatal = matches!(severity.as_deref(), Some("FATAL" | "PANIC"));
+            entry.verify_error.get_or_insert_with(|| format!("error {}", code.unwrap_or_default()));
+            if fatal {
+                *fatal_seen = true;
+                return true;
+            }
         }
-    }
-    let rolled_back = entry.tags.iter().any(|t| t == "ROLLBACK");
-    if entry.error_code.is_some() {
-        if !entry.effects.is_empty() {
-            st.view.mark_untracked("a request changing session state failed");
-        }
-    } else if before == TransactionStatus::Idle && after == TransactionStatus::Idle && !rolled_back {
-        for e in &entry.effects {
-            st.view.apply(e);
-        }
-    } else {
-        st.txn_effects.extend(entry.effects.iter().cloned());
-    }
-    if after == TransactionStatus::Idle && !st.txn_effects.is_empty() {
-        match entry.tags.last().map(String::as_str) {
-            Some("COMMIT") => {
-                for e in std::mem::take(&mut st.txn_effects) {
-                    st.view.apply(&e);
+        b'Z' => {
+            if let Some(mut entry) = st.in_flight.pop_front() {
+                let answer = match entry.verify_error.take() {
+                    Some(why) => Err(why),
+                    None => Ok(std::mem::take(&mut entry.verify_rows)),
+                };
+                if let Some(tx) = entry.verify.take() {
+                    let _ = tx.send(answer);
                 }
             }
-            Some("ROLLBACK") => st.txn_effects.clear(),
-            _ => {
-                st.txn_effects.clear();
-                st.view.mark_untracked("session state changed around a transaction boundary");
+            if let Some(status) = body.first().copied().and_then(TransactionStatus::from_byte) {
+                st.view.set_transaction_status(status);
             }
         }
-    } else if after != TransactionStatus::Idle && rolled_back && !st.txn_effects.is_empty() {
-        // ROLLBACK TO SAVEPOINT undoes an unknown part of the pending changes.
-        st.view.mark_untracked("rollback to savepoint after a session state change");
+        b'A' | b'S' => return true,
+        _ => {}
     }
+    false
+}
+
+/// The column values of a DataRow body (`None` for NULL).
+fn data_row(body: &[u8]) -> Option<Vec<Option<Bytes>>> {
+    let mut r = Reader::new(body, "DataRow");
+    let n = r.i16().ok()?;
+    let mut row = Vec::with_capacity(usize::try_from(n).ok()?.min(64));
+    for _ in 0..n {
+        let len = r.i32().ok()?;
+        if len < 0 {
+            row.push(None);
+        } else {
+            row.push(Some(Bytes::copy_from_slice(r.take(usize::try_from(len).ok()?).ok()?)));
+        }
+    }
+    Some(row)
 }
 
 #[cfg(test)]

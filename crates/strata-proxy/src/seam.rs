@@ -6,10 +6,7 @@ use std::{any::Any, fmt, sync::Arc};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::{
-    effects::{effects_of, Effect},
-    session::SessionView,
-};
+use crate::session::SessionView;
 
 /// A statement prepared by the client (a protocol-level `Parse`, named or unnamed).
 #[derive(Clone, PartialEq, Eq)]
@@ -17,17 +14,11 @@ pub struct PreparedStatement {
     name: String,
     sql: Arc<str>,
     param_types: Vec<u32>,
-    effects: Vec<Effect>,
 }
 
 impl PreparedStatement {
     pub(crate) fn new(name: String, sql: Arc<str>, param_types: Vec<u32>) -> Self {
-        let effects = effects_of(&sql);
-        Self { name, sql, param_types, effects }
-    }
-
-    pub(crate) fn effects(&self) -> &[Effect] {
-        &self.effects
+        Self { name, sql, param_types }
     }
 
     /// The statement's name (`""` for the unnamed statement).
@@ -241,9 +232,10 @@ impl fmt::Debug for Request {
 /// Whether the proxy consults the cache at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheMode {
-    /// Never hold a batch, never call [`RequestCache::lookup`] or [`RequestCache::complete`].
+    /// Never hold a batch, never open a [`RequestSession`].
     PassThrough,
-    /// Offer eligible requests to `lookup` and report every upstream request to `complete`.
+    /// Offer eligible requests to [`RequestSession::lookup`] and report every upstream request
+    /// to [`RequestSession::complete`].
     Active,
 }
 
@@ -268,16 +260,33 @@ impl fmt::Debug for Fill {
     }
 }
 
-/// The answer of [`RequestCache::lookup`].
+/// The answer of [`RequestSession::lookup`].
 #[derive(Debug)]
 pub enum Lookup {
     /// Replay these exact server bytes to the client instead of going upstream. They must end with
     /// a `ReadyForQuery` of status idle.
     Hit(Bytes),
-    /// Go upstream and record the response; it comes back to [`RequestCache::complete`] with this ticket.
+    /// Go upstream and record the response; it comes back to [`RequestSession::complete`] with this ticket.
     Miss(Fill),
     /// Go upstream without recording.
     Bypass,
+    /// Before it can answer, the cache needs the session's state: run this query as a simple
+    /// `Query` on the session's own connection (idle, outside a transaction), hide every message
+    /// of its answer from the client, hand the rows to [`RequestSession::verified`], and ask again.
+    Verify(String),
+}
+
+/// Which prepared statements a SQL text drops (`DEALLOCATE`, `DISCARD ALL`): SQL `PREPARE` and
+/// protocol-level `Parse` share one namespace on the server.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Dropped {
+    /// None.
+    #[default]
+    Nothing,
+    /// These names.
+    Named(Vec<String>),
+    /// Every prepared statement.
+    All,
 }
 
 /// Why a response cannot be stored.
@@ -366,7 +375,7 @@ impl ResponseSummary {
     }
 }
 
-/// The server's complete response to one request, as handed to [`RequestCache::complete`].
+/// The server's complete response to one request, as handed to [`RequestSession::complete`].
 #[derive(Clone)]
 pub struct Response {
     pub(crate) summary: ResponseSummary,
@@ -398,59 +407,58 @@ impl fmt::Debug for Response {
     }
 }
 
-/// A cache the proxy consults: the seam between the wire protocol and `strata::QueryCache`.
-///
-/// The proxy calls [`lookup`](RequestCache::lookup) only for a request that is complete (a `Query`,
-/// or an extended batch through `Sync`), [replayable](Request::is_replayable), in a session that is
-/// idle outside a transaction with nothing else in flight, and whose state the proxy tracked
-/// ([`SessionView::tracking`]). It calls [`complete`](RequestCache::complete) for every request
-/// that went upstream, after the server's `ReadyForQuery` arrived and before the client sees it, so
-/// a cache can invalidate on writes before the client can issue its next statement.
-#[async_trait]
+/// A cache the proxy consults: the seam between the wire protocol and `strata`. It opens one
+/// [`RequestSession`] per client session; what a session's statements mean for the cache (its
+/// scope, its transactions, invalidation) lives there, not in the proxy.
 pub trait RequestCache: Send + Sync + fmt::Debug + 'static {
     /// Whether the proxy consults this cache.
     fn mode(&self) -> CacheMode;
 
-    /// Answers a request from cache, or says whether to record the upstream response.
-    async fn lookup(&self, session: &SessionView, request: &Request) -> Lookup;
+    /// Opens the cache's side of a new client session (after its startup message). `None` when
+    /// the cache takes no part. Dropping it ends the session: PostgreSQL rolls back whatever
+    /// transaction it had open.
+    fn open_session(&self, session: &SessionView) -> Option<Box<dyn RequestSession>>;
+}
 
-    /// Receives the response to a request that went upstream. `session` is the view the request
-    /// was looked up under (before its own effects); `fill` is the ticket from [`Lookup::Miss`].
-    async fn complete(
-        &self,
-        session: &SessionView,
-        request: &Request,
-        response: &Response,
-        fill: Option<Fill>,
-    );
+/// One client session's side of the cache.
+///
+/// The proxy calls [`lookup`](RequestSession::lookup) only for a request that is complete (a
+/// `Query`, or an extended batch through `Sync`), [replayable](Request::is_replayable), in a
+/// session that is idle outside a transaction with nothing else in flight. It calls
+/// [`complete`](RequestSession::complete) for every request that went upstream, after the server's
+/// `ReadyForQuery` arrived and before the client sees it, so the cache can invalidate on writes
+/// before the client can issue its next statement.
+#[async_trait]
+pub trait RequestSession: Send + Sync + fmt::Debug {
+    /// Answers a request from cache, says whether to record the upstream response, or asks for
+    /// the session's state first ([`Lookup::Verify`]).
+    async fn lookup(&self, request: &Request) -> Lookup;
 
-    /// The session ended (the client left, the upstream went away, or the proxy shut down).
-    /// PostgreSQL rolls back whatever transaction it had open. The default does nothing.
-    async fn session_closed(&self, session_id: u64) {
-        let _ = session_id;
-    }
+    /// The rows of the query a [`Lookup::Verify`] asked for (column values as the server sent
+    /// them in text format, `None` for NULL), or why it failed (an error, a timeout).
+    fn verified(&self, rows: Result<&[Vec<Option<Bytes>>], &str>);
+
+    /// Receives the response to a request that went upstream; `fill` is the ticket from
+    /// [`Lookup::Miss`].
+    async fn complete(&self, request: &Request, response: &Response, fill: Option<Fill>);
+
+    /// Which prepared statements a SQL text the client sends drops, for the proxy's map of them.
+    fn drops_statements(&self, sql: &str) -> Dropped;
+
+    /// The server reported a parameter change (`ParameterStatus`) after startup.
+    fn parameter_changed(&self);
 }
 
 /// The cache used until `strata::QueryCache` is plugged in: every request goes upstream.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PassThrough;
 
-#[async_trait]
 impl RequestCache for PassThrough {
     fn mode(&self) -> CacheMode {
         CacheMode::PassThrough
     }
 
-    async fn lookup(&self, _session: &SessionView, _request: &Request) -> Lookup {
-        Lookup::Bypass
-    }
-
-    async fn complete(
-        &self,
-        _session: &SessionView,
-        _request: &Request,
-        _response: &Response,
-        _fill: Option<Fill>,
-    ) {
+    fn open_session(&self, _session: &SessionView) -> Option<Box<dyn RequestSession>> {
+        None
     }
 }

@@ -1,17 +1,12 @@
-//! Session state the proxy tracks per client session, and the read-only [`SessionView`] the cache sees.
+//! The wire facts the proxy keeps of a client session, as the read-only [`SessionView`] a cache
+//! sees when it opens its side of the session.
+//!
+//! What the session's statements did to its state (settings, role) is deliberately absent: the
+//! proxy does not read SQL. The cache reads the state back from PostgreSQL when it needs it.
 
 use std::{collections::BTreeMap, fmt, sync::Arc};
 
-use crate::{effects::Effect, protocol::StartupParams, seam::TransactionStatus};
-
-/// Whether the proxy could follow everything that changes how this session's queries are answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Tracking {
-    /// Every state change was observed; the view is complete.
-    Tracked,
-    /// The proxy saw something it cannot follow (the reason); a cache must not serve this session.
-    Untracked(String),
-}
+use crate::{protocol::StartupParams, seam::TransactionStatus};
 
 #[derive(Clone, PartialEq, Eq)]
 struct ViewInner {
@@ -21,15 +16,12 @@ struct ViewInner {
     startup: Vec<(String, String)>,
     server_parameters: BTreeMap<String, String>,
     transaction_status: TransactionStatus,
-    role: Option<String>,
-    session_authorization: Option<String>,
-    settings: BTreeMap<String, String>,
-    tracking: Tracking,
 }
 
-/// A snapshot of one session's state: what a cache key must depend on.
+/// A snapshot of one session's wire facts: startup parameters, the parameters the server
+/// reported, the transaction status of the last `ReadyForQuery`.
 ///
-/// Cloning is cheap (shared); the proxy replaces the snapshot when the state changes.
+/// Cloning is cheap (shared); the proxy replaces the snapshot when a fact changes.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SessionView(Arc<ViewInner>);
 
@@ -45,17 +37,7 @@ impl SessionView {
             startup: startup.params.clone(),
             server_parameters: BTreeMap::new(),
             transaction_status: TransactionStatus::Idle,
-            role: None,
-            session_authorization: None,
-            settings: BTreeMap::new(),
-            tracking: Tracking::Tracked,
         }))
-    }
-
-    /// Whether `other` is this very snapshot (not merely an equal one): a cheap way for a cache
-    /// to memoize what it derives from a view until the session's state changes.
-    pub fn same_snapshot(&self, other: &SessionView) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
     }
 
     /// The proxy's id of this session (unique within the process).
@@ -90,26 +72,6 @@ impl SessionView {
     pub fn transaction_status(&self) -> TransactionStatus {
         self.0.transaction_status
     }
-    /// The role set by `SET ROLE`, if any (otherwise the session user is in effect).
-    pub fn role(&self) -> Option<&str> {
-        self.0.role.as_deref()
-    }
-    /// The user set by `SET SESSION AUTHORIZATION`, if any.
-    pub fn session_authorization(&self) -> Option<&str> {
-        self.0.session_authorization.as_deref()
-    }
-    /// A setting changed with `SET` in this session (lowercased name, value as written), committed.
-    pub fn setting(&self, name: &str) -> Option<&str> {
-        self.0.settings.get(name).map(String::as_str)
-    }
-    /// All settings changed with `SET`, sorted by name.
-    pub fn settings(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.settings.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
-    /// Whether the view is complete.
-    pub fn tracking(&self) -> &Tracking {
-        &self.0.tracking
-    }
 
     fn inner_mut(&mut self) -> &mut ViewInner {
         Arc::make_mut(&mut self.0)
@@ -126,44 +88,6 @@ impl SessionView {
             self.inner_mut().transaction_status = status;
         }
     }
-
-    pub(crate) fn mark_untracked(&mut self, reason: &str) {
-        if self.0.tracking == Tracking::Tracked {
-            self.inner_mut().tracking = Tracking::Untracked(reason.to_owned());
-        }
-    }
-
-    /// Applies a successfully executed effect.
-    pub(crate) fn apply(&mut self, effect: &Effect) {
-        let inner = self.inner_mut();
-        match effect {
-            Effect::Set { name, value } => {
-                inner.settings.insert(name.clone(), value.clone());
-            }
-            Effect::Reset { name } => {
-                // The value after RESET is the session default, which is what "no entry" means.
-                inner.settings.remove(name);
-            }
-            Effect::ResetAll => inner.settings.clear(),
-            Effect::Role(role) => inner.role = role.clone(),
-            Effect::SessionAuthorization(user) => {
-                // SET SESSION AUTHORIZATION also resets the current role.
-                inner.session_authorization = user.clone();
-                inner.role = None;
-            }
-            Effect::DiscardAll => {
-                inner.settings.clear();
-                inner.role = None;
-                inner.session_authorization = None;
-            }
-            Effect::SetLocal | Effect::Deallocate(_) => {}
-            Effect::Untrackable(reason) => {
-                if inner.tracking == Tracking::Tracked {
-                    inner.tracking = Tracking::Untracked((*reason).to_owned());
-                }
-            }
-        }
-    }
 }
 
 impl fmt::Debug for SessionView {
@@ -174,11 +98,7 @@ impl fmt::Debug for SessionView {
             .field("database", &i.database)
             .field("user", &i.user)
             .field("transaction_status", &i.transaction_status)
-            .field("role", &i.role)
-            .field("session_authorization", &i.session_authorization)
-            .field("settings", &i.settings)
             .field("server_parameters", &i.server_parameters.len())
-            .field("tracking", &i.tracking)
             .finish()
     }
 }

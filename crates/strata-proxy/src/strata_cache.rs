@@ -1,28 +1,25 @@
-//! `StrataCache`: the proxy's [`RequestCache`] backed by `strata::QueryCache`.
+//! `StrataCache`: the proxy's [`RequestCache`] backed by `strata::SessionCache`.
 //!
-//! It derives each request's key scope from the session (database, the role in effect, every
-//! setting the proxy tracked), keys extended-protocol batches by their shape (the replayed bytes
-//! depend on which messages asked), fills from the exact server bytes, and turns every write that
-//! commits into a version bump before the client sees `ReadyForQuery`: of every table
-//! ([`Invalidation::Everything`], the default), of the tables the SQL names, or of those expanded
-//! through the upstream's catalog ([`Invalidation::Catalog`], see `catalog.rs`). DDL that
-//! committed invalidates everything and, with a catalog, triggers a read of it.
+//! It turns wire requests into `strata` requests: a simple `Query` is one text; an extended
+//! batch is keyed by its shape (the replayed bytes depend on which messages asked), its bound
+//! parameters, declared types and result formats. It fills from the exact server bytes, and hands
+//! every request that ran upstream to the session's [`strata::CacheSession`], which decides what
+//! it did to the session's state and what it invalidates. The proxy reads no SQL itself.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use strata::{
-    FillTicket, KeyScope, Param, QueryCache, QueryCacheConfig, RedisVersions, SettingsDigest, WriteEffect,
+    CacheSession, DiscardTarget, Executed, FillTicket, Invalidation, KeyScope, Param, QueryCache,
+    QueryCacheConfig, RedisVersions, ScopeStatus, SessionCache, SessionEffect, TransactionState,
 };
 use strata_core::TypeOid;
 
-use crate::catalog::{Catalog, CatalogConfig};
 use crate::seam::{
-    CacheMode, ExtendedMessage, Fill, Format, Lookup, Request, RequestCache, RequestKind, Response, Target,
-    TransactionStatus,
+    CacheMode, Dropped, ExtendedMessage, Fill, Format, Lookup, PreparedStatement, Request, RequestCache,
+    RequestKind, RequestSession, Response, Target, TransactionStatus,
 };
 use crate::session::SessionView;
 use crate::Error;
@@ -36,6 +33,8 @@ pub struct CacheSettings {
     pub redis: Option<String>,
     /// `false` turns caching off (the proxy only relays).
     pub enabled: bool,
+    /// Custom settings every session's key includes from the start.
+    pub custom_settings: Vec<String>,
 }
 
 impl fmt::Debug for CacheSettings {
@@ -44,6 +43,7 @@ impl fmt::Debug for CacheSettings {
             .field("table", &self.table.as_ref().map(|t| t.keys().cloned().collect::<Vec<_>>()))
             .field("redis", &self.redis.as_ref().map(|_| "<set>"))
             .field("enabled", &self.enabled)
+            .field("custom_settings", &self.custom_settings)
             .finish()
     }
 }
@@ -79,237 +79,99 @@ pub async fn build_query_cache(settings: &CacheSettings) -> Result<QueryCache, E
         .map_err(|e| Error::config(e.to_string()))
 }
 
-/// How a write that committed through the proxy becomes invalidations.
-///
-/// The SQL text of a write names the tables it writes, but not everything it changes: triggers
-/// and rules write elsewhere, cascading foreign keys change referencing tables, a view or a
-/// partition parent shows rows of relations a read does not name. Only the catalog tells.
-#[derive(Debug, Clone, Default)]
-#[non_exhaustive]
-pub enum Invalidation {
-    /// Every committed write invalidates every cached result. The safe default when the proxy
-    /// has no catalog connection: reads still hit until the next write.
-    #[default]
-    Everything,
-    /// Only the tables the SQL text names. Serves stale results for views, triggers, rules,
-    /// cascading foreign keys and inheritance or partition trees: choose it only for a schema
-    /// without them (or with the tables they touch excluded from caching).
-    SqlText,
-    /// The tables the SQL text names, expanded through the upstream's catalog read on a
-    /// connection of the proxy's own.
-    Catalog(CatalogConfig),
-}
-
-/// The proxy's cache: `strata::QueryCache` behind the [`RequestCache`] seam.
+/// The proxy's cache: a [`strata::SessionCache`] behind the [`RequestCache`] seam. Each client
+/// session gets a [`strata::CacheSession`], which owns what the session's statements mean for the
+/// cache (scope read back from PostgreSQL, transactions, invalidation); this type only translates
+/// wire requests into `strata` requests.
+#[derive(Debug, Clone)]
 pub struct StrataCache {
-    cache: QueryCache,
-    mode: Mode,
-    /// The scope derived from each session's current snapshot.
-    scopes: Mutex<HashMap<u64, (SessionView, KeyScope)>>,
-    /// Writes made inside each session's open transaction, bumped when it commits.
-    pending: Mutex<HashMap<u64, WriteEffect>>,
-}
-
-#[derive(Debug)]
-enum Mode {
-    Everything,
-    SqlText,
-    Catalog(Catalog),
+    sessions: SessionCache,
 }
 
 /// Builds a [`StrataCache`].
 #[derive(Debug)]
 pub struct StrataCacheBuilder {
-    cache: QueryCache,
-    invalidation: Invalidation,
+    builder: strata::SessionCacheBuilder,
 }
 
 impl StrataCacheBuilder {
     /// How writes become invalidations. Default [`Invalidation::Everything`].
     pub fn with_invalidation(mut self, invalidation: Invalidation) -> Self {
-        self.invalidation = invalidation;
+        self.builder = self.builder.with_invalidation(invalidation);
+        self
+    }
+
+    /// A custom setting (`app.tenant`) every session scope includes from the start; see
+    /// [`strata::SessionCacheBuilder::with_custom_setting`].
+    pub fn with_custom_setting(mut self, name: impl Into<String>) -> Self {
+        self.builder = self.builder.with_custom_setting(name);
+        self
+    }
+
+    /// Mutation tests only: see [`strata::TestOnlySessionTrust`].
+    #[doc(hidden)]
+    pub fn with_test_only_session_trust(mut self, trust: strata::TestOnlySessionTrust) -> Self {
+        self.builder = self.builder.with_test_only_session_trust(trust);
         self
     }
 
     /// Builds the cache; with [`Invalidation::Catalog`] it starts reading the catalog in the
     /// background, so it must run inside a Tokio runtime.
     pub fn build(self) -> Result<StrataCache, Error> {
-        let mode = match self.invalidation {
-            Invalidation::Everything => {
-                tracing::warn!("{NO_CATALOG_WARNING}");
-                Mode::Everything
-            }
-            Invalidation::SqlText => {
-                tracing::warn!("strata-proxy: invalidating only the tables a write's SQL text names (invalidation = sql-text): results that depend on views, triggers, rules, cascading foreign keys or partitions can be stale until their TTL");
-                Mode::SqlText
-            }
-            Invalidation::Catalog(config) => {
-                tracing::info!(user = config.user(), databases = ?config.databases(), "strata-proxy: following the upstream catalog for invalidation");
-                Mode::Catalog(Catalog::start(config, self.cache.clone())?)
-            }
-        };
-        Ok(StrataCache {
-            cache: self.cache,
-            mode,
-            scopes: Mutex::new(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
-        })
+        let sessions = self.builder.build().map_err(|e| Error::config(e.to_string()))?;
+        Ok(StrataCache { sessions })
     }
 }
 
-/// Logged at startup when the proxy has no catalog connection.
-const NO_CATALOG_WARNING: &str = "strata-proxy: no catalog user (--catalog-user / STRATA_CATALOG_USER): every write through the proxy invalidates every cached result, since without reading the catalog the proxy cannot know what views, triggers, rules, cascading foreign keys and partitions make a write change; set a catalog user for per-table invalidation";
-
 impl StrataCache {
     /// Wraps a query cache with the safe default, [`Invalidation::Everything`].
-    pub fn new(cache: QueryCache) -> Self {
-        Self {
-            cache,
-            mode: Mode::Everything,
-            scopes: Mutex::new(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
-        }
+    pub fn new(cache: QueryCache) -> Result<Self, Error> {
+        Self::builder(cache).build()
     }
 
     /// Starts building a cache around `cache`.
     pub fn builder(cache: QueryCache) -> StrataCacheBuilder {
-        StrataCacheBuilder { cache, invalidation: Invalidation::Everything }
+        StrataCacheBuilder { builder: SessionCache::builder(cache) }
     }
 
     /// The query cache (for its registry, explain and stats).
     pub fn query_cache(&self) -> &QueryCache {
-        &self.cache
+        self.sessions.query_cache()
+    }
+
+    /// The sessions' side of the cache.
+    pub fn sessions(&self) -> &SessionCache {
+        &self.sessions
     }
 
     /// With [`Invalidation::Catalog`]: waits up to `timeout` until the catalog of every database
     /// seen so far has been read after its last known schema change, and says whether that
     /// happened. Without a catalog there is nothing to wait for: `true` at once.
     pub async fn wait_for_catalog(&self, timeout: Duration) -> bool {
-        match &self.mode {
-            Mode::Catalog(catalog) => catalog.wait_current(timeout).await,
-            Mode::Everything | Mode::SqlText => true,
-        }
+        self.sessions.wait_for_catalog(timeout).await
     }
 
     /// With [`Invalidation::Catalog`]: reads the catalog of every database seen so far again
-    /// now (say, after DDL that bypassed the proxy, instead of waiting for the periodic refresh),
-    /// and waits up to `timeout` for it; until then writes on them invalidate everything.
-    /// Without a catalog: `true` at once.
+    /// now and waits up to `timeout` for it. Without a catalog: `true` at once.
     pub async fn refresh_catalog(&self, timeout: Duration) -> bool {
-        match &self.mode {
-            Mode::Catalog(catalog) => {
-                catalog.refresh_all();
-                catalog.wait_current(timeout).await
-            }
-            Mode::Everything | Mode::SqlText => true,
-        }
-    }
-
-    fn scope(&self, session: &SessionView) -> KeyScope {
-        let mut scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((view, scope)) = scopes.get(&session.session_id()) {
-            if view.same_snapshot(session) {
-                return scope.clone();
-            }
-        }
-        let scope = scope_of(session);
-        scopes.insert(session.session_id(), (session.clone(), scope.clone()));
-        drop(scopes);
-        // A new session or a changed snapshot, never the hit path: start reading the
-        // database's catalog if nobody has yet.
-        if let Mode::Catalog(catalog) = &self.mode {
-            catalog.observe(session.database());
-        }
-        scope
-    }
-
-    /// What a committed write on `database` invalidates under the invalidation mode.
-    fn committed(&self, database: &str, effect: WriteEffect) -> WriteEffect {
-        match (&self.mode, effect) {
-            (_, WriteEffect::Nothing) => WriteEffect::Nothing,
-            (Mode::Catalog(catalog), WriteEffect::Unknown) => {
-                // DDL, a DO block, a function: the schema may have changed. Until a read of
-                // the catalog started after now is installed, writes here invalidate everything.
-                catalog.schema_may_have_changed(database);
-                WriteEffect::Unknown
-            }
-            (_, WriteEffect::Unknown) | (Mode::Everything, _) => WriteEffect::Unknown,
-            (Mode::SqlText, tables) => tables,
-            (Mode::Catalog(catalog), tables) => {
-                if catalog.is_current(database) {
-                    tables
-                } else {
-                    WriteEffect::Unknown
-                }
-            }
-        }
+        self.sessions.refresh_catalog(timeout).await
     }
 }
 
-impl fmt::Debug for StrataCache {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StrataCache")
-            .field("cache", &self.cache)
-            .field("mode", &self.mode)
-            .finish_non_exhaustive()
+impl RequestCache for StrataCache {
+    fn mode(&self) -> CacheMode {
+        CacheMode::Active
+    }
+
+    fn open_session(&self, session: &SessionView) -> Option<Box<dyn RequestSession>> {
+        Some(Box::new(StrataSession { session: self.sessions.open(session.database(), session.user()) }))
     }
 }
 
-/// Whether a command tag is one of a statement that may change the schema or privileges.
-fn changes_schema(tag: &str) -> bool {
-    const PREFIXES: &[&str] = &[
-        "CREATE ",
-        "ALTER ",
-        "DROP ",
-        "COMMENT",
-        "GRANT",
-        "REVOKE",
-        "SECURITY LABEL",
-        "IMPORT FOREIGN SCHEMA",
-    ];
-    tag == "DO" || tag == "CALL" || PREFIXES.iter().any(|p| tag.starts_with(p))
-}
-
-/// Whether a simple-protocol text has a `TRUNCATE ... CASCADE`, which empties every table
-/// referencing the named ones whatever their foreign keys' actions.
-fn truncates_with_cascade(sql: &str) -> bool {
-    crate::effects::split_statements(sql).iter().any(|statement| {
-        let words: Vec<String> = statement
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .filter(|w| !w.is_empty())
-            .map(str::to_ascii_uppercase)
-            .collect();
-        words.iter().any(|w| w == "TRUNCATE") && words.iter().any(|w| w == "CASCADE")
-    })
-}
-
-/// The role whose privileges and row-level-security policies apply: `SET ROLE`, else
-/// `SET SESSION AUTHORIZATION`, else the login user.
-fn role_in_effect(session: &SessionView) -> &str {
-    session.role().or(session.session_authorization()).unwrap_or(session.user())
-}
-
-/// Settings that cannot change a result or its text form (the client's own label).
-const NEUTRAL_SETTINGS: &[&str] = &["application_name"];
-
-/// The scope of a session: database, role in effect, and a digest of everything the session
-/// set or the server reported, except settings known not to matter. Anything unknown is
-/// included: two sessions share results only if every tracked setting agrees.
-fn scope_of(session: &SessionView) -> KeyScope {
-    let mut pairs: Vec<(String, &str)> = Vec::new();
-    let neutral = |name: &str| NEUTRAL_SETTINGS.iter().any(|n| n.eq_ignore_ascii_case(name));
-    for (name, value) in session.startup_parameters().filter(|(n, _)| !neutral(n)) {
-        pairs.push((format!("startup:{}", name.to_ascii_lowercase()), value));
-    }
-    for (name, value) in session.server_parameters().filter(|(n, _)| !neutral(n)) {
-        pairs.push((format!("server:{}", name.to_ascii_lowercase()), value));
-    }
-    for (name, value) in session.settings().filter(|(n, _)| !neutral(n)) {
-        pairs.push((format!("set:{}", name.to_ascii_lowercase()), value));
-    }
-    pairs.push(("login_user".to_owned(), session.user()));
-    let digest = SettingsDigest::of(pairs.iter().map(|(n, v)| (n.as_str(), *v)));
-    KeyScope::new(session.database(), role_in_effect(session), digest)
+/// One client session's side of [`StrataCache`].
+#[derive(Debug)]
+struct StrataSession {
+    session: CacheSession,
 }
 
 fn strata_format(format: Format) -> strata_core::Format {
@@ -397,65 +259,42 @@ impl BatchItem<'_> {
     }
 }
 
-/// The write effect of everything a request executed.
-fn write_effect(cache: &QueryCache, request: &Request) -> WriteEffect {
-    let mut effect = WriteEffect::Nothing;
+/// The SQL texts a request executed (`None` where the proxy does not know the text).
+fn executed_statements(request: &Request) -> Vec<Option<&str>> {
     match request.kind() {
-        RequestKind::Simple { sql } => match cache.write_effect(sql) {
-            WriteEffect::Tables(_) if truncates_with_cascade(sql) => effect = WriteEffect::Unknown,
-            written => merge(&mut effect, &written),
-        },
-        RequestKind::Extended { messages } => {
-            for message in messages {
-                if let ExtendedMessage::Execute { statement, .. } = message {
-                    match statement {
-                        Some(statement) => match cache.write_effect(statement.sql()) {
-                            WriteEffect::Tables(_) if truncates_with_cascade(statement.sql()) => {
-                                effect = WriteEffect::Unknown;
-                            }
-                            written => merge(&mut effect, &written),
-                        },
-                        // A statement the proxy does not know: anything may have changed.
-                        None => effect = WriteEffect::Unknown,
-                    }
+        RequestKind::Simple { sql } => vec![Some(sql.as_str())],
+        RequestKind::Extended { messages } => messages
+            .iter()
+            .filter_map(|m| match m {
+                ExtendedMessage::Execute { statement, .. } => {
+                    Some(statement.as_deref().map(PreparedStatement::sql))
                 }
-            }
-        }
+                _ => None,
+            })
+            .collect(),
         // A fast-path function call may do anything.
-        RequestKind::FunctionCall => effect = WriteEffect::Unknown,
-    }
-    effect
-}
-
-fn merge(into: &mut WriteEffect, other: &WriteEffect) {
-    match (&mut *into, other) {
-        (WriteEffect::Unknown, _) | (_, WriteEffect::Nothing) => {}
-        (_, WriteEffect::Unknown) => *into = WriteEffect::Unknown,
-        (WriteEffect::Nothing, WriteEffect::Tables(t)) => *into = WriteEffect::Tables(t.clone()),
-        (WriteEffect::Tables(mine), WriteEffect::Tables(t)) => {
-            for table in t {
-                if !mine.contains(table) {
-                    mine.push(table.clone());
-                }
-            }
-        }
+        RequestKind::FunctionCall => vec![None],
     }
 }
 
-#[async_trait]
-impl RequestCache for StrataCache {
-    fn mode(&self) -> CacheMode {
-        CacheMode::Active
+fn transaction_state(status: TransactionStatus) -> TransactionState {
+    match status {
+        TransactionStatus::Idle => TransactionState::Idle,
+        TransactionStatus::InTransaction => TransactionState::InTransaction,
+        TransactionStatus::Failed => TransactionState::Failed,
     }
+}
 
-    async fn lookup(&self, session: &SessionView, request: &Request) -> Lookup {
-        let scope = self.scope(session);
-        let found = match request.kind() {
+impl StrataSession {
+    /// Looks a request up under `scope` in the query cache.
+    async fn lookup_in(&self, scope: &KeyScope, request: &Request) -> Option<strata::Lookup> {
+        let cache = self.session.query_cache();
+        match request.kind() {
             RequestKind::Simple { sql } => {
-                self.cache.lookup(&strata::Request::new(&scope, sql).with_variant(b"Q")).await
+                Some(cache.lookup(&strata::Request::new(scope, sql).with_variant(b"Q")).await)
             }
             RequestKind::Extended { messages } => {
-                let Some(mut batch) = batch(messages) else { return Lookup::Bypass };
+                let mut batch = batch(messages)?;
                 let params: Vec<Param<'_>> = batch.items.iter().flat_map(BatchItem::params).collect();
                 // The declared parameter types shape the ParameterDescription a replay contains.
                 let mut variant = std::mem::take(&mut batch.shape);
@@ -465,11 +304,11 @@ impl RequestCache for StrataCache {
                     }
                     let formats: Vec<strata_core::Format> =
                         item.result_formats.iter().map(|f| strata_format(*f)).collect();
-                    let req = strata::Request::new(&scope, item.sql)
+                    let req = strata::Request::new(scope, item.sql)
                         .with_params(&params)
                         .with_result_formats(&formats)
                         .with_variant(&variant);
-                    self.cache.lookup(&req).await
+                    Some(cache.lookup(&req).await)
                 } else {
                     // Pipelined statements: one text for the analysis (cacheable only if every
                     // statement is), their parameters one after the other, and each one's declared
@@ -488,29 +327,53 @@ impl RequestCache for StrataCache {
                         variant.extend_from_slice(&(item.result_formats.len() as u32).to_le_bytes());
                         variant.extend(item.result_formats.iter().map(|f| strata_format(*f).code() as u8));
                     }
-                    let req = strata::Request::new(&scope, &sql)
+                    let req = strata::Request::new(scope, &sql)
                         .with_params(&params)
                         .with_variant(&variant)
                         .as_batch();
-                    self.cache.lookup(&req).await
+                    Some(cache.lookup(&req).await)
                 }
             }
-            _ => return Lookup::Bypass,
-        };
-        match found {
-            strata::Lookup::Hit(hit) => Lookup::Hit(hit.payload().clone()),
-            strata::Lookup::Miss(ticket) => Lookup::Miss(Fill::new(ticket)),
-            strata::Lookup::Bypass(_) => Lookup::Bypass,
+            RequestKind::FunctionCall => None,
         }
     }
 
-    async fn complete(
-        &self,
-        session: &SessionView,
-        request: &Request,
-        response: &Response,
-        fill: Option<Fill>,
-    ) {
+    /// Whether the cache could take part in a request at all, before any scope: only such
+    /// requests are worth reading the session's state back for.
+    fn could_cache(&self, request: &Request) -> bool {
+        let cache = self.session.query_cache();
+        match request.kind() {
+            RequestKind::Simple { sql } => cache.is_cacheable(sql),
+            RequestKind::Extended { messages } => {
+                batch(messages).is_some_and(|b| b.items.iter().all(|i| cache.is_cacheable(i.sql)))
+            }
+            RequestKind::FunctionCall => false,
+        }
+    }
+}
+
+#[async_trait]
+impl RequestSession for StrataSession {
+    async fn lookup(&self, request: &Request) -> Lookup {
+        let scope = match self.session.scope() {
+            ScopeStatus::Ready(scope) => scope,
+            ScopeStatus::Unverified if self.could_cache(request) => {
+                return Lookup::Verify(self.session.verification_query());
+            }
+            ScopeStatus::Unverified | ScopeStatus::Disabled(_) => return Lookup::Bypass,
+        };
+        match self.lookup_in(&scope, request).await {
+            Some(strata::Lookup::Hit(hit)) => Lookup::Hit(hit.payload().clone()),
+            Some(strata::Lookup::Miss(ticket)) => Lookup::Miss(Fill::new(ticket)),
+            Some(strata::Lookup::Bypass(_)) | None => Lookup::Bypass,
+        }
+    }
+
+    fn verified(&self, rows: Result<&[Vec<Option<bytes::Bytes>>], &str>) {
+        self.session.verified(rows);
+    }
+
+    async fn complete(&self, request: &Request, response: &Response, fill: Option<Fill>) {
         if let Some(ticket) = fill.and_then(|f| f.downcast::<FillTicket>().ok()) {
             match response.cacheable_bytes() {
                 Some(bytes) => {
@@ -522,60 +385,34 @@ impl RequestCache for StrataCache {
             }
         }
         let summary = response.summary();
-        let tags = summary.command_tags();
-        let mut effect = write_effect(&self.cache, request);
-        let status = summary.transaction_status();
-        // An error outside a transaction rolled the whole request back (the simple protocol runs
-        // a multi-statement query as one implicit transaction), unless it committed on the way.
-        let rolled_back = status == TransactionStatus::Idle
-            && summary.error_code().is_some()
-            && !tags.iter().any(|t| t == "COMMIT");
-        if rolled_back {
-            effect = WriteEffect::Nothing;
-        }
-        // A prepared transaction commits later, perhaps from another session: whatever it wrote
-        // is unknown here, so COMMIT PREPARED invalidates everything.
-        if tags.iter().any(|t| t == "COMMIT PREPARED") {
-            effect = WriteEffect::Unknown;
-        }
-        // DDL (and what may run DDL) that executed: views, triggers, rules, keys, partitions or
-        // privileges may have changed, whatever tables the text names. It invalidates everything
-        // and, with a catalog, makes the database stale until its catalog is read again.
-        if !rolled_back && tags.iter().any(|t| changes_schema(t)) {
-            effect = WriteEffect::Unknown;
-        }
-        let to_bump = {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let session_id = session.session_id();
-            match status {
-                TransactionStatus::InTransaction | TransactionStatus::Failed => {
-                    merge(pending.entry(session_id).or_insert(WriteEffect::Nothing), &effect);
-                    None
-                }
-                _ => {
-                    let mut committed = pending.remove(&session_id).unwrap_or(WriteEffect::Nothing);
-                    let rolled_back = tags.last().is_some_and(|t| t == "ROLLBACK");
-                    if rolled_back && effect == WriteEffect::Nothing {
-                        // ROLLBACK: the transaction's writes never happened.
-                        None
-                    } else {
-                        merge(&mut committed, &effect);
-                        Some(committed)
-                    }
-                }
-            }
-        };
-        let to_bump = to_bump.map(|e| self.committed(session.database(), e));
-        if let Some(effect) = to_bump.filter(|e| *e != WriteEffect::Nothing) {
-            if let Err(err) = self.cache.invalidate(&effect).await {
-                tracing::warn!(error = %err, "strata-proxy: could not invalidate after a write; caching is suspended until versions resynchronize");
-            }
-        }
+        let statements = executed_statements(request);
+        let executed = Executed::new(
+            &statements,
+            summary.command_tags(),
+            summary.error_code().is_some(),
+            transaction_state(summary.transaction_status()),
+        );
+        self.session.executed(executed).await;
     }
 
-    async fn session_closed(&self, session_id: u64) {
-        // PostgreSQL rolls back a transaction left open: its writes never happened.
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&session_id);
-        self.scopes.lock().unwrap_or_else(|e| e.into_inner()).remove(&session_id);
+    fn drops_statements(&self, sql: &str) -> Dropped {
+        let mut dropped = Dropped::Nothing;
+        for effect in self.session.query_cache().session_effects(sql) {
+            match effect {
+                SessionEffect::Deallocate(None) | SessionEffect::Discard(DiscardTarget::All) => {
+                    return Dropped::All
+                }
+                SessionEffect::Deallocate(Some(name)) => match &mut dropped {
+                    Dropped::Named(names) => names.push(name.to_string()),
+                    _ => dropped = Dropped::Named(vec![name.to_string()]),
+                },
+                _ => {}
+            }
+        }
+        dropped
+    }
+
+    fn parameter_changed(&self) {
+        self.session.state_may_have_changed();
     }
 }

@@ -147,6 +147,9 @@ pub enum BypassReason {
     NotCacheable(NotCacheable),
     /// The statement reads a table excluded by configuration.
     ExcludedTable(TableName),
+    /// Reading this relation runs a volatile user function (a view or a row-level-security
+    /// policy calling one, by the catalog): its result and its side effects belong to each run.
+    VolatileRelation(TableName),
     /// The number of bound parameters differs from the statement's `$n` placeholders.
     ParameterCount {
         /// Placeholders in the text.
@@ -170,6 +173,7 @@ impl BypassReason {
         match self {
             BypassReason::NotCacheable(reason) => not_cacheable_label(reason),
             BypassReason::ExcludedTable(_) => "excluded_table",
+            BypassReason::VolatileRelation(_) => "volatile_relation",
             BypassReason::ParameterCount { .. } => "parameter_count",
             BypassReason::VersionsUnsynchronized => "versions_unsynchronized",
             BypassReason::NoTier => "no_tier",
@@ -183,6 +187,7 @@ impl fmt::Display for BypassReason {
         match self {
             BypassReason::NotCacheable(reason) => write!(f, "not cacheable: {reason}"),
             BypassReason::ExcludedTable(t) => write!(f, "table {t} is excluded from caching"),
+            BypassReason::VolatileRelation(t) => write!(f, "reading {t} runs a volatile function"),
             BypassReason::ParameterCount { expected, bound } => {
                 write!(f, "statement has {expected} parameters but {bound} were bound")
             }
@@ -912,6 +917,18 @@ impl QueryCache {
     /// What a statement writes, by the normalizer (memoized like lookups).
     pub fn write_effect(&self, sql: &str) -> WriteEffect {
         self.plan(sql).analysis.writes().clone()
+    }
+
+    /// What a text does to its session's state (`SET`, `DEALLOCATE`, `DISCARD`, server code...),
+    /// by the normalizer (memoized like lookups).
+    pub fn session_effects(&self, sql: &str) -> Vec<strata_normalizer::SessionEffect> {
+        self.plan(sql).analysis.session_effects().cloned().collect()
+    }
+
+    /// Whether a lookup of this text could be answered or filled at all: the normalizer's verdict
+    /// and the cache's policy, before scope, parameters and versions.
+    pub fn is_cacheable(&self, sql: &str) -> bool {
+        matches!(self.plan(sql).verdict, crate::policy::Verdict::Cacheable(_))
     }
 
     /// Installs the dependencies a statement's text does not show (views, cascades, triggers),

@@ -5,7 +5,9 @@
 //! cascading foreign key changes the referencing table, and a trigger or a rule may change
 //! anything. The proxy reads these from `pg_rewrite`/`pg_depend`, `pg_inherits`, `pg_constraint`,
 //! `pg_policy`, `pg_trigger` on a connection of its own (the catalog user), per database clients
-//! use, and installs them in the query cache as [`strata::Relations`].
+//! use, and installs them in the query cache as [`Relations`]. It also learns the custom setting
+//! names (`app.tenant`) that function bodies, policies, views and role or database defaults use,
+//! so that session scopes include them, and which relations run user code when read or written.
 //!
 //! # Freshness
 //! A database whose catalog has not been read yet, or whose schema may have changed since the last
@@ -20,10 +22,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use strata::{QueryCache, Relations};
 use tokio::{sync::Notify, task::JoinHandle};
 
-use crate::{config::Upstream, error::Error};
+use crate::{session::SettingNames, Error, QueryCache, Relations};
 
 /// The default period between two reads of every database's catalog.
 pub(crate) const DEFAULT_REFRESH: Duration = Duration::from_secs(30);
@@ -32,11 +33,12 @@ const WARN_EVERY: Duration = Duration::from_secs(60);
 /// First retry delay after a failed read; doubles up to the refresh interval.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 
-/// How to read the upstream's catalog: a connection of the proxy's own, since clients
-/// authenticate themselves and the proxy never borrows their credentials.
+/// How to read the upstream's catalog: a connection of Strata's own, since clients
+/// authenticate themselves and Strata never borrows their credentials.
 #[derive(Clone)]
 pub struct CatalogConfig {
-    upstream: Upstream,
+    host: String,
+    port: u16,
     user: String,
     password: Option<String>,
     databases: Vec<String>,
@@ -70,7 +72,8 @@ impl fmt::Debug for CatalogConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The password is never shown, only whether there is one.
         f.debug_struct("CatalogConfig")
-            .field("upstream", &self.upstream)
+            .field("host", &self.host)
+            .field("port", &self.port)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<set>"))
             .field("databases", &self.databases)
@@ -78,6 +81,35 @@ impl fmt::Debug for CatalogConfig {
             .field("timeout", &self.timeout)
             .finish()
     }
+}
+
+/// Host and port of a `postgres://[user@]host[:port][/db]` URL.
+fn host_port(url: &str) -> Result<(String, u16), Error> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .ok_or_else(|| Error::config(format!("upstream url must start with postgres://: {url:?}")))?;
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| Error::config(format!("bad ipv6 host in upstream url {url:?}")))?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match hostport.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(Error::config(format!("upstream url has no host: {url:?}")));
+    }
+    let port = match port {
+        None | Some("") => 5432,
+        Some(p) => p.parse().map_err(|_| Error::config(format!("bad port in upstream url {url:?}")))?,
+    };
+    Ok((host.to_owned(), port))
 }
 
 /// Builds a [`CatalogConfig`].
@@ -145,7 +177,7 @@ impl CatalogConfigBuilder {
 
     /// Validates the settings.
     pub fn build(self) -> Result<CatalogConfig, Error> {
-        let upstream = Upstream::parse(
+        let (host, port) = host_port(
             self.upstream.as_deref().ok_or_else(|| Error::config("the catalog needs an upstream url"))?,
         )?;
         let user =
@@ -167,7 +199,7 @@ impl CatalogConfigBuilder {
                 databases.push(d);
             }
         }
-        Ok(CatalogConfig { upstream, user, password: self.password, databases, refresh_interval, timeout })
+        Ok(CatalogConfig { host, port, user, password: self.password, databases, refresh_interval, timeout })
     }
 }
 
@@ -180,6 +212,10 @@ pub(crate) enum Edge {
     WritesAlso(String, String),
     /// A write to the table may change anything.
     Unknown(String),
+    /// Reading or writing the relation runs user code.
+    RunsCode(String),
+    /// Reading the relation runs a volatile user function.
+    Volatile(String),
 }
 
 /// What each kind of catalog row means for reads and writes; see [`CATALOG_SQL`].
@@ -220,7 +256,11 @@ pub(crate) fn edges_of_row(kind: &str, a: &str, b: Option<&str>, flag: bool) -> 
         }
         // User triggers (and internal ones calling a non-builtin function) and rules other than
         // a view's `_RETURN`: their effects cannot be listed.
-        ("trigger" | "rule", _) => vec![Edge::Unknown(a.to_owned())],
+        ("trigger" | "rule", _) => vec![Edge::Unknown(a.to_owned()), Edge::RunsCode(a.to_owned())],
+        // A default or a check constraint calling a user function runs it on writes.
+        ("code", _) => vec![Edge::RunsCode(a.to_owned())],
+        // A view or a policy calling a volatile user function: never cached.
+        ("volatile", _) => vec![Edge::Volatile(a.to_owned())],
         _ => Vec::new(),
     }
 }
@@ -284,8 +324,54 @@ SELECT 'opaque', x.relname::text, NULL, 'false'
   JOIN pg_catalog.pg_proc f ON f.oid = o.fn AND f.pronamespace <> 'pg_catalog'::regnamespace
   JOIN user_rel x ON x.oid = o.oid AND x.relkind IN ('v', 'r', 'p', 'f')
 UNION
+SELECT 'volatile', x.relname::text, NULL, 'false'
+  FROM (SELECT r.ev_class AS oid, d.refobjid AS fn
+          FROM pg_catalog.pg_rewrite r
+          JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+               AND d.refclassid = 'pg_catalog.pg_proc'::regclass
+          WHERE r.rulename = '_RETURN'
+        UNION
+        SELECT p.polrelid, d.refobjid
+          FROM pg_catalog.pg_policy p
+          JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = p.oid
+               AND d.refclassid = 'pg_catalog.pg_proc'::regclass) o
+  JOIN pg_catalog.pg_proc f ON f.oid = o.fn AND f.pronamespace <> 'pg_catalog'::regnamespace AND f.provolatile = 'v'
+  JOIN user_rel x ON x.oid = o.oid AND x.relkind IN ('v', 'r', 'p', 'f')
+UNION
 SELECT 'relation', c.relname::text, NULL, 'false'
   FROM user_rel c WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+UNION
+SELECT 'code', c.relname::text, NULL, 'false'
+  FROM pg_catalog.pg_depend d
+  JOIN pg_catalog.pg_proc f ON f.oid = d.refobjid AND f.pronamespace <> 'pg_catalog'::regnamespace
+  JOIN pg_catalog.pg_attrdef a ON d.classid = 'pg_catalog.pg_attrdef'::regclass AND a.oid = d.objid
+  JOIN user_rel c ON c.oid = a.adrelid
+  WHERE d.refclassid = 'pg_catalog.pg_proc'::regclass
+UNION
+SELECT 'code', c.relname::text, NULL, 'false'
+  FROM pg_catalog.pg_depend d
+  JOIN pg_catalog.pg_proc f ON f.oid = d.refobjid AND f.pronamespace <> 'pg_catalog'::regnamespace
+  JOIN pg_catalog.pg_constraint k ON d.classid = 'pg_catalog.pg_constraint'::regclass AND k.oid = d.objid
+  JOIN user_rel c ON c.oid = k.conrelid
+  WHERE d.refclassid = 'pg_catalog.pg_proc'::regclass
+UNION
+SELECT 'text', p.prosrc, NULL, 'false'
+  FROM pg_catalog.pg_proc p
+  WHERE p.pronamespace <> 'pg_catalog'::regnamespace AND p.pronamespace <> 'information_schema'::regnamespace
+    AND p.prolang <> 13 AND p.prolang <> 12
+UNION
+SELECT 'text', pg_catalog.array_to_string(p.proconfig, ' '), NULL, 'false'
+  FROM pg_catalog.pg_proc p WHERE p.proconfig IS NOT NULL
+UNION
+SELECT 'text', pg_catalog.array_to_string(s.setconfig, ' '), NULL, 'false'
+  FROM pg_catalog.pg_db_role_setting s
+UNION
+SELECT 'text', pg_catalog.concat(pg_catalog.pg_get_expr(p.polqual, p.polrelid), ' ',
+                                 pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)), NULL, 'false'
+  FROM pg_catalog.pg_policy p
+UNION
+SELECT 'text', pg_catalog.pg_get_viewdef(v.oid), NULL, 'false'
+  FROM user_rel v WHERE v.relkind IN ('v', 'm')
 ";
 
 /// A view or a row-level-security policy that calls a function outside `pg_catalog` may read any
@@ -296,6 +382,7 @@ pub(crate) fn expand_opaque(
     relations: &BTreeSet<String>,
 ) {
     for x in opaque {
+        edges.insert(Edge::RunsCode(x.clone()));
         for r in relations.iter().filter(|r| *r != x) {
             edges.insert(Edge::ReadsThrough(x.clone(), r.clone()));
         }
@@ -310,6 +397,8 @@ pub(crate) fn relations_of<'a>(edges: impl IntoIterator<Item = &'a Edge>) -> Rel
             Edge::ReadsThrough(r, base) => b.reads_through(r, base),
             Edge::WritesAlso(t, other) => b.writes_also(t, other),
             Edge::Unknown(t) => b.writes_unknown(t),
+            Edge::RunsCode(r) => b.runs_user_code(r),
+            Edge::Volatile(r) => b.reads_volatile(r),
         };
     }
     b.build()
@@ -346,6 +435,7 @@ struct State {
 struct Inner {
     config: CatalogConfig,
     cache: QueryCache,
+    names: Arc<SettingNames>,
     state: Mutex<State>,
     wake: Notify,
     changed: tokio::sync::watch::Sender<u64>,
@@ -378,12 +468,16 @@ impl Drop for Catalog {
 impl Catalog {
     /// Starts following the catalog of the configured databases (and of each database observed
     /// later). Needs a Tokio runtime.
-    pub(crate) fn start(config: CatalogConfig, cache: QueryCache) -> Result<Self, Error> {
+    pub(crate) fn start(
+        config: CatalogConfig,
+        cache: QueryCache,
+        names: Arc<SettingNames>,
+    ) -> Result<Self, Error> {
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::config("the catalog follower must start inside a tokio runtime"))?;
         let refreshes = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
-                "strata_proxy_catalog_refreshes_total",
+                "strata_catalog_refreshes_total",
                 "Reads of a database's catalog for invalidation dependencies, by outcome",
             ),
             &["outcome"],
@@ -397,6 +491,7 @@ impl Catalog {
         let inner = Arc::new(Inner {
             config,
             cache,
+            names,
             state: Mutex::new(state),
             wake: Notify::new(),
             changed: tokio::sync::watch::channel(0).0,
@@ -490,7 +585,7 @@ async fn run(inner: Arc<Inner>) {
                 .collect()
         };
         for (database, generation) in work {
-            let result = read(&inner.config, &mut clients, &database).await;
+            let result = read(&inner.config, &inner.names, &mut clients, &database).await;
             apply(&inner, &database, generation, result);
         }
         let wake_at = {
@@ -513,6 +608,7 @@ async fn run(inner: Arc<Inner>) {
 /// Reads one database's catalog on the proxy's own connection (reconnecting when needed).
 async fn read(
     config: &CatalogConfig,
+    names: &SettingNames,
     clients: &mut HashMap<String, tokio_postgres::Client>,
     database: &str,
 ) -> Result<BTreeSet<Edge>, ReadError> {
@@ -529,11 +625,11 @@ async fn read(
     if clients.get(database).is_none_or(tokio_postgres::Client::is_closed) {
         clients.remove(database);
         let mut pg = tokio_postgres::Config::new();
-        pg.host(config.upstream.host())
-            .port(config.upstream.port())
+        pg.host(&config.host)
+            .port(config.port)
             .user(&config.user)
             .dbname(database)
-            .application_name("strata-proxy catalog")
+            .application_name("strata catalog")
             .connect_timeout(config.timeout);
         if let Some(p) = &config.password {
             pg.password(p);
@@ -546,7 +642,7 @@ async fn read(
             };
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "strata-proxy: catalog connection ended");
+                tracing::debug!(error = %e, "strata: catalog connection ended");
             }
         });
         clients.insert(database.to_owned(), client);
@@ -577,6 +673,7 @@ async fn read(
                 "relation" => {
                     relations.insert(a.to_owned());
                 }
+                "text" => names.learn_from_text(a),
                 _ => edges.extend(edges_of_row(kind, a, row.get(2), row.get(3) == Some("true"))),
             }
         }
@@ -607,7 +704,7 @@ fn apply(inner: &Inner, database: &str, generation: u64, result: Result<BTreeSet
             // is observed again.
             state.dbs.remove(database);
             install(inner, &mut state);
-            tracing::debug!(database, "strata-proxy: catalog database does not exist; forgotten");
+            tracing::debug!(database, "strata: catalog database does not exist; forgotten");
             "no_database"
         }
         Err(ReadError::Failed(message)) => {
@@ -625,7 +722,7 @@ fn apply(inner: &Inner, database: &str, generation: u64, result: Result<BTreeSet
                         database,
                         error = %message,
                         stale,
-                        "strata-proxy: cannot read the catalog; keeping the last dependency map (while stale, every write on this database invalidates everything)"
+                        "strata: cannot read the catalog; keeping the last dependency map (while stale, every write on this database invalidates everything)"
                     );
                 }
             }
@@ -689,13 +786,14 @@ mod tests {
         check::<CatalogConfigBuilder>();
         check::<Catalog>();
         check::<crate::Invalidation>();
-        check::<crate::StrataCacheBuilder>();
-        check::<crate::StrataCache>();
+        check::<crate::SessionCacheBuilder>();
+        check::<crate::SessionCache>();
+        check::<crate::CacheSession>();
     }
 
     fn tables(cache: &QueryCache, sql: &str) -> Vec<String> {
-        let scope = strata::KeyScope::new("db", "role", strata::SettingsDigest::of([("a", "b")]));
-        cache.explain(&strata::Request::new(&scope, sql)).tables.into_iter().map(|(t, _)| t).collect()
+        let scope = crate::KeyScope::new("db", "role", crate::SettingsDigest::of([("a", "b")]));
+        cache.explain(&crate::Request::new(&scope, sql)).tables.into_iter().map(|(t, _)| t).collect()
     }
 
     #[test]
@@ -712,7 +810,7 @@ mod tests {
             ("mystery", "x", Some("y"), false),
         ];
         let edges: BTreeSet<Edge> = rows.iter().flat_map(|(k, a, b, f)| edges_of_row(k, a, *b, *f)).collect();
-        let cache = strata::QueryCacheConfig::default().build().unwrap_or_else(|e| panic!("{e}"));
+        let cache = crate::QueryCacheConfig::default().build().unwrap_or_else(|e| panic!("{e}"));
         cache.set_relations(relations_of(&edges));
         assert_eq!(tables(&cache, "SELECT * FROM v_report"), ["customers", "orders", "v_orders", "v_report"]);
         assert_eq!(tables(&cache, "SELECT * FROM measurements"), ["measurements", "measurements_2026"]);
@@ -730,15 +828,19 @@ mod tests {
             edges.contains(&Edge::Unknown("accounts".into()))
                 && edges.contains(&Edge::Unknown("logged".into()))
         );
-        assert_eq!(edges.len(), 11);
+        assert!(edges.contains(&Edge::RunsCode("accounts".into())));
+        assert_eq!(edges.len(), 13);
 
         let mut edges = BTreeSet::new();
         let names = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<String>>();
         expand_opaque(&mut edges, &names(&["v_fn"]), &names(&["a", "b", "v_fn"]));
-        let expected: BTreeSet<Edge> =
-            [Edge::ReadsThrough("v_fn".into(), "a".into()), Edge::ReadsThrough("v_fn".into(), "b".into())]
-                .into_iter()
-                .collect();
+        let expected: BTreeSet<Edge> = [
+            Edge::ReadsThrough("v_fn".into(), "a".into()),
+            Edge::ReadsThrough("v_fn".into(), "b".into()),
+            Edge::RunsCode("v_fn".into()),
+        ]
+        .into_iter()
+        .collect();
         assert_eq!(edges, expected);
     }
 }

@@ -45,6 +45,8 @@
 //! ```
 
 mod cache;
+#[cfg(feature = "catalog")]
+mod catalog;
 mod config;
 mod error;
 mod flight;
@@ -53,8 +55,11 @@ mod policy;
 mod redis_versions;
 mod relations;
 mod request;
+mod session;
 mod versions;
 
+#[cfg(feature = "catalog")]
+pub use crate::catalog::{CatalogConfig, CatalogConfigBuilder};
 pub use crate::{
     cache::{
         Answer, Bypass, BypassReason, Explanation, FillOutcome, FillTicket, Hit, Loaded, Lookup, QueryCache,
@@ -65,7 +70,11 @@ pub use crate::{
     redis_versions::{RedisVersions, RedisVersionsBuilder, VersionStats},
     relations::{Relations, RelationsBuilder},
     request::{Param, Request},
+    session::{
+        CacheSession, Executed, Invalidation, ScopeStatus, SessionCache, SessionCacheBuilder,
+        TestOnlySessionTrust, TransactionState,
+    },
     versions::LocalVersions,
 };
 pub use strata_core::{KeyScope, SettingsDigest, VersionStore};
-pub use strata_normalizer::WriteEffect;
+pub use strata_normalizer::{DiscardTarget, SessionEffect, WriteEffect};

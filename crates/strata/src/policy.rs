@@ -114,6 +114,10 @@ impl Policy {
             let excluded = excluded.clone();
             return bypass(analysis, BypassReason::ExcludedTable(excluded));
         }
+        if let Some(volatile) = units.iter().find(|u| relations.is_volatile(u)) {
+            let volatile = volatile.clone();
+            return bypass(analysis, BypassReason::VolatileRelation(volatile));
+        }
         let wanted = match analysis.hints().tier() {
             None => None,
             Some(TierHint::L1) => Some(TierRole::Hot),

@@ -25,6 +25,11 @@ struct Closures {
     writes: HashMap<TableName, Vec<TableName>>,
     /// Tables whose writes may change anything.
     unknown: HashSet<TableName>,
+    /// Relations whose reads or writes run user code (triggers, rules, views or policies calling
+    /// user functions, defaults or checks calling user functions).
+    code: HashSet<TableName>,
+    /// Relations whose reads run a volatile user function.
+    volatile: HashSet<TableName>,
 }
 
 impl Relations {
@@ -48,9 +53,30 @@ impl Relations {
         self.0.unknown.contains(table)
     }
 
+    /// Whether reading or writing any of `relations` (or what they read through or also write)
+    /// may run user code, which could change the session's state.
+    pub(crate) fn runs_user_code(&self, relations: &[TableName]) -> bool {
+        let code = &self.0.code;
+        !code.is_empty()
+            && relations.iter().map(version_unit).any(|r| {
+                code.contains(&r)
+                    || self.reads_through(&r).iter().any(|t| code.contains(t))
+                    || self.writes_also(&r).iter().any(|t| code.contains(t))
+            })
+    }
+
+    /// Whether reading `relation` runs a volatile user function.
+    pub(crate) fn is_volatile(&self, relation: &TableName) -> bool {
+        self.0.volatile.contains(relation)
+    }
+
     /// Whether there are no dependencies at all.
     pub fn is_empty(&self) -> bool {
-        self.0.reads.is_empty() && self.0.writes.is_empty() && self.0.unknown.is_empty()
+        self.0.reads.is_empty()
+            && self.0.writes.is_empty()
+            && self.0.unknown.is_empty()
+            && self.0.code.is_empty()
+            && self.0.volatile.is_empty()
     }
 }
 
@@ -60,6 +86,7 @@ impl fmt::Debug for Relations {
             .field("reads_through", &self.0.reads.len())
             .field("writes_also", &self.0.writes.len())
             .field("writes_unknown", &self.0.unknown.len())
+            .field("runs_user_code", &self.0.code.len())
             .finish()
     }
 }
@@ -70,6 +97,8 @@ pub struct RelationsBuilder {
     reads: Vec<(TableName, TableName)>,
     writes: Vec<(TableName, TableName)>,
     unknown: Vec<TableName>,
+    code: Vec<TableName>,
+    volatile: Vec<TableName>,
 }
 
 fn unit(name: &str) -> TableName {
@@ -100,12 +129,32 @@ impl RelationsBuilder {
         self
     }
 
+    /// Reading or writing `relation` runs user code (a trigger, a rule, a view or a policy calling
+    /// a user function, a default or a check calling one), which may change the session's
+    /// settings: a session that reaches it must have its state read back.
+    #[must_use]
+    pub fn runs_user_code(mut self, relation: &str) -> Self {
+        self.code.push(unit(relation));
+        self
+    }
+
+    /// Reading `relation` runs a volatile user function (a view or a policy calling one): its
+    /// reads are never cached, and it runs user code.
+    #[must_use]
+    pub fn reads_volatile(mut self, relation: &str) -> Self {
+        self.volatile.push(unit(relation));
+        self.code.push(unit(relation));
+        self
+    }
+
     /// Computes the transitive closures.
     pub fn build(self) -> Relations {
         Relations(Arc::new(Closures {
             reads: closure(&self.reads),
             writes: closure(&self.writes),
             unknown: self.unknown.into_iter().collect(),
+            code: self.code.into_iter().collect(),
+            volatile: self.volatile.into_iter().collect(),
         }))
     }
 }

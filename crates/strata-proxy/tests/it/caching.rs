@@ -10,8 +10,9 @@ use crate::support::*;
 
 /// A proxy with the cache on (L1 and the embedded L2), and the cache to read counters from.
 async fn caching_proxy() -> (TestProxy, Arc<StrataCache>) {
-    let settings = CacheSettings { table: None, redis: None, enabled: true };
-    let cache = Arc::new(StrataCache::new(build_query_cache(&settings).await.expect("cache")));
+    let settings = CacheSettings { table: None, redis: None, enabled: true, custom_settings: Vec::new() };
+    let cache =
+        Arc::new(StrataCache::new(build_query_cache(&settings).await.expect("cache")).expect("strata cache"));
     let proxy = start_proxy(|b| b.with_cache(cache.clone())).await;
     (proxy, cache)
 }
@@ -305,9 +306,14 @@ async fn when_redis_goes_away_queries_go_on_uncached_and_caching_comes_back() {
         .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut redis = OwnRedis::start_on(port);
-    let settings =
-        CacheSettings { table: None, redis: Some(format!("redis://127.0.0.1:{port}/")), enabled: true };
-    let cache = Arc::new(StrataCache::new(build_query_cache(&settings).await.expect("cache")));
+    let settings = CacheSettings {
+        table: None,
+        redis: Some(format!("redis://127.0.0.1:{port}/")),
+        enabled: true,
+        custom_settings: Vec::new(),
+    };
+    let cache =
+        Arc::new(StrataCache::new(build_query_cache(&settings).await.expect("cache")).expect("strata cache"));
     let proxy = start_proxy(|b| b.with_cache(cache.clone())).await;
     let c = connect(proxy.port(), "postgres", db, None).await.unwrap();
     assert_eq!(value(&c).await, "v0");

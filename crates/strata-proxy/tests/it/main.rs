@@ -5,6 +5,7 @@ mod caching;
 mod catalog;
 mod differential;
 mod faults;
+mod leaks;
 mod seam;
 mod sessions;
 mod support;

@@ -1,6 +1,6 @@
 //! The caching seam with a small exact-match cache plugged in: replays stand in for the server,
 //! statements first answered from cache are prepared upstream when needed, uncacheable responses
-//! are not offered, and the session view follows SET/RESET/ROLE and transactions.
+//! are not offered, and a cache's own verification query is never seen by the client.
 
 use std::{
     collections::HashMap,
@@ -10,8 +10,8 @@ use std::{
 use async_trait::async_trait;
 use bytes::Bytes;
 use strata_proxy::{
-    CacheMode, ExtendedMessage, Fill, Lookup, NotCacheable, Request, RequestCache, RequestKind, Response,
-    SessionView, Target, Tracking, TransactionStatus,
+    CacheMode, Dropped, ExtendedMessage, Fill, Lookup, NotCacheable, Request, RequestCache, RequestKind,
+    RequestSession, Response, SessionView, Target, TransactionStatus,
 };
 
 use crate::{
@@ -19,28 +19,46 @@ use crate::{
     support::{admin, connect, fresh_database, pg, start_proxy},
 };
 
+/// What a verification answered: rows of column values, or why it failed.
+type Verification = Result<Vec<Vec<Option<Bytes>>>, String>;
+
 /// A completed request: its key, why it was not cacheable, its command tags.
 type Completion = (String, Option<NotCacheable>, Vec<String>);
 
-/// Keys requests by their SQL, parameters and formats (ignoring statement names) and the session's
-/// database, user, role and settings.
+/// Keys requests by their SQL, parameters and formats (ignoring statement names) and the
+/// session's database and user, and the state a verification query read (when `verify` is set).
 #[derive(Debug, Default)]
-struct ReplayCache {
+struct ReplayCache(Arc<Replay>);
+
+#[derive(Debug, Default)]
+struct Replay {
     entries: Mutex<HashMap<String, Bytes>>,
     log: Mutex<Vec<String>>,
     views: Mutex<Vec<SessionView>>,
     completions: Mutex<Vec<Completion>>,
+    /// A query each session's first lookup asks to run before answering.
+    verify: Option<String>,
+    /// What verifications answered.
+    verified: Mutex<Vec<Verification>>,
 }
 
-fn key(view: &SessionView, request: &Request) -> String {
-    let mut k = format!(
-        "{}|{}|{:?}|{:?}|{:?}|",
-        view.database(),
-        view.user(),
-        view.role(),
-        view.session_authorization(),
-        view.settings().collect::<Vec<_>>()
-    );
+impl std::ops::Deref for ReplayCache {
+    type Target = Replay;
+    fn deref(&self) -> &Replay {
+        &self.0
+    }
+}
+
+#[derive(Debug)]
+struct ReplaySession {
+    shared: Arc<Replay>,
+    view: SessionView,
+    /// The state read by verification, part of the key.
+    state: Mutex<Option<String>>,
+}
+
+fn key(view: &SessionView, state: &Option<String>, request: &Request) -> String {
+    let mut k = format!("{}|{}|{state:?}|", view.database(), view.user());
     match request.kind() {
         RequestKind::Simple { sql } => k.push_str(&format!("Q:{sql}")),
         RequestKind::Extended { messages } => {
@@ -70,42 +88,63 @@ fn key(view: &SessionView, request: &Request) -> String {
     k
 }
 
-#[async_trait]
 impl RequestCache for ReplayCache {
     fn mode(&self) -> CacheMode {
         CacheMode::Active
     }
 
-    async fn lookup(&self, session: &SessionView, request: &Request) -> Lookup {
-        self.views.lock().unwrap().push(session.clone());
-        let k = key(session, request);
-        let hit = self.entries.lock().unwrap().get(&k).cloned();
-        self.log.lock().unwrap().push(format!("{} {k}", if hit.is_some() { "hit" } else { "miss" }));
+    fn open_session(&self, session: &SessionView) -> Option<Box<dyn RequestSession>> {
+        Some(Box::new(ReplaySession {
+            shared: self.0.clone(),
+            view: session.clone(),
+            state: Mutex::new(None),
+        }))
+    }
+}
+
+#[async_trait]
+impl RequestSession for ReplaySession {
+    async fn lookup(&self, request: &Request) -> Lookup {
+        let shared = &self.shared;
+        if let Some(sql) = &shared.verify {
+            if self.state.lock().unwrap().is_none() {
+                return Lookup::Verify(sql.clone());
+            }
+        }
+        shared.views.lock().unwrap().push(self.view.clone());
+        let k = key(&self.view, &self.state.lock().unwrap(), request);
+        let hit = shared.entries.lock().unwrap().get(&k).cloned();
+        shared.log.lock().unwrap().push(format!("{} {k}", if hit.is_some() { "hit" } else { "miss" }));
         match hit {
             Some(bytes) => Lookup::Hit(bytes),
             None => Lookup::Miss(Fill::new(k)),
         }
     }
 
-    async fn complete(
-        &self,
-        session: &SessionView,
-        request: &Request,
-        response: &Response,
-        fill: Option<Fill>,
-    ) {
+    fn verified(&self, rows: Result<&[Vec<Option<Bytes>>], &str>) {
+        self.shared.verified.lock().unwrap().push(rows.map(<[_]>::to_vec).map_err(str::to_owned));
+        *self.state.lock().unwrap() = Some(format!("{rows:?}"));
+    }
+
+    async fn complete(&self, request: &Request, response: &Response, fill: Option<Fill>) {
         let summary = response.summary();
-        self.completions.lock().unwrap().push((
-            key(session, request),
+        self.shared.completions.lock().unwrap().push((
+            key(&self.view, &self.state.lock().unwrap(), request),
             summary.not_cacheable(),
             summary.command_tags().to_vec(),
         ));
         if let (Some(bytes), Some(fill)) = (response.cacheable_bytes(), fill) {
             let k = *fill.downcast::<String>().expect("our ticket");
             assert_eq!(bytes.last(), Some(&b'I'), "a cacheable response ends with ReadyForQuery(I)");
-            self.entries.lock().unwrap().insert(k, bytes.clone());
+            self.shared.entries.lock().unwrap().insert(k, bytes.clone());
         }
     }
+
+    fn drops_statements(&self, _sql: &str) -> Dropped {
+        Dropped::Nothing
+    }
+
+    fn parameter_changed(&self) {}
 }
 
 impl ReplayCache {
@@ -141,7 +180,7 @@ async fn replayed_responses_stand_in_for_the_server_in_both_protocols() {
     let sql = "SELECT nextval('strata_proxy_seam_seq') + $1::int8";
     let v1: i64 = c.query_one(sql, &[&100i64]).await.expect("e1").get(0);
     let v2: i64 = c.query_one(sql, &[&100i64]).await.expect("e2").get(0);
-    assert_eq!((v1, v2), (102, 102), "the second execution is replayed");
+    assert_eq!((v1, v2), (102, 102), "the second execution is replayed: {:#?}", cache.log.lock().unwrap());
     // New parameters: the statement (prepared only from cache under a new name) must be prepared
     // upstream before the Bind goes there; the injected ParseComplete never reaches the client.
     let v3: i64 = c.query_one(sql, &[&1000i64]).await.expect("e3").get(0);
@@ -181,63 +220,76 @@ async fn replayed_responses_stand_in_for_the_server_in_both_protocols() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_view_follows_settings_roles_and_transactions() {
-    let a = admin("postgres").await;
-    a.batch_execute(
-        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'strata_proxy_reader') THEN
-           CREATE ROLE strata_proxy_reader; END IF; END $$;",
-    )
-    .await
-    .expect("role");
-    let cache = Arc::new(ReplayCache::default());
+async fn a_verification_query_is_invisible_to_the_client() {
+    let verify = "SELECT current_user::text, current_setting('search_path'), NULL::text".to_owned();
+    let cache = Arc::new(ReplayCache(Arc::new(Replay { verify: Some(verify), ..Replay::default() })));
     let proxy = start_proxy(|b| b.with_cache(cache.clone())).await;
     let c = connect(proxy.port(), "postgres", "postgres", None).await.expect("connect");
     let last = || cache.views.lock().unwrap().last().cloned().expect("a lookup happened");
 
-    c.simple_query("SELECT 1").await.expect("q");
+    // libpq's pattern: an unnamed statement prepared in one batch and bound in the next. The
+    // verification runs between them (a simple Query destroys the unnamed statement upstream);
+    // the proxy prepares it again before the Bind.
+    let (mut raw, _) = crate::support::RawClient::startup(proxy.port(), "postgres", "postgres").await;
+    use crate::support::{cstr, message};
+    let mut parse = cstr("");
+    parse.extend(cstr("SELECT 40 + 2"));
+    parse.extend(0i16.to_be_bytes());
+    let mut batch = message(b'P', &parse);
+    batch.extend(message(b'S', &[]));
+    raw.send(&batch).await;
+    let prepared = raw.read_until_ready().await;
+    assert_eq!(prepared.iter().map(|m| m.0).collect::<Vec<_>>(), [b'1', b'Z']);
+    let mut bind = cstr("");
+    bind.extend(cstr(""));
+    bind.extend([0, 0, 0, 0, 0, 0]);
+    let mut batch = message(b'B', &bind);
+    let mut exec = cstr("");
+    exec.extend(0u32.to_be_bytes());
+    batch.extend(message(b'E', &exec));
+    batch.extend(message(b'S', &[]));
+    raw.send(&batch).await;
+    let answer = raw.read_until_ready().await;
+    assert_eq!(answer.iter().map(|m| m.0).collect::<Vec<_>>(), [b'2', b'D', b'C', b'Z'], "{answer:?}");
+    assert_eq!(answer.last().map(|m| m.1.clone()), Some(vec![b'I']));
+
+    // A simple query: the client sees its own answer only.
+    let rows = c.simple_query("SELECT 'mine'").await.expect("q");
+    let texts: Vec<&str> = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, ["mine"]);
+    let verified = cache.verified.lock().unwrap().clone();
+    assert!(verified.len() >= 2, "each session verified once: {verified:?}");
+    let first = verified[0].as_ref().expect("verification rows");
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0][0].as_deref(), Some(&b"postgres"[..]));
+    assert_eq!(first[0][2], None, "NULL kept apart from an empty string");
     let v = last();
     assert_eq!((v.database(), v.user()), ("postgres", "postgres"));
     assert_eq!(v.transaction_status(), TransactionStatus::Idle);
-    assert_eq!(v.server_parameter("client_encoding"), Some("UTF8"));
-
-    c.batch_execute("SET search_path TO public, pg_catalog").await.expect("set");
-    c.batch_execute("SET app.tenant_id = '7'").await.expect("set");
-    c.batch_execute("SET ROLE strata_proxy_reader").await.expect("role");
-    c.batch_execute("SET TimeZone = 'Asia/Tokyo'").await.expect("tz");
-    c.simple_query("SELECT 2").await.expect("q");
-    let v = last();
-    assert_eq!(v.setting("search_path"), Some("public, pg_catalog"));
-    assert_eq!(v.setting("app.tenant_id"), Some("'7'"));
-    assert_eq!(v.role(), Some("strata_proxy_reader"));
-    assert_eq!(v.server_parameter("TimeZone"), Some("Asia/Tokyo"), "ParameterStatus tracked");
-
-    // A SET rolled back is forgotten; a SET committed is kept; a failed SET stops tracking.
-    c.batch_execute("BEGIN; SET app.tenant_id = '8'; ROLLBACK").await.expect("rollback");
-    c.batch_execute("BEGIN").await.expect("begin");
-    c.batch_execute("SET app.region = 'eu'").await.expect("set in tx");
-    c.batch_execute("COMMIT").await.expect("commit");
-    c.batch_execute("RESET ROLE").await.expect("reset role");
-    c.simple_query("SELECT 3").await.expect("q");
-    let v = last();
-    assert_eq!(v.setting("app.tenant_id"), Some("'7'"));
-    assert_eq!(v.setting("app.region"), Some("'eu'"));
-    assert_eq!(v.role(), None);
-    assert_eq!(*v.tracking(), Tracking::Tracked);
-
-    // Settings are part of this test cache's key: the same text under other settings is a miss.
+    // Transactions still work, and a cached answer is served to the verified session.
+    c.batch_execute("BEGIN; SELECT 1; COMMIT").await.expect("transaction");
     let hits = cache.hits();
-    c.simple_query("SELECT 3").await.expect("q");
-    assert_eq!(cache.hits(), hits + 1);
-    c.batch_execute("SET app.tenant_id = '9'").await.expect("set");
-    c.simple_query("SELECT 3").await.expect("q");
+    c.simple_query("SELECT 'mine'").await.expect("q");
     assert_eq!(cache.hits(), hits + 1);
 
-    // State the proxy cannot follow turns lookups off for the session.
-    let lookups = cache.views.lock().unwrap().len();
-    c.batch_execute("SELECT set_config('app.tenant_id', '10', false)").await.expect("set_config");
-    c.simple_query("SELECT 3").await.expect("q");
-    c.query("SELECT $1::int", &[&1i32]).await.expect("q");
-    assert_eq!(cache.views.lock().unwrap().len(), lookups, "no lookups once untracked");
+    // A verification that fails is reported to the cache, not to the client.
+    let failing = Arc::new(ReplayCache(Arc::new(Replay {
+        verify: Some("SELECT 1/0".to_owned()),
+        ..Replay::default()
+    })));
+    let proxy = start_proxy(|b| b.with_cache(failing.clone())).await;
+    let c = connect(proxy.port(), "postgres", "postgres", None).await.expect("connect");
+    let one: i32 = c.query_one("SELECT 1", &[]).await.expect("client unaffected").get(0);
+    assert_eq!(one, 1);
+    c.batch_execute("SELECT 2").await.expect("client unaffected");
+    let verified = failing.verified.lock().unwrap().clone();
+    assert!(verified.iter().all(|v| v.as_ref().is_err_and(|e| e.contains("22012"))), "{verified:?}");
 }
 
 /// Active mode with a cache that never hits: every request is looked up (when eligible), recorded
@@ -249,37 +301,49 @@ struct AlwaysMiss {
     completions: Mutex<usize>,
 }
 
-#[async_trait]
-impl RequestCache for AlwaysMiss {
+#[derive(Debug, Default, Clone)]
+struct AlwaysMissCache(Arc<AlwaysMiss>);
+
+impl RequestCache for AlwaysMissCache {
     fn mode(&self) -> CacheMode {
         CacheMode::Active
     }
 
-    async fn lookup(&self, _session: &SessionView, _request: &Request) -> Lookup {
-        *self.lookups.lock().unwrap() += 1;
+    fn open_session(&self, _session: &SessionView) -> Option<Box<dyn RequestSession>> {
+        Some(Box::new(self.clone()))
+    }
+}
+
+#[async_trait]
+impl RequestSession for AlwaysMissCache {
+    async fn lookup(&self, _request: &Request) -> Lookup {
+        *self.0.lookups.lock().unwrap() += 1;
         Lookup::Miss(Fill::new(()))
     }
 
-    async fn complete(
-        &self,
-        _session: &SessionView,
-        _request: &Request,
-        response: &Response,
-        _fill: Option<Fill>,
-    ) {
-        *self.completions.lock().unwrap() += 1;
+    fn verified(&self, _rows: Result<&[Vec<Option<Bytes>>], &str>) {}
+
+    async fn complete(&self, _request: &Request, response: &Response, _fill: Option<Fill>) {
+        *self.0.completions.lock().unwrap() += 1;
         if response.cacheable_bytes().is_some() {
-            *self.recorded.lock().unwrap() += 1;
+            *self.0.recorded.lock().unwrap() += 1;
         }
     }
+
+    fn drops_statements(&self, _sql: &str) -> Dropped {
+        Dropped::Nothing
+    }
+
+    fn parameter_changed(&self) {}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_mode_without_hits_is_transparent_to_every_client() {
     let db = "strata_proxy_active";
     fresh_database(db).await;
-    let cache = Arc::new(AlwaysMiss::default());
-    let proxy = start_proxy(|b| b.with_cache(cache.clone())).await;
+    let misses = AlwaysMissCache::default();
+    let cache = misses.0.clone();
+    let proxy = start_proxy(|b| b.with_cache(Arc::new(misses))).await;
 
     let direct = psql(pg().port(), db, PSQL_SCRIPT).await;
     let proxied = psql(proxy.port(), db, PSQL_SCRIPT).await;

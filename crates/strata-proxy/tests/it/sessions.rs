@@ -218,7 +218,8 @@ fn public_types_are_debug_send_sync() {
     check::<strata_proxy::Lookup>();
     check::<strata_proxy::Fill>();
     check::<strata_proxy::SessionView>();
-    check::<strata_proxy::Tracking>();
+    check::<strata_proxy::Dropped>();
+    check::<strata_proxy::StrataCache>();
     check::<strata_proxy::PassThrough>();
     check::<strata_proxy::CacheMode>();
     check::<strata_proxy::NotCacheable>();

@@ -1,0 +1,993 @@
+//! What one client session's statements mean for the cache: its key scope, read back from
+//! PostgreSQL whenever the session may have changed it; the writes of its open transaction, bumped
+//! when it commits; and how a committed write becomes invalidations.
+//!
+//! # Why the scope is read back from the server
+//! A session's results depend on its role, its session user and its settings. The SQL text of
+//! what the session ran cannot show all of them: a function, a procedure, a `DO` block, a
+//! trigger or a view may call `set_config` or `SET ROLE`; `ALTER ROLE … SET` and `ALTER DATABASE
+//! … SET` give new sessions settings no statement of theirs set. So a [`CacheSession`] believes
+//! nothing it cannot prove: it starts *unverified*, and every request that is not proven to leave
+//! the session's state alone makes it unverified again. An unverified session neither looks up
+//! nor fills; before its next lookup, the caller runs [`VERIFICATION`-style query](CacheSession::verification_query)
+//! on the session's own connection and hands the rows to [`CacheSession::verified`], which
+//! rebuilds the scope from PostgreSQL's answer.
+//!
+//! Proven neutral are: a request answered from cache (nothing ran), transaction control, and
+//! reads and writes whose text calls only built-in functions that cannot change settings and
+//! (with a current catalog) whose relations run no user code when read or written (no triggers,
+//! rules, views or policies calling user functions, defaults or checks calling user functions).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use prometheus::{IntCounter, IntCounterVec, Opts};
+use strata_core::{KeyScope, SettingsDigest, TableName};
+use strata_normalizer::{SessionEffect, WriteEffect};
+
+use crate::cache::QueryCache;
+use crate::policy::Verdict;
+use crate::Error;
+
+/// Settings proven not to change any result or its text form: the client's own label.
+const NEUTRAL_SETTINGS: &[&str] = &["application_name"];
+
+/// At most this many custom setting names are followed; past it, sessions that may have changed
+/// a custom setting cannot be verified and stop using the cache (counted, warned).
+const MAX_SETTING_NAMES: usize = 4096;
+
+/// The transaction status a request left the session in (PostgreSQL's `ReadyForQuery` status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransactionState {
+    /// Not in a transaction block.
+    Idle,
+    /// In a transaction block.
+    InTransaction,
+    /// In a failed transaction block.
+    Failed,
+}
+
+/// How a write that committed becomes invalidations.
+///
+/// The SQL text of a write names the tables it writes, but not everything it changes: triggers
+/// and rules write elsewhere, cascading foreign keys change referencing tables, a view or a
+/// partition parent shows rows of relations a read does not name. Only the catalog tells.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub enum Invalidation {
+    /// Every committed write invalidates every cached result. The safe default without a
+    /// catalog connection: reads still hit until the next write.
+    #[default]
+    Everything,
+    /// Only the tables the SQL text names. Serves stale results for views, triggers, rules,
+    /// cascading foreign keys and inheritance or partition trees: choose it only for a schema
+    /// without them.
+    SqlText,
+    /// The tables the SQL text names, expanded through the upstream's catalog, read on a
+    /// connection of the cache's own (feature `catalog`).
+    #[cfg(feature = "catalog")]
+    Catalog(crate::catalog::CatalogConfig),
+}
+
+/// How far a session's state is trusted: a switch for mutation tests of the leak hunt only, which
+/// must show that the hunt fails when sessions are not verified. Never use it in production.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestOnlySessionTrust {
+    /// The state read before the first lookup is trusted for the whole session.
+    StartupOnly,
+}
+
+/// Opens one [`CacheSession`] per client session over a shared [`QueryCache`], and owns what
+/// all sessions share: the invalidation mode (and its catalog follower), and the names of the
+/// custom settings (`app.tenant`) that scopes must include.
+///
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct SessionCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cache: QueryCache,
+    mode: Mode,
+    names: Arc<SettingNames>,
+    verifications: IntCounter,
+    verification_failures: IntCounter,
+    unverified: IntCounterVec,
+    trust_startup_only: bool,
+}
+
+enum Mode {
+    Everything,
+    SqlText,
+    #[cfg(feature = "catalog")]
+    Catalog(crate::catalog::Catalog),
+}
+
+impl fmt::Debug for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mode::Everything => f.write_str("Everything"),
+            Mode::SqlText => f.write_str("SqlText"),
+            #[cfg(feature = "catalog")]
+            Mode::Catalog(c) => write!(f, "Catalog({c:?})"),
+        }
+    }
+}
+
+impl fmt::Debug for SessionCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionCache")
+            .field("cache", &self.inner.cache)
+            .field("mode", &self.inner.mode)
+            .field("custom_settings", &self.inner.names.len())
+            .finish()
+    }
+}
+
+/// Builds a [`SessionCache`].
+#[derive(Debug)]
+pub struct SessionCacheBuilder {
+    cache: QueryCache,
+    invalidation: Invalidation,
+    settings: Vec<String>,
+    trust: Option<TestOnlySessionTrust>,
+}
+
+impl SessionCacheBuilder {
+    /// Mutation tests only: see [`TestOnlySessionTrust`].
+    #[doc(hidden)]
+    #[must_use]
+    pub fn with_test_only_session_trust(mut self, trust: TestOnlySessionTrust) -> Self {
+        self.trust = Some(trust);
+        self
+    }
+
+    /// How committed writes become invalidations. Default [`Invalidation::Everything`].
+    #[must_use]
+    pub fn with_invalidation(mut self, invalidation: Invalidation) -> Self {
+        self.invalidation = invalidation;
+        self
+    }
+
+    /// A custom setting (`app.tenant`) every scope includes even before any text or catalog names
+    /// it. Names are otherwise learnt from the SQL texts sessions run, from the catalog (function
+    /// bodies, policies, views, role and database defaults) and from role and database defaults
+    /// read at verification. Default: none.
+    #[must_use]
+    pub fn with_custom_setting(mut self, name: impl Into<String>) -> Self {
+        self.settings.push(name.into());
+        self
+    }
+
+    /// Builds; with [`Invalidation::Catalog`] it starts reading the catalog in the background, so
+    /// it must run inside a Tokio runtime.
+    pub fn build(self) -> Result<SessionCache, Error> {
+        let names = Arc::new(SettingNames::default());
+        for name in &self.settings {
+            if !is_setting_name(name) {
+                return Err(Error::config(format!(
+                    "{name:?} is not a custom setting name (like app.tenant)"
+                )));
+            }
+        }
+        names.learn(self.settings.iter().map(String::as_str));
+        let mode = match self.invalidation {
+            Invalidation::Everything => {
+                tracing::warn!("{NO_CATALOG_WARNING}");
+                Mode::Everything
+            }
+            Invalidation::SqlText => {
+                tracing::warn!("strata: invalidating only the tables a write's SQL text names (invalidation = sql-text): results that depend on views, triggers, rules, cascading foreign keys or partitions can be stale until their TTL");
+                Mode::SqlText
+            }
+            #[cfg(feature = "catalog")]
+            Invalidation::Catalog(config) => {
+                tracing::info!(user = config.user(), databases = ?config.databases(), "strata: following the upstream catalog for invalidation");
+                Mode::Catalog(crate::catalog::Catalog::start(config, self.cache.clone(), names.clone())?)
+            }
+        };
+        let registry = self.cache.registry();
+        let counter = |name: &str, help: &str| -> Result<IntCounter, Error> {
+            let c = IntCounter::new(name, help).map_err(|e| Error::config(e.to_string()))?;
+            registry.register(Box::new(c.clone())).map_err(|e| Error::config(e.to_string()))?;
+            Ok(c)
+        };
+        let verifications = counter(
+            "strata_session_verifications_total",
+            "Session states read back from PostgreSQL before a lookup",
+        )?;
+        let verification_failures = counter(
+            "strata_session_verification_failures_total",
+            "Session state reads that failed; the session stopped using the cache",
+        )?;
+        let unverified = IntCounterVec::new(
+            Opts::new(
+                "strata_session_unverified_total",
+                "Requests after which a session's state had to be read back, by reason",
+            ),
+            &["reason"],
+        )
+        .map_err(|e| Error::config(e.to_string()))?;
+        registry.register(Box::new(unverified.clone())).map_err(|e| Error::config(e.to_string()))?;
+        Ok(SessionCache {
+            inner: Arc::new(Inner {
+                cache: self.cache,
+                mode,
+                names,
+                verifications,
+                verification_failures,
+                unverified,
+                trust_startup_only: self.trust == Some(TestOnlySessionTrust::StartupOnly),
+            }),
+        })
+    }
+}
+
+/// Logged at startup when there is no catalog connection.
+const NO_CATALOG_WARNING: &str = "strata: no catalog user: every committed write invalidates every cached result, since without reading the catalog Strata cannot know what views, triggers, rules, cascading foreign keys and partitions make a write change; and every read or write that reaches the database makes its session read its state back before the next lookup, since only the catalog shows which relations run user code; set a catalog user for per-table invalidation";
+
+impl SessionCache {
+    /// Starts building over `cache`.
+    pub fn builder(cache: QueryCache) -> SessionCacheBuilder {
+        SessionCacheBuilder {
+            cache,
+            invalidation: Invalidation::Everything,
+            settings: Vec::new(),
+            trust: None,
+        }
+    }
+
+    /// The query cache.
+    pub fn query_cache(&self) -> &QueryCache {
+        &self.inner.cache
+    }
+
+    /// Opens the cache's view of a new client session on `database` as `user` (the login role).
+    /// It starts unverified: its first lookup asks for its state to be read.
+    pub fn open(&self, database: &str, user: &str) -> CacheSession {
+        #[cfg(feature = "catalog")]
+        if let Mode::Catalog(catalog) = &self.inner.mode {
+            catalog.observe(database);
+        }
+        CacheSession {
+            shared: self.inner.clone(),
+            database: Arc::from(database),
+            user: Arc::from(user),
+            state: Mutex::new(SessionState {
+                scope: Scope::Unverified,
+                pending: WriteEffect::Nothing,
+                functions: BTreeSet::new(),
+            }),
+        }
+    }
+
+    /// With a catalog: waits up to `timeout` until the catalog of every database seen so far has
+    /// been read after its last known schema change, and says whether that happened. Without
+    /// one there is nothing to wait for: `true` at once.
+    pub async fn wait_for_catalog(&self, timeout: std::time::Duration) -> bool {
+        match &self.inner.mode {
+            #[cfg(feature = "catalog")]
+            Mode::Catalog(catalog) => catalog.wait_current(timeout).await,
+            Mode::Everything | Mode::SqlText => {
+                let _ = timeout;
+                true
+            }
+        }
+    }
+
+    /// With a catalog: reads the catalog of every database seen so far again now (after DDL
+    /// that bypassed Strata, say) and waits up to `timeout` for it; until then writes on them
+    /// invalidate everything. Without one: `true` at once.
+    pub async fn refresh_catalog(&self, timeout: std::time::Duration) -> bool {
+        match &self.inner.mode {
+            #[cfg(feature = "catalog")]
+            Mode::Catalog(catalog) => {
+                catalog.refresh_all();
+                catalog.wait_current(timeout).await
+            }
+            Mode::Everything | Mode::SqlText => {
+                let _ = timeout;
+                true
+            }
+        }
+    }
+
+    /// The custom setting names scopes include now, sorted.
+    pub fn custom_settings(&self) -> Vec<String> {
+        self.inner.names.snapshot().1.iter().cloned().collect()
+    }
+}
+
+/// Whether a session may use the cache now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScopeStatus {
+    /// Verified: look up and fill under this scope.
+    Ready(KeyScope),
+    /// The session's state must be read back first ([`CacheSession::verification_query`]).
+    Unverified,
+    /// The session does not use the cache (its state could not be read), with the reason.
+    Disabled(String),
+}
+
+enum Scope {
+    Unverified,
+    Verified { scope: KeyScope, names_generation: u64 },
+    Disabled(String),
+}
+
+struct SessionState {
+    scope: Scope,
+    /// Writes of the open transaction, bumped when it commits.
+    pending: WriteEffect,
+    /// Functions called by requests since the last verification: the next one reads their
+    /// bodies for custom setting names.
+    functions: BTreeSet<String>,
+}
+
+/// One client session as the cache sees it. Opened by [`SessionCache::open`]; dropping it ends
+/// the session (PostgreSQL rolls back an open transaction, so its buffered writes are dropped).
+pub struct CacheSession {
+    shared: Arc<Inner>,
+    database: Arc<str>,
+    user: Arc<str>,
+    state: Mutex<SessionState>,
+}
+
+impl fmt::Debug for CacheSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.state();
+        let scope = match &st.scope {
+            Scope::Unverified => "unverified".to_owned(),
+            Scope::Verified { scope, .. } => format!("verified as {}", scope.role()),
+            Scope::Disabled(why) => format!("disabled: {why}"),
+        };
+        f.debug_struct("CacheSession")
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("scope", &scope)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request that ran on the server, as [`CacheSession::executed`] needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Executed<'a> {
+    statements: &'a [Option<&'a str>],
+    command_tags: &'a [String],
+    failed: bool,
+    after: TransactionState,
+}
+
+impl<'a> Executed<'a> {
+    /// The SQL texts the request executed, in order (`None` for a statement whose text is not
+    /// known, such as a fast-path function call or a portal of an unknown statement), the
+    /// command tags the server answered with, whether an error was reported, and the
+    /// transaction status the request ended in.
+    pub fn new(
+        statements: &'a [Option<&'a str>],
+        command_tags: &'a [String],
+        failed: bool,
+        after: TransactionState,
+    ) -> Self {
+        Self { statements, command_tags, failed, after }
+    }
+}
+
+impl CacheSession {
+    fn state(&self) -> MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The database the session is connected to.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// The query cache.
+    pub fn query_cache(&self) -> &QueryCache {
+        &self.shared.cache
+    }
+
+    /// Whether lookups may run now, and under which scope.
+    pub fn scope(&self) -> ScopeStatus {
+        let mut st = self.state();
+        match &st.scope {
+            Scope::Verified { scope, names_generation } => {
+                if *names_generation == self.shared.names.generation() || self.shared.trust_startup_only {
+                    ScopeStatus::Ready(scope.clone())
+                } else {
+                    // A custom setting name was learnt since: the scope does not include it yet.
+                    st.scope = Scope::Unverified;
+                    ScopeStatus::Unverified
+                }
+            }
+            Scope::Unverified => ScopeStatus::Unverified,
+            Scope::Disabled(why) => ScopeStatus::Disabled(why.clone()),
+        }
+    }
+
+    /// The query that reads the session's state back: run it as a simple `Query` on the
+    /// session's own connection while it is idle outside a transaction, and hand every row it
+    /// returns to [`verified`](Self::verified). It changes nothing in the session (one
+    /// read-only implicit transaction) and schema-qualifies everything it calls, so the
+    /// session's `search_path` cannot redirect it.
+    pub fn verification_query(&self) -> String {
+        let (_, names) = self.shared.names.snapshot();
+        let functions: Vec<String> = self.state().functions.iter().cloned().collect();
+        verification_sql(&names, &functions)
+    }
+
+    /// Rebuilds the scope from the rows of [`verification_query`](Self::verification_query)
+    /// (each a list of column values, `None` for NULL, as sent in text format), or stops caching
+    /// for the session when the read failed (`Err` with why).
+    pub fn verified(&self, rows: Result<&[Vec<Option<Bytes>>], &str>) {
+        let generation_before = self.shared.names.generation();
+        let outcome = rows.map_err(str::to_owned).and_then(|rows| {
+            let answer = parse_answer(rows)?;
+            self.shared.names.learn(answer.names_seen.iter().map(String::as_str));
+            Ok(answer)
+        });
+        let mut st = self.state();
+        match outcome {
+            Ok(answer) => {
+                self.shared.verifications.inc();
+                st.functions.clear();
+                if self.shared.names.generation() != generation_before
+                    && !answer.covers(&self.shared.names.snapshot().1)
+                {
+                    // New names were found (role defaults, function bodies): read them too.
+                    st.scope = Scope::Unverified;
+                    return;
+                }
+                if self.shared.names.overflowed() {
+                    st.scope = Scope::Disabled("too many custom setting names to follow".to_owned());
+                    return;
+                }
+                let scope = answer.scope(&self.database);
+                st.scope = Scope::Verified { scope, names_generation: self.shared.names.generation() };
+            }
+            Err(why) => {
+                self.shared.verification_failures.inc();
+                tracing::info!(database = %self.database, user = %self.user, error = %why, "strata: could not read a session's state back; it no longer uses the cache");
+                st.scope = Scope::Disabled(format!("reading the session state failed: {why}"));
+            }
+        }
+    }
+
+    fn unverify(&self, st: &mut SessionState, reason: &'static str) {
+        if self.shared.trust_startup_only {
+            return;
+        }
+        if let Scope::Verified { .. } = st.scope {
+            st.scope = Scope::Unverified;
+            self.shared.unverified.with_label_values(&[reason]).inc();
+        }
+    }
+
+    /// Something outside any request may have changed the session's state (the server reported
+    /// a parameter change on its own): read it back before the next lookup.
+    pub fn state_may_have_changed(&self) {
+        let mut st = self.state();
+        self.unverify(&mut st, "server report");
+    }
+
+    /// Reports a request that ran on the server (never one answered from cache), after its
+    /// response ended and before the client may send another: the session's state is checked
+    /// for changes, writes of an open transaction are buffered, and committed writes are
+    /// invalidated.
+    pub async fn executed(&self, request: Executed<'_>) {
+        let cache = &self.shared.cache;
+        let mut effect = WriteEffect::Nothing;
+        let mut unverify: Option<&'static str> = None;
+        let catalog_current = self.catalog_current();
+        let relations = cache.relations();
+        for statement in request.statements {
+            let Some(sql) = statement else {
+                effect = WriteEffect::Unknown;
+                unverify = Some("unknown statement");
+                continue;
+            };
+            let plan = cache.plan(sql);
+            let analysis = &plan.analysis;
+            merge(&mut effect, analysis.writes());
+            if !analysis.leaves_session_alone() {
+                unverify.get_or_insert(reason_of(analysis.session_effects()));
+                self.shared.names.learn_from_text(sql);
+                let mut st = self.state();
+                for s in analysis.statements() {
+                    for f in s.functions() {
+                        if st.functions.len() < 64 {
+                            st.functions.insert(f.to_string());
+                        }
+                    }
+                }
+                continue;
+            }
+            // The text runs no code that could change settings; what it reads or writes might.
+            if analysis.statements().iter().all(|s| s.kind() == strata_normalizer::StatementKind::Transaction)
+            {
+                continue;
+            }
+            if !catalog_current {
+                unverify.get_or_insert("no current catalog");
+                continue;
+            }
+            let mut touched: Vec<TableName> = match &plan.verdict {
+                Verdict::Cacheable(c) => c.units.clone(),
+                Verdict::Bypass(_) => analysis.dependencies(),
+            };
+            if let WriteEffect::Tables(t) = analysis.writes() {
+                touched.extend(t.iter().cloned());
+            }
+            if relations.runs_user_code(&touched) {
+                unverify.get_or_insert("relation runs user code");
+            }
+        }
+        let tags = request.command_tags;
+        // An error outside a transaction rolled the whole request back (the simple protocol runs
+        // a multi-statement query as one implicit transaction), unless it committed on the way.
+        let rolled_back =
+            request.after == TransactionState::Idle && request.failed && !tags.iter().any(|t| t == "COMMIT");
+        if rolled_back {
+            effect = WriteEffect::Nothing;
+        }
+        // A prepared transaction commits later, perhaps from another session: whatever it wrote
+        // is unknown here, so COMMIT PREPARED invalidates everything.
+        if tags.iter().any(|t| t == "COMMIT PREPARED") {
+            effect = WriteEffect::Unknown;
+        }
+        // DDL (and what may run DDL) that executed: views, triggers, rules, keys, partitions or
+        // privileges may have changed, whatever tables the text names.
+        let schema_changed = !rolled_back && tags.iter().any(|t| changes_schema(t));
+        if schema_changed {
+            effect = WriteEffect::Unknown;
+            unverify.get_or_insert("schema change");
+        }
+        let to_bump = {
+            let mut st = self.state();
+            if let Some(reason) = unverify {
+                self.unverify(&mut st, reason);
+            }
+            match request.after {
+                TransactionState::InTransaction | TransactionState::Failed => {
+                    merge(&mut st.pending, &effect);
+                    None
+                }
+                TransactionState::Idle => {
+                    let mut committed = std::mem::replace(&mut st.pending, WriteEffect::Nothing);
+                    let rolled_back_txn = tags.last().is_some_and(|t| t == "ROLLBACK");
+                    if rolled_back_txn && effect == WriteEffect::Nothing {
+                        // ROLLBACK: the transaction's writes never happened.
+                        None
+                    } else {
+                        merge(&mut committed, &effect);
+                        Some(committed)
+                    }
+                }
+            }
+        };
+        let Some(effect) = to_bump.map(|e| self.committed(e)) else { return };
+        if effect != WriteEffect::Nothing {
+            if let Err(err) = cache.invalidate(&effect).await {
+                tracing::warn!(error = %err, "strata: could not invalidate after a write; caching is suspended until versions resynchronize");
+            }
+        }
+    }
+
+    fn catalog_current(&self) -> bool {
+        match &self.shared.mode {
+            #[cfg(feature = "catalog")]
+            Mode::Catalog(catalog) => catalog.is_current(&self.database),
+            Mode::Everything | Mode::SqlText => false,
+        }
+    }
+
+    /// What a committed write invalidates under the invalidation mode.
+    fn committed(&self, effect: WriteEffect) -> WriteEffect {
+        match (&self.shared.mode, effect) {
+            (_, WriteEffect::Nothing) => WriteEffect::Nothing,
+            #[cfg(feature = "catalog")]
+            (Mode::Catalog(catalog), WriteEffect::Unknown) => {
+                // DDL, a DO block, a function: the schema may have changed. Until a read of the
+                // catalog started after now is installed, writes here invalidate everything.
+                catalog.schema_may_have_changed(&self.database);
+                WriteEffect::Unknown
+            }
+            (_, WriteEffect::Unknown) | (Mode::Everything, _) => WriteEffect::Unknown,
+            (Mode::SqlText, tables) => tables,
+            #[cfg(feature = "catalog")]
+            (Mode::Catalog(catalog), tables) => {
+                if catalog.is_current(&self.database) {
+                    tables
+                } else {
+                    WriteEffect::Unknown
+                }
+            }
+        }
+    }
+}
+
+fn reason_of<'a>(mut effects: impl Iterator<Item = &'a SessionEffect>) -> &'static str {
+    match effects.next() {
+        Some(SessionEffect::Set { .. } | SessionEffect::Reset { .. } | SessionEffect::ResetAll) => "set",
+        Some(SessionEffect::SetLocal { .. }) => "set local",
+        Some(SessionEffect::Role | SessionEffect::SessionAuthorization) => "role",
+        Some(SessionEffect::SetConfig) => "set_config",
+        Some(SessionEffect::ServerCode(_)) | None => "server code",
+        Some(_) => "session command",
+    }
+}
+
+/// Whether a command tag is one of a statement that may change the schema or privileges.
+fn changes_schema(tag: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "CREATE ",
+        "ALTER ",
+        "DROP ",
+        "COMMENT",
+        "GRANT",
+        "REVOKE",
+        "SECURITY LABEL",
+        "IMPORT FOREIGN SCHEMA",
+    ];
+    tag == "DO" || tag == "CALL" || PREFIXES.iter().any(|p| tag.starts_with(p))
+}
+
+fn merge(into: &mut WriteEffect, other: &WriteEffect) {
+    match (&mut *into, other) {
+        (WriteEffect::Unknown, _) | (_, WriteEffect::Nothing) => {}
+        (_, WriteEffect::Unknown) => *into = WriteEffect::Unknown,
+        (WriteEffect::Nothing, WriteEffect::Tables(t)) => *into = WriteEffect::Tables(t.clone()),
+        (WriteEffect::Tables(mine), WriteEffect::Tables(t)) => {
+            for table in t {
+                if !mine.contains(table) {
+                    mine.push(table.clone());
+                }
+            }
+        }
+    }
+}
+
+/// The custom setting names scopes include, shared by all sessions; the generation changes
+/// whenever a name is added, so scopes verified without it are verified again.
+#[derive(Default)]
+pub(crate) struct SettingNames {
+    names: Mutex<Arc<BTreeSet<String>>>,
+    generation: AtomicU64,
+    overflowed: std::sync::atomic::AtomicBool,
+}
+
+impl SettingNames {
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn len(&self) -> usize {
+        self.snapshot().1.len()
+    }
+
+    fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Acquire)
+    }
+
+    fn snapshot(&self) -> (u64, Arc<BTreeSet<String>>) {
+        let names = self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (self.generation(), names.clone())
+    }
+
+    /// Adds names (lowercased, as PostgreSQL folds them); bumps the generation if any is new.
+    pub(crate) fn learn<'a>(&self, candidates: impl IntoIterator<Item = &'a str>) {
+        let mut names = self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut added = false;
+        for candidate in candidates {
+            if !is_setting_name(candidate) {
+                continue;
+            }
+            let name = candidate.to_ascii_lowercase();
+            if names.contains(&name) {
+                continue;
+            }
+            if names.len() >= MAX_SETTING_NAMES {
+                if !self.overflowed.swap(true, Ordering::AcqRel) {
+                    tracing::warn!("strata: more than {MAX_SETTING_NAMES} custom setting names; sessions that may change one no longer use the cache");
+                }
+                break;
+            }
+            Arc::make_mut(&mut names).insert(name);
+            added = true;
+        }
+        if added {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Learns every word of a text shaped like a custom setting name (`app.tenant`), wherever it
+    /// stands: a `SET` name, a `set_config` argument, a string a `DO` block executes. Extra
+    /// names cost one `current_setting` each at verification; a missed one could merge scopes.
+    pub(crate) fn learn_from_text(&self, text: &str) {
+        self.learn(setting_like_words(text));
+    }
+}
+
+/// Words shaped like `prefix.name` (letters, digits, `_`, `$`; one or more dots, no leading
+/// digit), the shape of PostgreSQL's custom setting names, where a setting name stands: right
+/// after a quote (`current_setting('app.tenant')`, `set_config('app.tenant', …)`), after `SET`,
+/// `RESET` or `SHOW` (with `LOCAL`/`SESSION`), or before `=` or `TO` (`proconfig`, `SET x TO`).
+/// Table-qualified columns (`u.id`) stand elsewhere and are not taken.
+pub(crate) fn setting_like_words(text: &str) -> impl Iterator<Item = &str> + '_ {
+    let bytes = text.as_bytes();
+    let is_word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c == b'.';
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if is_word(bytes[i]) {
+            let start = i;
+            while i < bytes.len() && is_word(bytes[i]) {
+                i += 1;
+            }
+            spans.push((start, i));
+        } else {
+            i += 1;
+        }
+    }
+    let is_keyword = |w: &str| ["set", "reset", "show"].iter().any(|k| w.eq_ignore_ascii_case(k));
+    let is_scope = |w: &str| w.eq_ignore_ascii_case("local") || w.eq_ignore_ascii_case("session");
+    let mut out = Vec::new();
+    for (k, &(a, b)) in spans.iter().enumerate() {
+        let word = &text[a..b];
+        if !is_setting_name(word) {
+            continue;
+        }
+        let nth_before = |n: usize| k.checked_sub(n).map(|j| &text[spans[j].0..spans[j].1]);
+        let after_keyword = nth_before(1).is_some_and(is_keyword)
+            || (nth_before(1).is_some_and(is_scope) && nth_before(2).is_some_and(is_keyword));
+        let quoted = text[..a].ends_with('\'') || text[..a].ends_with('"');
+        let after = text[b..].trim_start();
+        let assigned = after.starts_with('=')
+            || (after.len() > 2
+                && after[..2].eq_ignore_ascii_case("to")
+                && after[2..].starts_with(char::is_whitespace));
+        let first = text[..a].trim().is_empty();
+        if quoted || after_keyword || assigned || first {
+            out.push(word);
+        }
+    }
+    out.into_iter()
+}
+
+fn is_setting_name(word: &str) -> bool {
+    let mut parts = word.split('.');
+    let mut count = 0;
+    let ok = parts.all(|p| {
+        count += 1;
+        p.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+    });
+    ok && count >= 2 && word.len() <= 128
+}
+
+/// The verification query: the role in effect and the session user, every setting
+/// `pg_settings` shows, each custom setting name by `current_setting(name, true)`, the names
+/// role and database defaults hold, and the bodies of the functions run since the last read
+/// (for the custom setting names they use). Names are checked against [`is_setting_name`] and
+/// function names are plain identifiers, so nothing here can close a string literal.
+fn verification_sql(names: &BTreeSet<String>, functions: &[String]) -> String {
+    let mut sql = String::with_capacity(512 + names.len() * 24);
+    sql.push_str(
+        "SELECT 'r'::text, current_user::text, session_user::text \
+         UNION ALL SELECT 's', s.name, s.setting FROM pg_catalog.pg_settings s \
+         UNION ALL SELECT 'd', NULL, c FROM pg_catalog.pg_db_role_setting d, pg_catalog.unnest(d.setconfig) c",
+    );
+    if !names.is_empty() {
+        sql.push_str(
+            " UNION ALL SELECT 'c', n, pg_catalog.current_setting(n, true) FROM pg_catalog.unnest('{",
+        );
+        let list: Vec<&str> = names.iter().filter(|n| is_setting_name(n)).map(String::as_str).collect();
+        sql.push_str(&list.join(","));
+        sql.push_str("}'::text[]) n");
+    }
+    let bare: Vec<String> = functions
+        .iter()
+        .filter_map(|f| f.rsplit('.').next())
+        .map(|f| f.trim_matches('"').to_ascii_lowercase())
+        .filter(|f| !f.is_empty() && f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .collect();
+    if !bare.is_empty() {
+        sql.push_str(" UNION ALL SELECT 'f', NULL, p.prosrc FROM pg_catalog.pg_proc p WHERE p.proname OPERATOR(pg_catalog.=) ANY ('{");
+        sql.push_str(&bare.join(","));
+        sql.push_str("}'::name[])");
+        sql.push_str(" UNION ALL SELECT 'f', NULL, pg_catalog.array_to_string(p.proconfig, ' ') FROM pg_catalog.pg_proc p WHERE p.proname OPERATOR(pg_catalog.=) ANY ('{");
+        sql.push_str(&bare.join(","));
+        sql.push_str("}'::name[])");
+    }
+    sql
+}
+
+/// The parsed answer of a verification.
+struct Answer {
+    role: String,
+    pairs: Vec<(String, String)>,
+    custom_checked: BTreeSet<String>,
+    names_seen: Vec<String>,
+}
+
+/// A NULL, which no PostgreSQL text value can spell (they never hold NUL).
+const NULL: &str = "\0null";
+
+fn text_of(value: &Option<Bytes>) -> String {
+    match value {
+        None => NULL.to_owned(),
+        // Values are in the client's encoding: kept exactly, hex-escaped when not UTF-8.
+        Some(bytes) => match std::str::from_utf8(bytes) {
+            Ok(s) => s.to_owned(),
+            Err(_) => {
+                let mut s = String::from("\0hex:");
+                for b in bytes.iter() {
+                    s.push_str(&format!("{b:02x}"));
+                }
+                s
+            }
+        },
+    }
+}
+
+fn parse_answer(rows: &[Vec<Option<Bytes>>]) -> Result<Answer, String> {
+    let mut answer = Answer {
+        role: String::new(),
+        pairs: Vec::new(),
+        custom_checked: BTreeSet::new(),
+        names_seen: Vec::new(),
+    };
+    let mut saw_role = false;
+    let mut settings = 0usize;
+    for row in rows {
+        let [kind, name, value] = row.as_slice() else {
+            return Err(format!("a row of {} columns instead of 3", row.len()));
+        };
+        let kind = kind.as_deref().unwrap_or_default();
+        match kind {
+            b"r" => {
+                answer.role = text_of(name);
+                answer.pairs.push(("session_user".to_owned(), text_of(value)));
+                saw_role = true;
+            }
+            b"s" => {
+                let name = text_of(name);
+                settings += 1;
+                if !NEUTRAL_SETTINGS.contains(&name.as_str()) {
+                    answer.pairs.push((format!("s:{name}"), text_of(value)));
+                }
+            }
+            b"c" => {
+                let name = text_of(name);
+                answer.custom_checked.insert(name.clone());
+                answer.pairs.push((format!("c:{name}"), text_of(value)));
+            }
+            b"d" => {
+                // `name=value` from ALTER ROLE/DATABASE ... SET: the name may be a custom one.
+                let text = text_of(value);
+                if let Some((n, _)) = text.split_once('=') {
+                    answer.names_seen.push(n.to_owned());
+                }
+            }
+            b"f" => {
+                let text = text_of(value);
+                answer.names_seen.extend(setting_like_words(&text).map(str::to_owned));
+            }
+            other => return Err(format!("unexpected row kind {:?}", String::from_utf8_lossy(other))),
+        }
+    }
+    if !saw_role || settings == 0 {
+        return Err("the answer lacks the role or the settings".to_owned());
+    }
+    Ok(answer)
+}
+
+impl Answer {
+    /// Whether every name in `names` was read in this answer.
+    fn covers(&self, names: &BTreeSet<String>) -> bool {
+        names.iter().all(|n| self.custom_checked.contains(n))
+    }
+
+    fn scope(&self, database: &str) -> KeyScope {
+        let digest = SettingsDigest::of(self.pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        KeyScope::new(database, self.role.as_str(), digest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(kind: &str, name: Option<&str>, value: Option<&str>) -> Vec<Option<Bytes>> {
+        vec![
+            Some(Bytes::copy_from_slice(kind.as_bytes())),
+            name.map(|n| Bytes::copy_from_slice(n.as_bytes())),
+            value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
+        ]
+    }
+
+    fn base() -> Vec<Vec<Option<Bytes>>> {
+        vec![
+            row("r", Some("alice"), Some("alice")),
+            row("s", Some("search_path"), Some("public")),
+            row("s", Some("application_name"), Some("psql")),
+        ]
+    }
+
+    fn scope_of(rows: &[Vec<Option<Bytes>>]) -> KeyScope {
+        parse_answer(rows).map(|a| a.scope("db")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn scope_follows_every_setting_but_application_name() {
+        let a = scope_of(&base());
+        let mut other_app = base();
+        other_app[2] = row("s", Some("application_name"), Some("pgbench"));
+        assert_eq!(a, scope_of(&other_app));
+        let mut other_path = base();
+        other_path[1] = row("s", Some("search_path"), Some("other"));
+        assert_ne!(a, scope_of(&other_path));
+        let mut other_role = base();
+        other_role[0] = row("r", Some("bob"), Some("alice"));
+        assert_ne!(a, scope_of(&other_role));
+        let mut other_session_user = base();
+        other_session_user[0] = row("r", Some("alice"), Some("carol"));
+        assert_ne!(a, scope_of(&other_session_user));
+    }
+
+    #[test]
+    fn custom_settings_null_and_empty_differ() {
+        let mut unset = base();
+        unset.push(row("c", Some("app.tenant"), None));
+        let mut empty = base();
+        empty.push(row("c", Some("app.tenant"), Some("")));
+        let mut one = base();
+        one.push(row("c", Some("app.tenant"), Some("1")));
+        assert_ne!(scope_of(&unset), scope_of(&empty));
+        assert_ne!(scope_of(&empty), scope_of(&one));
+    }
+
+    #[test]
+    fn malformed_answers_are_errors() {
+        assert!(parse_answer(&[]).is_err());
+        assert!(parse_answer(&[row("r", Some("a"), Some("a"))]).is_err());
+        assert!(parse_answer(&[vec![None]]).is_err());
+        let mut odd = base();
+        odd.push(row("x", None, None));
+        assert!(parse_answer(&odd).is_err());
+    }
+
+    #[test]
+    fn setting_names_are_learnt_from_words() {
+        let words: Vec<&str> = setting_like_words(
+            "DO $$BEGIN EXECUTE 'SET app.tenant = 5'; PERFORM set_config('x.y_z', '1', false); END$$",
+        )
+        .collect();
+        assert_eq!(words, ["app.tenant", "x.y_z"]);
+        let words: Vec<&str> = setting_like_words(
+            "SELECT u.id FROM public.users u WHERE current_setting('app.t') = 'x'; SET LOCAL a.b TO 1; c.d=1 e.f",
+        )
+        .collect();
+        assert_eq!(words, ["app.t", "a.b", "c.d"]);
+        assert!(!is_setting_name("1a.b"));
+        assert!(!is_setting_name("a."));
+        assert!(!is_setting_name("plain"));
+        assert!(is_setting_name("a.b.c"));
+    }
+
+    #[test]
+    fn verification_sql_embeds_only_checked_names() {
+        let names: BTreeSet<String> = ["app.tenant".to_owned(), "x'y.z".to_owned()].into();
+        let sql = verification_sql(&names, &["app.set_tenant".to_owned(), "bad'name".to_owned()]);
+        assert!(sql.contains("'{app.tenant}'"), "{sql}");
+        assert!(!sql.contains("x'y"), "{sql}");
+        assert!(sql.contains("'{set_tenant}'"), "{sql}");
+        assert!(!sql.contains("bad'"), "{sql}");
+    }
+}
