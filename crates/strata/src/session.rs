@@ -316,7 +316,13 @@ pub enum ScopeStatus {
 
 enum Scope {
     Unverified,
-    Verified { scope: KeyScope, names_generation: u64 },
+    /// Read back; `None` while the session has temporary relations, whose unqualified names can
+    /// shadow other relations in its reads (no lookups until something changes and a new read
+    /// finds none).
+    Verified {
+        scope: Option<KeyScope>,
+        names_generation: u64,
+    },
     Disabled(String),
 }
 
@@ -343,7 +349,8 @@ impl fmt::Debug for CacheSession {
         let st = self.state();
         let scope = match &st.scope {
             Scope::Unverified => "unverified".to_owned(),
-            Scope::Verified { scope, .. } => format!("verified as {}", scope.role()),
+            Scope::Verified { scope: Some(scope), .. } => format!("verified as {}", scope.role()),
+            Scope::Verified { scope: None, .. } => "verified, with temporary relations".to_owned(),
             Scope::Disabled(why) => format!("disabled: {why}"),
         };
         f.debug_struct("CacheSession")
@@ -399,7 +406,10 @@ impl CacheSession {
         match &st.scope {
             Scope::Verified { scope, names_generation } => {
                 if *names_generation == self.shared.names.generation() || self.shared.trust_startup_only {
-                    ScopeStatus::Ready(scope.clone())
+                    match scope {
+                        Some(scope) => ScopeStatus::Ready(scope.clone()),
+                        None => ScopeStatus::Disabled("the session has temporary relations".to_owned()),
+                    }
                 } else {
                     // A custom setting name was learnt since: the scope does not include it yet.
                     st.scope = Scope::Unverified;
@@ -448,7 +458,7 @@ impl CacheSession {
                     st.scope = Scope::Disabled("too many custom setting names to follow".to_owned());
                     return;
                 }
-                let scope = answer.scope(&self.database);
+                let scope = (answer.temporary_relations == 0).then(|| answer.scope(&self.database));
                 st.scope = Scope::Verified { scope, names_generation: self.shared.names.generation() };
             }
             Err(why) => {
@@ -781,7 +791,9 @@ fn verification_sql(names: &BTreeSet<String>, functions: &[String]) -> String {
     sql.push_str(
         "SELECT 'r'::text, current_user::text, session_user::text \
          UNION ALL SELECT 's', s.name, s.setting FROM pg_catalog.pg_settings s \
-         UNION ALL SELECT 'd', NULL, c FROM pg_catalog.pg_db_role_setting d, pg_catalog.unnest(d.setconfig) c",
+         UNION ALL SELECT 'd', NULL, c FROM pg_catalog.pg_db_role_setting d, pg_catalog.unnest(d.setconfig) c \
+         UNION ALL SELECT 't', NULL, pg_catalog.count(*)::text FROM pg_catalog.pg_class t \
+           WHERE t.relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema()",
     );
     if !names.is_empty() {
         sql.push_str(
@@ -811,6 +823,8 @@ fn verification_sql(names: &BTreeSet<String>, functions: &[String]) -> String {
 /// The parsed answer of a verification.
 struct Answer {
     role: String,
+    /// Relations in the session's temporary schema.
+    temporary_relations: u64,
     pairs: Vec<(String, String)>,
     custom_checked: BTreeSet<String>,
     names_seen: Vec<String>,
@@ -839,6 +853,7 @@ fn text_of(value: &Option<Bytes>) -> String {
 fn parse_answer(rows: &[Vec<Option<Bytes>>]) -> Result<Answer, String> {
     let mut answer = Answer {
         role: String::new(),
+        temporary_relations: 0,
         pairs: Vec::new(),
         custom_checked: BTreeSet::new(),
         names_seen: Vec::new(),
@@ -874,6 +889,11 @@ fn parse_answer(rows: &[Vec<Option<Bytes>>]) -> Result<Answer, String> {
                 if let Some((n, _)) = text.split_once('=') {
                     answer.names_seen.push(n.to_owned());
                 }
+            }
+            b"t" => {
+                answer.temporary_relations = text_of(value)
+                    .parse()
+                    .map_err(|_| "the count of temporary relations is not a number".to_owned())?;
             }
             b"f" => {
                 let text = text_of(value);
