@@ -1,0 +1,690 @@
+//! Client → upstream: frames grouped into requests (a `Query`, an extended batch through `Sync`,
+//! a `FunctionCall`), lookups and replays, the statement maps that keep the upstream able to run
+//! what was answered from cache, and the cache's verification query sent on the session's
+//! connection.
+
+use super::*;
+
+/// An extended-protocol batch being received (up to Sync).
+#[derive(Default)]
+struct OpenBatch {
+    messages: Vec<ExtendedMessage>,
+    /// Frames held back for a lookup, with the statement each uses and whether a Parse is fresh.
+    held: Vec<(Bytes, Option<Arc<PreparedStatement>>, bool)>,
+    held_bytes: usize,
+    /// A Parse reused an existing name (the server will refuse it).
+    duplicate_parse: bool,
+    /// An InFlight entry exists and frames go upstream as they arrive.
+    forwarding: bool,
+    parse_sent: u64,
+    close_sent: u64,
+    /// Prepared statements the batch's executed statements drop (`DEALLOCATE`, `DISCARD ALL`).
+    dropped: Vec<Dropped>,
+    wire: BytesMut,
+}
+
+/// An extended batch held through its Sync, to be looked up.
+struct HeldBatch(OpenBatch);
+
+/// What [`ClientSide::on_frame_now`] leaves to the async path.
+enum Now {
+    Done(Flow),
+    Query(Bytes),
+    Lookup(HeldBatch),
+}
+
+/// Initial capacity of a batch's copy of its client bytes.
+const WIRE_START_BYTES: usize = 256;
+
+pub(super) struct ClientSide {
+    session: Arc<Session>,
+    rd: OwnedReadHalf,
+    up: OwnedWriteHalf,
+    buf: BytesMut,
+    out: BytesMut,
+    active: bool,
+    /// Prepared statements as the client sees them.
+    statements: HashMap<String, Arc<PreparedStatement>>,
+    /// Prepared statements as the upstream server has them (differ after cache replays).
+    upstream_statements: HashMap<String, Arc<PreparedStatement>>,
+    portals: HashMap<String, Option<Arc<PreparedStatement>>>,
+    open: Option<OpenBatch>,
+    /// Statements the client closed in replayed batches that the server still has; closed
+    /// upstream at the start of the next forwarded extended batch.
+    orphans: Vec<String>,
+    /// Cached once the server's first ReadyForQuery has been seen.
+    ready: bool,
+}
+
+enum Flow {
+    Continue,
+    Terminate,
+}
+
+impl ClientSide {
+    pub(super) fn new(session: Arc<Session>, rd: OwnedReadHalf, up: OwnedWriteHalf, active: bool) -> Self {
+        Self {
+            session,
+            rd,
+            up,
+            buf: BytesMut::with_capacity(16 * 1024),
+            out: BytesMut::with_capacity(16 * 1024),
+            active,
+            statements: HashMap::new(),
+            upstream_statements: HashMap::new(),
+            portals: HashMap::new(),
+            open: None,
+            orphans: Vec::new(),
+            ready: false,
+        }
+    }
+
+    pub(super) async fn run(mut self) -> ClientEnd {
+        match self.pump().await {
+            Ok(end) => end,
+            Err(end) => {
+                if matches!(end, ClientEnd::Malformed(_)) {
+                    // Tell the server we are leaving rather than dropping the socket mid-protocol.
+                    let _ = self.up.write_all(&frame(b'X', &[])).await;
+                }
+                end
+            }
+        }
+    }
+
+    async fn pump(&mut self) -> Result<ClientEnd, ClientEnd> {
+        let max = self.session.shared.config.max_message_bytes;
+        loop {
+            while let Some((tag, msg)) =
+                next_client_frame(&mut self.buf, max).map_err(ClientEnd::Malformed)?
+            {
+                // Extended-protocol messages other than a held batch's Sync need no await: keep
+                // them out of the async path, whose future is large to build for every frame.
+                let flow = match self.on_frame_now(tag, msg)? {
+                    Now::Done(flow) => flow,
+                    Now::Query(msg) => {
+                        self.on_query(msg).await?;
+                        Flow::Continue
+                    }
+                    Now::Lookup(held) => {
+                        self.finish_held(held).await?;
+                        Flow::Continue
+                    }
+                };
+                if let Flow::Terminate = flow {
+                    self.flush_upstream().await?;
+                    return Ok(ClientEnd::Terminated);
+                }
+            }
+            self.flush_upstream().await?;
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(16 * 1024);
+            }
+            match self.rd.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return Ok(ClientEnd::Closed),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    async fn flush_upstream(&mut self) -> Result<(), ClientEnd> {
+        if !self.out.is_empty() {
+            self.session.shared.metrics.bytes_to_upstream.inc_by(self.out.len() as u64);
+            self.up.write_all(&self.out).await.map_err(ClientEnd::UpstreamWrite)?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    fn set_busy(&self) {
+        self.session.idle.store(false, Ordering::Release);
+    }
+
+    /// Handles a frame without awaiting, or says what remains to be done that awaits.
+    fn on_frame_now(&mut self, tag: u8, msg: Bytes) -> Result<Now, ClientEnd> {
+        if !self.ready {
+            self.ready = self.session.state().ready;
+        }
+        if !self.ready {
+            // Authentication messages (and anything before the first ReadyForQuery) pass unchanged.
+            self.out.extend_from_slice(&msg);
+            return Ok(Now::Done(Flow::Continue));
+        }
+        match tag {
+            b'Q' => return Ok(Now::Query(msg)),
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S' => {
+                if let Some(held) = self.on_extended(tag, msg)? {
+                    return Ok(Now::Lookup(held));
+                }
+            }
+            b'F' => {
+                self.release_open();
+                self.session.shared.metrics.requests_function.inc();
+                self.push_closed(Request::new(RequestKind::FunctionCall, msg.clone()), None);
+                self.out.extend_from_slice(&msg);
+            }
+            b'X' => {
+                self.release_open();
+                self.out.extend_from_slice(&msg);
+                return Ok(Now::Done(Flow::Terminate));
+            }
+            _ => {
+                // CopyData, CopyDone, CopyFail and anything else belong to the request in flight.
+                self.release_open();
+                self.out.extend_from_slice(&msg);
+            }
+        }
+        Ok(Now::Done(Flow::Continue))
+    }
+
+    async fn on_query(&mut self, msg: Bytes) -> Result<(), ClientEnd> {
+        let sql = Reader::new(&msg[5..], "Query").cstr().map_err(ClientEnd::Malformed)?;
+        self.session.shared.metrics.requests_simple.inc();
+        let dropped = self.dropped(&sql);
+        apply_dropped(&dropped, &mut self.statements);
+        // A simple Query destroys the unnamed statement.
+        self.statements.remove("");
+        let request = self.active.then(|| Request::new(RequestKind::Simple { sql }, msg.clone()));
+        if self.open.is_some() {
+            // A Query inside an unfinished extended batch: the server answers both with one
+            // ReadyForQuery, so they form one request that is never replayed.
+            self.release_open();
+            self.open = None;
+            let mut st = self.session.state();
+            if let Some(entry) = st.in_flight.back_mut() {
+                entry.request = request.map(|mut r| {
+                    r.replayable = false;
+                    r
+                });
+            }
+        } else {
+            let mut fill = None;
+            if let Some(request) = &request {
+                match self.lookup(request).await? {
+                    Some(Lookup::Hit(bytes)) => return self.replay(bytes).await,
+                    Some(Lookup::Miss(f)) => fill = Some(f),
+                    Some(Lookup::Bypass | Lookup::Verify(_)) | None => {}
+                }
+            }
+            self.push_closed_opt(request, fill);
+        }
+        apply_dropped(&dropped, &mut self.upstream_statements);
+        self.upstream_statements.remove("");
+        self.out.extend_from_slice(&msg);
+        Ok(())
+    }
+
+    /// Which prepared statements a text drops, by the cache's reading of it (the proxy reads no
+    /// SQL); without a cache nothing is replayed, so the maps need no care.
+    fn dropped(&self, sql: &str) -> Dropped {
+        match &self.session.cache {
+            Some(cache) => cache.drops_statements(sql),
+            None => Dropped::Nothing,
+        }
+    }
+
+    /// Whether nothing stands between a lookup and the server: nothing in flight, every response
+    /// written, idle outside a transaction.
+    fn lookup_eligible(&self) -> bool {
+        let st = self.session.state();
+        st.in_flight.is_empty()
+            && !st.response_unwritten
+            && st.view.transaction_status() == TransactionStatus::Idle
+    }
+
+    /// Asks the cache when the request may be answered from it; `None` when not eligible. When
+    /// the cache first needs the session's state, reads it on the session's own connection.
+    async fn lookup(&mut self, request: &Request) -> Result<Option<Lookup>, ClientEnd> {
+        if !request.is_replayable() {
+            return Ok(None);
+        }
+        if !self.lookup_eligible() {
+            // The client may send its next request as soon as it read the last answer, before
+            // the task writing that answer has marked it written: wait for that, briefly.
+            let written = self.session.response_written.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
+            let only_unwritten = {
+                let st = self.session.state();
+                st.response_unwritten
+                    && st.in_flight.is_empty()
+                    && st.view.transaction_status() == TransactionStatus::Idle
+            };
+            if !only_unwritten {
+                return Ok(None);
+            }
+            let _ = timeout(Duration::from_millis(20), written).await;
+            if !self.lookup_eligible() {
+                return Ok(None);
+            }
+        }
+        let session = self.session.clone();
+        let Some(cache) = session.cache.as_deref() else { return Ok(None) };
+        // Anything already decoded goes out first so the cache's latency never delays it.
+        self.flush_upstream().await?;
+        // A verification can learn of names it must read as well (role defaults, function
+        // bodies): a few rounds at most, then the request goes upstream uncached.
+        for _ in 0..3 {
+            match cache.lookup(request).await {
+                Lookup::Verify(sql) => {
+                    let answer = self.verify(&sql).await?;
+                    cache.verified(answer.as_deref().map_err(String::as_str));
+                    if !self.lookup_eligible() {
+                        return Ok(None);
+                    }
+                }
+                found => return Ok(Some(found)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Runs the cache's verification query on the session's connection, hiding its answer from
+    /// the client (the session is idle: the query is its own implicit transaction and leaves the
+    /// transaction status as it was).
+    async fn verify(&mut self, sql: &str) -> Result<VerifyAnswer, ClientEnd> {
+        let (tx, rx) = oneshot::channel();
+        self.set_busy();
+        self.session.state().in_flight.push_back(InFlight { verify: Some(tx), ..InFlight::default() });
+        let mut body = Vec::with_capacity(sql.len() + 1);
+        body.extend_from_slice(sql.as_bytes());
+        body.push(0);
+        self.out.extend_from_slice(&frame(b'Q', &body));
+        self.flush_upstream().await?;
+        // A simple Query destroys the server's unnamed statement; it is prepared again if used.
+        self.upstream_statements.remove("");
+        Ok(match timeout(self.session.shared.config.connect_timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err("the upstream connection ended".to_owned()),
+            Err(_) => Err("timed out".to_owned()),
+        })
+    }
+
+    async fn replay(&mut self, bytes: Bytes) -> Result<(), ClientEnd> {
+        self.session.shared.metrics.replays.inc();
+        self.session.shared.metrics.bytes_to_client.inc_by(bytes.len() as u64);
+        let mut out = self.session.client_out.lock().await;
+        out.w.write_all(&bytes).await.map_err(|_| ClientEnd::ClientWrite)
+    }
+
+    fn push_closed(&mut self, request: Request, fill: Option<Fill>) {
+        self.push_closed_opt(self.active.then_some(request), fill);
+    }
+
+    fn push_closed_opt(&mut self, request: Option<Request>, fill: Option<Fill>) {
+        self.set_busy();
+        let mut st = self.session.state();
+        let recording = fill.as_ref().map(|_| BytesMut::new());
+        st.in_flight.push_back(InFlight { request, fill, recording, ..InFlight::default() });
+    }
+
+    /// Sends a held batch upstream now (a Flush, a non-extended message, or too much held).
+    fn release_open(&mut self) {
+        let Some(mut open) = self.open.take() else { return };
+        if !open.forwarding {
+            open.forwarding = true;
+            self.set_busy();
+            self.session.state().in_flight.push_back(InFlight::default());
+            self.close_orphans(&mut open);
+            for (msg, stmt, fresh) in std::mem::take(&mut open.held) {
+                self.forward_extended(&mut open, msg, stmt, fresh);
+            }
+            open.held_bytes = 0;
+        }
+        self.open = Some(open);
+    }
+
+    /// Decodes and forwards (or holds) one extended message; at the Sync of a held batch, returns
+    /// it for [`ClientSide::finish_held`].
+    fn on_extended(&mut self, tag: u8, msg: Bytes) -> Result<Option<HeldBatch>, ClientEnd> {
+        let mut open = self.open.take().unwrap_or_default();
+        let (decoded, fresh) = self.decode_extended(tag, &msg, &mut open).map_err(ClientEnd::Malformed)?;
+        let stmt = match &decoded {
+            ExtendedMessage::Parse(s) => Some(s.clone()),
+            ExtendedMessage::Bind(b) => b.statement.clone(),
+            ExtendedMessage::Describe(Target::Statement(_, s)) => s.clone(),
+            _ => None,
+        };
+        let is_sync = matches!(decoded, ExtendedMessage::Sync);
+        let is_flush = matches!(decoded, ExtendedMessage::Flush);
+        if self.active {
+            if open.wire.capacity() == 0 {
+                // One allocation for a typical batch instead of regrowing per message.
+                open.wire.reserve(msg.len().max(WIRE_START_BYTES));
+            }
+            open.wire.extend_from_slice(&msg);
+            open.messages.push(decoded);
+        } else {
+            open.messages.clear();
+        }
+        if open.forwarding || !self.active {
+            if !open.forwarding {
+                self.open = Some(open);
+                self.release_open();
+                open = self.open.take().unwrap_or_default();
+            }
+            self.forward_extended(&mut open, msg, stmt, fresh);
+            if is_sync {
+                self.session.shared.metrics.requests_extended.inc();
+                let request = self.active.then(|| {
+                    Request::new(RequestKind::Extended { messages: open.messages }, open.wire.freeze())
+                });
+                let mut st = self.session.state();
+                if let Some(entry) = st.in_flight.back_mut() {
+                    entry.request = request.map(|mut r| {
+                        r.replayable = false;
+                        r
+                    });
+                }
+            } else {
+                self.open = Some(open);
+            }
+            return Ok(None);
+        }
+        // Holding for a lookup at Sync.
+        open.held_bytes += msg.len();
+        open.held.push((msg, stmt, fresh));
+        if !is_sync {
+            self.open = Some(open);
+            if is_flush || self.open.as_ref().is_some_and(|o| o.held_bytes > MAX_HELD_BYTES) {
+                self.release_open();
+            }
+            return Ok(None);
+        }
+        Ok(Some(HeldBatch(open)))
+    }
+
+    /// Looks a held batch up at its Sync: replays a hit, else sends the batch upstream.
+    async fn finish_held(&mut self, held: HeldBatch) -> Result<(), ClientEnd> {
+        let HeldBatch(mut open) = held;
+        self.session.shared.metrics.requests_extended.inc();
+        let request = Request::new(
+            RequestKind::Extended { messages: std::mem::take(&mut open.messages) },
+            std::mem::take(&mut open.wire).freeze(),
+        );
+        let request = if !open.duplicate_parse { request } else { Request { replayable: false, ..request } };
+        let mut fill = None;
+        match self.lookup(&request).await? {
+            Some(Lookup::Hit(bytes)) => {
+                if let RequestKind::Extended { messages } = request.kind() {
+                    for m in messages {
+                        if let ExtendedMessage::Close(Target::Statement(name, _)) = m {
+                            if self.upstream_statements.remove(name).is_some() && !name.is_empty() {
+                                self.orphans.push(name.clone());
+                            }
+                        }
+                    }
+                }
+                return self.replay(bytes).await;
+            }
+            Some(Lookup::Miss(f)) => fill = Some(f),
+            Some(Lookup::Bypass | Lookup::Verify(_)) | None => {}
+        }
+        self.push_closed_opt(Some(request), fill);
+        self.close_orphans(&mut open);
+        for (msg, stmt, fresh) in std::mem::take(&mut open.held) {
+            self.forward_extended(&mut open, msg, stmt, fresh);
+        }
+        Ok(())
+    }
+
+    fn close_orphans(&mut self, open: &mut OpenBatch) {
+        if self.orphans.is_empty() {
+            return;
+        }
+        let mut drops = Vec::new();
+        for name in std::mem::take(&mut self.orphans) {
+            if self.upstream_statements.contains_key(&name) {
+                continue;
+            }
+            self.out.extend_from_slice(&close_statement(&name));
+            open.close_sent += 1;
+            drops.push(open.close_sent);
+        }
+        let mut st = self.session.state();
+        if let Some(entry) = st.in_flight.back_mut() {
+            entry.drop_close.extend(drops);
+        }
+    }
+
+    /// Decodes an extended-protocol message and updates the client's view of statements/portals.
+    fn decode_extended(
+        &mut self,
+        tag: u8,
+        msg: &[u8],
+        open: &mut OpenBatch,
+    ) -> Result<(ExtendedMessage, bool), Malformed> {
+        let body = &msg[5..];
+        let mut fresh = false;
+        let decoded = match tag {
+            b'P' => {
+                let mut r = Reader::new(body, "Parse");
+                let name = r.cstr()?;
+                let sql = r.cstr()?;
+                let n = r.count()?;
+                let mut types = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    types.push(r.u32()?);
+                }
+                let stmt = Arc::new(PreparedStatement::new(name.clone(), Arc::from(sql), types));
+                if !name.is_empty() && self.statements.contains_key(&name) {
+                    open.duplicate_parse = true;
+                } else {
+                    fresh = true;
+                    self.statements.insert(name, stmt.clone());
+                }
+                ExtendedMessage::Parse(stmt)
+            }
+            b'B' => {
+                let mut r = Reader::new(body, "Bind");
+                let portal = r.cstr()?;
+                let statement_name = r.cstr()?;
+                let param_formats = read_formats(&mut r)?;
+                let n = r.count()?;
+                let mut params = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    let len = r.i32()?;
+                    if len < 0 {
+                        params.push(None);
+                    } else {
+                        let value = r.take(len as usize)?;
+                        // Parameter values are only kept when a cache may key on them.
+                        params.push(Some(if self.active {
+                            Bytes::copy_from_slice(value)
+                        } else {
+                            Bytes::new()
+                        }));
+                    }
+                }
+                let result_formats = read_formats(&mut r)?;
+                let statement = self.statements.get(&statement_name).cloned();
+                self.portals.insert(portal.clone(), statement.clone());
+                ExtendedMessage::Bind(Bind {
+                    portal,
+                    statement_name,
+                    statement,
+                    param_formats,
+                    params,
+                    result_formats,
+                })
+            }
+            b'D' | b'C' => {
+                let mut r = Reader::new(body, if tag == b'D' { "Describe" } else { "Close" });
+                let kind = r.u8()?;
+                let name = r.cstr()?;
+                let target = match kind {
+                    b'S' => {
+                        let stmt = self.statements.get(&name).cloned();
+                        if tag == b'C' {
+                            self.statements.remove(&name);
+                        }
+                        Target::Statement(name, stmt)
+                    }
+                    b'P' => {
+                        if tag == b'C' {
+                            self.portals.remove(&name);
+                        }
+                        Target::Portal(name)
+                    }
+                    _ => return Err(Malformed::new("invalid DESCRIBE/CLOSE message subtype")),
+                };
+                if tag == b'D' {
+                    ExtendedMessage::Describe(target)
+                } else {
+                    ExtendedMessage::Close(target)
+                }
+            }
+            b'E' => {
+                let mut r = Reader::new(body, "Execute");
+                let portal = r.cstr()?;
+                let max_rows = r.u32()?;
+                let statement = self.portals.get(&portal).cloned().flatten();
+                if let Some(s) = &statement {
+                    let dropped = self.dropped(s.sql());
+                    if dropped != Dropped::Nothing {
+                        apply_dropped(&dropped, &mut self.statements);
+                        open.dropped.push(dropped);
+                    }
+                }
+                ExtendedMessage::Execute { portal, max_rows, statement }
+            }
+            b'H' => ExtendedMessage::Flush,
+            _ => ExtendedMessage::Sync,
+        };
+        Ok((decoded, fresh))
+    }
+
+    /// Writes one extended message upstream, first preparing there any statement it uses that the
+    /// server does not have (because the client prepared it in a batch answered from cache).
+    fn forward_extended(
+        &mut self,
+        open: &mut OpenBatch,
+        msg: Bytes,
+        stmt: Option<Arc<PreparedStatement>>,
+        fresh_parse: bool,
+    ) {
+        let tag = msg[0];
+        let mut drop_parse = Vec::new();
+        let mut drop_close = Vec::new();
+        match tag {
+            b'P' => {
+                if let (true, Some(stmt)) = (fresh_parse, stmt) {
+                    let name = stmt.name().to_owned();
+                    if !name.is_empty() && self.upstream_statements.contains_key(&name) {
+                        // The client closed it in a replayed batch; the server still has it.
+                        self.out.extend_from_slice(&close_statement(&name));
+                        open.close_sent += 1;
+                        drop_close.push(open.close_sent);
+                    }
+                    self.upstream_statements.insert(name, stmt);
+                }
+                open.parse_sent += 1;
+            }
+            b'B' | b'D' => {
+                if let Some(stmt) = stmt {
+                    let name = stmt.name();
+                    let on_server = self.upstream_statements.get(name);
+                    if !on_server.is_some_and(|s| Arc::ptr_eq(s, &stmt)) {
+                        if !name.is_empty() && on_server.is_some() {
+                            self.out.extend_from_slice(&close_statement(name));
+                            open.close_sent += 1;
+                            drop_close.push(open.close_sent);
+                        }
+                        self.out.extend_from_slice(&parse_message(name, stmt.sql(), stmt.param_types()));
+                        open.parse_sent += 1;
+                        drop_parse.push(open.parse_sent);
+                        self.upstream_statements.insert(name.to_owned(), stmt);
+                    }
+                }
+            }
+            b'C' => {
+                let mut r = Reader::new(&msg[5..], "Close");
+                if let (Ok(b'S'), Ok(name)) = (r.u8(), r.cstr()) {
+                    self.upstream_statements.remove(&name);
+                }
+                open.close_sent += 1;
+            }
+            b'E' => {
+                for dropped in &open.dropped {
+                    apply_dropped(dropped, &mut self.upstream_statements);
+                }
+            }
+            _ => {}
+        }
+        if !drop_parse.is_empty() || !drop_close.is_empty() {
+            let mut st = self.session.state();
+            if let Some(entry) = st.in_flight.back_mut() {
+                entry.drop_parse.extend(drop_parse);
+                entry.drop_close.extend(drop_close);
+            }
+        }
+        self.out.extend_from_slice(&msg);
+    }
+}
+
+fn close_statement(name: &str) -> Bytes {
+    let mut body = Vec::with_capacity(name.len() + 2);
+    body.push(b'S');
+    body.extend_from_slice(name.as_bytes());
+    body.push(0);
+    frame(b'C', &body)
+}
+
+fn read_formats(r: &mut Reader<'_>) -> Result<Vec<Format>, Malformed> {
+    let n = r.count()?;
+    let mut out = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        out.push(Format::from_code(r.i16()?).ok_or_else(|| Malformed::new("invalid format code"))?);
+    }
+    Ok(out)
+}
+
+/// SQL-level statements that drop protocol-level prepared statements.
+fn apply_dropped(dropped: &Dropped, statements: &mut HashMap<String, Arc<PreparedStatement>>) {
+    match dropped {
+        Dropped::Nothing => {}
+        Dropped::All => statements.clear(),
+        Dropped::Named(names) => {
+            for name in names {
+                statements.remove(name);
+            }
+        }
+    }
+}
+
+/// Splits the next complete client message off `buf`; `Ok(None)` when more bytes are needed.
+fn next_client_frame(buf: &mut BytesMut, max: usize) -> Result<Option<(u8, Bytes)>, Malformed> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let tag = buf[0];
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len < 4 {
+        return Err(Malformed(format!("invalid message length {len}")));
+    }
+    if len > max {
+        return Err(Malformed(format!("message of {len} bytes exceeds the limit of {max} bytes")));
+    }
+    if buf.len() < len + 1 {
+        buf.reserve(len + 1 - buf.len());
+        return Ok(None);
+    }
+    Ok(Some((tag, buf.split_to(len + 1).freeze())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_frames_are_bounded_and_checked() {
+        let mut buf = BytesMut::from(&b"Q\0\0\0\x09abcd\0Q\0\0"[..]);
+        let (tag, msg) = next_client_frame(&mut buf, 1024).ok().flatten().unwrap_or((0, Bytes::new()));
+        assert_eq!((tag, &msg[..]), (b'Q', &b"Q\0\0\0\x09abcd\0"[..]));
+        assert!(matches!(next_client_frame(&mut buf, 1024), Ok(None)));
+        let mut short = BytesMut::from(&b"Q\0\0\0\x02"[..]);
+        assert!(next_client_frame(&mut short, 1024).is_err());
+        let mut big = BytesMut::from(&b"d\0\x10\0\0"[..]);
+        assert!(next_client_frame(&mut big, 1024).is_err());
+    }
+}
