@@ -175,6 +175,9 @@ impl Args {
         if let Some(ms) = file.shutdown_grace_ms {
             b = b.with_shutdown_grace(Duration::from_millis(ms));
         }
+        if let Some(ms) = file.drain_timeout_ms {
+            b = b.with_drain_timeout(Duration::from_millis(ms));
+        }
         let log = self.log.clone().or(file.log).unwrap_or_else(|| "info".to_owned());
         Ok((b, log))
     }

@@ -83,6 +83,7 @@ pub(crate) struct ProxyConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) startup_timeout: Duration,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) drain_timeout: Duration,
 }
 
 /// Builds a [`Proxy`].
@@ -96,6 +97,7 @@ pub struct ProxyBuilder {
     connect_timeout: Duration,
     startup_timeout: Duration,
     shutdown_grace: Duration,
+    drain_timeout: Duration,
     cache: Arc<dyn RequestCache>,
     registry: Option<prometheus::Registry>,
 }
@@ -119,6 +121,7 @@ impl Default for ProxyBuilder {
             connect_timeout: Duration::from_secs(5),
             startup_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
             cache: Arc::new(PassThrough),
             registry: None,
         }
@@ -187,6 +190,15 @@ impl ProxyBuilder {
         self
     }
 
+    /// How long a session whose client left (or whose shutdown grace ran out) keeps reading the
+    /// answers of requests still running upstream, so that a write committing after the client
+    /// left is still invalidated. Past it the running query is cancelled, and what it may have
+    /// written is invalidated conservatively. Default 30 s.
+    pub fn with_drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
     /// The cache consulted for each request. Default [`PassThrough`].
     pub fn with_cache(mut self, cache: Arc<dyn RequestCache>) -> Self {
         self.cache = cache;
@@ -235,6 +247,7 @@ impl ProxyBuilder {
             connect_timeout: self.connect_timeout,
             startup_timeout: self.startup_timeout,
             shutdown_grace: self.shutdown_grace,
+            drain_timeout: self.drain_timeout,
         };
         Proxy::new(config, self.cache, self.registry.unwrap_or_default())
     }
@@ -270,6 +283,7 @@ fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, Error> {
 /// max_result_bytes = 1048576
 /// connect_timeout_ms = 5000
 /// shutdown_grace_ms = 30000
+/// drain_timeout_ms = 30000
 /// catalog_user = "strata_catalog"         # password: STRATA_CATALOG_PASSWORD only
 /// catalog_databases = ["app"]
 /// catalog_refresh_ms = 30000
@@ -299,6 +313,9 @@ pub struct FileConfig {
     pub connect_timeout_ms: Option<u64>,
     /// Shutdown grace period in milliseconds.
     pub shutdown_grace_ms: Option<u64>,
+    /// How long a session whose client left keeps reading answers of requests still running, in
+    /// milliseconds (default 30000).
+    pub drain_timeout_ms: Option<u64>,
     /// How writes become invalidations: `"everything"`, `"sql-text"` or `"catalog"` (default:
     /// `"catalog"` with a `catalog_user`, else `"everything"`).
     pub invalidation: Option<String>,

@@ -11,10 +11,12 @@ use tokio::{
 };
 use tracing::debug;
 
+use crate::server::ShutdownLevel;
+
 pub(crate) async fn serve(
     listener: TcpListener,
     registry: prometheus::Registry,
-    shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<ShutdownLevel>,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -22,7 +24,7 @@ pub(crate) async fn serve(
             continue;
         };
         let registry = registry.clone();
-        let shutting_down = *shutdown.borrow();
+        let shutting_down = *shutdown.borrow() != ShutdownLevel::Running;
         tokio::spawn(async move {
             if let Err(e) = timeout(Duration::from_secs(5), respond(stream, &registry, shutting_down)).await {
                 debug!(error = %e, "http request timed out");

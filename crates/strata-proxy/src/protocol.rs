@@ -83,6 +83,18 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
+    /// A NUL-terminated string as the bytes sent.
+    pub(crate) fn cbytes(&mut self) -> Result<&'a [u8], Malformed> {
+        let end = self
+            .buf
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(|| Malformed(format!("invalid {} message: unterminated string", self.what)))?;
+        let s = &self.buf[..end];
+        self.buf = &self.buf[end + 1..];
+        Ok(s)
+    }
+
     pub(crate) fn count(&mut self) -> Result<usize, Malformed> {
         let n = self.i16()?;
         usize::try_from(n).map_err(|_| Malformed(format!("invalid {} message: negative count", self.what)))
@@ -91,6 +103,25 @@ impl<'a> Reader<'a> {
     pub(crate) fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
+}
+
+/// Client encodings whose multibyte characters may hold bytes that look like ASCII (a quote, a
+/// backslash) to a parser reading UTF-8: a text in them cannot be split into tokens exactly.
+const ASCII_UNSAFE_ENCODINGS: &[&str] = &["SJIS", "SHIFT_JIS_2004", "BIG5", "GBK", "UHC", "GB18030", "JOHAB"];
+
+/// Whether SQL text the client sends in `client_encoding` can be read exactly as UTF-8 when its
+/// bytes are valid UTF-8: every encoding but those whose multibyte characters contain ASCII bytes.
+pub(crate) fn encoding_reads_exactly(client_encoding: Option<&str>) -> bool {
+    client_encoding.is_none_or(|e| !ASCII_UNSAFE_ENCODINGS.iter().any(|u| u.eq_ignore_ascii_case(e)))
+}
+
+/// SQL text exactly as sent, or `None` when it is not valid UTF-8 (a Latin-1 `é`, say) or the
+/// encoding cannot be read exactly: such a text is relayed untouched but never keyed or analyzed.
+pub(crate) fn exact_text(bytes: &[u8], client_encoding: Option<&str>) -> Option<String> {
+    if !encoding_reads_exactly(client_encoding) {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok().map(str::to_owned)
 }
 
 /// The parameters of a startup message (protocol 3.x).

@@ -39,14 +39,15 @@ use crate::{
     config::ProxyConfig,
     metrics::Metrics,
     protocol::{
-        error_fields, error_response, frame, parse_message, parse_startup, Malformed, Reader, Severity,
-        StartupParams, CANCEL_REQUEST, GSSENC_REQUEST, MAX_STARTUP_BYTES, SSL_REQUEST,
+        error_fields, error_response, exact_text, frame, parse_message, parse_startup, Malformed, Reader,
+        Severity, StartupParams, CANCEL_REQUEST, GSSENC_REQUEST, MAX_STARTUP_BYTES, SSL_REQUEST,
     },
     seam::{
         Bind, CacheMode, Dropped, ExtendedMessage, Fill, Format, Lookup, NotCacheable, PreparedStatement,
         Request, RequestCache, RequestKind, RequestSession, Response, ResponseSummary, Target,
         TransactionStatus,
     },
+    server::ShutdownLevel,
     session::SessionView,
 };
 
@@ -65,7 +66,7 @@ pub(crate) struct Shared {
     /// BackendKeyData of live sessions; a CancelRequest is forwarded only for these.
     pub(crate) cancel_keys: Mutex<HashSet<(u32, u32)>>,
     pub(crate) next_session_id: AtomicU64,
-    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) shutdown: watch::Receiver<ShutdownLevel>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -256,6 +257,14 @@ struct Session {
     became_idle: Notify,
     /// Poked when the last bytes of an answered request reach the client.
     response_written: Notify,
+    /// The client left (or shutdown ended the session): answers still read go nowhere.
+    client_gone: AtomicBool,
+    /// The client sent Terminate: the server closing the connection is expected.
+    terminated: AtomicBool,
+    /// Requests answered whose report to the cache has not finished yet.
+    completing: std::sync::atomic::AtomicUsize,
+    /// Poked after each answered request was reported to the cache.
+    request_done: Notify,
 }
 
 impl Session {
@@ -340,6 +349,10 @@ async fn run_session(
         idle: AtomicBool::new(false),
         became_idle: Notify::new(),
         response_written: Notify::new(),
+        client_gone: AtomicBool::new(false),
+        terminated: AtomicBool::new(false),
+        completing: std::sync::atomic::AtomicUsize::new(0),
+        request_done: Notify::new(),
     });
     let active = session.cache.is_some();
     let client_side = client::ClientSide::new(session.clone(), client_rd, up_wr, active);
@@ -348,8 +361,12 @@ async fn run_session(
     let mut s2c = tokio::spawn(server_side.run());
 
     let mut shutdown = shared.shutdown.clone();
-    let mut deadline: Option<Instant> =
-        (*shutdown.borrow()).then(|| Instant::now() + shared.config.shutdown_grace);
+    let deadline_for = |level: ShutdownLevel| match level {
+        ShutdownLevel::Running => None,
+        ShutdownLevel::Graceful => Some(Instant::now() + shared.config.shutdown_grace),
+        ShutdownLevel::Immediate => Some(Instant::now()),
+    };
+    let mut deadline: Option<Instant> = deadline_for(*shutdown.borrow());
     enum Ended {
         Client(Option<ClientEnd>),
         Server(Option<(ServerEnd, bool)>),
@@ -362,9 +379,15 @@ async fn run_session(
         tokio::select! {
             r = &mut c2s => break Ended::Client(r.ok()),
             r = &mut s2c => break Ended::Server(r.ok()),
-            changed = shutdown.changed(), if deadline.is_none() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    deadline = Some(Instant::now() + shared.config.shutdown_grace);
+            changed = shutdown.changed() => {
+                let level = if changed.is_err() { ShutdownLevel::Graceful } else { *shutdown.borrow() };
+                // A second request (a second signal) cuts the grace short; a first starts it.
+                if let Some(at) = deadline_for(level) {
+                    deadline = Some(deadline.map_or(at, |d| d.min(at)));
+                }
+                if changed.is_err() {
+                    // The proxy is gone: nothing will change again.
+                    shutdown = watch::channel(ShutdownLevel::Graceful).1;
                 }
             }
             // A permit stored by `notify_one` before this wait began wakes it at once; the loop
@@ -375,6 +398,9 @@ async fn run_session(
             }
         }
     };
+    // Requests still running upstream when the session ends may write: their answers are read
+    // (and reported to the cache) for as long as the server may still commit them.
+    let drain = shared.config.drain_timeout;
     match ended {
         Ended::Client(end) => {
             match end {
@@ -398,13 +424,16 @@ async fn run_session(
                     }
                 }
                 Some(ClientEnd::Malformed(m)) => {
-                    s2c.abort();
-                    let _ = (&mut s2c).await;
+                    session.client_gone.store(true, Ordering::Release);
                     shared.metrics.protocol_violations.inc();
                     info!(session = session_id, error = %m.0, "protocol violation; closing the session");
                     session.write_client_fatal("08P01", &m.0).await;
+                    finish_in_flight(&session, &s2c, drain).await;
+                    s2c.abort();
                 }
                 Some(ClientEnd::Closed | ClientEnd::Terminated | ClientEnd::ClientWrite) | None => {
+                    session.client_gone.store(true, Ordering::Release);
+                    finish_in_flight(&session, &s2c, drain).await;
                     s2c.abort();
                 }
             }
@@ -413,13 +442,17 @@ async fn run_session(
             c2s.abort();
             let _ = (&mut c2s).await;
             match &end {
-                Some((ServerEnd::ClientWrite, _)) => {}
+                Some((ServerEnd::ClientWrite, _)) => {
+                    session.client_gone.store(true, Ordering::Release);
+                }
                 Some((ServerEnd::Closed | ServerEnd::Read(_), fatal_seen)) => {
                     let fatal_seen = *fatal_seen;
                     if let Some((ServerEnd::Read(e), _)) = &end {
                         debug!(session = session_id, error = %e, "upstream read failed");
                     }
-                    shared.metrics.upstream_lost.inc();
+                    if !session.terminated.load(Ordering::Acquire) {
+                        shared.metrics.upstream_lost.inc();
+                    }
                     if fatal_seen {
                         let _ = session.client_out.lock().await.w.shutdown().await;
                     } else {
@@ -442,14 +475,88 @@ async fn run_session(
         }
         Ended::Shutdown => {
             c2s.abort();
-            s2c.abort();
             let _ = (&mut c2s).await;
+            // Whatever still runs is cancelled, as PostgreSQL's own fast shutdown would; its
+            // answer (an error, or a commit that won the race) is read before the session ends.
+            session.client_gone.store(true, Ordering::Release);
+            finish_in_flight(&session, &s2c, Duration::ZERO).await;
+            s2c.abort();
             let _ = (&mut s2c).await;
             session.write_client_fatal("57P01", "terminating connection due to strata-proxy shutdown").await;
         }
     }
+    // The upstream is gone or no longer read: requests it never answered may have committed.
+    abandon_in_flight(&session).await;
     let key = session.state().backend_key;
     if let Some(key) = key {
         lock(&shared.cancel_keys).remove(&key);
+    }
+}
+
+/// Whether a request of the client (not the cache's own verification) is running upstream or
+/// its answer is still being reported.
+fn requests_in_flight(session: &Session) -> bool {
+    session.completing.load(Ordering::Acquire) > 0
+        || session.state().in_flight.iter().any(|e| e.verify.is_none())
+}
+
+/// After the client left: reads the answers of requests still running upstream until they are
+/// all reported to the cache, the upstream ends, or `patience` passes; then cancels what still
+/// runs and waits a little more for its answer.
+async fn finish_in_flight(
+    session: &Session,
+    s2c: &tokio::task::JoinHandle<(ServerEnd, bool)>,
+    patience: Duration,
+) {
+    if session.cache.is_none() || !requests_in_flight(session) {
+        return;
+    }
+    if wait_in_flight(session, s2c, patience).await {
+        return;
+    }
+    let key = session.state().backend_key;
+    if let Some((pid, secret)) = key {
+        let mut packet = Vec::with_capacity(16);
+        packet.extend_from_slice(&16u32.to_be_bytes());
+        packet.extend_from_slice(&CANCEL_REQUEST.to_be_bytes());
+        packet.extend_from_slice(&pid.to_be_bytes());
+        packet.extend_from_slice(&secret.to_be_bytes());
+        forward_cancel(&session.shared, Bytes::from(packet)).await;
+    }
+    wait_in_flight(session, s2c, CANCELLED_ANSWER_WAIT).await;
+}
+
+/// How long an answer to a cancelled request is waited for.
+const CANCELLED_ANSWER_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits until no request is in flight (true), or the upstream ended or `limit` passed (false).
+async fn wait_in_flight(
+    session: &Session,
+    s2c: &tokio::task::JoinHandle<(ServerEnd, bool)>,
+    limit: Duration,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        let done = session.request_done.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        if !requests_in_flight(session) {
+            return true;
+        }
+        if s2c.is_finished() || Instant::now() >= deadline {
+            return false;
+        }
+        // The upstream ending is noticed by the periodic check.
+        let _ = tokio::time::timeout_at(deadline.min(Instant::now() + Duration::from_millis(50)), done).await;
+    }
+}
+
+/// Requests the upstream never answered: each may have committed (the client's COMMIT, an
+/// autocommit write), so the cache invalidates what they may have written.
+async fn abandon_in_flight(session: &Session) {
+    let Some(cache) = &session.cache else { return };
+    let entries: Vec<InFlight> = session.state().in_flight.drain(..).collect();
+    for entry in entries.into_iter().filter(|e| e.verify.is_none()) {
+        cache.abandoned(entry.request.as_ref()).await;
     }
 }

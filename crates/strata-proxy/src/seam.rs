@@ -14,11 +14,25 @@ pub struct PreparedStatement {
     name: String,
     sql: Arc<str>,
     param_types: Vec<u32>,
+    exact: bool,
 }
 
 impl PreparedStatement {
     pub(crate) fn new(name: String, sql: Arc<str>, param_types: Vec<u32>) -> Self {
-        Self { name, sql, param_types }
+        Self { name, sql, param_types, exact: true }
+    }
+
+    /// A statement whose text the proxy could not read exactly (not UTF-8, or in a client
+    /// encoding whose bytes the parser cannot split): it is never keyed, and running it counts
+    /// as an unknown write.
+    pub(crate) fn inexact(name: String, sql: Arc<str>, param_types: Vec<u32>) -> Self {
+        Self { name, sql, param_types, exact: false }
+    }
+
+    /// Whether [`sql`](Self::sql) is exactly the text the client sent; otherwise it is a lossy
+    /// rendering for logs only.
+    pub fn is_exact(&self) -> bool {
+        self.exact
     }
 
     /// The statement's name (`""` for the unnamed statement).
@@ -177,6 +191,10 @@ pub enum RequestKind {
     },
     /// A `FunctionCall` (fast-path); never cacheable.
     FunctionCall,
+    /// A `Query` whose text the proxy could not read exactly (not UTF-8, bytes after its
+    /// terminator, or a client encoding whose bytes the parser cannot split): never cacheable,
+    /// and counted as a write of unknown effect.
+    Undecodable,
 }
 
 impl Request {
@@ -205,12 +223,17 @@ impl Request {
     fn replayable_kind(kind: &RequestKind) -> bool {
         match kind {
             RequestKind::Simple { .. } => true,
-            RequestKind::FunctionCall => false,
+            RequestKind::FunctionCall | RequestKind::Undecodable => false,
             RequestKind::Extended { messages } => messages.iter().all(|m| match m {
                 ExtendedMessage::Flush => false,
-                ExtendedMessage::Execute { max_rows, statement, .. } => *max_rows == 0 && statement.is_some(),
-                ExtendedMessage::Bind(b) => b.statement.is_some(),
-                ExtendedMessage::Describe(Target::Statement(_, s)) => s.is_some(),
+                ExtendedMessage::Parse(s) => s.is_exact(),
+                ExtendedMessage::Execute { max_rows, statement, .. } => {
+                    *max_rows == 0 && statement.as_ref().is_some_and(|s| s.is_exact())
+                }
+                ExtendedMessage::Bind(b) => b.statement.as_ref().is_some_and(|s| s.is_exact()),
+                ExtendedMessage::Describe(Target::Statement(_, s)) => {
+                    s.as_ref().is_some_and(|s| s.is_exact())
+                }
                 _ => true,
             }),
         }
@@ -224,6 +247,7 @@ impl fmt::Debug for Request {
             RequestKind::Simple { sql } => d.field("simple_sql_len", &sql.len()),
             RequestKind::Extended { messages } => d.field("extended", messages),
             RequestKind::FunctionCall => d.field("function_call", &true),
+            RequestKind::Undecodable => d.field("undecodable", &true),
         };
         d.field("wire_len", &self.wire.len()).finish()
     }
@@ -441,6 +465,12 @@ pub trait RequestSession: Send + Sync + fmt::Debug {
     /// Receives the response to a request that went upstream; `fill` is the ticket from
     /// [`Lookup::Miss`].
     async fn complete(&self, request: &Request, response: &Response, fill: Option<Fill>);
+
+    /// A request went upstream and its answer never arrived (the client left and the server's
+    /// answer could not be awaited, the upstream connection was lost): it may have committed.
+    /// `None` when the proxy did not see the whole request. The cache must treat it as a write of
+    /// unknown outcome.
+    async fn abandoned(&self, request: Option<&Request>);
 
     /// Which prepared statements a SQL text the client sends drops, for the proxy's map of them.
     fn drops_statements(&self, sql: &str) -> Dropped;

@@ -77,7 +77,7 @@ impl Proxy {
             Some(l) => Some(l.local_addr().map_err(|e| Error::io("cannot read the http address", e))?),
             None => None,
         };
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (shutdown_tx, shutdown_rx) = watch::channel(ShutdownLevel::Running);
         let shared = Arc::new(Shared {
             config: self.config,
             cache: self.cache,
@@ -129,15 +129,36 @@ impl fmt::Debug for BoundProxy {
     }
 }
 
+/// How far a shutdown has gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum ShutdownLevel {
+    /// Serving.
+    Running,
+    /// Not accepting; sessions finish their current request or transaction within the grace.
+    Graceful,
+    /// Sessions end now (what still runs is cancelled and its answer awaited briefly).
+    Immediate,
+}
+
 /// Requests a graceful shutdown: stop accepting, let each session finish its current request or
 /// transaction (up to the grace period), then close.
 #[derive(Debug, Clone)]
-pub struct ShutdownHandle(Arc<watch::Sender<bool>>);
+pub struct ShutdownHandle(Arc<watch::Sender<ShutdownLevel>>);
 
 impl ShutdownHandle {
     /// Starts the shutdown (idempotent).
     pub fn shutdown(&self) {
-        self.0.send_replace(true);
+        self.0.send_if_modified(|level| {
+            let was = *level;
+            *level = was.max(ShutdownLevel::Graceful);
+            *level != was
+        });
+    }
+
+    /// Ends every session now, without waiting for the grace period (what a second SIGTERM or
+    /// SIGINT asks for).
+    pub fn shutdown_now(&self) {
+        self.0.send_replace(ShutdownLevel::Immediate);
     }
 }
 
@@ -162,8 +183,11 @@ impl BoundProxy {
         let handle = self.shutdown_handle();
         let signals = tokio::spawn(async move {
             wait_for_signal().await;
-            info!("signal received; shutting down");
+            info!("signal received; shutting down (a second signal ends every session now)");
             handle.shutdown();
+            wait_for_signal().await;
+            info!("second signal received; ending every session now");
+            handle.shutdown_now();
         });
         let result = self.run().await;
         signals.abort();
@@ -178,7 +202,7 @@ impl BoundProxy {
         let mut rx = shutdown.0.subscribe();
         let http_task = http.map(|l| tokio::spawn(http::serve(l, registry, rx.clone())));
         let mut sessions = JoinSet::new();
-        while !*rx.borrow() {
+        while *rx.borrow() == ShutdownLevel::Running {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _peer)) => {

@@ -222,7 +222,8 @@ fn batch(messages: &[ExtendedMessage]) -> Option<Batch<'_>> {
                 if *max_rows != 0 || bind.portal() != portal {
                     return None;
                 }
-                let statement = bind.statement()?;
+                // A text not read exactly is never keyed.
+                let statement = bind.statement().filter(|s| s.is_exact())?;
                 items.push(BatchItem {
                     sql: statement.sql(),
                     param_types: statement.param_types(),
@@ -263,11 +264,13 @@ impl BatchItem<'_> {
 fn executed_statements(request: &Request) -> Vec<Option<&str>> {
     match request.kind() {
         RequestKind::Simple { sql } => vec![Some(sql.as_str())],
+        // A text the proxy could not read exactly: anything may have run.
+        RequestKind::Undecodable => vec![None],
         RequestKind::Extended { messages } => messages
             .iter()
             .filter_map(|m| match m {
                 ExtendedMessage::Execute { statement, .. } => {
-                    Some(statement.as_deref().map(PreparedStatement::sql))
+                    Some(statement.as_deref().filter(|s| s.is_exact()).map(PreparedStatement::sql))
                 }
                 _ => None,
             })
@@ -334,7 +337,7 @@ impl StrataSession {
                     Some(cache.lookup(&req).await)
                 }
             }
-            RequestKind::FunctionCall => None,
+            RequestKind::FunctionCall | RequestKind::Undecodable => None,
         }
     }
 
@@ -347,7 +350,7 @@ impl StrataSession {
             RequestKind::Extended { messages } => {
                 batch(messages).is_some_and(|b| b.items.iter().all(|i| cache.is_cacheable(i.sql)))
             }
-            RequestKind::FunctionCall => false,
+            _ => false,
         }
     }
 }
@@ -392,6 +395,14 @@ impl RequestSession for StrataSession {
             summary.error_code().is_some(),
             transaction_state(summary.transaction_status()),
         );
+        self.session.executed(executed).await;
+    }
+
+    async fn abandoned(&self, request: Option<&Request>) {
+        // Invalidated as if it committed: its writes, and those of the transaction it may have
+        // ended.
+        let statements = request.map_or_else(|| vec![None], executed_statements);
+        let executed = Executed::new(&statements, &[], false, TransactionState::Idle);
         self.session.executed(executed).await;
     }
 

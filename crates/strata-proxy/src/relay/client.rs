@@ -20,6 +20,15 @@ struct OpenBatch {
     close_sent: u64,
     /// Prepared statements the batch's executed statements drop (`DEALLOCATE`, `DISCARD ALL`).
     dropped: Vec<Dropped>,
+    /// The cache's answer to the batch as it stood at its last `Execute` (plus a `Sync`), and
+    /// how many messages it had then: replayed if the `Sync` comes next.
+    probe_hit: Option<(Bytes, usize)>,
+    /// The batch went upstream at an `Execute` with a fill ticket for it as it stood then (plus a
+    /// `Sync`): recorded if the `Sync` comes next.
+    fill_at: Option<usize>,
+    /// An `Execute` is held that the cache has not been asked about: PostgreSQL would run it as
+    /// soon as it arrived, so it is held no longer than the client's pipelined bytes last.
+    unprobed: bool,
     wire: BytesMut,
 }
 
@@ -116,6 +125,13 @@ impl ClientSide {
                     return Ok(ClientEnd::Terminated);
                 }
             }
+            // The client sent all it had: an Execute still held is decided on now rather than
+            // waiting for a Sync that a pipelining client may never send.
+            if self.open.as_ref().is_some_and(|o| o.unprobed && !o.forwarding) {
+                if let Some(open) = self.open.take() {
+                    self.probe_held(open).await?;
+                }
+            }
             self.flush_upstream().await?;
             if self.buf.capacity() - self.buf.len() < 4096 {
                 self.buf.reserve(16 * 1024);
@@ -165,6 +181,7 @@ impl ClientSide {
             }
             b'X' => {
                 self.release_open();
+                self.session.terminated.store(true, Ordering::Release);
                 self.out.extend_from_slice(&msg);
                 return Ok(Now::Done(Flow::Terminate));
             }
@@ -178,13 +195,33 @@ impl ClientSide {
     }
 
     async fn on_query(&mut self, msg: Bytes) -> Result<(), ClientEnd> {
-        let sql = Reader::new(&msg[5..], "Query").cstr().map_err(ClientEnd::Malformed)?;
+        let mut reader = Reader::new(&msg[5..], "Query");
+        let bytes = reader.cbytes().map_err(ClientEnd::Malformed)?;
         self.session.shared.metrics.requests_simple.inc();
-        let dropped = self.dropped(&sql);
+        // Bytes after the terminator make PostgreSQL refuse the message: it is relayed for the
+        // server to answer, never keyed on the part before them.
+        let sql = if reader.is_empty() && self.active {
+            exact_text(bytes, self.client_encoding().as_deref())
+        } else {
+            None
+        };
+        let dropped = match &sql {
+            Some(sql) => self.dropped(sql),
+            // Which statements an unreadable text drops is unknown: forget them all (the proxy
+            // then relays what uses them without replaying or preparing).
+            None if self.active => Dropped::All,
+            None => Dropped::Nothing,
+        };
         apply_dropped(&dropped, &mut self.statements);
         // A simple Query destroys the unnamed statement.
         self.statements.remove("");
-        let request = self.active.then(|| Request::new(RequestKind::Simple { sql }, msg.clone()));
+        let request = self.active.then(|| {
+            let kind = match sql {
+                Some(sql) => RequestKind::Simple { sql },
+                None => RequestKind::Undecodable,
+            };
+            Request::new(kind, msg.clone())
+        });
         if self.open.is_some() {
             // A Query inside an unfinished extended batch: the server answers both with one
             // ReadyForQuery, so they form one request that is never replayed.
@@ -221,6 +258,11 @@ impl ClientSide {
             Some(cache) => cache.drops_statements(sql),
             None => Dropped::Nothing,
         }
+    }
+
+    /// The client encoding the server last reported.
+    fn client_encoding(&self) -> Option<String> {
+        self.session.state().view.server_parameter("client_encoding").map(str::to_owned)
     }
 
     /// Whether nothing stands between a lookup and the server: nothing in flight, every response
@@ -320,11 +362,18 @@ impl ClientSide {
 
     /// Sends a held batch upstream now (a Flush, a non-extended message, or too much held).
     fn release_open(&mut self) {
+        self.release_open_with(None);
+    }
+
+    /// Sends a held batch upstream now; its answer is recorded for `fill` if the batch turns out
+    /// to be the one the ticket was taken for.
+    fn release_open_with(&mut self, fill: Option<Fill>) {
         let Some(mut open) = self.open.take() else { return };
         if !open.forwarding {
             open.forwarding = true;
             self.set_busy();
-            self.session.state().in_flight.push_back(InFlight::default());
+            let recording = fill.as_ref().map(|_| BytesMut::new());
+            self.session.state().in_flight.push_back(InFlight { fill, recording, ..InFlight::default() });
             self.close_orphans(&mut open);
             for (msg, stmt, fresh) in std::mem::take(&mut open.held) {
                 self.forward_extended(&mut open, msg, stmt, fresh);
@@ -337,7 +386,25 @@ impl ClientSide {
     /// Decodes and forwards (or holds) one extended message; at the Sync of a held batch, returns
     /// it for [`ClientSide::finish_held`].
     fn on_extended(&mut self, tag: u8, msg: Bytes) -> Result<Option<HeldBatch>, ClientEnd> {
-        let mut open = self.open.take().unwrap_or_default();
+        let mut open = match self.open.take() {
+            Some(open) => open,
+            None => {
+                let mut open = OpenBatch::default();
+                // Nothing is held back where no lookup can follow: in a transaction, or behind
+                // requests still running (PostgreSQL would run these messages as they come).
+                if self.active {
+                    let st = self.session.state();
+                    open.forwarding =
+                        !(st.in_flight.is_empty() && st.view.transaction_status() == TransactionStatus::Idle);
+                    if open.forwarding {
+                        drop(st);
+                        self.set_busy();
+                        self.session.state().in_flight.push_back(InFlight::default());
+                    }
+                }
+                open
+            }
+        };
         let (decoded, fresh) = self.decode_extended(tag, &msg, &mut open).map_err(ClientEnd::Malformed)?;
         let stmt = match &decoded {
             ExtendedMessage::Parse(s) => Some(s.clone()),
@@ -366,13 +433,17 @@ impl ClientSide {
             self.forward_extended(&mut open, msg, stmt, fresh);
             if is_sync {
                 self.session.shared.metrics.requests_extended.inc();
+                // Recorded only if it is the batch the fill ticket was taken for: the Sync came
+                // right after the Execute that went upstream with it.
+                let recorded =
+                    open.fill_at.is_some_and(|at| at + 1 == open.messages.len()) && !open.duplicate_parse;
                 let request = self.active.then(|| {
                     Request::new(RequestKind::Extended { messages: open.messages }, open.wire.freeze())
                 });
                 let mut st = self.session.state();
                 if let Some(entry) = st.in_flight.back_mut() {
                     entry.request = request.map(|mut r| {
-                        r.replayable = false;
+                        r.replayable &= recorded;
                         r
                     });
                 }
@@ -381,23 +452,34 @@ impl ClientSide {
             }
             return Ok(None);
         }
-        // Holding for a lookup at Sync.
+        // Held until the cache has decided: an Execute asks it at once.
+        let is_execute = matches!(open.messages.last(), Some(ExtendedMessage::Execute { .. }));
         open.held_bytes += msg.len();
         open.held.push((msg, stmt, fresh));
-        if !is_sync {
-            self.open = Some(open);
-            if is_flush || self.open.as_ref().is_some_and(|o| o.held_bytes > MAX_HELD_BYTES) {
-                self.release_open();
-            }
-            return Ok(None);
+        if is_sync {
+            return Ok(Some(HeldBatch(open)));
         }
-        Ok(Some(HeldBatch(open)))
+        open.unprobed |= is_execute;
+        self.open = Some(open);
+        if is_flush || self.open.as_ref().is_some_and(|o| o.held_bytes > MAX_HELD_BYTES) {
+            self.release_open();
+        }
+        Ok(None)
     }
 
-    /// Looks a held batch up at its Sync: replays a hit, else sends the batch upstream.
+    /// Asks the cache about a held batch: at an Execute, whether it could answer the batch if a
+    /// Sync came next (else the batch goes upstream now); at the Sync, replays a hit or sends the
+    /// batch upstream.
     async fn finish_held(&mut self, held: HeldBatch) -> Result<(), ClientEnd> {
         let HeldBatch(mut open) = held;
         self.session.shared.metrics.requests_extended.inc();
+        if let Some((bytes, at)) = open.probe_hit.take() {
+            if at + 1 == open.messages.len() {
+                // Only the Sync came after the Execute the cache answered: that answer stands.
+                let messages = std::mem::take(&mut open.messages);
+                return self.replay_batch(&messages, bytes).await;
+            }
+        }
         let request = Request::new(
             RequestKind::Extended { messages: std::mem::take(&mut open.messages) },
             std::mem::take(&mut open.wire).freeze(),
@@ -406,16 +488,11 @@ impl ClientSide {
         let mut fill = None;
         match self.lookup(&request).await? {
             Some(Lookup::Hit(bytes)) => {
-                if let RequestKind::Extended { messages } = request.kind() {
-                    for m in messages {
-                        if let ExtendedMessage::Close(Target::Statement(name, _)) = m {
-                            if self.upstream_statements.remove(name).is_some() && !name.is_empty() {
-                                self.orphans.push(name.clone());
-                            }
-                        }
-                    }
-                }
-                return self.replay(bytes).await;
+                let messages = match request.kind {
+                    RequestKind::Extended { messages } => messages,
+                    _ => Vec::new(),
+                };
+                return self.replay_batch(&messages, bytes).await;
             }
             Some(Lookup::Miss(f)) => fill = Some(f),
             Some(Lookup::Bypass | Lookup::Verify(_)) | None => {}
@@ -424,6 +501,48 @@ impl ClientSide {
         self.close_orphans(&mut open);
         for (msg, stmt, fresh) in std::mem::take(&mut open.held) {
             self.forward_extended(&mut open, msg, stmt, fresh);
+        }
+        Ok(())
+    }
+
+    /// Replays the answer to a held batch; statements it closed stay on the server until the next
+    /// batch that goes upstream closes them there.
+    async fn replay_batch(&mut self, messages: &[ExtendedMessage], bytes: Bytes) -> Result<(), ClientEnd> {
+        for m in messages {
+            if let ExtendedMessage::Close(Target::Statement(name, _)) = m {
+                if self.upstream_statements.remove(name).is_some() && !name.is_empty() {
+                    self.orphans.push(name.clone());
+                }
+            }
+        }
+        self.replay(bytes).await
+    }
+
+    /// When the client has sent all it had and a held batch has an Execute the cache was not asked
+    /// about: if the cache could answer the batch with a Sync next, keep holding (PostgreSQL
+    /// would not send a successful answer before a Sync or Flush either); otherwise send
+    /// everything held upstream now, with the fill ticket when there is one.
+    async fn probe_held(&mut self, mut open: OpenBatch) -> Result<(), ClientEnd> {
+        open.unprobed = false;
+        let mut messages = open.messages.clone();
+        messages.push(ExtendedMessage::Sync);
+        let probe = Request::new(RequestKind::Extended { messages }, Bytes::new());
+        let probe = if open.duplicate_parse { Request { replayable: false, ..probe } } else { probe };
+        let found = self.lookup(&probe).await?;
+        match found {
+            Some(Lookup::Hit(bytes)) => {
+                open.probe_hit = Some((bytes, open.messages.len()));
+                self.open = Some(open);
+            }
+            Some(Lookup::Miss(fill)) => {
+                open.fill_at = Some(open.messages.len());
+                self.open = Some(open);
+                self.release_open_with(Some(fill));
+            }
+            Some(Lookup::Bypass | Lookup::Verify(_)) | None => {
+                self.open = Some(open);
+                self.release_open();
+            }
         }
         Ok(())
     }
@@ -460,13 +579,20 @@ impl ClientSide {
             b'P' => {
                 let mut r = Reader::new(body, "Parse");
                 let name = r.cstr()?;
-                let sql = r.cstr()?;
+                let text = r.cbytes()?;
                 let n = r.count()?;
                 let mut types = Vec::with_capacity(n.min(1024));
                 for _ in 0..n {
                     types.push(r.u32()?);
                 }
-                let stmt = Arc::new(PreparedStatement::new(name.clone(), Arc::from(sql), types));
+                let stmt = match exact_text(text, self.client_encoding().as_deref()) {
+                    Some(sql) => PreparedStatement::new(name.clone(), Arc::from(sql), types),
+                    None => {
+                        let lossy = String::from_utf8_lossy(text);
+                        PreparedStatement::inexact(name.clone(), Arc::from(lossy.as_ref()), types)
+                    }
+                };
+                let stmt = Arc::new(stmt);
                 if !name.is_empty() && self.statements.contains_key(&name) {
                     open.duplicate_parse = true;
                 } else {
@@ -540,7 +666,7 @@ impl ClientSide {
                 let max_rows = r.u32()?;
                 let statement = self.portals.get(&portal).cloned().flatten();
                 if let Some(s) = &statement {
-                    let dropped = self.dropped(s.sql());
+                    let dropped = if s.is_exact() { self.dropped(s.sql()) } else { Dropped::All };
                     if dropped != Dropped::Nothing {
                         apply_dropped(&dropped, &mut self.statements);
                         open.dropped.push(dropped);

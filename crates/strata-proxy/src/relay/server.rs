@@ -84,6 +84,8 @@ impl ServerSide {
                             // Reported before this ReadyForQuery is written to the client below.
                             self.complete(entry, status).await;
                         }
+                        self.session.completing.fetch_sub(1, Ordering::AcqRel);
+                        self.session.request_done.notify_waiters();
                     }
                     if forward {
                         fwd += total;
@@ -112,7 +114,16 @@ impl ServerSide {
                 self.buf.reserve(total - rest.len());
                 break;
             }
-            if fwd > 0 || !self.out.is_empty() {
+            if (fwd > 0 || !self.out.is_empty()) && self.session.client_gone.load(Ordering::Acquire) {
+                // The client left; its requests' answers are still read (and reported to the
+                // cache, so writes committing now are invalidated), but go nowhere.
+                self.buf.advance(fwd);
+                self.out.clear();
+                guard = None;
+                if self.active {
+                    self.session.state().response_unwritten = false;
+                }
+            } else if fwd > 0 || !self.out.is_empty() {
                 let mut g = match guard.take() {
                     Some(g) => g,
                     None => self.session.client_out.clone().lock_owned().await,
@@ -202,6 +213,7 @@ fn on_message(
                 if !st.ready {
                     st.ready = true;
                 } else if let Some(mut entry) = st.in_flight.pop_front() {
+                    session.completing.fetch_add(1, Ordering::AcqRel);
                     st.response_unwritten = true;
                     entry.record(msg, max_result);
                     let status = status.unwrap_or(TransactionStatus::Failed);

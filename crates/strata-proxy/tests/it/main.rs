@@ -6,6 +6,8 @@ mod catalog;
 mod differential;
 mod faults;
 mod leaks;
+mod pipelining;
 mod seam;
 mod sessions;
 mod support;
+mod writer_faults;

@@ -140,6 +140,8 @@ impl RequestSession for ReplaySession {
         }
     }
 
+    async fn abandoned(&self, _request: Option<&Request>) {}
+
     fn drops_statements(&self, _sql: &str) -> Dropped {
         Dropped::Nothing
     }
@@ -329,6 +331,8 @@ impl RequestSession for AlwaysMissCache {
             *self.0.recorded.lock().unwrap() += 1;
         }
     }
+
+    async fn abandoned(&self, _request: Option<&Request>) {}
 
     fn drops_statements(&self, _sql: &str) -> Dropped {
         Dropped::Nothing

@@ -1,0 +1,257 @@
+//! Faults around writes and unusual input: a writer that leaves while its write runs (both
+//! protocols), a shutdown with a write running, clients in other encodings, texts PostgreSQL
+//! refuses. Every read through the cache must show what the database holds.
+
+use std::{sync::Arc, time::Duration};
+
+use strata_proxy::{build_query_cache, CacheSettings, StrataCache};
+use tokio::time::Instant;
+
+use crate::support::{
+    admin, connect, cstr, fresh_database, message, pg, sqlstate, start_proxy, Msg, RawClient, TestProxy,
+};
+
+async fn strata_cache() -> Arc<StrataCache> {
+    let settings = CacheSettings { table: None, redis: None, enabled: true, custom_settings: Vec::new() };
+    Arc::new(StrataCache::new(build_query_cache(&settings).await.expect("cache")).expect("strata cache"))
+}
+
+async fn caching_proxy(cache: &Arc<StrataCache>) -> TestProxy {
+    let cache = cache.clone();
+    start_proxy(move |b| b.with_cache(cache).with_drain_timeout(Duration::from_secs(20))).await
+}
+
+fn hits(cache: &StrataCache) -> u64 {
+    cache.query_cache().tier_stats().iter().map(|(_, s)| s.hits).sum()
+}
+
+/// The value column of row 1, through a client.
+async fn value(c: &tokio_postgres::Client) -> String {
+    c.query_one("SELECT v FROM t WHERE id = 1", &[]).await.expect("read").get(0)
+}
+
+async fn table(db: &str) {
+    fresh_database(db).await;
+    admin(db)
+        .await
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'old')")
+        .await
+        .expect("table");
+}
+
+/// Waits (bounded) until PostgreSQL itself shows the write committed.
+async fn committed(db: &str, want: &str) {
+    let direct = admin(db).await;
+    let start = Instant::now();
+    while value(&direct).await != want {
+        assert!(start.elapsed() < Duration::from_secs(30), "the write never committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads through the proxy until it shows `want`; the answer a cache gives right after the
+/// server committed may lag by the time the proxy takes to read the server's answer, never more.
+async fn eventually_through(c: &tokio_postgres::Client, want: &str) {
+    let start = Instant::now();
+    loop {
+        let got = value(c).await;
+        if got == want {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "still {got:?} through the proxy, want {want:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A raw client sends a slow write and leaves at once, without waiting for its answer.
+async fn write_and_leave(port: u16, db: &str, extended: bool, new: &str) {
+    let (mut raw, _) = RawClient::startup(port, "postgres", db).await;
+    let sql = format!("UPDATE t SET v = '{new}' WHERE id = 1 AND pg_sleep(0.5) IS NOT NULL");
+    if extended {
+        let mut parse = cstr("");
+        parse.extend(cstr(&sql));
+        parse.extend(0i16.to_be_bytes());
+        let mut bind = cstr("");
+        bind.extend(cstr(""));
+        bind.extend([0, 0, 0, 0, 0, 0]);
+        let mut exec = cstr("");
+        exec.extend(0u32.to_be_bytes());
+        let mut batch = message(b'P', &parse);
+        batch.extend(message(b'B', &bind));
+        batch.extend(message(b'E', &exec));
+        batch.extend(message(b'S', &[]));
+        raw.send(&batch).await;
+    } else {
+        raw.send(&message(b'Q', &cstr(&sql))).await;
+    }
+    // Give the request time to reach the server, then vanish without a Terminate.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(raw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_leaves_mid_write_leaves_no_stale_read() {
+    let db = "strata_writer_leaves";
+    table(db).await;
+    let cache = strata_cache().await;
+    let proxy = caching_proxy(&cache).await;
+    let reader = connect(proxy.port(), "postgres", db, None).await.expect("connect");
+    let mut expected = "old".to_owned();
+    for (round, extended) in [false, true, false, true].into_iter().enumerate() {
+        // Cached, and served from cache.
+        assert_eq!(value(&reader).await, expected);
+        let before = hits(&cache);
+        assert_eq!(value(&reader).await, expected);
+        assert!(hits(&cache) > before, "round {round}: the read was not served from cache");
+        let new = format!("new-{round}");
+        write_and_leave(proxy.port(), db, extended, &new).await;
+        committed(db, &new).await;
+        eventually_through(&reader, &new).await;
+        expected = new;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_a_write_running_leaves_no_stale_read() {
+    let db = "strata_shutdown_write";
+    table(db).await;
+    let cache = strata_cache().await;
+    for (round, grace) in [Duration::from_secs(10), Duration::from_millis(200)].into_iter().enumerate() {
+        let proxy = {
+            let cache = cache.clone();
+            start_proxy(move |b| b.with_cache(cache).with_shutdown_grace(grace)).await
+        };
+        let reader = connect(proxy.port(), "postgres", db, None).await.expect("connect");
+        let now = value(&reader).await;
+        assert_eq!(value(&reader).await, now, "cached");
+        let writer = connect(proxy.port(), "postgres", db, None).await.expect("connect");
+        let new = format!("shutdown-{round}");
+        let sql = format!("UPDATE t SET v = '{new}' WHERE id = 1 AND pg_sleep(1) IS NOT NULL");
+        let write = tokio::spawn(async move { writer.batch_execute(&sql).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy.shutdown.shutdown();
+        let _ = write.await;
+        tokio::time::timeout(Duration::from_secs(30), proxy.task)
+            .await
+            .expect("proxy stops")
+            .expect("join")
+            .expect("run");
+        // Whether the write won (a long grace) or was cancelled (a short one), a proxy sharing the
+        // cache reads what PostgreSQL holds.
+        let truth = value(&admin(db).await).await;
+        let next = caching_proxy(&cache).await;
+        let c = connect(next.port(), "postgres", db, None).await.expect("connect");
+        assert_eq!(value(&c).await, truth, "round {round}");
+        if round == 0 {
+            assert_eq!(truth, new, "a write that finishes within the grace commits");
+        }
+    }
+}
+
+/// Starts a raw session with extra startup parameters.
+async fn raw_session(port: u16, db: &str, params: &[(&str, &str)]) -> RawClient {
+    let mut c = RawClient::connect(port).await;
+    let mut body = 196_608u32.to_be_bytes().to_vec();
+    for (k, v) in [("user", "postgres"), ("database", db)].iter().chain(params) {
+        body.extend(cstr(k));
+        body.extend(cstr(v));
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend(body);
+    c.send(&packet).await;
+    let msgs = c.read_until_ready().await;
+    assert!(msgs.iter().any(|(t, _)| *t == b'Z'), "startup failed: {msgs:?}");
+    c
+}
+
+/// Sends a Query of raw bytes and returns the first column of its rows, or the SQLSTATE.
+async fn raw_query(c: &mut RawClient, sql: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let mut body = sql.to_vec();
+    body.push(0);
+    c.send(&message(b'Q', &body)).await;
+    rows_of(c.read_until_ready().await)
+}
+
+fn rows_of(msgs: Vec<Msg>) -> Result<Vec<Vec<u8>>, String> {
+    let mut rows = Vec::new();
+    for (tag, body) in msgs {
+        match tag {
+            b'E' => return Err(sqlstate(&body)),
+            b'D' => {
+                let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
+                rows.push(if len < 0 { b"NULL".to_vec() } else { body[6..6 + len as usize].to_vec() });
+            }
+            _ => {}
+        }
+    }
+    Ok(rows)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_in_other_encodings_get_their_own_rows() {
+    let db = "strata_encodings";
+    fresh_database(db).await;
+    admin(db)
+        .await
+        .batch_execute("CREATE TABLE names (id int, name text); INSERT INTO names VALUES (1, 'José'), (2, 'Josè'), (3, 'Jos?')")
+        .await
+        .expect("table");
+    let cache = strata_cache().await;
+    let proxy = caching_proxy(&cache).await;
+    for encoding in ["LATIN1", "WIN1252", "SQL_ASCII"] {
+        let mut c = raw_session(proxy.port(), db, &[("client_encoding", encoding)]).await;
+        let mut direct = raw_session(pg().port(), db, &[("client_encoding", encoding)]).await;
+        // Latin-1 bytes for é (0xE9) and è (0xE8): not UTF-8, and different literals.
+        for _ in 0..2 {
+            for name in [&b"Jos\xe9"[..], &b"Jos\xe8"[..], &b"Jos?"[..]] {
+                let mut sql = b"SELECT id FROM names WHERE name = '".to_vec();
+                sql.extend_from_slice(name);
+                sql.extend_from_slice(b"'");
+                assert_eq!(
+                    raw_query(&mut c, &sql).await,
+                    raw_query(&mut direct, &sql).await,
+                    "{encoding}: {}",
+                    String::from_utf8_lossy(&sql)
+                );
+            }
+        }
+    }
+    // A client encoding whose characters hold ASCII bytes (Shift-JIS: 0x5C, a backslash, as a
+    // second byte) is relayed uncached, with the server's answers.
+    let mut sjis = raw_session(proxy.port(), db, &[("client_encoding", "SJIS")]).await;
+    let mut direct = raw_session(pg().port(), db, &[("client_encoding", "SJIS")]).await;
+    let sql = b"SELECT '\x95\x5c' AS s, count(*) FROM names";
+    for _ in 0..2 {
+        assert_eq!(raw_query(&mut sjis, sql).await, raw_query(&mut direct, sql).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn texts_postgres_refuses_get_its_error_not_a_cached_row() {
+    let db = "strata_refused_texts";
+    fresh_database(db).await;
+    let cache = strata_cache().await;
+    let proxy = caching_proxy(&cache).await;
+    let mut c = raw_session(proxy.port(), db, &[]).await;
+    // A valid text with the replacement character, cached.
+    let valid = "SELECT '\u{FFFD}' AS x".as_bytes();
+    for _ in 0..2 {
+        assert_eq!(raw_query(&mut c, valid).await, Ok(vec!["\u{FFFD}".as_bytes().to_vec()]));
+    }
+    // The same text with an invalid UTF-8 byte where the replacement character was: a lossy
+    // decoding would key it like the cached one; PostgreSQL refuses it.
+    let invalid = b"SELECT '\xff' AS x";
+    for _ in 0..2 {
+        assert_eq!(raw_query(&mut c, invalid).await, Err("22021".to_owned()));
+    }
+    // A NUL inside a Query: PostgreSQL refuses the message; the part before it is cached.
+    let cached = b"SELECT 1 AS one";
+    for _ in 0..2 {
+        assert_eq!(raw_query(&mut c, cached).await, Ok(vec![b"1".to_vec()]));
+    }
+    let mut with_nul = cached.to_vec();
+    with_nul.extend_from_slice(b"\0; SELECT 2");
+    let refused = raw_query(&mut c, &with_nul).await;
+    assert_eq!(refused, Err("08P01".to_owned()), "{refused:?}");
+}
