@@ -175,6 +175,9 @@ impl Args {
         if let Some(ms) = file.shutdown_grace_ms {
             b = b.with_shutdown_grace(Duration::from_millis(ms));
         }
+        if let Some(n) = file.max_recording_bytes {
+            b = b.with_max_recording_bytes(n);
+        }
         if let Some(ms) = file.drain_timeout_ms {
             b = b.with_drain_timeout(Duration::from_millis(ms));
         }

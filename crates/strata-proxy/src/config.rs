@@ -84,6 +84,7 @@ pub(crate) struct ProxyConfig {
     pub(crate) startup_timeout: Duration,
     pub(crate) shutdown_grace: Duration,
     pub(crate) drain_timeout: Duration,
+    pub(crate) max_recording_bytes: usize,
 }
 
 /// Builds a [`Proxy`].
@@ -98,6 +99,7 @@ pub struct ProxyBuilder {
     startup_timeout: Duration,
     shutdown_grace: Duration,
     drain_timeout: Duration,
+    max_recording_bytes: u64,
     cache: Arc<dyn RequestCache>,
     registry: Option<prometheus::Registry>,
 }
@@ -122,6 +124,7 @@ impl Default for ProxyBuilder {
             startup_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
+            max_recording_bytes: 256 << 20,
             cache: Arc::new(PassThrough),
             registry: None,
         }
@@ -199,6 +202,14 @@ impl ProxyBuilder {
         self
     }
 
+    /// The most bytes all sessions together may hold in responses being recorded for the cache
+    /// (each is also bounded by the maximum result size); a response that would pass it is
+    /// relayed unrecorded. Default 256 MiB.
+    pub fn with_max_recording_bytes(mut self, bytes: u64) -> Self {
+        self.max_recording_bytes = bytes;
+        self
+    }
+
     /// The cache consulted for each request. Default [`PassThrough`].
     pub fn with_cache(mut self, cache: Arc<dyn RequestCache>) -> Self {
         self.cache = cache;
@@ -248,6 +259,7 @@ impl ProxyBuilder {
             startup_timeout: self.startup_timeout,
             shutdown_grace: self.shutdown_grace,
             drain_timeout: self.drain_timeout,
+            max_recording_bytes: usize::try_from(self.max_recording_bytes).unwrap_or(usize::MAX),
         };
         Proxy::new(config, self.cache, self.registry.unwrap_or_default())
     }
@@ -284,6 +296,7 @@ fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, Error> {
 /// connect_timeout_ms = 5000
 /// shutdown_grace_ms = 30000
 /// drain_timeout_ms = 30000
+/// max_recording_bytes = 268435456
 /// catalog_user = "strata_catalog"         # password: STRATA_CATALOG_PASSWORD only
 /// catalog_databases = ["app"]
 /// catalog_refresh_ms = 30000
@@ -316,6 +329,8 @@ pub struct FileConfig {
     /// How long a session whose client left keeps reading answers of requests still running, in
     /// milliseconds (default 30000).
     pub drain_timeout_ms: Option<u64>,
+    /// The most bytes all sessions may hold in responses being recorded (default 256 MiB).
+    pub max_recording_bytes: Option<u64>,
     /// How writes become invalidations: `"everything"`, `"sql-text"` or `"catalog"` (default:
     /// `"catalog"` with a `catalog_user`, else `"everything"`).
     pub invalidation: Option<String>,

@@ -63,6 +63,8 @@ pub(crate) struct Shared {
     pub(crate) config: ProxyConfig,
     pub(crate) cache: Arc<dyn RequestCache>,
     pub(crate) metrics: Metrics,
+    /// Bytes held by responses being recorded, in every session.
+    pub(crate) recording_budget: Arc<RecordingBudget>,
     /// BackendKeyData of live sessions; a CancelRequest is forwarded only for these.
     pub(crate) cancel_keys: Mutex<HashSet<(u32, u32)>>,
     pub(crate) next_session_id: AtomicU64,
@@ -87,6 +89,12 @@ pub(crate) async fn serve_client(shared: Arc<Shared>, stream: TcpStream) {
         }
         Ok(Startup::Session(params, raw)) => (params, raw),
         Ok(Startup::Done) => return,
+        Ok(Startup::Unsupported(message)) => {
+            shared.metrics.protocol_violations.inc();
+            let _ = wr.write_all(&error_response(Severity::Fatal, "0A000", &message)).await;
+            let _ = wr.shutdown().await;
+            return;
+        }
         Ok(Startup::Malformed(m)) => {
             shared.metrics.protocol_violations.inc();
             info!(error = %m.0, "protocol violation in startup");
@@ -104,9 +112,14 @@ enum Startup {
     Session(StartupParams, Bytes),
     Done,
     Malformed(Malformed),
+    /// A request PostgreSQL refuses as an unsupported protocol (SQLSTATE 0A000).
+    Unsupported(String),
 }
 
 async fn read_startup(shared: &Shared, rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf) -> Startup {
+    // PostgreSQL answers one SSLRequest and one GSSENCRequest; a second of either is an unknown
+    // protocol to it.
+    let (mut ssl_done, mut gss_done) = (false, false);
     loop {
         let mut len = [0u8; 4];
         if rd.read_exact(&mut len).await.is_err() {
@@ -126,6 +139,14 @@ async fn read_startup(shared: &Shared, rd: &mut OwnedReadHalf, wr: &mut OwnedWri
             SSL_REQUEST | GSSENC_REQUEST => {
                 if len != 8 {
                     return Startup::Malformed(Malformed::new("invalid length of encryption request"));
+                }
+                let done = if code == SSL_REQUEST { &mut ssl_done } else { &mut gss_done };
+                if std::mem::replace(done, true) {
+                    return Startup::Unsupported(format!(
+                        "unsupported frontend protocol {}.{}: server supports 3.0 to 3.0",
+                        code >> 16,
+                        code & 0xffff
+                    ));
                 }
                 // TLS and GSS encryption are not offered; the client goes on in plain text or gives up.
                 if wr.write_all(b"N").await.is_err() {
@@ -202,7 +223,7 @@ struct InFlight {
     verify_rows: Vec<Vec<Option<Bytes>>>,
     verify_error: Option<String>,
     fill: Option<Fill>,
-    recording: Option<BytesMut>,
+    recording: Option<Recording>,
     not_cacheable: Option<NotCacheable>,
     tags: Vec<String>,
     error_code: Option<String>,
@@ -218,18 +239,70 @@ struct InFlight {
 impl InFlight {
     fn mark(&mut self, reason: NotCacheable) {
         self.not_cacheable.get_or_insert(reason);
+        // Known not to be stored: the fill ticket goes now, so that clients waiting for this
+        // fill go to the database instead of waiting for the response to end.
+        self.fill = None;
+        self.recording = None;
     }
 
     fn record(&mut self, bytes: &[u8], max: usize) {
         self.response_bytes += bytes.len() as u64;
         if let Some(rec) = &mut self.recording {
-            if rec.len() + bytes.len() > max {
-                self.recording = None;
-                self.mark(NotCacheable::TooLarge);
-            } else {
-                rec.extend_from_slice(bytes);
+            if let Err(reason) = rec.extend(bytes, max) {
+                self.mark(reason);
             }
         }
+    }
+}
+
+/// Bytes held by every response being recorded for the cache, against a process-wide budget.
+#[derive(Debug)]
+pub(crate) struct RecordingBudget {
+    used: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+impl RecordingBudget {
+    pub(crate) fn new(max: usize) -> Self {
+        Self { used: std::sync::atomic::AtomicUsize::new(0), max }
+    }
+}
+
+/// A response being recorded; its bytes count against the [`RecordingBudget`] until it is taken
+/// or dropped.
+pub(crate) struct Recording {
+    buf: BytesMut,
+    budget: Arc<RecordingBudget>,
+}
+
+impl Recording {
+    pub(crate) fn new(budget: Arc<RecordingBudget>) -> Self {
+        Self { buf: BytesMut::new(), budget }
+    }
+
+    fn extend(&mut self, bytes: &[u8], max: usize) -> Result<(), NotCacheable> {
+        if self.buf.len() + bytes.len() > max {
+            return Err(NotCacheable::TooLarge);
+        }
+        let used = self.budget.used.fetch_add(bytes.len(), Ordering::AcqRel) + bytes.len();
+        if used > self.budget.max {
+            self.budget.used.fetch_sub(bytes.len(), Ordering::AcqRel);
+            return Err(NotCacheable::RecordingBudget);
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    pub(crate) fn take(mut self) -> Bytes {
+        let buf = std::mem::take(&mut self.buf);
+        self.budget.used.fetch_sub(buf.len(), Ordering::AcqRel);
+        buf.freeze()
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.buf.len(), Ordering::AcqRel);
     }
 }
 

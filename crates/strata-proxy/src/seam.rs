@@ -333,6 +333,8 @@ pub enum NotCacheable {
     PortalSuspended,
     /// It exceeds the configured maximum result size.
     TooLarge,
+    /// Recording it would exceed the bytes all sessions may hold in responses being recorded.
+    RecordingBudget,
     /// The session ended up in a transaction (or a failed one).
     InTransaction,
     /// It contains a message the proxy does not replay (e.g. a function-call result).

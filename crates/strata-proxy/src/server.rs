@@ -78,10 +78,12 @@ impl Proxy {
             None => None,
         };
         let (shutdown_tx, shutdown_rx) = watch::channel(ShutdownLevel::Running);
+        let recording_budget = Arc::new(crate::relay::RecordingBudget::new(self.config.max_recording_bytes));
         let shared = Arc::new(Shared {
             config: self.config,
             cache: self.cache,
             metrics: self.metrics,
+            recording_budget,
             cancel_keys: Mutex::new(HashSet::new()),
             next_session_id: AtomicU64::new(1),
             shutdown: shutdown_rx,

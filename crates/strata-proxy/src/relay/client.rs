@@ -356,7 +356,7 @@ impl ClientSide {
     fn push_closed_opt(&mut self, request: Option<Request>, fill: Option<Fill>) {
         self.set_busy();
         let mut st = self.session.state();
-        let recording = fill.as_ref().map(|_| BytesMut::new());
+        let recording = fill.as_ref().map(|_| Recording::new(self.session.shared.recording_budget.clone()));
         st.in_flight.push_back(InFlight { request, fill, recording, ..InFlight::default() });
     }
 
@@ -372,7 +372,8 @@ impl ClientSide {
         if !open.forwarding {
             open.forwarding = true;
             self.set_busy();
-            let recording = fill.as_ref().map(|_| BytesMut::new());
+            let recording =
+                fill.as_ref().map(|_| Recording::new(self.session.shared.recording_budget.clone()));
             self.session.state().in_flight.push_back(InFlight { fill, recording, ..InFlight::default() });
             self.close_orphans(&mut open);
             for (msg, stmt, fresh) in std::mem::take(&mut open.held) {
@@ -623,15 +624,18 @@ impl ClientSide {
                     }
                 }
                 let result_formats = read_formats(&mut r)?;
-                let statement = self.statements.get(&statement_name).cloned();
+                // A format code the server refuses: the Bind is relayed for the server to answer,
+                // and nothing is keyed on its portal.
+                let known = param_formats.is_some() && result_formats.is_some();
+                let statement = self.statements.get(&statement_name).cloned().filter(|_| known);
                 self.portals.insert(portal.clone(), statement.clone());
                 ExtendedMessage::Bind(Bind {
                     portal,
                     statement_name,
                     statement,
-                    param_formats,
+                    param_formats: param_formats.unwrap_or_default(),
                     params,
-                    result_formats,
+                    result_formats: result_formats.unwrap_or_default(),
                 })
             }
             b'D' | b'C' => {
@@ -756,13 +760,19 @@ fn close_statement(name: &str) -> Bytes {
     frame(b'C', &body)
 }
 
-fn read_formats(r: &mut Reader<'_>) -> Result<Vec<Format>, Malformed> {
+/// Format codes; `None` when one is neither text nor binary (PostgreSQL answers such a Bind with
+/// an error and the session goes on: the proxy relays it without keying it).
+fn read_formats(r: &mut Reader<'_>) -> Result<Option<Vec<Format>>, Malformed> {
     let n = r.count()?;
     let mut out = Vec::with_capacity(n.min(1024));
+    let mut known = true;
     for _ in 0..n {
-        out.push(Format::from_code(r.i16()?).ok_or_else(|| Malformed::new("invalid format code"))?);
+        match Format::from_code(r.i16()?) {
+            Some(f) => out.push(f),
+            None => known = false,
+        }
     }
-    Ok(out)
+    Ok(known.then_some(out))
 }
 
 /// SQL-level statements that drop protocol-level prepared statements.

@@ -182,7 +182,7 @@ impl ServerSide {
                 rows: entry.rows,
                 response_bytes: entry.response_bytes,
             },
-            bytes: entry.recording.map(BytesMut::freeze),
+            bytes: entry.recording.map(Recording::take),
         };
         cache.complete(&request, &response, entry.fill).await;
     }

@@ -255,3 +255,53 @@ async fn texts_postgres_refuses_get_its_error_not_a_cached_row() {
     let refused = raw_query(&mut c, &with_nul).await;
     assert_eq!(refused, Err("08P01".to_owned()), "{refused:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_with_an_unknown_format_code_gets_postgres_error_and_the_session_goes_on() {
+    let cache = strata_cache().await;
+    let proxy = caching_proxy(&cache).await;
+    for port in [pg().port(), proxy.port()] {
+        let (mut c, _) = RawClient::startup(port, "postgres", "postgres").await;
+        let mut parse = cstr("");
+        parse.extend(cstr("SELECT 1"));
+        parse.extend(0i16.to_be_bytes());
+        let mut bind = cstr("");
+        bind.extend(cstr(""));
+        bind.extend(0i16.to_be_bytes());
+        bind.extend(0i16.to_be_bytes());
+        // One result format code, 7: neither text (0) nor binary (1).
+        bind.extend(1i16.to_be_bytes());
+        bind.extend(7i16.to_be_bytes());
+        let mut exec = cstr("");
+        exec.extend(0u32.to_be_bytes());
+        let mut batch = message(b'P', &parse);
+        batch.extend(message(b'B', &bind));
+        batch.extend(message(b'E', &exec));
+        batch.extend(message(b'S', &[]));
+        c.send(&batch).await;
+        let answer = c.read_until_ready().await;
+        let error = answer.iter().find(|m| m.0 == b'E').map(|m| sqlstate(&m.1));
+        assert_eq!(error.as_deref(), Some("22023"), "port {port}: {answer:?}");
+        assert_eq!(raw_query(&mut c, b"SELECT 2").await, Ok(vec![b"2".to_vec()]), "port {port}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ssl_request_is_refused_as_postgres_refuses_it() {
+    let proxy = start_proxy(|b| b).await;
+    let mut answers = Vec::new();
+    for port in [pg().port(), proxy.port()] {
+        let mut c = RawClient::connect(port).await;
+        let ssl = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+        let mut first = [0u8; 1];
+        c.send(&ssl).await;
+        tokio::io::AsyncReadExt::read_exact(&mut c.stream, &mut first).await.expect("first answer");
+        assert_eq!(&first, b"N", "port {port}");
+        c.send(&ssl).await;
+        let refused = c.read_msg().await.expect("an error, then the end");
+        assert_eq!(refused.0, b'E', "port {port}");
+        answers.push(sqlstate(&refused.1));
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[1], "0A000");
+}
