@@ -226,3 +226,52 @@ fn public_types_are_debug_send_sync() {
     check::<strata_proxy::TransactionStatus>();
     check::<strata_proxy::Format>();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_shutdown_request_ends_every_session_now() {
+    let proxy = start_proxy(|b| b.with_shutdown_grace(Duration::from_secs(120))).await;
+    let busy = connect(proxy.port(), "postgres", "postgres", None).await.expect("connect");
+    let slow =
+        tokio::spawn(
+            async move { busy.query_one("SELECT pg_sleep(60)::text /* second-signal */", &[]).await },
+        );
+    wait_until_running("%second-signal%").await;
+    proxy.shutdown.shutdown();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!proxy.task.is_finished(), "a first request waits for the running query");
+    proxy.shutdown.shutdown_now();
+    tokio::time::timeout(Duration::from_secs(30), proxy.task)
+        .await
+        .expect("a second request ends the sessions without waiting out the grace")
+        .expect("join")
+        .expect("run");
+    let err = must_fail(slow.await.expect("join"), "the running query is ended");
+    assert!(
+        err.as_db_error().is_some_and(|d| ["57014", "57P01"].contains(&d.code().code())) || err.is_closed(),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_say_goodbye_are_not_counted_as_lost_upstreams() {
+    let proxy = start_proxy(|b| b.with_http("127.0.0.1:0")).await;
+    for _ in 0..3 {
+        let c = connect(proxy.port(), "postgres", "postgres", None).await.expect("connect");
+        c.simple_query("SELECT 1").await.expect("query");
+        drop(c);
+    }
+    let http = proxy.http.expect("http address");
+    let start = Instant::now();
+    loop {
+        let mut s = tokio::net::TcpStream::connect(http).await.expect("http connect");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        if out.contains("strata_proxy_sessions_active 0") {
+            assert!(out.contains("strata_proxy_upstream_lost_total 0"), "{out}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "sessions never ended: {out}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
