@@ -212,6 +212,15 @@ pub enum NotCacheable {
     Unsupported(Arc<str>),
     /// The hint `cache=off`.
     HintCacheOff,
+    /// The text is longer than the normalizer analyzes (see
+    /// [`NormalizerConfigBuilder::with_max_analyzed_bytes`](crate::NormalizerConfigBuilder::with_max_analyzed_bytes)),
+    /// so it was neither scanned nor parsed.
+    TooLarge {
+        /// The text's length.
+        bytes: usize,
+        /// The limit in force.
+        limit: usize,
+    },
 }
 
 impl fmt::Display for NotCacheable {
@@ -234,6 +243,9 @@ impl fmt::Display for NotCacheable {
             NotCacheable::TemporaryTable(t) => write!(f, "reads temporary table {t}"),
             NotCacheable::Unsupported(what) => write!(f, "unsupported construct {what}"),
             NotCacheable::HintCacheOff => f.write_str("hint cache=off"),
+            NotCacheable::TooLarge { bytes, limit } => {
+                write!(f, "text of {bytes} bytes exceeds the analysis limit of {limit} bytes")
+            }
         }
     }
 }
@@ -279,7 +291,8 @@ pub enum WriteEffect {
     /// These tables change (schema-qualified when written so).
     Tables(Vec<TableName>),
     /// The effect cannot be known from the text (`CALL`, `DO`, `EXECUTE`, a function that may write,
-    /// unparsable text, most DDL on non-table objects): invalidate everything.
+    /// unparsable text, text too large to analyze, most DDL on non-table objects): invalidate
+    /// everything.
     Unknown,
 }
 
@@ -374,8 +387,9 @@ pub enum SessionEffect {
     /// Code runs on the server that the text does not show, so anything may have changed:
     /// `DO`, `CALL`, `EXECUTE` of a SQL-prepared statement, `COPY ... PROGRAM`, a call of a
     /// function that is not a builtin known to leave the session alone, a construct the
-    /// normalizer does not analyze, and text that does not parse. The string says why (for
-    /// example `DO block` or `function app.set_tenant`).
+    /// normalizer does not analyze, text that does not parse, and text too large to analyze. The
+    /// string says why (for example `DO block`, `function app.set_tenant` or
+    /// `text too large to analyze`).
     ///
     /// A function is a known builtin when it is on the normalizer's own builtin allow list,
     /// among the volatile builtins it knows (`now`, `random`, `nextval`, `current_setting`,
@@ -558,17 +572,20 @@ pub struct Analysis {
     pub(crate) writes: WriteEffect,
     pub(crate) cacheability: Cacheability,
     pub(crate) client_param_count: u32,
-    /// The effect of text that did not parse ([`SessionEffect::ServerCode`]); `None` otherwise.
+    /// The effect of text that did not parse or was too large to analyze
+    /// ([`SessionEffect::ServerCode`]); `None` otherwise.
     pub(crate) unparsed: Option<SessionEffect>,
 }
 
 impl Analysis {
-    /// The statements, in text order. Empty when the text did not parse or holds no statement.
+    /// The statements, in text order. Empty when the text did not parse, was too large to
+    /// analyze or holds no statement.
     pub fn statements(&self) -> &[StatementAnalysis] {
         &self.statements
     }
 
-    /// The kind of a single-statement text; `None` for zero or several statements.
+    /// The kind of a single-statement text; `None` for zero or several statements (so also for
+    /// text that did not parse or was too large to analyze).
     pub fn kind(&self) -> Option<StatementKind> {
         match self.statements.as_slice() {
             [one] => Some(one.kind),
@@ -630,7 +647,8 @@ impl Analysis {
         self.statements.iter().flat_map(|s| s.temp_created.iter())
     }
 
-    /// The union of the statements' write effects ([`WriteEffect::Unknown`] for unparsable text).
+    /// The union of the statements' write effects ([`WriteEffect::Unknown`] for unparsable text
+    /// and text too large to analyze).
     pub fn writes(&self) -> &WriteEffect {
         &self.writes
     }
@@ -643,14 +661,15 @@ impl Analysis {
 
     /// The session effects of every statement, statement by statement (see
     /// [`StatementAnalysis::session_effects`]; an effect appears once per statement that has
-    /// it). Text that did not parse yields one [`SessionEffect::ServerCode`].
+    /// it). Text that did not parse or was too large to analyze yields one
+    /// [`SessionEffect::ServerCode`].
     pub fn session_effects(&self) -> impl Iterator<Item = &SessionEffect> + '_ {
         self.unparsed.iter().chain(self.statements.iter().flat_map(|s| s.session_effects.iter()))
     }
 
     /// Whether the text, as written, leaves its session's state alone: no statement has a
-    /// [`SessionEffect`]. Text that did not parse does not (anything may run); empty text,
-    /// blanks, comments and lone semicolons do.
+    /// [`SessionEffect`]. Text that did not parse or was too large to analyze does not
+    /// (anything may run); empty text, blanks, comments and lone semicolons do.
     ///
     /// This is judged from the text alone. Code the text does not show may still run when a
     /// statement does and change the session: triggers, rules, views, row-level security

@@ -1,4 +1,5 @@
-//! Configuration: the function allow list, catalog policy, hint TTL cap and memo size.
+//! Configuration: the function allow list, catalog policy, hint TTL cap, analysis size cap and
+//! memo sizes.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -366,6 +367,17 @@ pub(crate) fn is_shipped_allowed(bare: &str) -> bool {
     SET.get_or_init(|| DEFAULT_ALLOWED_FUNCTIONS.iter().copied().collect()).contains(bare)
 }
 
+/// The default of [`NormalizerConfigBuilder::with_max_analyzed_bytes`]: 256 KiB. PostgreSQL's
+/// parse tree, converted to protobuf by `pg_query`, takes over a hundred times the text's size in
+/// memory (a 256 KiB `IN` or `VALUES` list takes tens of megabytes and tens of milliseconds to
+/// analyze); hand-written and ORM-generated queries are far shorter, and only bulk lists of
+/// values reach it.
+const DEFAULT_MAX_ANALYZED_BYTES: usize = 256 * 1024;
+
+/// The smallest [`NormalizerConfigBuilder::with_max_analyzed_bytes`] accepted: below it ordinary
+/// queries would go unanalyzed.
+const MIN_MAX_ANALYZED_BYTES: usize = 1024;
+
 /// Normalizer settings. Build with [`NormalizerConfig::builder`].
 #[derive(Clone)]
 pub struct NormalizerConfig {
@@ -375,6 +387,7 @@ pub struct NormalizerConfig {
     pub(crate) memo_capacity: usize,
     pub(crate) memo_max_text_bytes: usize,
     pub(crate) shape_memo_capacity: usize,
+    pub(crate) max_analyzed_bytes: usize,
     extra_count: usize,
 }
 
@@ -424,6 +437,12 @@ impl NormalizerConfig {
     pub fn shape_memo_capacity(&self) -> usize {
         self.shape_memo_capacity
     }
+
+    /// Texts longer than this many bytes are not analyzed (see
+    /// [`NormalizerConfigBuilder::with_max_analyzed_bytes`]).
+    pub fn max_analyzed_bytes(&self) -> usize {
+        self.max_analyzed_bytes
+    }
 }
 
 impl Default for NormalizerConfig {
@@ -436,6 +455,7 @@ impl Default for NormalizerConfig {
             memo_capacity: 10_000,
             memo_max_text_bytes: 16 * 1024,
             shape_memo_capacity: 4096,
+            max_analyzed_bytes: DEFAULT_MAX_ANALYZED_BYTES,
             extra_count: 0,
         }
     }
@@ -451,6 +471,7 @@ impl fmt::Debug for NormalizerConfig {
             .field("memo_capacity", &self.memo_capacity)
             .field("memo_max_text_bytes", &self.memo_max_text_bytes)
             .field("shape_memo_capacity", &self.shape_memo_capacity)
+            .field("max_analyzed_bytes", &self.max_analyzed_bytes)
             .finish()
     }
 }
@@ -550,6 +571,22 @@ impl NormalizerConfigBuilder {
         self
     }
 
+    /// Texts longer than this many bytes are not analyzed at all: neither scanned nor parsed,
+    /// they cost one pass of a hash over the text (for [`Analysis::identity`](crate::Analysis::identity))
+    /// and no copy of it. Their [`Analysis`](crate::Analysis) is not cacheable
+    /// ([`NotCacheable::TooLarge`](crate::NotCacheable::TooLarge)), writes
+    /// [`WriteEffect::Unknown`](crate::WriteEffect::Unknown) (invalidate everything), holds no
+    /// statement, and has one session effect,
+    /// [`SessionEffect::ServerCode`](crate::SessionEffect::ServerCode), as text that did not
+    /// parse has. This bounds the memory and time one text can take: PostgreSQL's parse tree, as
+    /// `pg_query` hands it over, takes over a hundred times the text's size. A text of exactly
+    /// this many bytes is analyzed. Must be at least 1 KiB. Default: 256 KiB.
+    #[must_use]
+    pub fn with_max_analyzed_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_analyzed_bytes = bytes;
+        self
+    }
+
     /// Validates and returns the configuration.
     pub fn build(self) -> Result<NormalizerConfig, Error> {
         if let Some(message) = self.error {
@@ -575,6 +612,12 @@ impl NormalizerConfigBuilder {
             return Err(Error::config(format!(
                 "memo max text bytes must be at least 64, got {}",
                 c.memo_max_text_bytes
+            )));
+        }
+        if c.max_analyzed_bytes < MIN_MAX_ANALYZED_BYTES {
+            return Err(Error::config(format!(
+                "max analyzed bytes must be at least {MIN_MAX_ANALYZED_BYTES}, got {}",
+                c.max_analyzed_bytes
             )));
         }
         Ok(c)

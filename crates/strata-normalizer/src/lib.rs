@@ -12,8 +12,15 @@
 //!   role, `DISCARD`, `PREPARE`, `LISTEN`, temporary objects, `set_config`, server code the
 //!   text does not show), and [`Analysis::leaves_session_alone`] for the whole text.
 //! - [`NormalizerConfig`]: the function allow list (and volatility fed from `pg_proc`), catalog
-//!   policy, hint TTL cap, memo size and shape memo size.
+//!   policy, hint TTL cap, analysis size cap, memo size and shape memo size.
 //! - [`read_hints`]: only the hints of a text.
+//!
+//! # Size limit
+//! PostgreSQL's parse tree, as `pg_query` hands it over (protobuf), takes over a hundred times
+//! the text's size in memory, and parsing time grows with it. A text longer than
+//! [`NormalizerConfig::max_analyzed_bytes`] (default 256 KiB) is therefore not analyzed at all:
+//! its [`Analysis`] says [`NotCacheable::TooLarge`], writes [`WriteEffect::Unknown`] and has one
+//! [`SessionEffect::ServerCode`], at the cost of one hash over the text.
 //!
 //! # Memos
 //! [`Normalizer`] answers a text it analyzed before from a memo keyed by the text. It also keeps

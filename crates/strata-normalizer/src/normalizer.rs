@@ -21,7 +21,9 @@ use crate::walk::Walk;
 
 /// Analyzes SQL text with the default configuration and no memo. Pure and thread-safe; never
 /// panics: text that does not parse gives an [`Analysis`] that is not cacheable with a parse error
-/// and an unknown write effect.
+/// and an unknown write effect. Text longer than the default
+/// [`NormalizerConfigBuilder::with_max_analyzed_bytes`](crate::NormalizerConfigBuilder::with_max_analyzed_bytes)
+/// (256 KiB) is not analyzed ([`NotCacheable::TooLarge`]).
 pub fn analyze(sql: &str) -> Analysis {
     static DEFAULT: OnceLock<NormalizerConfig> = OnceLock::new();
     analyze_with(sql, DEFAULT.get_or_init(NormalizerConfig::default))
@@ -63,6 +65,25 @@ fn failed(sql: &str, hints: Hints, message: &str) -> Analysis {
     }
 }
 
+/// The analysis of a text longer than the configured limit: neither scanned nor parsed. It costs
+/// one hash over the text (its identity, as for text that did not parse) and copies nothing of it:
+/// whatever the text was meant to do, the server may run something of it, so it writes
+/// [`WriteEffect::Unknown`] and has one [`SessionEffect::ServerCode`].
+fn too_large(sql: &[u8], limit: usize) -> Analysis {
+    let identity = StatementIdentity::from_u128(xxh3_128(sql));
+    Analysis {
+        statements: Vec::new(),
+        hints: Hints::default(),
+        identity,
+        key_bytes: identity.as_bytes().to_vec().into_boxed_slice(),
+        reads: Vec::new(),
+        writes: WriteEffect::Unknown,
+        cacheability: Cacheability::NotCacheable(NotCacheable::TooLarge { bytes: sql.len(), limit }),
+        client_param_count: 0,
+        unparsed: Some(SessionEffect::ServerCode(Arc::from("text too large to analyze"))),
+    }
+}
+
 /// Analyzes SQL text with the given configuration, without memoization.
 pub(crate) fn analyze_with(sql: &str, config: &NormalizerConfig) -> Analysis {
     analyze_scanned(sql, config).0
@@ -70,6 +91,10 @@ pub(crate) fn analyze_with(sql: &str, config: &NormalizerConfig) -> Analysis {
 
 /// Analyzes SQL text and also returns the scanner's tokens when the text parsed.
 fn analyze_scanned(sql: &str, config: &NormalizerConfig) -> (Analysis, Option<Vec<ScanToken>>) {
+    // Checked before anything reads the text: the parse tree takes over a hundred times its size.
+    if sql.len() > config.max_analyzed_bytes {
+        return (too_large(sql.as_bytes(), config.max_analyzed_bytes), None);
+    }
     if sql.contains('\0') {
         return (failed(sql, Hints::default(), "text contains a NUL byte"), None);
     }
@@ -241,7 +266,15 @@ impl Normalizer {
     /// Analyzes SQL text, answering from the memo when the same text was analyzed before, and
     /// from the shape memo when a text differing only in literal values was. The answer is the
     /// same either way. Never panics (see [`analyze`]).
+    ///
+    /// A text longer than [`NormalizerConfig::max_analyzed_bytes`] is answered at once with
+    /// [`NotCacheable::TooLarge`]: no memo, no shape lexer, no parse.
     pub fn analyze(&self, sql: &str) -> Arc<Analysis> {
+        let limit = self.config.max_analyzed_bytes;
+        if sql.len() > limit {
+            // Before the memos too: neither their lexer nor a copy of the text as a key.
+            return Arc::new(too_large(sql.as_bytes(), limit));
+        }
         let small = sql.len() <= self.config.memo_max_text_bytes;
         let memo = self.memo.as_ref().filter(|_| small);
         if let Some(memo) = memo {
@@ -277,8 +310,14 @@ impl Normalizer {
         analysis
     }
 
-    /// Analyzes raw bytes as they arrive from the wire: text that is not UTF-8 is a parse error.
+    /// Analyzes raw bytes as they arrive from the wire: text that is not UTF-8 is a parse error,
+    /// bytes longer than [`NormalizerConfig::max_analyzed_bytes`] are not analyzed (see
+    /// [`Normalizer::analyze`]).
     pub fn analyze_bytes(&self, sql: &[u8]) -> Arc<Analysis> {
+        let limit = self.config.max_analyzed_bytes;
+        if sql.len() > limit {
+            return Arc::new(too_large(sql, limit));
+        }
         match std::str::from_utf8(sql) {
             Ok(text) => self.analyze(text),
             Err(_) => {

@@ -51,6 +51,10 @@ impl fmt::Debug for CacheSettings {
 /// Builds the `QueryCache` the proxy uses: the `[cache]` table's settings; with a Redis URL,
 /// L2 in that Redis and table versions shared through it (so writes through any proxy invalidate
 /// every proxy); without one, the embedded in-memory L2 and versions local to this process.
+///
+/// Redis being down is not an error: the proxy starts and relays to PostgreSQL, bypassing the
+/// cache (writes are still recorded for invalidation) until the shared table versions have
+/// connected and synchronized in the background; only invalid settings fail.
 pub async fn build_query_cache(settings: &CacheSettings) -> Result<QueryCache, Error> {
     let config = match &settings.table {
         Some(table) => {
@@ -65,12 +69,14 @@ pub async fn build_query_cache(settings: &CacheSettings) -> Result<QueryCache, E
     let mut l2 = config.l2.take().unwrap_or_default();
     l2.storage = strata_l2::StorageConfig::Redis { url: url.clone(), key_prefix: "strata:l2:".to_owned() };
     config.l2 = Some(l2);
+    // Waits at most the deadline for the first synchronization; a Redis that is down leaves the
+    // store unsynchronized (every lookup bypasses) while it keeps connecting in the background.
     let versions = RedisVersions::builder(url.clone())
         .with_prefix("strata:versions:")
         .with_deadline(Duration::from_millis(500))
         .build()
         .await
-        .map_err(|e| Error::config(format!("cannot use redis for shared table versions: {e}")))?;
+        .map_err(|e| Error::config(format!("invalid redis settings for shared table versions: {e}")))?;
     config
         .to_builder()
         .map_err(|e| Error::config(e.to_string()))?
@@ -343,12 +349,19 @@ impl StrataSession {
 
     /// Whether the cache could take part in a request at all, before any scope: only such
     /// requests are worth reading the session's state back for.
-    fn could_cache(&self, request: &Request) -> bool {
+    async fn could_cache(&self, request: &Request) -> bool {
         let cache = self.session.query_cache();
         match request.kind() {
-            RequestKind::Simple { sql } => cache.is_cacheable(sql),
+            // Awaited: a long text is analyzed off this thread, which relays other sessions.
+            RequestKind::Simple { sql } => cache.is_cacheable(sql).await,
             RequestKind::Extended { messages } => {
-                batch(messages).is_some_and(|b| b.items.iter().all(|i| cache.is_cacheable(i.sql)))
+                let Some(batch) = batch(messages) else { return false };
+                for item in &batch.items {
+                    if !cache.is_cacheable(item.sql).await {
+                        return false;
+                    }
+                }
+                true
             }
             _ => false,
         }
@@ -360,7 +373,7 @@ impl RequestSession for StrataSession {
     async fn lookup(&self, request: &Request) -> Lookup {
         let scope = match self.session.scope() {
             ScopeStatus::Ready(scope) => scope,
-            ScopeStatus::Unverified if self.could_cache(request) => {
+            ScopeStatus::Unverified if self.could_cache(request).await => {
                 return Lookup::Verify(self.session.verification_query());
             }
             ScopeStatus::Unverified | ScopeStatus::Disabled(_) => return Lookup::Bypass,
@@ -407,8 +420,14 @@ impl RequestSession for StrataSession {
     }
 
     fn drops_statements(&self, sql: &str) -> Dropped {
+        // A long text is not analyzed on this thread, which relays other sessions (this method
+        // cannot await the analysis elsewhere): it is taken to drop every prepared statement.
+        // Over-approximating is safe, the proxy then prepares again what it needs.
+        let Some(effects) = self.session.query_cache().session_effects_now(sql) else {
+            return Dropped::All;
+        };
         let mut dropped = Dropped::Nothing;
-        for effect in self.session.query_cache().session_effects(sql) {
+        for effect in effects {
             match effect {
                 SessionEffect::Deallocate(None) | SessionEffect::Discard(DiscardTarget::All) => {
                     return Dropped::All

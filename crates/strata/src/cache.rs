@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use crate::flight::{self, FlightLead, Flights, Joined, Landing};
 use crate::metrics::Metrics;
-use crate::policy::{Plan, Policy, Verdict};
+use crate::policy::{OffThread, Plan, Policy, Verdict, BLOCKING_PLAN_MIN_TEXT};
 use crate::versions::{version_unit, EVERYTHING};
 use crate::{Error, Param, Request};
 
@@ -216,6 +216,7 @@ fn not_cacheable_label(reason: &NotCacheable) -> &'static str {
         NotCacheable::TableSampleWithoutRepeatable => "tablesample",
         NotCacheable::TemporaryTable(_) => "temporary_table",
         NotCacheable::HintCacheOff => "hint_cache_off",
+        NotCacheable::TooLarge { .. } => "too_large",
         _ => "not_cacheable",
     }
 }
@@ -435,6 +436,8 @@ pub(crate) struct Shared {
     pub(crate) relations_generation: std::sync::atomic::AtomicU64,
     pub(crate) metrics: Metrics,
     pub(crate) clock: Arc<dyn Clock>,
+    /// Plans long texts on the blocking pool, one at a time (see [`BLOCKING_PLAN_MIN_TEXT`]).
+    pub(crate) off_thread: OffThread,
 }
 
 /// The query-result cache: tiers in order, table versions, single-flight, freshness, metrics.
@@ -521,14 +524,60 @@ impl QueryCache {
     }
 
     /// The plan for a SQL text: analysis, dependencies, TTL and verdict, memoized by text.
+    /// Plans on the calling thread, however long the text: async callers use
+    /// [`QueryCache::plan_async`].
     pub(crate) fn plan(&self, sql: &str) -> Arc<Plan> {
+        self.memoized_plan(sql).unwrap_or_else(|| self.fresh_plan(sql))
+    }
+
+    /// The memoized plan of a text, if it is current.
+    fn memoized_plan(&self, sql: &str) -> Option<Arc<Plan>> {
+        let shared = &self.shared;
+        if sql.len() > PLAN_MEMO_MAX_TEXT {
+            // Never memoized: not even worth hashing.
+            return None;
+        }
+        let generation = shared.relations_generation.load(std::sync::atomic::Ordering::Acquire);
+        shared.plans.get(sql).filter(|plan| plan.generation == generation)
+    }
+
+    /// Like [`QueryCache::plan`], but a text of [`BLOCKING_PLAN_MIN_TEXT`] bytes or more that is
+    /// not memoized is planned on tokio's blocking pool, one such text at a time per cache, so
+    /// that its parse neither stalls the worker thread (and the sessions it relays) nor, in a
+    /// flood, takes every blocking thread and all memory. Shorter texts and memo hits plan
+    /// inline.
+    pub(crate) async fn plan_async(&self, sql: &str) -> Arc<Plan> {
+        if sql.len() < BLOCKING_PLAN_MIN_TEXT {
+            return self.plan(sql);
+        }
+        match self.memoized_plan(sql) {
+            Some(plan) => plan,
+            None => self.plan_off_thread(sql).await,
+        }
+    }
+
+    /// Plans a long text that is not memoized on the blocking pool; inline when there is no
+    /// tokio runtime or the blocking task did not finish.
+    async fn plan_off_thread(&self, sql: &str) -> Arc<Plan> {
+        if sql.len() > self.shared.normalizer.config().max_analyzed_bytes() {
+            // Refused unparsed by the normalizer (one hash over the text): no need for a thread,
+            // nor for a copy of the text.
+            return self.fresh_plan(sql);
+        }
+        let this = self.clone();
+        let text: Box<str> = sql.into();
+        // `plan` looks in the memo again: a caller that waited for the gate behind the same
+        // text finds its plan there.
+        match self.shared.off_thread.run(move || this.plan(&text)).await {
+            Some(plan) => plan,
+            None => self.plan(sql),
+        }
+    }
+
+    /// Analyzes and plans a text, and memoizes the plan when the text is short enough.
+    fn fresh_plan(&self, sql: &str) -> Arc<Plan> {
         let shared = &self.shared;
         let generation = shared.relations_generation.load(std::sync::atomic::Ordering::Acquire);
-        if let Some(plan) = shared.plans.get(sql) {
-            if plan.generation == generation {
-                return plan;
-            }
-        }
         let analysis = shared.normalizer.analyze(sql);
         let relations = self.relations();
         let plan = Arc::new(shared.policy.plan(
@@ -555,8 +604,22 @@ impl QueryCache {
     /// An in-process hit is answered synchronously inside the first poll; only lookups that must
     /// wait (a networked tier, a concurrent fill) go on to a boxed slower path, which keeps this
     /// future small and cheap to create.
+    ///
+    /// A text of 16 KiB or more whose plan is not memoized is analyzed on tokio's blocking pool,
+    /// one such text at a time, so that a huge statement does not stall this worker thread; a
+    /// text longer than the normalizer's
+    /// [`max_analyzed_bytes`](strata_normalizer::NormalizerConfig::max_analyzed_bytes) is not
+    /// analyzed at all and bypasses ([`NotCacheable::TooLarge`]).
     pub async fn lookup(&self, req: &Request<'_>) -> Lookup {
-        match self.lookup_now(req) {
+        let plan = if req.sql.len() < BLOCKING_PLAN_MIN_TEXT {
+            self.plan(req.sql)
+        } else {
+            match self.memoized_plan(req.sql) {
+                Some(plan) => plan,
+                None => Box::pin(self.plan_off_thread(req.sql)).await,
+            }
+        };
+        match self.lookup_now(req, plan) {
             Step::Done(lookup) => lookup,
             Step::Await(pending) => {
                 let span = tracing::trace_span!("strata::lookup");
@@ -567,8 +630,7 @@ impl QueryCache {
 
     /// Everything a lookup can do without awaiting: plan, versions, key, the in-process tier in
     /// front, and taking the lead of a new fill.
-    fn lookup_now(&self, req: &Request<'_>) -> Step {
-        let plan = self.plan(req.sql);
+    fn lookup_now(&self, req: &Request<'_>, plan: Arc<Plan>) -> Step {
         let units = match &plan.verdict {
             Verdict::Bypass(reason) => return Step::Done(self.bypass(reason.clone())),
             Verdict::Cacheable(c) => &c.units,
@@ -920,15 +982,27 @@ impl QueryCache {
     }
 
     /// What a text does to its session's state (`SET`, `DEALLOCATE`, `DISCARD`, server code...),
-    /// by the normalizer (memoized like lookups).
-    pub fn session_effects(&self, sql: &str) -> Vec<strata_normalizer::SessionEffect> {
-        self.plan(sql).analysis.session_effects().cloned().collect()
+    /// by the normalizer (memoized like lookups). A long text is analyzed off this thread, as in
+    /// [`QueryCache::lookup`]; one too large to analyze has one
+    /// [`SessionEffect::ServerCode`](strata_normalizer::SessionEffect::ServerCode).
+    pub async fn session_effects(&self, sql: &str) -> Vec<strata_normalizer::SessionEffect> {
+        self.plan_async(sql).await.analysis.session_effects().cloned().collect()
+    }
+
+    /// [`QueryCache::session_effects`] for a caller that cannot await: `None`, without analyzing,
+    /// for a text of 16 KiB or more whose plan is not memoized (its parse would stall the
+    /// calling thread). Such a caller must then assume the worst of the text: that it may have
+    /// changed anything [`SessionEffect`](strata_normalizer::SessionEffect) names.
+    pub fn session_effects_now(&self, sql: &str) -> Option<Vec<strata_normalizer::SessionEffect>> {
+        let plan = if sql.len() < BLOCKING_PLAN_MIN_TEXT { self.plan(sql) } else { self.memoized_plan(sql)? };
+        Some(plan.analysis.session_effects().cloned().collect())
     }
 
     /// Whether a lookup of this text could be answered or filled at all: the normalizer's verdict
-    /// and the cache's policy, before scope, parameters and versions.
-    pub fn is_cacheable(&self, sql: &str) -> bool {
-        matches!(self.plan(sql).verdict, crate::policy::Verdict::Cacheable(_))
+    /// and the cache's policy, before scope, parameters and versions. A long text is analyzed off
+    /// this thread, as in [`QueryCache::lookup`].
+    pub async fn is_cacheable(&self, sql: &str) -> bool {
+        matches!(self.plan_async(sql).await.verdict, crate::policy::Verdict::Cacheable(_))
     }
 
     /// Installs the dependencies a statement's text does not show (views, cascades, triggers),
@@ -945,9 +1019,11 @@ impl QueryCache {
         self.shared.relations.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Analyzes a statement that was executed and invalidates what it wrote.
+    /// Analyzes a statement that was executed and invalidates what it wrote (a long text is
+    /// analyzed off this thread, as in [`QueryCache::lookup`]). A text too large to analyze
+    /// invalidates everything.
     pub async fn invalidate_sql(&self, sql: &str) -> Result<(), Error> {
-        let plan = self.plan(sql);
+        let plan = self.plan_async(sql).await;
         self.invalidate(plan.analysis.writes()).await
     }
 

@@ -14,7 +14,7 @@ use strata_normalizer::{Normalizer, NormalizerConfig};
 use crate::cache::{QueryCache, Shared, Slot, TierName, TierRole};
 use crate::flight::Flights;
 use crate::metrics::Metrics;
-use crate::policy::Policy;
+use crate::policy::{OffThread, Policy};
 use crate::versions::{version_unit, LocalVersions};
 use crate::Error;
 
@@ -107,7 +107,8 @@ impl QueryCacheBuilder {
         self
     }
 
-    /// The normalizer's configuration (function allow list, catalogs, hint TTL cap). Default: its defaults.
+    /// The normalizer's configuration (function allow list, catalogs, hint TTL cap, the size of
+    /// the longest text analyzed). Default: its defaults.
     #[must_use]
     pub fn with_normalizer(mut self, config: NormalizerConfig) -> Self {
         self.normalizer = Some(config);
@@ -246,6 +247,7 @@ impl QueryCacheBuilder {
             relations_generation: std::sync::atomic::AtomicU64::new(0),
             metrics,
             clock: self.clock,
+            off_thread: OffThread::new(),
         };
         Ok(QueryCache { shared: Arc::new(shared) })
     }
@@ -267,6 +269,7 @@ impl fmt::Debug for QueryCacheBuilder {
 /// default_ttl_ms = 60000
 /// max_result_bytes = 1048576
 /// soft_ttl_ratio = 0.8
+/// max_analyzed_bytes = 262144
 ///
 /// [l1]
 /// capacity_bytes = 268435456
@@ -296,6 +299,10 @@ pub struct QueryCacheConfig {
     pub singleflight_wait_ms: u64,
     /// The largest TTL a `ttl=` hint may ask for, in milliseconds.
     pub hint_ttl_cap_ms: u64,
+    /// Statements longer than this many bytes are not analyzed: never cached, and taken to write
+    /// everything and to change their session. Default 256 KiB; see
+    /// [`NormalizerConfigBuilder::with_max_analyzed_bytes`](strata_normalizer::NormalizerConfigBuilder::with_max_analyzed_bytes).
+    pub max_analyzed_bytes: u64,
     /// The hot tier; `None` for none.
     pub l1: Option<L1Config>,
     /// The warm tier; `None` for none.
@@ -347,6 +354,7 @@ impl Default for QueryCacheConfig {
             ttl_jitter_ratio: 0.1,
             singleflight_wait_ms: 5_000,
             hint_ttl_cap_ms: 3_600_000,
+            max_analyzed_bytes: NormalizerConfig::default().max_analyzed_bytes() as u64,
             l1: Some(L1Config::default()),
             l2: Some(WarmTierConfig::default()),
             tables: BTreeMap::new(),
@@ -366,6 +374,7 @@ impl QueryCacheConfig {
     pub fn to_builder(&self) -> Result<QueryCacheBuilder, Error> {
         let normalizer = NormalizerConfig::builder()
             .with_hint_ttl_cap(Duration::from_millis(self.hint_ttl_cap_ms))
+            .with_max_analyzed_bytes(usize::try_from(self.max_analyzed_bytes).unwrap_or(usize::MAX))
             .build()
             .map_err(|e| Error::config(format!("invalid normalizer configuration: {e}")).with_source(e))?;
         let mut builder = QueryCache::builder()

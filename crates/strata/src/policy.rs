@@ -1,4 +1,5 @@
-//! Per-statement plans: what a statement depends on, how long its result lives, whether it is cached.
+//! Per-statement plans: what a statement depends on, how long its result lives, whether it is
+//! cached, and where a long text is planned.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -10,6 +11,53 @@ use strata_normalizer::{Analysis, Cacheability, LiteralForm, TierHint};
 use crate::cache::{BypassReason, TierRole};
 use crate::relations::Relations;
 use crate::versions::{version_unit, EVERYTHING};
+
+/// Texts of at least this many bytes that are not memoized are planned on tokio's blocking pool
+/// ([`OffThread`]) rather than on the async worker thread that asked, which relays other sessions.
+/// The analysis grows with the text (PostgreSQL's parse tree takes over a hundred times its size,
+/// and a 16 KiB list of values takes milliseconds to parse), while handing work to another
+/// thread costs a few microseconds: below this size, where nearly every statement is, planning
+/// inline is cheaper than the hand-off and the parse is too short to stall anyone.
+pub(crate) const BLOCKING_PLAN_MIN_TEXT: usize = 16 * 1024;
+
+/// Runs work too heavy for an async worker thread (planning a long text) on tokio's blocking
+/// pool, one piece at a time per cache: a flood of long statements then holds one blocking thread
+/// and the memory of one analysis, not every blocking thread and all memory, and the worker
+/// threads keep relaying other sessions meanwhile.
+#[derive(Debug)]
+pub(crate) struct OffThread {
+    /// One permit: held by the work while it runs.
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl OffThread {
+    pub(crate) fn new() -> Self {
+        Self { permits: Arc::new(tokio::sync::Semaphore::new(1)) }
+    }
+
+    /// Runs `work` on the blocking pool of the current tokio runtime once no other work of this
+    /// gate runs, and returns its result. `None` when there is no tokio runtime or the work did
+    /// not finish there (it panicked, or the runtime is shutting down): the caller then runs it
+    /// itself.
+    pub(crate) async fn run<T, F>(&self, work: F) -> Option<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        // The gate is never closed, so this waits for the permit and never fails.
+        let permit = Arc::clone(&self.permits).acquire_owned().await.ok()?;
+        // The permit moves into the work: a caller that stops waiting cannot let a second piece
+        // of work start while the first still runs on its blocking thread.
+        runtime
+            .spawn_blocking(move || {
+                let _permit = permit;
+                work()
+            })
+            .await
+            .ok()
+    }
+}
 
 /// The cache-wide rules, fixed when the cache is built.
 #[derive(Debug, Clone)]
@@ -219,5 +267,133 @@ mod tests {
             assert!(ttl <= Duration::from_secs(100) && ttl >= Duration::from_secs(90), "{ttl:?}");
             assert_eq!(ttl, p.jittered_ttl(Duration::from_secs(100), &key));
         }
+    }
+
+    /// A runtime with a single worker thread: work that blocked it would stall every task.
+    fn one_worker() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
+    }
+
+    /// How long a test waits for something that must happen before it calls it a hang; never
+    /// reached when the code works.
+    const LIVENESS: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn off_thread_work_leaves_the_worker_free_and_runs_one_at_a_time() {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        use std::sync::mpsc;
+
+        let rt = one_worker();
+        let gate = Arc::new(OffThread::new());
+        let worker = rt.block_on(rt.spawn(async { std::thread::current().id() })).unwrap();
+        let (started_tx, started_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let first = rt.spawn({
+            let gate = gate.clone();
+            async move {
+                gate.run(move || {
+                    started_tx.send(std::thread::current().id()).unwrap();
+                    release_rx.recv().unwrap();
+                    1
+                })
+                .await
+            }
+        });
+        // The first piece of work now runs, and stays running until released.
+        let ran_on = started_rx.recv_timeout(LIVENESS).unwrap();
+        assert_ne!(ran_on, worker, "the work ran on the worker thread");
+        let second_started = Arc::new(AtomicBool::new(false));
+        let second = rt.spawn({
+            let (gate, started) = (gate.clone(), second_started.clone());
+            async move {
+                gate.run(move || {
+                    started.store(true, SeqCst);
+                    2
+                })
+                .await
+            }
+        });
+        // The only worker thread still runs other tasks meanwhile.
+        let (done_tx, done_rx) = mpsc::channel();
+        rt.spawn(async move {
+            tokio::task::yield_now().await;
+            done_tx.send(()).unwrap();
+        });
+        done_rx.recv_timeout(LIVENESS).unwrap();
+        // The second piece waits for the first.
+        assert!(!second_started.load(SeqCst));
+        assert!(!first.is_finished() && !second.is_finished());
+        release_tx.send(()).unwrap();
+        assert_eq!(rt.block_on(first).unwrap(), Some(1));
+        assert_eq!(rt.block_on(second).unwrap(), Some(2));
+        assert!(second_started.load(SeqCst));
+    }
+
+    #[test]
+    fn without_a_runtime_off_thread_work_is_left_to_the_caller() {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+
+        let gate = OffThread::new();
+        let mut run = std::pin::pin!(gate.run(|| 1));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(run.as_mut().poll(&mut cx), Poll::Ready(None));
+    }
+
+    #[test]
+    fn only_long_texts_that_are_not_memoized_wait_for_the_gate() {
+        use crate::{Lookup, QueryCache, Request};
+        use bytes::Bytes;
+
+        let rt = one_worker();
+        let cache =
+            QueryCache::builder().with_l1(strata_l1::HotTier::builder().build().unwrap()).build().unwrap();
+        let scope = KeyScope::new("d", "r", SettingsDigest::default());
+        let list: Vec<String> = (0..4000).map(|i| i.to_string()).collect();
+        let long = format!("SELECT * FROM t WHERE a IN ({})", list.join(","));
+        assert!((BLOCKING_PLAN_MIN_TEXT..=64 * 1024).contains(&long.len()), "{}", long.len());
+        assert_eq!(cache.session_effects_now(&long), None, "a long text is not analyzed inline");
+
+        // Hold the gate, as a long parse in progress would.
+        let held = rt.block_on(cache.shared.off_thread.permits.clone().acquire_owned()).unwrap();
+        let waiting = rt.spawn({
+            let (cache, scope, long) = (cache.clone(), scope.clone(), long.clone());
+            async move { matches!(cache.lookup(&Request::new(&scope, &long)).await, Lookup::Miss(_)) }
+        });
+        // Short lookups (misses, fills and hits) and a text too large to analyze finish
+        // meanwhile, on the only worker thread.
+        let short = rt.spawn({
+            let (cache, scope) = (cache.clone(), scope.clone());
+            async move {
+                let mut hits = 0;
+                for i in 0..40 {
+                    let sql = format!("SELECT * FROM t WHERE a = {}", i % 4);
+                    match cache.lookup(&Request::new(&scope, &sql)).await {
+                        Lookup::Hit(_) => hits += 1,
+                        Lookup::Miss(ticket) => {
+                            ticket.fill(Bytes::from_static(b"row"), 1).await;
+                        }
+                        Lookup::Bypass(b) => panic!("{}", b.reason()),
+                    }
+                }
+                let huge = format!("SELECT 1 {}", " ".repeat(300 * 1024));
+                let refused = matches!(cache.lookup(&Request::new(&scope, &huge)).await, Lookup::Bypass(_));
+                (hits, refused)
+            }
+        });
+        let short = rt.block_on(async { tokio::time::timeout(LIVENESS, short).await }).unwrap().unwrap();
+        assert_eq!(short, (36, true));
+        assert!(!waiting.is_finished(), "the long text was planned without the gate");
+        drop(held);
+        assert!(rt.block_on(waiting).unwrap());
+
+        // Now memoized: planned inline, even with the gate held.
+        assert!(cache.session_effects_now(&long).is_some_and(|e| e.is_empty()));
+        let _held = rt.block_on(cache.shared.off_thread.permits.clone().acquire_owned()).unwrap();
+        let again = rt.spawn({
+            let (cache, scope) = (cache.clone(), scope.clone());
+            async move { matches!(cache.lookup(&Request::new(&scope, &long)).await, Lookup::Miss(_)) }
+        });
+        assert!(rt.block_on(async { tokio::time::timeout(LIVENESS, again).await }).unwrap().unwrap());
     }
 }

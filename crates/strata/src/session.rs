@@ -502,7 +502,7 @@ impl CacheSession {
                 unverify = Some("unknown statement");
                 continue;
             };
-            let plan = cache.plan(sql);
+            let plan = cache.plan_async(sql).await;
             let analysis = &plan.analysis;
             merge(&mut effect, analysis.writes());
             if !analysis.leaves_session_alone() {
