@@ -164,8 +164,8 @@ impl SessionCacheBuilder {
         self
     }
 
-    /// Builds; with [`Invalidation::Catalog`] it starts reading the catalog in the background, so
-    /// it must run inside a Tokio runtime.
+    /// Builds; with a catalog (`Invalidation::Catalog`, feature `catalog`) it starts reading the
+    /// catalog in the background, so it must run inside a Tokio runtime.
     pub fn build(self) -> Result<SessionCache, Error> {
         let names = Arc::new(SettingNames::default());
         for name in &self.settings {
@@ -730,44 +730,44 @@ impl SettingNames {
 /// `RESET` or `SHOW` (with `LOCAL`/`SESSION`), or before `=` or `TO` (`proconfig`, `SET x TO`).
 /// Table-qualified columns (`u.id`) stand elsewhere and are not taken.
 pub(crate) fn setting_like_words(text: &str) -> impl Iterator<Item = &str> + '_ {
+    // One pass, remembering only the two words before: texts can be megabytes long.
     let bytes = text.as_bytes();
     let is_word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c == b'.';
-    let mut spans: Vec<(usize, usize)> = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if is_word(bytes[i]) {
+    let is_keyword = |w: &str| ["set", "reset", "show"].iter().any(|k| w.eq_ignore_ascii_case(k));
+    let is_scope = |w: &str| w.eq_ignore_ascii_case("local") || w.eq_ignore_ascii_case("session");
+    let (mut i, mut prev1, mut prev2): (usize, Option<&str>, Option<&str>) = (0, None, None);
+    std::iter::from_fn(move || {
+        while i < bytes.len() {
+            if !is_word(bytes[i]) {
+                i += 1;
+                continue;
+            }
             let start = i;
             while i < bytes.len() && is_word(bytes[i]) {
                 i += 1;
             }
-            spans.push((start, i));
-        } else {
-            i += 1;
+            // Word bytes are ASCII, so these are character boundaries.
+            let word = &text[start..i];
+            let (before1, before2) = (prev1, prev2);
+            prev2 = prev1;
+            prev1 = Some(word);
+            if !is_setting_name(word) {
+                continue;
+            }
+            let after_keyword = before1.is_some_and(is_keyword)
+                || (before1.is_some_and(is_scope) && before2.is_some_and(is_keyword));
+            let quoted = start > 0 && matches!(bytes[start - 1], b'\'' | b'"');
+            let rest = &bytes[i..];
+            let ws = rest.iter().take_while(|b| b.is_ascii_whitespace()).count();
+            let after = &rest[ws..];
+            let assigned = after.first() == Some(&b'=')
+                || (after.len() > 2 && after[..2].eq_ignore_ascii_case(b"to") && after[2].is_ascii_whitespace());
+            if quoted || after_keyword || assigned || before1.is_none() {
+                return Some(word);
+            }
         }
-    }
-    let is_keyword = |w: &str| ["set", "reset", "show"].iter().any(|k| w.eq_ignore_ascii_case(k));
-    let is_scope = |w: &str| w.eq_ignore_ascii_case("local") || w.eq_ignore_ascii_case("session");
-    let mut out = Vec::new();
-    for (k, &(a, b)) in spans.iter().enumerate() {
-        let word = &text[a..b];
-        if !is_setting_name(word) {
-            continue;
-        }
-        let nth_before = |n: usize| k.checked_sub(n).map(|j| &text[spans[j].0..spans[j].1]);
-        let after_keyword = nth_before(1).is_some_and(is_keyword)
-            || (nth_before(1).is_some_and(is_scope) && nth_before(2).is_some_and(is_keyword));
-        let quoted = text[..a].ends_with('\'') || text[..a].ends_with('"');
-        let after = text[b..].trim_start();
-        let assigned = after.starts_with('=')
-            || (after.len() > 2
-                && after[..2].eq_ignore_ascii_case("to")
-                && after[2..].starts_with(char::is_whitespace));
-        let first = text[..a].trim().is_empty();
-        if quoted || after_keyword || assigned || first {
-            out.push(word);
-        }
-    }
-    out.into_iter()
+        None
+    })
 }
 
 fn is_setting_name(word: &str) -> bool {
@@ -995,6 +995,11 @@ mod tests {
         )
         .collect();
         assert_eq!(words, ["app.t", "a.b", "c.d"]);
+        // Multibyte characters right after a name, and a long text, are read without a slip.
+        let words: Vec<&str> = setting_like_words("SELECT 'a.b'é, x.yé, SET c.dé").collect();
+        assert_eq!(words, ["a.b", "c.d"]);
+        let long = "SELECT u.id FROM t u WHERE ".repeat(200_000) + "current_setting('app.z')";
+        assert_eq!(setting_like_words(&long).collect::<Vec<_>>(), ["app.z"]);
         assert!(!is_setting_name("1a.b"));
         assert!(!is_setting_name("a."));
         assert!(!is_setting_name("plain"));
