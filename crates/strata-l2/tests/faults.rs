@@ -212,3 +212,48 @@ async fn redis_out_of_memory_drops_writes_but_keeps_serving_reads() {
     assert!(health.errors >= 20 && health.dropped_writes >= 20, "{health:?}");
     assert!(l2.get(&key(0)).await.unwrap().is_some(), "reads are still served");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_at_build_gives_counted_misses_then_serves_once_it_starts() {
+    let mut server = RedisServer::start();
+    // Nothing listens on the port until the server is restarted there.
+    server.kill();
+    let storage =
+        RedisStorage::standalone(server.url()).with_key_prefix("strata-test:down-at-build:").build();
+    let storage = match storage {
+        Ok(storage) => storage,
+        Err(e) => panic!("building against a redis that is down must not fail: {e}"),
+    };
+    let l2 = WarmTier::builder(Arc::new(storage))
+        .with_deadline(DEADLINE)
+        .with_breaker_failure_threshold(5)
+        .with_breaker_cooldown(Duration::from_millis(100))
+        .build()
+        .unwrap();
+
+    let mut calls = Vec::new();
+    for n in 0..20 {
+        let start = Instant::now();
+        let found = l2.get(&key(n)).await.unwrap();
+        calls.push(Call { start, elapsed: start.elapsed(), hit: found.is_some() });
+        let start = Instant::now();
+        let outcome = l2.put(&key(n), result(&b"value"[..])).await.unwrap();
+        calls.push(Call { start, elapsed: start.elapsed(), hit: false });
+        assert_eq!(outcome, PutOutcome::Rejected(Rejection::Degraded));
+    }
+    let down_max = summarize("redis down at build", &calls);
+    let health = l2.health();
+    let stats = l2.stats();
+    eprintln!("[l2 faults] redis down at build: {health:?}; {stats:?}");
+    assert!(calls.iter().all(|c| !c.hit));
+    assert!(down_max <= DEADLINE + SLACK, "a call took {down_max:?} while redis was down");
+    assert_eq!(stats.misses, 20, "every failed read is a miss: {stats:?}");
+    assert!(health.errors >= 5 && health.dropped_writes == 20, "{health:?}");
+    assert!(health.breaker_opens >= 1, "{health:?}");
+
+    let started_at = Instant::now();
+    server.restart();
+    let recovered = time_to_recover(&l2, started_at).await;
+    eprintln!("[l2 faults] redis started after the build: served {recovered:?} after it began to start");
+    assert_eq!(l2.health().breaker, BreakerState::Closed);
+}

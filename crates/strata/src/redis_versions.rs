@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -138,9 +138,14 @@ impl RedisVersionsBuilder {
         self
     }
 
-    /// Validates the configuration, connects, starts the change channel and waits (at most the
-    /// deadline) for the first synchronization. A store that is not synchronized yet is returned
-    /// anyway: its [`read`](VersionStore::read) says so until it is.
+    /// Validates the configuration, starts the change channel and waits (at most the deadline)
+    /// for the first synchronization. A store that is not synchronized yet is returned anyway:
+    /// its [`read`](VersionStore::read) says so until it is.
+    ///
+    /// Redis being down (refusing connections, not answering, rejecting the scripts) is not an
+    /// error here: the store starts unsynchronized, connects in the background with the
+    /// reconnection backoff, and synchronizes like after any outage. Only an invalid
+    /// configuration fails.
     ///
     /// Must be called within a tokio runtime, which runs the change channel task.
     pub async fn build(self) -> Result<RedisVersions, Error> {
@@ -186,28 +191,12 @@ impl RedisVersionsBuilder {
             .set_number_of_retries(1)
             .set_min_delay(self.reconnect_min)
             .set_max_delay(self.reconnect_max);
-        let conn = match tokio::time::timeout(
-            self.deadline,
-            client.get_connection_manager_with_config(manager_config),
-        )
-        .await
-        {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                return Err(Error::new(
-                    ErrorKind::Unavailable,
-                    format!("redis connection to {masked} failed"),
-                )
-                .with_source(e))
-            }
-            Err(_) => {
-                return Err(Error::new(ErrorKind::Timeout, format!("redis connection to {masked} timed out")))
-            }
-        };
-        // Loading the scripts gives their digests for EVALSHA (a restarted Redis forgets them: the
-        // NOSCRIPT fallback is EVAL, which caches them again).
-        let bump_sha = load_script(&conn, BUMP_SCRIPT, self.deadline, &masked).await?;
-        let snapshot_sha = load_script(&conn, SNAPSHOT_SCRIPT, self.deadline, &masked).await?;
+        // Lazy: the manager connects on first use, so a Redis that is down at start-up delays
+        // nothing here. The change channel task is the first user (it loads the scripts).
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config).map_err(|e| {
+            Error::new(ErrorKind::Config, format!("invalid redis connection settings for {masked}"))
+                .with_source(e)
+        })?;
         let (health_tx, health_rx) = watch::channel(VersionHealth::Unsynchronized);
         let keys = Keys {
             versions: format!("{}versions", self.prefix),
@@ -228,8 +217,7 @@ impl RedisVersionsBuilder {
             keys,
             client,
             conn,
-            bump_sha,
-            snapshot_sha,
+            digests: OnceLock::new(),
             mirror: RwLock::new(Mirror::default()),
             health: health_tx,
             wake: Notify::new(),
@@ -283,6 +271,13 @@ impl RedisVersionsBuilder {
 /// about the year 2255.
 ///
 /// # Failures
+/// A store built while Redis is down starts unsynchronized: every [`read`](VersionStore::read)
+/// says [`VersionView::Unsynchronized`] (the mirror is empty, so it could not vouch for anything),
+/// and the change channel keeps trying to connect with the reconnection backoff. Once it reaches
+/// Redis it runs the same steps as after any outage: apply the pending bumps, take a snapshot,
+/// follow the messages. Versions are current only from then on, and include every bump any
+/// instance made before the snapshot.
+///
 /// Every Redis call has the configured deadline. A bump that fails or times out returns
 /// [`ErrorKind::Unavailable`] or [`ErrorKind::Timeout`]; its tables become pending and the store
 /// stays unsynchronized until a background retry has applied them to Redis and resynchronized
@@ -548,10 +543,11 @@ struct Shared {
     config: Config,
     keys: Keys,
     client: redis::Client,
+    /// Lazy: connects on first use and reconnects by itself.
     conn: ConnectionManager,
-    /// SHA-1 digests of the scripts, as `SCRIPT LOAD` returned them.
-    bump_sha: String,
-    snapshot_sha: String,
+    /// The scripts' digests for `EVALSHA`, set once the change channel first loaded them into
+    /// Redis; until then scripts run by `EVAL`.
+    digests: OnceLock<ScriptDigests>,
     mirror: RwLock<Mirror>,
     health: watch::Sender<VersionHealth>,
     /// Wakes the channel task: a bump failed (pending tables) or ran in an unknown epoch.
@@ -608,39 +604,55 @@ impl Shared {
         }
     }
 
-    /// Runs a script by `EVALSHA`, falling back to `EVAL` when Redis does not have it cached.
-    async fn eval(
-        &self,
-        sha: &str,
-        source: &'static str,
-        args: &[&str],
-        what: &'static str,
-    ) -> Result<redis::Value, Error> {
+    /// Runs a script by `EVALSHA`, falling back to `EVAL` when Redis does not have it cached (a
+    /// restarted Redis forgets scripts; `EVAL` caches it again), or by `EVAL` while its digest is
+    /// not known yet.
+    async fn eval(&self, script: Script, args: &[&str], what: &'static str) -> Result<redis::Value, Error> {
         let keys = [&self.keys.versions, &self.keys.seq, &self.keys.epoch];
         let build = |command: &str, body: &str| {
             let mut cmd = redis::cmd(command);
             cmd.arg(body).arg(keys.len()).arg(&keys[..]).arg(args);
             cmd
         };
-        let evalsha = build("EVALSHA", sha);
+        let evalsha = self.digests.get().map(|d| build("EVALSHA", d.of(script)));
         let mut conn = self.conn.clone();
         let attempt = async {
-            match evalsha.query_async::<redis::Value>(&mut conn).await {
-                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                    let eval = build("EVAL", source);
-                    eval.query_async::<redis::Value>(&mut conn).await
+            if let Some(evalsha) = evalsha {
+                match evalsha.query_async::<redis::Value>(&mut conn).await {
+                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {}
+                    other => return other,
                 }
-                other => other,
             }
+            build("EVAL", script.source()).query_async::<redis::Value>(&mut conn).await
         };
         self.call(what, attempt).await
+    }
+
+    /// Loads the scripts into Redis once, for their digests (`EVALSHA` sends 40 bytes instead of
+    /// the script).
+    async fn load_scripts(&self) -> Result<(), Error> {
+        if self.digests.get().is_some() {
+            return Ok(());
+        }
+        let bump = self.load_script(Script::Bump).await?;
+        let snapshot = self.load_script(Script::Snapshot).await?;
+        // Only the channel task loads them; were it ever raced, both values would be equal.
+        let _ = self.digests.set(ScriptDigests { bump, snapshot });
+        Ok(())
+    }
+
+    async fn load_script(&self, script: Script) -> Result<String, Error> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("SCRIPT");
+        cmd.arg("LOAD").arg(script.source());
+        self.call("version script load", cmd.query_async::<String>(&mut conn)).await
     }
 
     async fn run_bump(&self, tables: &[TableName]) -> Result<BumpReply, Error> {
         let mut args: Vec<&str> = Vec::with_capacity(tables.len() + 1);
         args.push(&self.keys.channel);
         args.extend(tables.iter().map(TableName::as_str));
-        let value = self.eval(&self.bump_sha, BUMP_SCRIPT, &args, "version bump").await?;
+        let value = self.eval(Script::Bump, &args, "version bump").await?;
         let redis::Value::Array(items) = value else {
             return Err(codec("version bump reply is not an array"));
         };
@@ -657,7 +669,7 @@ impl Shared {
     }
 
     async fn run_snapshot(&self) -> Result<Snapshot, Error> {
-        let value = self.eval(&self.snapshot_sha, SNAPSHOT_SCRIPT, &[], "version snapshot").await?;
+        let value = self.eval(Script::Snapshot, &[], "version snapshot").await?;
         let redis::Value::Array(items) = value else {
             return Err(codec("version snapshot reply is not an array"));
         };
@@ -754,27 +766,34 @@ impl Shared {
     }
 }
 
-/// Loads a script; returns its digest for `EVALSHA`.
-async fn load_script(
-    conn: &ConnectionManager,
-    source: &'static str,
-    deadline: Duration,
-    masked_url: &str,
-) -> Result<String, Error> {
-    let mut conn = conn.clone();
-    let mut cmd = redis::cmd("SCRIPT");
-    cmd.arg("LOAD").arg(source);
-    match tokio::time::timeout(deadline, cmd.query_async::<String>(&mut conn)).await {
-        Ok(Ok(sha)) => Ok(sha),
-        Ok(Err(e)) => Err(Error::new(
-            ErrorKind::Unavailable,
-            format!("redis at {masked_url} refused the version scripts"),
-        )
-        .with_source(e)),
-        Err(_) => Err(Error::new(
-            ErrorKind::Timeout,
-            format!("loading the version scripts into {masked_url} timed out"),
-        )),
+/// The Lua scripts this store runs.
+#[derive(Debug, Clone, Copy)]
+enum Script {
+    Bump,
+    Snapshot,
+}
+
+impl Script {
+    fn source(self) -> &'static str {
+        match self {
+            Script::Bump => BUMP_SCRIPT,
+            Script::Snapshot => SNAPSHOT_SCRIPT,
+        }
+    }
+}
+
+/// SHA-1 digests of the scripts, as `SCRIPT LOAD` returned them.
+struct ScriptDigests {
+    bump: String,
+    snapshot: String,
+}
+
+impl ScriptDigests {
+    fn of(&self, script: Script) -> &str {
+        match script {
+            Script::Bump => &self.bump,
+            Script::Snapshot => &self.snapshot,
+        }
     }
 }
 
@@ -1030,6 +1049,11 @@ async fn follow(
     backoff: &mut Duration,
     synced: &mut bool,
 ) -> Error {
+    // The first connection (a store built while Redis was down) and every reconnection run the
+    // same steps: scripts, the bumps that failed meanwhile, then a full snapshot.
+    if let Err(e) = shared.load_scripts().await {
+        return e;
+    }
     if let Err(e) = shared.flush_pending().await {
         return e;
     }

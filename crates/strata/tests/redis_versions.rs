@@ -1,13 +1,20 @@
 //! Integration tests of `RedisVersions` against real redis-server processes.
 
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use strata::{RedisVersions, VersionStats};
+use bytes::Bytes;
+use strata::{
+    BypassReason, KeyScope, Lookup, QueryCache, RedisVersions, Request, SettingsDigest, VersionStats,
+    WriteEffect,
+};
 use strata_core::{ErrorKind, TableName, VersionHealth, VersionStore, VersionView};
+use strata_l1::HotTier;
+use strata_l2::{RedisStorage, WarmTier};
 
 const LIVENESS: Duration = Duration::from_secs(5);
 
@@ -102,18 +109,26 @@ fn percentiles(mut samples: Vec<Duration>) -> String {
 /// A redis-server of our own on a free port, for tests that kill it.
 struct OwnRedis {
     port: u16,
+    /// Where the server writes its RDB file on `SAVE` and loads it from when it starts.
+    dir: Option<PathBuf>,
     child: Option<Child>,
 }
 
 impl OwnRedis {
     fn start() -> Self {
+        let mut me = Self::unstarted(None);
+        me.spawn();
+        me
+    }
+
+    /// A free port where nothing listens until [`spawn`](Self::spawn). With a `dir`, the server
+    /// loads the RDB file a server sharing that directory saved.
+    fn unstarted(dir: Option<&Path>) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap_or_else(|e| panic!("no free port: {e}"));
-        let mut me = Self { port, child: None };
-        me.spawn();
-        me
+        Self { port, dir: dir.map(Path::to_path_buf), child: None }
     }
 
     fn url(&self) -> String {
@@ -132,6 +147,7 @@ impl OwnRedis {
                 "--appendonly",
                 "no",
             ])
+            .args(self.dir.iter().flat_map(|d| [Path::new("--dir"), d.as_path()]))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -156,6 +172,12 @@ impl OwnRedis {
         let pid = self.child.as_ref().map(Child::id).unwrap_or_else(|| panic!("server not running"));
         let status = Command::new("kill").args([signal, &pid.to_string()]).status();
         assert!(status.is_ok_and(|s| s.success()), "kill {signal} {pid} failed");
+    }
+
+    /// Writes the RDB file into the server's directory.
+    fn save(&self) {
+        let mut con = raw(&self.url());
+        redis::cmd("SAVE").exec(&mut con).unwrap_or_else(|e| panic!("SAVE failed: {e}"));
     }
 
     fn kill(&mut self) {
@@ -211,21 +233,150 @@ async fn invalid_configuration_is_a_config_error() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unreachable_redis_fails_build_within_the_deadline() {
-    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port());
-    let url = format!("redis://:secret@127.0.0.1:{}/", port.unwrap_or(1));
-    let start = Instant::now();
-    let result = builder(&url, "x:").build().await;
-    let elapsed = start.elapsed();
-    match result {
-        Err(e) => {
-            assert!(matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout), "{e}");
-            assert!(!e.to_string().contains("secret"), "{e}");
-        }
-        Ok(s) => panic!("built against a closed port: {s:?}"),
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> Self {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!("strata-versions-{test}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        Self(dir)
     }
-    assert!(elapsed < LIVENESS, "{elapsed:?}");
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A query cache with L1, L2 in the Redis at `url` and versions from `versions`.
+fn query_cache(url: &str, prefix: &str, versions: Arc<RedisVersions>) -> QueryCache {
+    let storage = RedisStorage::standalone(url)
+        .with_key_prefix(format!("{prefix}l2:"))
+        .build()
+        .unwrap_or_else(|e| panic!("l2 storage: {e}"));
+    let l2 = WarmTier::builder(Arc::new(storage))
+        .with_deadline(Duration::from_secs(1))
+        .build()
+        .unwrap_or_else(|e| panic!("l2 tier: {e}"));
+    QueryCache::builder()
+        .with_l1(HotTier::builder().build().unwrap_or_else(|e| panic!("l1: {e}")))
+        .with_l2(l2)
+        .with_version_store(versions)
+        .with_default_ttl(Duration::from_secs(600))
+        .build()
+        .unwrap_or_else(|e| panic!("query cache: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_built_while_redis_is_down_bypasses_then_syncs_without_missing_a_bump() {
+    let dir = TempDir::new("start-down");
+    // Nothing listens on this port until the test starts a server there.
+    let mut redis = OwnRedis::unstarted(Some(&dir.0));
+    let url = redis.url();
+    let prefix = unique_prefix("start-down");
+    let deadline = Duration::from_millis(300);
+    let items = t("items");
+    let audit = t("audit");
+    let scope = KeyScope::new("shop", "app", SettingsDigest::default());
+    let req = Request::new(&scope, "SELECT * FROM items WHERE id = 7");
+
+    // Building is not an error, and a password never shows.
+    let with_password = format!("redis://:secret@127.0.0.1:{}/", redis.port);
+    match builder(&with_password, &prefix).with_deadline(deadline).build().await {
+        Ok(s) => assert!(!format!("{s:?}").contains("secret"), "{s:?}"),
+        Err(e) => panic!("a store built while redis is down failed: {e}"),
+    }
+    let start = Instant::now();
+    let a = builder(&url, &prefix).with_deadline(deadline).build().await;
+    let a = Arc::new(a.unwrap_or_else(|e| panic!("a store built while redis is down failed: {e}")));
+    let built_in = start.elapsed();
+    assert!(built_in < LIVENESS, "{built_in:?}");
+    assert_eq!(a.health(), VersionHealth::Unsynchronized);
+    assert_eq!(read1(&a, &items).1, VersionView::Unsynchronized);
+    assert_eq!(a.stats().resyncs, 0, "{:?}", a.stats());
+    let a_cache = query_cache(&url, &prefix, Arc::clone(&a));
+    match a_cache.lookup(&req).await {
+        Lookup::Bypass(bypass) => assert_eq!(bypass.reason(), &BypassReason::VersionsUnsynchronized),
+        other => panic!("an unsynchronized store must bypass the cache, got {other:?}"),
+    }
+    // A write through A while Redis is down fails its bump, which stays pending.
+    let err = a_cache.invalidate(&WriteEffect::Tables(vec![audit.clone()])).await;
+    assert!(err.is_err(), "a bump succeeded with redis down");
+    assert_eq!(a.stats().pending_tables, 1, "{:?}", a.stats());
+
+    // Meanwhile another instance, which can reach Redis (a scratch server sharing the data
+    // directory), caches a result and then writes: the result is stale from then on.
+    let b_version = {
+        let mut scratch = OwnRedis::unstarted(Some(&dir.0));
+        scratch.spawn();
+        let b = Arc::new(store(&scratch.url(), &prefix).await);
+        synchronized(&b).await;
+        let b_cache = query_cache(&scratch.url(), &prefix, Arc::clone(&b));
+        match b_cache.lookup(&req).await {
+            Lookup::Miss(ticket) => {
+                ticket.fill(Bytes::from_static(b"old"), 1).await;
+            }
+            other => panic!("expected a miss to fill, got {other:?}"),
+        }
+        // The old result is in Redis (a cache without it in L1 finds it in L2).
+        let other_cache = query_cache(&scratch.url(), &prefix, Arc::clone(&b));
+        assert!(matches!(other_cache.lookup(&req).await, Lookup::Hit(h) if h.tier() == "l2"));
+        b_cache
+            .invalidate(&WriteEffect::Tables(vec![items.clone()]))
+            .await
+            .unwrap_or_else(|e| panic!("bump through B: {e}"));
+        assert!(matches!(other_cache.lookup(&req).await, Lookup::Miss(_)));
+        let (version, view) = read1(&b, &items);
+        assert_eq!(view, VersionView::Current);
+        scratch.save();
+        scratch.kill();
+        version
+    };
+    assert_eq!(a.health(), VersionHealth::Unsynchronized);
+
+    // A server starts on A's port with that data: A picks it up by itself.
+    redis.spawn();
+    let started = Instant::now();
+    synchronized(&a).await;
+    println!(
+        "built while redis was down in {}ms; synchronized {}ms after redis started",
+        built_in.as_millis(),
+        started.elapsed().as_millis()
+    );
+    // B's write is in A's first snapshot: the old result is never served.
+    assert_eq!(read1(&a, &items), (b_version, VersionView::Current));
+    match a_cache.lookup(&req).await {
+        Lookup::Miss(ticket) => {
+            ticket.fill(Bytes::from_static(b"new"), 1).await;
+        }
+        Lookup::Hit(hit) => panic!("served {:?}, cached before a write A could not see", hit.payload()),
+        Lookup::Bypass(bypass) => panic!("still bypassing once synchronized: {bypass:?}"),
+    }
+    match a_cache.lookup(&req).await {
+        Lookup::Hit(hit) => assert_eq!(hit.payload(), &Bytes::from_static(b"new")),
+        other => panic!("expected a hit once synchronized, got {other:?}"),
+    }
+    // A's bump made while Redis was down was applied to Redis before A synchronized.
+    assert_eq!(a.stats().pending_tables, 0, "{:?}", a.stats());
+    let mut con = raw(&url);
+    let stored: u64 =
+        redis::cmd("HGET").arg(format!("{prefix}versions")).arg("audit").query(&mut con).unwrap_or(0);
+    assert_eq!(read1(&a, &audit), (stored, VersionView::Current));
+
+    // From now on the change channel carries writes as usual.
+    let c = store(&url, &prefix).await;
+    synchronized(&c).await;
+    c.bump(std::slice::from_ref(&items)).await.unwrap_or_else(|e| panic!("{e}"));
+    let written = Instant::now();
+    while let Lookup::Hit(hit) = a_cache.lookup(&req).await {
+        assert_eq!(hit.payload(), &Bytes::from_static(b"new"));
+        assert!(written.elapsed() < LIVENESS, "A still served the result {LIVENESS:?} after a write");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    redis.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ mod differential;
 mod faults;
 mod leaks;
 mod pipelining;
+mod redis_down;
 mod seam;
 mod sessions;
 mod support;
