@@ -187,14 +187,37 @@ struct Postgres {
 }
 
 /// Password authentication for two roles tests create (`strata_scram`, `strata_md5`), trust for all else.
+/// The `all` database keyword does not match replication connections, so every rule has a
+/// `replication` twin: WAL-invalidation tests stream changes over such connections.
 const PG_HBA: &str = "\
 local all all trust
+local replication all trust
 host all strata_scram 127.0.0.1/32 scram-sha-256
+host replication strata_scram 127.0.0.1/32 scram-sha-256
 host all strata_md5 127.0.0.1/32 md5
+host replication strata_md5 127.0.0.1/32 md5
 host all strata_scram ::1/128 scram-sha-256
+host replication strata_scram ::1/128 scram-sha-256
 host all strata_md5 ::1/128 md5
+host replication strata_md5 ::1/128 md5
 host all all 127.0.0.1/32 trust
+host replication all 127.0.0.1/32 trust
 host all all ::1/128 trust
+host replication all ::1/128 trust
+";
+
+/// The test defaults appended to `postgresql.conf` (before a caller's extra lines, which win).
+/// `wal_level = logical` and room for slots and senders let tests decode the WAL through
+/// temporary logical slots, one or more per test binary running at once.
+const PG_TEST_CONF: &str = "\
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+max_connections = 300
+shared_buffers = 128MB
+wal_level = logical
+max_replication_slots = 20
+max_wal_senders = 20
 ";
 
 impl Postgres {
@@ -227,8 +250,7 @@ impl Postgres {
         }
         let conf = format!(
             "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-             fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 300\n\
-             shared_buffers = 128MB\n{extra_conf}\n",
+             {PG_TEST_CONF}{extra_conf}\n",
             pg.dir.display()
         );
         append(&data.join("postgresql.conf"), &conf)?;

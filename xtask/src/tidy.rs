@@ -162,3 +162,36 @@ fn provisioned_redis_and_postgres_answer() {
     assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t|42");
 }
+
+/// The harness test for WAL invalidation: the provisioned PostgreSQL decodes its WAL logically,
+/// has room for the slots and senders parallel tests open, and accepts replication connections.
+#[test]
+fn provisioned_postgres_streams_logical_replication() {
+    let hint = "run `cargo xtask test`, which starts throwaway redis-server and PostgreSQL instances";
+    let database_url = std::env::var("STRATA_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| panic!("STRATA_TEST_DATABASE_URL is unset: {hint}"));
+    let bindir = std::env::var("STRATA_TEST_PG_BINDIR")
+        .unwrap_or_else(|_| panic!("STRATA_TEST_PG_BINDIR is unset: {hint}"));
+    let psql = |url: &str, sql: &str| {
+        let out = std::process::Command::new(Path::new(&bindir).join("psql"))
+            .args([url, "-XAtc", sql])
+            .output()
+            .expect("run psql");
+        assert!(out.status.success(), "psql `{sql}` failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let settings = psql(
+        &database_url,
+        "SELECT current_setting('wal_level'), current_setting('max_replication_slots')::int >= 20, \
+         current_setting('max_wal_senders')::int >= 20",
+    );
+    assert_eq!(settings, "logical|t|t", "wal_level | enough slots | enough senders");
+
+    // `all` in pg_hba.conf does not cover replication connections: this needs its own rule.
+    let separator = if database_url.contains('?') { '&' } else { '?' };
+    let replication_url = format!("{database_url}{separator}replication=database");
+    let system = psql(&replication_url, "IDENTIFY_SYSTEM");
+    let fields: Vec<&str> = system.split('|').collect();
+    assert_eq!(fields.len(), 4, "IDENTIFY_SYSTEM answers systemid|timeline|xlogpos|dbname: {system}");
+    assert_eq!(fields[3], "postgres", "a database replication connection names its database: {system}");
+}

@@ -57,6 +57,7 @@ mod relations;
 mod request;
 mod session;
 mod versions;
+mod wal;
 
 #[cfg(feature = "catalog")]
 pub use crate::catalog::{CatalogConfig, CatalogConfigBuilder};
