@@ -297,7 +297,8 @@ pub enum WriteEffect {
 }
 
 impl WriteEffect {
-    pub(crate) fn merge(&mut self, other: &WriteEffect) {
+    /// Adds what `other` makes stale: `Unknown` wins, tables are united without repeats.
+    pub fn merge(&mut self, other: &WriteEffect) {
         match (&mut *self, other) {
             (WriteEffect::Unknown, _) | (_, WriteEffect::Nothing) => {}
             (_, WriteEffect::Unknown) => *self = WriteEffect::Unknown,

@@ -7,7 +7,7 @@ use clap::Parser;
 use strata::{CatalogConfig, Invalidation};
 
 use crate::{
-    config::{FileConfig, ProxyBuilder, DEFAULT_UPSTREAM},
+    config::{FileConfig, ProxyBuilder, Upstream, DEFAULT_UPSTREAM},
     error::Error,
     server::Proxy,
     strata_cache::CacheSettings,
@@ -113,7 +113,9 @@ impl Args {
             (None | Some("catalog"), Some(user)) => {
                 let upstream =
                     self.upstream.clone().or(file.upstream).unwrap_or_else(|| DEFAULT_UPSTREAM.to_owned());
-                let mut b = CatalogConfig::builder().with_upstream(upstream).with_user(user);
+                let upstream = Upstream::parse(&upstream)?;
+                let mut b =
+                    CatalogConfig::builder().with_upstream(upstream.host(), upstream.port()).with_user(user);
                 if let Some(p) = password {
                     b = b.with_password(p);
                 }

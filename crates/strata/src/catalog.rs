@@ -83,39 +83,10 @@ impl fmt::Debug for CatalogConfig {
     }
 }
 
-/// Host and port of a `postgres://[user@]host[:port][/db]` URL.
-fn host_port(url: &str) -> Result<(String, u16), Error> {
-    let rest = url
-        .strip_prefix("postgres://")
-        .or_else(|| url.strip_prefix("postgresql://"))
-        .ok_or_else(|| Error::config(format!("upstream url must start with postgres://: {url:?}")))?;
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-        let (h, after) = v6
-            .split_once(']')
-            .ok_or_else(|| Error::config(format!("bad ipv6 host in upstream url {url:?}")))?;
-        (h, after.strip_prefix(':'))
-    } else {
-        match hostport.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (hostport, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(Error::config(format!("upstream url has no host: {url:?}")));
-    }
-    let port = match port {
-        None | Some("") => 5432,
-        Some(p) => p.parse().map_err(|_| Error::config(format!("bad port in upstream url {url:?}")))?,
-    };
-    Ok((host.to_owned(), port))
-}
-
 /// Builds a [`CatalogConfig`].
 #[derive(Default)]
 pub struct CatalogConfigBuilder {
-    upstream: Option<String>,
+    upstream: Option<(String, u16)>,
     user: Option<String>,
     password: Option<String>,
     databases: Vec<String>,
@@ -137,9 +108,9 @@ impl fmt::Debug for CatalogConfigBuilder {
 }
 
 impl CatalogConfigBuilder {
-    /// The upstream server as a `postgres://host:port` URL (only host and port are used). Required.
-    pub fn with_upstream(mut self, url: impl Into<String>) -> Self {
-        self.upstream = Some(url.into());
+    /// The upstream server's host and port. Required.
+    pub fn with_upstream(mut self, host: impl Into<String>, port: u16) -> Self {
+        self.upstream = Some((host.into(), port));
         self
     }
 
@@ -177,9 +148,11 @@ impl CatalogConfigBuilder {
 
     /// Validates the settings.
     pub fn build(self) -> Result<CatalogConfig, Error> {
-        let (host, port) = host_port(
-            self.upstream.as_deref().ok_or_else(|| Error::config("the catalog needs an upstream url"))?,
-        )?;
+        let (host, port) =
+            self.upstream.ok_or_else(|| Error::config("the catalog needs an upstream host"))?;
+        if host.is_empty() {
+            return Err(Error::config("the catalog's upstream host is empty"));
+        }
         let user =
             self.user.filter(|u| !u.is_empty()).ok_or_else(|| Error::config("the catalog user is empty"))?;
         let refresh_interval = self.refresh_interval.unwrap_or(DEFAULT_REFRESH);
@@ -272,6 +245,24 @@ WITH user_rel AS (
   SELECT c.oid, c.relname, c.relkind FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_toast%'
+),
+-- Views and row-level-security policies calling a function outside pg_catalog, and whether one
+-- of those functions is volatile.
+code_reads AS (
+  SELECT x.relname, pg_catalog.bool_or(f.provolatile = 'v') AS volatile
+  FROM (SELECT r.ev_class AS oid, d.refobjid AS fn
+          FROM pg_catalog.pg_rewrite r
+          JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+               AND d.refclassid = 'pg_catalog.pg_proc'::regclass
+          WHERE r.rulename = '_RETURN'
+        UNION
+        SELECT p.polrelid, d.refobjid
+          FROM pg_catalog.pg_policy p
+          JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = p.oid
+               AND d.refclassid = 'pg_catalog.pg_proc'::regclass) o
+  JOIN pg_catalog.pg_proc f ON f.oid = o.fn AND f.pronamespace <> 'pg_catalog'::regnamespace
+  JOIN user_rel x ON x.oid = o.oid AND x.relkind IN ('v', 'r', 'p', 'f')
+  GROUP BY x.relname
 )
 SELECT 'view', v.relname::text, b.relname::text, (pg_catalog.pg_relation_is_updatable(v.oid, false) <> 0)::text
   FROM pg_catalog.pg_rewrite r
@@ -310,33 +301,9 @@ SELECT 'rule', c.relname::text, NULL, 'false'
   JOIN user_rel c ON c.oid = r.ev_class
   WHERE r.rulename <> '_RETURN'
 UNION
-SELECT 'opaque', x.relname::text, NULL, 'false'
-  FROM (SELECT r.ev_class AS oid, d.refobjid AS fn
-          FROM pg_catalog.pg_rewrite r
-          JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
-               AND d.refclassid = 'pg_catalog.pg_proc'::regclass
-          WHERE r.rulename = '_RETURN'
-        UNION
-        SELECT p.polrelid, d.refobjid
-          FROM pg_catalog.pg_policy p
-          JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = p.oid
-               AND d.refclassid = 'pg_catalog.pg_proc'::regclass) o
-  JOIN pg_catalog.pg_proc f ON f.oid = o.fn AND f.pronamespace <> 'pg_catalog'::regnamespace
-  JOIN user_rel x ON x.oid = o.oid AND x.relkind IN ('v', 'r', 'p', 'f')
+SELECT 'opaque', c.relname::text, NULL, 'false' FROM code_reads c
 UNION
-SELECT 'volatile', x.relname::text, NULL, 'false'
-  FROM (SELECT r.ev_class AS oid, d.refobjid AS fn
-          FROM pg_catalog.pg_rewrite r
-          JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
-               AND d.refclassid = 'pg_catalog.pg_proc'::regclass
-          WHERE r.rulename = '_RETURN'
-        UNION
-        SELECT p.polrelid, d.refobjid
-          FROM pg_catalog.pg_policy p
-          JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = p.oid
-               AND d.refclassid = 'pg_catalog.pg_proc'::regclass) o
-  JOIN pg_catalog.pg_proc f ON f.oid = o.fn AND f.pronamespace <> 'pg_catalog'::regnamespace AND f.provolatile = 'v'
-  JOIN user_rel x ON x.oid = o.oid AND x.relkind IN ('v', 'r', 'p', 'f')
+SELECT 'volatile', c.relname::text, NULL, 'false' FROM code_reads c WHERE c.volatile
 UNION
 SELECT 'relation', c.relname::text, NULL, 'false'
   FROM user_rel c WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
@@ -752,7 +719,7 @@ mod tests {
     #[test]
     fn config_validates_and_never_shows_the_password() {
         let config = CatalogConfig::builder()
-            .with_upstream("postgres://db:5433")
+            .with_upstream("db", 5433)
             .with_user("strata_catalog")
             .with_password("hunter2")
             .with_database("app")
@@ -764,15 +731,15 @@ mod tests {
         let shown = format!("{config:?} {:?}", CatalogConfig::builder().with_password("hunter2"));
         assert!(!shown.contains("hunter2") && shown.contains("<set>"), "{shown}");
         assert!(CatalogConfig::builder().with_user("u").build().is_err(), "no upstream");
-        assert!(CatalogConfig::builder().with_upstream("postgres://h").build().is_err(), "no user");
+        assert!(CatalogConfig::builder().with_upstream("h", 5432).build().is_err(), "no user");
         assert!(CatalogConfig::builder()
-            .with_upstream("postgres://h")
+            .with_upstream("h", 5432)
             .with_user("u")
             .with_refresh_interval(Duration::ZERO)
             .build()
             .is_err());
         assert!(CatalogConfig::builder()
-            .with_upstream("postgres://h")
+            .with_upstream("h", 5432)
             .with_user("u")
             .with_database("")
             .build()

@@ -504,7 +504,7 @@ impl CacheSession {
             };
             let plan = cache.plan_async(sql).await;
             let analysis = &plan.analysis;
-            merge(&mut effect, analysis.writes());
+            effect.merge(analysis.writes());
             if !analysis.leaves_session_alone() {
                 unverify.get_or_insert(reason_of(analysis.session_effects()));
                 self.shared.names.learn_from_text(sql);
@@ -565,7 +565,7 @@ impl CacheSession {
             }
             match request.after {
                 TransactionState::InTransaction | TransactionState::Failed => {
-                    merge(&mut st.pending, &effect);
+                    st.pending.merge(&effect);
                     None
                 }
                 TransactionState::Idle => {
@@ -575,7 +575,7 @@ impl CacheSession {
                         // ROLLBACK: the transaction's writes never happened.
                         None
                     } else {
-                        merge(&mut committed, &effect);
+                        committed.merge(&effect);
                         Some(committed)
                     }
                 }
@@ -646,21 +646,6 @@ fn changes_schema(tag: &str) -> bool {
         "IMPORT FOREIGN SCHEMA",
     ];
     tag == "DO" || tag == "CALL" || PREFIXES.iter().any(|p| tag.starts_with(p))
-}
-
-fn merge(into: &mut WriteEffect, other: &WriteEffect) {
-    match (&mut *into, other) {
-        (WriteEffect::Unknown, _) | (_, WriteEffect::Nothing) => {}
-        (_, WriteEffect::Unknown) => *into = WriteEffect::Unknown,
-        (WriteEffect::Nothing, WriteEffect::Tables(t)) => *into = WriteEffect::Tables(t.clone()),
-        (WriteEffect::Tables(mine), WriteEffect::Tables(t)) => {
-            for table in t {
-                if !mine.contains(table) {
-                    mine.push(table.clone());
-                }
-            }
-        }
-    }
 }
 
 /// The custom setting names scopes include, shared by all sessions; the generation changes
@@ -761,7 +746,9 @@ pub(crate) fn setting_like_words(text: &str) -> impl Iterator<Item = &str> + '_ 
             let ws = rest.iter().take_while(|b| b.is_ascii_whitespace()).count();
             let after = &rest[ws..];
             let assigned = after.first() == Some(&b'=')
-                || (after.len() > 2 && after[..2].eq_ignore_ascii_case(b"to") && after[2].is_ascii_whitespace());
+                || (after.len() > 2
+                    && after[..2].eq_ignore_ascii_case(b"to")
+                    && after[2].is_ascii_whitespace());
             if quoted || after_keyword || assigned || before1.is_none() {
                 return Some(word);
             }

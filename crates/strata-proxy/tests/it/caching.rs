@@ -346,28 +346,6 @@ async fn when_redis_goes_away_queries_go_on_uncached_and_caching_comes_back() {
     assert_eq!(value(&c).await, "v2");
 }
 
-/// Parse (unnamed), Bind (unnamed portal, text parameters), Execute, for one statement.
-fn parse_bind_execute(sql: &str, params: &[&str]) -> Vec<u8> {
-    let mut parse = cstr("");
-    parse.extend(cstr(sql));
-    parse.extend_from_slice(&0i16.to_be_bytes());
-    let mut bind = cstr("");
-    bind.extend(cstr(""));
-    bind.extend_from_slice(&0i16.to_be_bytes());
-    bind.extend_from_slice(&(params.len() as i16).to_be_bytes());
-    for p in params {
-        bind.extend_from_slice(&(p.len() as i32).to_be_bytes());
-        bind.extend_from_slice(p.as_bytes());
-    }
-    bind.extend_from_slice(&0i16.to_be_bytes());
-    let mut execute = cstr("");
-    execute.extend_from_slice(&0i32.to_be_bytes());
-    let mut out = message(b'P', &parse);
-    out.extend(message(b'B', &bind));
-    out.extend(message(b'E', &execute));
-    out
-}
-
 fn pipelined(statements: &[(&str, &[&str])]) -> Vec<u8> {
     let mut out = Vec::new();
     for (sql, params) in statements {

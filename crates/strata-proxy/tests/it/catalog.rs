@@ -15,7 +15,7 @@ const NO_PERIODIC_REFRESH: Duration = Duration::from_secs(3600);
 fn catalog(db: &str, user: &str) -> Invalidation {
     let pg = pg();
     let config = CatalogConfig::builder()
-        .with_upstream(format!("postgres://{}:{}", pg.host(), pg.port()))
+        .with_upstream(pg.host(), pg.port())
         .with_user(user)
         .with_database(db)
         .with_refresh_interval(NO_PERIODIC_REFRESH)
@@ -354,7 +354,7 @@ async fn a_database_is_read_when_a_client_first_uses_it_and_refreshed_periodical
     // No database listed: the first session on `db` starts its read. A short period picks up
     // DDL that bypassed the proxy.
     let config = CatalogConfig::builder()
-        .with_upstream(format!("postgres://{}:{}", pg.host(), pg.port()))
+        .with_upstream(pg.host(), pg.port())
         .with_user("postgres")
         .with_refresh_interval(Duration::from_millis(200))
         .build()

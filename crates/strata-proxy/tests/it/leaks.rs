@@ -388,7 +388,7 @@ async fn caching_proxy(setup: Setup) -> TestProxy {
         Setup::Catalog => {
             let pg = crate::support::pg();
             let config = strata_proxy::CatalogConfig::builder()
-                .with_upstream(format!("postgres://{}:{}", pg.host(), pg.port()))
+                .with_upstream(pg.host(), pg.port())
                 .with_user("postgres")
                 .with_database(DB)
                 .build()

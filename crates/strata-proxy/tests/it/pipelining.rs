@@ -6,22 +6,9 @@ use std::{sync::Arc, time::Duration};
 
 use strata_proxy::{build_query_cache, CacheSettings, StrataCache};
 
-use crate::support::{admin, cstr, fresh_database, message, sqlstate, start_proxy, Msg, RawClient};
-
-fn parse_bind_execute(sql: &str) -> Vec<u8> {
-    let mut parse = cstr("");
-    parse.extend(cstr(sql));
-    parse.extend(0i16.to_be_bytes());
-    let mut bind = cstr("");
-    bind.extend(cstr(""));
-    bind.extend([0, 0, 0, 0, 0, 0]);
-    let mut exec = cstr("");
-    exec.extend(0u32.to_be_bytes());
-    let mut out = message(b'P', &parse);
-    out.extend(message(b'B', &bind));
-    out.extend(message(b'E', &exec));
-    out
-}
+use crate::support::{
+    admin, fresh_database, message, parse_bind_execute, sqlstate, start_proxy, Msg, RawClient,
+};
 
 /// Reads until an ErrorResponse (bounded by the client's read timeout: a hang fails the test).
 async fn until_error(c: &mut RawClient) -> (Vec<Msg>, String) {
@@ -52,7 +39,7 @@ async fn errors_reach_a_pipelining_client_without_a_sync() {
 
     // A cacheable read that fails, outside a transaction, no Sync.
     for _ in 0..2 {
-        c.send(&parse_bind_execute("SELECT 1/0")).await;
+        c.send(&parse_bind_execute("SELECT 1/0", &[])).await;
         let (_, code) = until_error(&mut c).await;
         assert_eq!(code, "22012");
         c.send(&message(b'S', &[])).await;
@@ -62,8 +49,8 @@ async fn errors_reach_a_pipelining_client_without_a_sync() {
 
     // A unique violation inside a transaction (psycopg's test_pipeline_communicate_uniqviol).
     assert!(c.query("BEGIN").await.iter().any(|m| m.0 == b'Z'));
-    let mut batch = parse_bind_execute("INSERT INTO u VALUES (1)");
-    batch.extend(parse_bind_execute("INSERT INTO u VALUES (1)"));
+    let mut batch = parse_bind_execute("INSERT INTO u VALUES (1)", &[]);
+    batch.extend(parse_bind_execute("INSERT INTO u VALUES (1)", &[]));
     c.send(&batch).await;
     let (before, code) = until_error(&mut c).await;
     assert_eq!(code, "23505");
@@ -76,7 +63,7 @@ async fn errors_reach_a_pipelining_client_without_a_sync() {
     // A cached read pipelined without a Sync, then a Flush: the answer comes (from the server or
     // the cache), and the Sync that follows ends the batch.
     for round in 0..3 {
-        let mut batch = parse_bind_execute("SELECT 42");
+        let mut batch = parse_bind_execute("SELECT 42", &[]);
         batch.extend(message(b'H', &[]));
         c.send(&batch).await;
         let mut got = Vec::new();

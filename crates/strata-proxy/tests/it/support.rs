@@ -231,3 +231,25 @@ pub fn must_fail<T, E>(result: Result<T, E>, what: &str) -> E {
         Err(e) => e,
     }
 }
+
+/// Parse (unnamed), Bind (unnamed portal, text parameters), Execute, for one statement.
+pub fn parse_bind_execute(sql: &str, params: &[&str]) -> Vec<u8> {
+    let mut parse = cstr("");
+    parse.extend(cstr(sql));
+    parse.extend_from_slice(&0i16.to_be_bytes());
+    let mut bind = cstr("");
+    bind.extend(cstr(""));
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    bind.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for p in params {
+        bind.extend_from_slice(&(p.len() as i32).to_be_bytes());
+        bind.extend_from_slice(p.as_bytes());
+    }
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    let mut execute = cstr("");
+    execute.extend_from_slice(&0i32.to_be_bytes());
+    let mut out = message(b'P', &parse);
+    out.extend(message(b'B', &bind));
+    out.extend(message(b'E', &execute));
+    out
+}

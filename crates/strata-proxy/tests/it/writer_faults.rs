@@ -8,7 +8,8 @@ use strata_proxy::{build_query_cache, CacheSettings, StrataCache};
 use tokio::time::Instant;
 
 use crate::support::{
-    admin, connect, cstr, fresh_database, message, pg, sqlstate, start_proxy, Msg, RawClient, TestProxy,
+    admin, connect, cstr, fresh_database, message, parse_bind_execute, pg, sqlstate, start_proxy, Msg,
+    RawClient, TestProxy,
 };
 
 async fn strata_cache() -> Arc<StrataCache> {
@@ -68,17 +69,7 @@ async fn write_and_leave(port: u16, db: &str, extended: bool, new: &str) {
     let (mut raw, _) = RawClient::startup(port, "postgres", db).await;
     let sql = format!("UPDATE t SET v = '{new}' WHERE id = 1 AND pg_sleep(0.5) IS NOT NULL");
     if extended {
-        let mut parse = cstr("");
-        parse.extend(cstr(&sql));
-        parse.extend(0i16.to_be_bytes());
-        let mut bind = cstr("");
-        bind.extend(cstr(""));
-        bind.extend([0, 0, 0, 0, 0, 0]);
-        let mut exec = cstr("");
-        exec.extend(0u32.to_be_bytes());
-        let mut batch = message(b'P', &parse);
-        batch.extend(message(b'B', &bind));
-        batch.extend(message(b'E', &exec));
+        let mut batch = parse_bind_execute(&sql, &[]);
         batch.extend(message(b'S', &[]));
         raw.send(&batch).await;
     } else {
