@@ -18,10 +18,11 @@
 //! (with a current catalog) whose relations run no user code when read or written (no triggers,
 //! rules, views or policies calling user functions, defaults or checks calling user functions).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prometheus::{IntCounter, IntCounterVec, Opts};
@@ -34,6 +35,14 @@ use crate::Error;
 
 /// Settings proven not to change any result or its text form: the client's own label.
 const NEUTRAL_SETTINGS: &[&str] = &["application_name"];
+
+/// Without a catalog, how long a relation found to run no user code is believed to stay so: a
+/// trigger, rule or policy created by DDL that bypasses Strata is seen within this time, as the
+/// catalog's periodic refresh sees it. DDL through Strata forgets the database's relations at once.
+const PLAIN_FOR: Duration = Duration::from_secs(30);
+
+/// At most this many relations are checked by one verification.
+const MAX_RELATIONS_CHECKED: usize = 64;
 
 /// At most this many custom setting names are followed; past it, sessions that may have changed
 /// a custom setting cannot be verified and stop using the cache (counted, warned).
@@ -95,6 +104,9 @@ struct Inner {
     cache: QueryCache,
     mode: Mode,
     names: Arc<SettingNames>,
+    /// Without a current catalog: relations a verification found to run no user code, by
+    /// database, with when that was read.
+    plain: Mutex<HashMap<Arc<str>, HashMap<TableName, Instant>>>,
     verifications: IntCounter,
     verification_failures: IntCounter,
     unverified: IntCounterVec,
@@ -219,6 +231,7 @@ impl SessionCacheBuilder {
                 cache: self.cache,
                 mode,
                 names,
+                plain: Mutex::new(HashMap::new()),
                 verifications,
                 verification_failures,
                 unverified,
@@ -262,6 +275,7 @@ impl SessionCache {
                 scope: Scope::Unverified,
                 pending: WriteEffect::Nothing,
                 functions: BTreeSet::new(),
+                relations: BTreeSet::new(),
             }),
         }
     }
@@ -333,6 +347,9 @@ struct SessionState {
     /// Functions called by requests since the last verification: the next one reads their
     /// bodies for custom setting names.
     functions: BTreeSet<String>,
+    /// Relations a request reached upstream that are not known to run no user code: the next
+    /// verification reads whether they do.
+    relations: BTreeSet<String>,
 }
 
 /// One client session as the cache sees it. Opened by [`SessionCache::open`]; dropping it ends
@@ -428,8 +445,11 @@ impl CacheSession {
     /// session's `search_path` cannot redirect it.
     pub fn verification_query(&self) -> String {
         let (_, names) = self.shared.names.snapshot();
-        let functions: Vec<String> = self.state().functions.iter().cloned().collect();
-        verification_sql(&names, &functions)
+        let st = self.state();
+        let functions: Vec<String> = st.functions.iter().cloned().collect();
+        let relations: Vec<String> = st.relations.iter().cloned().collect();
+        drop(st);
+        verification_sql(&names, &functions, &relations)
     }
 
     /// Rebuilds the scope from the rows of [`verification_query`](Self::verification_query)
@@ -447,6 +467,20 @@ impl CacheSession {
             Ok(answer) => {
                 self.shared.verifications.inc();
                 st.functions.clear();
+                st.relations.clear();
+                if !answer.relations.is_empty() {
+                    let now = Instant::now();
+                    let mut plain =
+                        self.shared.plain.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let known = plain.entry(self.database.clone()).or_default();
+                    for (name, runs_code) in &answer.relations {
+                        if *runs_code {
+                            known.remove(&TableName::new(name.as_str()));
+                        } else {
+                            known.insert(TableName::new(name.as_str()), now);
+                        }
+                    }
+                }
                 if self.shared.names.generation() != generation_before
                     && !answer.covers(&self.shared.names.snapshot().1)
                 {
@@ -523,10 +557,6 @@ impl CacheSession {
             {
                 continue;
             }
-            if !catalog_current {
-                unverify.get_or_insert("no current catalog");
-                continue;
-            }
             let mut touched: Vec<TableName> = match &plan.verdict {
                 Verdict::Cacheable(c) => c.units.clone(),
                 Verdict::Bypass(_) => analysis.dependencies(),
@@ -534,8 +564,23 @@ impl CacheSession {
             if let WriteEffect::Tables(t) = analysis.writes() {
                 touched.extend(t.iter().cloned());
             }
-            if relations.runs_user_code(&touched) {
-                unverify.get_or_insert("relation runs user code");
+            if catalog_current {
+                if relations.runs_user_code(&touched) {
+                    unverify.get_or_insert("relation runs user code");
+                }
+                continue;
+            }
+            // Without a current catalog, each relation is asked about once (by a verification)
+            // and believed for a while.
+            let unknown = self.not_known_plain(&touched);
+            if !unknown.is_empty() {
+                unverify.get_or_insert("relation not known to run no user code");
+                let mut st = self.state();
+                for name in unknown {
+                    if st.relations.len() < MAX_RELATIONS_CHECKED {
+                        st.relations.insert(name);
+                    }
+                }
             }
         }
         let tags = request.command_tags;
@@ -557,6 +602,11 @@ impl CacheSession {
         if schema_changed {
             effect = WriteEffect::Unknown;
             unverify.get_or_insert("schema change");
+            self.shared
+                .plain
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&self.database);
         }
         let to_bump = {
             let mut st = self.state();
@@ -587,6 +637,19 @@ impl CacheSession {
                 tracing::warn!(error = %err, "strata: could not invalidate after a write; caching is suspended until versions resynchronize");
             }
         }
+    }
+
+    /// Of `touched` (version units), those not known to run no user code now.
+    fn not_known_plain(&self, touched: &[TableName]) -> Vec<String> {
+        let plain = self.shared.plain.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let known = plain.get(&self.database);
+        let now = Instant::now();
+        touched
+            .iter()
+            .filter(|t| t.as_str() != crate::versions::EVERYTHING)
+            .filter(|t| !known.and_then(|k| k.get(*t)).is_some_and(|at| now.duration_since(*at) < PLAIN_FOR))
+            .map(|t| t.as_str().to_owned())
+            .collect()
     }
 
     fn catalog_current(&self) -> bool {
@@ -773,7 +836,7 @@ fn is_setting_name(word: &str) -> bool {
 /// role and database defaults hold, and the bodies of the functions run since the last read
 /// (for the custom setting names they use). Names are checked against [`is_setting_name`] and
 /// function names are plain identifiers, so nothing here can close a string literal.
-fn verification_sql(names: &BTreeSet<String>, functions: &[String]) -> String {
+fn verification_sql(names: &BTreeSet<String>, functions: &[String], relations: &[String]) -> String {
     let mut sql = String::with_capacity(512 + names.len() * 24);
     sql.push_str(
         "SELECT 'r'::text, current_user::text, session_user::text \
@@ -789,6 +852,31 @@ fn verification_sql(names: &BTreeSet<String>, functions: &[String]) -> String {
         let list: Vec<&str> = names.iter().filter(|n| is_setting_name(n)).map(String::as_str).collect();
         sql.push_str(&list.join(","));
         sql.push_str("}'::text[]) n");
+    }
+    let relations: Vec<String> = relations
+        .iter()
+        .map(|r| r.to_ascii_lowercase())
+        .filter(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .collect();
+    if !relations.is_empty() {
+        // Whether reading or writing a relation of that name (in any schema) may run user code:
+        // anything but a table without rules, user triggers, and defaults, checks or row-level
+        // security policies calling functions outside pg_catalog.
+        sql.push_str(" UNION ALL SELECT 'k', c.relname::text, (NOT (c.relkind OPERATOR(pg_catalog.=) 'r' OR c.relkind OPERATOR(pg_catalog.=) 'p') \
+             OR c.relhasrules \
+             OR EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g WHERE g.tgrelid OPERATOR(pg_catalog.=) c.oid AND NOT g.tgisinternal) \
+             OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc f ON f.oid OPERATOR(pg_catalog.=) d.refobjid \
+                 AND f.pronamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace \
+               WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass \
+                 AND ((d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_attrdef'::pg_catalog.regclass \
+                       AND d.objid OPERATOR(pg_catalog.=) ANY (SELECT a.oid FROM pg_catalog.pg_attrdef a WHERE a.adrelid OPERATOR(pg_catalog.=) c.oid)) \
+                   OR (d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_constraint'::pg_catalog.regclass \
+                       AND d.objid OPERATOR(pg_catalog.=) ANY (SELECT k.oid FROM pg_catalog.pg_constraint k WHERE k.conrelid OPERATOR(pg_catalog.=) c.oid)) \
+                   OR (d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_policy'::pg_catalog.regclass \
+                       AND d.objid OPERATOR(pg_catalog.=) ANY (SELECT p.oid FROM pg_catalog.pg_policy p WHERE p.polrelid OPERATOR(pg_catalog.=) c.oid)))))::text \
+             FROM pg_catalog.pg_class c WHERE c.relname OPERATOR(pg_catalog.=) ANY ('{");
+        sql.push_str(&relations.join(","));
+        sql.push_str("}'::name[])");
     }
     let bare: Vec<String> = functions
         .iter()
@@ -810,6 +898,8 @@ fn verification_sql(names: &BTreeSet<String>, functions: &[String]) -> String {
 /// The parsed answer of a verification.
 struct Answer {
     role: String,
+    /// Relations asked about, and whether one of that name may run user code.
+    relations: HashMap<String, bool>,
     /// Relations in the session's temporary schema.
     temporary_relations: u64,
     pairs: Vec<(String, String)>,
@@ -840,6 +930,7 @@ fn text_of(value: &Option<Bytes>) -> String {
 fn parse_answer(rows: &[Vec<Option<Bytes>>]) -> Result<Answer, String> {
     let mut answer = Answer {
         role: String::new(),
+        relations: HashMap::new(),
         temporary_relations: 0,
         pairs: Vec::new(),
         custom_checked: BTreeSet::new(),
@@ -876,6 +967,12 @@ fn parse_answer(rows: &[Vec<Option<Bytes>>]) -> Result<Answer, String> {
                 if let Some((n, _)) = text.split_once('=') {
                     answer.names_seen.push(n.to_owned());
                 }
+            }
+            b"k" => {
+                // One row per relation of that name, in any schema: it runs no user code only
+                // if none of them does.
+                let runs_code = value.as_deref() != Some(&b"false"[..]);
+                *answer.relations.entry(text_of(name)).or_insert(false) |= runs_code;
             }
             b"t" => {
                 answer.temporary_relations = text_of(value)
@@ -996,7 +1093,13 @@ mod tests {
     #[test]
     fn verification_sql_embeds_only_checked_names() {
         let names: BTreeSet<String> = ["app.tenant".to_owned(), "x'y.z".to_owned()].into();
-        let sql = verification_sql(&names, &["app.set_tenant".to_owned(), "bad'name".to_owned()]);
+        let sql = verification_sql(
+            &names,
+            &["app.set_tenant".to_owned(), "bad'name".to_owned()],
+            &["accounts".to_owned(), "x'; drop".to_owned()],
+        );
+        assert!(sql.contains("'{accounts}'"), "{sql}");
+        assert!(!sql.contains("drop"), "{sql}");
         assert!(sql.contains("'{app.tenant}'"), "{sql}");
         assert!(!sql.contains("x'y"), "{sql}");
         assert!(sql.contains("'{set_tenant}'"), "{sql}");
