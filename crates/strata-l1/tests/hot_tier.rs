@@ -141,7 +141,7 @@ fn concurrent_readers_and_writers_only_ever_see_the_right_values() {
                 let mut hits = 0u64;
                 for _ in 0..20_000 {
                     let n = rng.next() % 500;
-                    if rng.next() % 4 == 0 {
+                    if rng.next().is_multiple_of(4) {
                         l1.insert(&key(n), result(n, 64 + (n as usize % 900), now, Duration::from_secs(60)));
                     } else if let Some(hit) = l1.lookup(&key(n)) {
                         assert_eq!(

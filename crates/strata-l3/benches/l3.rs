@@ -103,7 +103,7 @@ fn lookups_and_inserts(c: &mut Criterion) {
                 }
                 index.insert(200_000 + i as u64, p).unwrap_or_else(|e| panic!("{e}"));
                 appended += 1;
-                if appended % 256 == 0 {
+                if appended.is_multiple_of(256) {
                     indexed.fetch_add(index.build_pending() as u64, Ordering::Relaxed);
                 }
             }

@@ -157,7 +157,7 @@ impl<P: Payload> Store<P> {
     }
 
     fn push(&mut self, vector: &[f32], payload: P) {
-        if self.len % CHUNK_SLOTS == 0 {
+        if self.len.is_multiple_of(CHUNK_SLOTS) {
             self.vectors.push(Vec::new());
             self.payloads.push(Vec::new());
         }

@@ -165,6 +165,10 @@ pub enum BypassReason {
     /// A text parameter of a date/time or unspecified type spells a value that depends on when
     /// it is read (`'now'`, `'tomorrow 10:00'`): the server reads it at execution time.
     TimeDependentParameter,
+    /// A WAL invalidator is attached but cannot vouch for the versions now: its stream is not up
+    /// yet, broke, or lags behind its bound. Writes made directly on PostgreSQL might not have
+    /// been applied.
+    WalUnavailable,
 }
 
 impl BypassReason {
@@ -178,6 +182,7 @@ impl BypassReason {
             BypassReason::VersionsUnsynchronized => "versions_unsynchronized",
             BypassReason::NoTier => "no_tier",
             BypassReason::TimeDependentParameter => "time_dependent_parameter",
+            BypassReason::WalUnavailable => "wal_unavailable",
         }
     }
 }
@@ -196,6 +201,7 @@ impl fmt::Display for BypassReason {
             BypassReason::TimeDependentParameter => {
                 f.write_str("a parameter spells a time-dependent value such as 'now'")
             }
+            BypassReason::WalUnavailable => f.write_str("the WAL invalidator is not streaming in time"),
         }
     }
 }
@@ -635,6 +641,11 @@ impl QueryCache {
             Verdict::Bypass(reason) => return Step::Done(self.bypass(reason.clone())),
             Verdict::Cacheable(c) => &c.units,
         };
+        if self.shared.metrics.wal.is_closed() {
+            // Fills taken before the gate closed may still land: the invalidator bumps every
+            // version before it reopens after a broken stream, so they are never reachable.
+            return Step::Done(self.bypass(BypassReason::WalUnavailable));
+        }
         let expected = plan.analysis.client_param_count();
         if req.params.len() != expected as usize && !req.params_per_statement {
             return Step::Done(
@@ -1092,6 +1103,8 @@ impl QueryCache {
                     .collect();
                 if view == VersionView::Unsynchronized {
                     explanation.verdict = Err(BypassReason::VersionsUnsynchronized.to_string());
+                } else if self.shared.metrics.wal.is_closed() {
+                    explanation.verdict = Err(BypassReason::WalUnavailable.to_string());
                 } else if req.params.len() != analysis.client_param_count() as usize
                     && !req.params_per_statement
                 {

@@ -57,10 +57,13 @@ mod relations;
 mod request;
 mod session;
 mod versions;
+#[cfg(feature = "wal")]
 mod wal;
 
 #[cfg(feature = "catalog")]
 pub use crate::catalog::{CatalogConfig, CatalogConfigBuilder};
+#[cfg(feature = "wal")]
+pub use crate::wal::{WalConfig, WalConfigBuilder, WalInvalidator};
 pub use crate::{
     cache::{
         Answer, Bypass, BypassReason, Explanation, FillOutcome, FillTicket, Hit, Loaded, Lookup, QueryCache,

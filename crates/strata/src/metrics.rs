@@ -31,6 +31,107 @@ pub(crate) struct Metrics {
     pub(crate) invalidate_everything: IntCounter,
     pub(crate) invalidate_errors: IntCounter,
     pub(crate) served_age_seconds: Histogram,
+    /// The WAL gate and its gauges. It lives here, next to the registry its gauges join, because
+    /// [`Metrics`] is the part of the cache's shared state built in this file.
+    pub(crate) wal: WalHealth,
+}
+
+/// Whether an attached WAL invalidator vouches for the table versions (see `crate::wal`): while
+/// it does not, every lookup bypasses. Without an invalidator the gate stays open, and a lookup
+/// pays one atomic load for it.
+#[derive(Debug, Default)]
+pub(crate) struct WalHealth {
+    closed: std::sync::atomic::AtomicBool,
+    /// The attached invalidator's id; its reports count only while it is the one attached, so a
+    /// task stopping concurrently with a drop never leaves the gate closed behind it.
+    #[cfg(feature = "wal")]
+    owner: Mutex<Option<u64>>,
+    #[cfg(feature = "wal")]
+    gauges: std::sync::OnceLock<WalGauges>,
+}
+
+impl WalHealth {
+    /// Whether lookups must bypass. Acquire, so that a lookup that sees the gate reopened also
+    /// sees the versions bumped before it reopened (on x86-64 this is the same plain load as a
+    /// relaxed one).
+    #[inline]
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// The WAL invalidator's gauges, registered when the first invalidator attaches.
+#[cfg(feature = "wal")]
+#[derive(Debug, Clone)]
+pub(crate) struct WalGauges {
+    stream_up: IntGauge,
+    pub(crate) lag_seconds: prometheus::Gauge,
+}
+
+#[cfg(feature = "wal")]
+impl WalHealth {
+    /// Attaches an invalidator (one per cache) and returns its id: the gate closes until it
+    /// reports healthy.
+    pub(crate) fn attach(&self, registry: &Registry) -> Result<(u64, WalGauges), crate::Error> {
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let mut owner = self.owner.lock().unwrap_or_else(|e| e.into_inner());
+        if owner.is_some() {
+            return Err(crate::Error::config("a WAL invalidator is already attached to this cache"));
+        }
+        let gauges = match self.gauges.get() {
+            Some(gauges) => gauges.clone(),
+            None => {
+                let stream_up = IntGauge::with_opts(Opts::new(
+                    "strata_wal_stream_up",
+                    "1 while the WAL invalidator streams from PostgreSQL, else 0",
+                ));
+                let lag_seconds = prometheus::Gauge::with_opts(Opts::new(
+                    "strata_wal_lag_seconds",
+                    "Heartbeat delay from emission on PostgreSQL to arrival in the WAL stream",
+                ));
+                let made = stream_up.and_then(|stream_up| {
+                    let lag_seconds = lag_seconds?;
+                    registry.register(Box::new(stream_up.clone()))?;
+                    registry.register(Box::new(lag_seconds.clone()))?;
+                    Ok(WalGauges { stream_up, lag_seconds })
+                });
+                match made {
+                    Ok(gauges) => self.gauges.get_or_init(|| gauges).clone(),
+                    Err(e) => {
+                        return Err(crate::Error::config("cannot register the WAL gauges").with_source(e))
+                    }
+                }
+            }
+        };
+        let id = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *owner = Some(id);
+        gauges.stream_up.set(0);
+        self.closed.store(true, std::sync::atomic::Ordering::Release);
+        Ok((id, gauges))
+    }
+
+    /// The invalidator `id` stopped: the cache behaves as if none had been attached.
+    pub(crate) fn detach(&self, id: u64) {
+        let mut owner = self.owner.lock().unwrap_or_else(|e| e.into_inner());
+        if *owner == Some(id) {
+            *owner = None;
+            if let Some(gauges) = self.gauges.get() {
+                gauges.stream_up.set(0);
+            }
+            self.closed.store(false, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// The invalidator `id` reports whether its stream is up and whether lookups may be answered.
+    pub(crate) fn report(&self, id: u64, stream_up: bool, open: bool) {
+        let owner = self.owner.lock().unwrap_or_else(|e| e.into_inner());
+        if *owner == Some(id) {
+            if let Some(gauges) = self.gauges.get() {
+                gauges.stream_up.set(i64::from(stream_up));
+            }
+            self.closed.store(!open, std::sync::atomic::Ordering::Release);
+        }
+    }
 }
 
 thread_local! {
@@ -163,6 +264,7 @@ impl Metrics {
                 "Age of results served from cache (sampled for in-process hits)",
                 AGE_BUCKETS,
             )?,
+            wal: WalHealth::default(),
             registry,
         };
         metrics.registry.register(Box::new(TierGauges::new(tiers, versions)?))?;

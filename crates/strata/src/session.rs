@@ -647,7 +647,7 @@ impl CacheSession {
         touched
             .iter()
             .filter(|t| t.as_str() != crate::versions::EVERYTHING)
-            .filter(|t| !known.and_then(|k| k.get(*t)).is_some_and(|at| now.duration_since(*at) < PLAIN_FOR))
+            .filter(|t| known.and_then(|k| k.get(*t)).is_none_or(|at| now.duration_since(*at) >= PLAIN_FOR))
             .map(|t| t.as_str().to_owned())
             .collect()
     }

@@ -1,5 +1,361 @@
 //! Invalidation from PostgreSQL's write-ahead log, for writes that bypass the proxy: pgoutput's
 //! logical replication messages decoded into the relations and replica-identity keys they touch.
+//!
+//! [`WalInvalidator`] runs one background task per process. It follows one database through a
+//! temporary logical replication slot and a publication (created `FOR ALL TABLES` with
+//! `publish_via_partition_root` when missing), and at each commit invalidates the tables the
+//! transaction wrote.
+//!
+//! See [`WalInvalidator`] for the health gate and for what happens when it cannot run.
 
-#[cfg_attr(not(test), expect(dead_code, reason = "wired into the invalidator next"))]
+use std::fmt;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::{Error, QueryCache};
+
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "timestamps, truncate options and key values serve key-level invalidation, next"
+    )
+)]
 mod decode;
+
+mod stream;
+mod transaction;
+
+use stream::Runner;
+
+/// The publication used when none is configured.
+pub(crate) const DEFAULT_PUBLICATION: &str = "strata_invalidation";
+/// The prefix of the logical messages that carry heartbeats.
+const HEARTBEAT_PREFIX: &str = "strata_hb";
+/// First retry delay after a failed attempt; doubles up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+const MAX_RETRY: Duration = Duration::from_secs(30);
+/// At most one warning about the same failure in this period.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+/// Keys kept per table and transaction; beyond, the table counts as written table-wide.
+const MAX_KEYS_PER_TABLE: usize = 256;
+
+/// How to follow PostgreSQL's write-ahead log: a replication connection and a side connection of
+/// Strata's own, as a role with `REPLICATION` (and, to create the publication, superuser).
+#[derive(Clone)]
+pub struct WalConfig {
+    host: String,
+    port: u16,
+    user: String,
+    password: Option<String>,
+    database: String,
+    publication: String,
+    slot_prefix: String,
+    application_name: String,
+    lag_bound: Duration,
+    heartbeat_interval: Duration,
+    connect_timeout: Duration,
+}
+
+impl WalConfig {
+    /// Starts configuring the invalidator.
+    pub fn builder() -> WalConfigBuilder {
+        WalConfigBuilder::default()
+    }
+
+    /// The database whose writes are followed.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// The publication streamed.
+    pub fn publication(&self) -> &str {
+        &self.publication
+    }
+
+    /// The `application_name` of both connections (how `pg_stat_replication` shows the stream).
+    pub fn application_name(&self) -> &str {
+        &self.application_name
+    }
+
+    /// The largest heartbeat delay under which the cache still answers.
+    pub fn lag_bound(&self) -> Duration {
+        self.lag_bound
+    }
+
+    /// The period of the heartbeat.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval
+    }
+}
+
+impl fmt::Debug for WalConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The password is never shown, only whether there is one.
+        f.debug_struct("WalConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field("database", &self.database)
+            .field("publication", &self.publication)
+            .field("slot_prefix", &self.slot_prefix)
+            .field("application_name", &self.application_name)
+            .field("lag_bound", &self.lag_bound)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// Builds a [`WalConfig`].
+#[derive(Default)]
+pub struct WalConfigBuilder {
+    upstream: Option<(String, u16)>,
+    user: Option<String>,
+    password: Option<String>,
+    database: Option<String>,
+    publication: Option<String>,
+    slot_prefix: Option<String>,
+    application_name: Option<String>,
+    lag_bound: Option<Duration>,
+    heartbeat_interval: Option<Duration>,
+    connect_timeout: Option<Duration>,
+}
+
+impl fmt::Debug for WalConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WalConfigBuilder")
+            .field("upstream", &self.upstream)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field("database", &self.database)
+            .field("publication", &self.publication)
+            .field("slot_prefix", &self.slot_prefix)
+            .field("application_name", &self.application_name)
+            .field("lag_bound", &self.lag_bound)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// Whether a name is safe as a slot or publication name written unquoted: lowercase ASCII
+/// letters, digits and underscores (what replication slot names allow).
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+impl WalConfigBuilder {
+    /// The upstream server's host and port. Required.
+    pub fn with_upstream(mut self, host: impl Into<String>, port: u16) -> Self {
+        self.upstream = Some((host.into(), port));
+        self
+    }
+
+    /// The role to stream as; it needs `LOGIN` and `REPLICATION` (and a `pg_hba.conf` line
+    /// allowing it to connect to the database), and superuser to create the publication when it
+    /// does not exist. Required.
+    pub fn with_user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// The role's password. Default: none (trust or peer authentication).
+    pub fn with_password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// The database whose writes are followed. Required.
+    pub fn with_database(mut self, database: impl Into<String>) -> Self {
+        self.database = Some(database.into());
+        self
+    }
+
+    /// The publication to stream; created `FOR ALL TABLES WITH (publish_via_partition_root =
+    /// true)` when missing. Lowercase letters, digits and underscores. Default
+    /// `strata_invalidation`.
+    pub fn with_publication(mut self, publication: impl Into<String>) -> Self {
+        self.publication = Some(publication.into());
+        self
+    }
+
+    /// The start of each temporary slot's name (a unique suffix follows). Lowercase letters,
+    /// digits and underscores, at most 24 bytes. Default `strata`.
+    pub fn with_slot_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.slot_prefix = Some(prefix.into());
+        self
+    }
+
+    /// The `application_name` of the replication and side connections. Default
+    /// `strata-invalidator`.
+    pub fn with_application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = Some(name.into());
+        self
+    }
+
+    /// The largest heartbeat delay under which the cache still answers; above it every lookup
+    /// bypasses. Default 1 s.
+    pub fn with_lag_bound(mut self, bound: Duration) -> Self {
+        self.lag_bound = Some(bound);
+        self
+    }
+
+    /// The period of the heartbeat; less than the lag bound. Default 250 ms.
+    pub fn with_heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = Some(interval);
+        self
+    }
+
+    /// The timeout of connecting, of each replication command and of each heartbeat. Default 5 s.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// Validates the settings.
+    pub fn build(self) -> Result<WalConfig, Error> {
+        let (host, port) =
+            self.upstream.ok_or_else(|| Error::config("the WAL invalidator needs an upstream host"))?;
+        if host.is_empty() {
+            return Err(Error::config("the WAL invalidator's upstream host is empty"));
+        }
+        let user = self
+            .user
+            .filter(|u| !u.is_empty() && !u.contains('\0'))
+            .ok_or_else(|| Error::config("the WAL invalidator's user is empty"))?;
+        let database = self
+            .database
+            .filter(|d| !d.is_empty() && !d.contains('\0'))
+            .ok_or_else(|| Error::config("the WAL invalidator's database is empty"))?;
+        let publication = self.publication.unwrap_or_else(|| DEFAULT_PUBLICATION.to_owned());
+        if !is_plain_name(&publication) || publication.len() > 63 {
+            return Err(Error::config(format!(
+                "bad WAL publication name {publication:?}: use lowercase letters, digits and underscores"
+            )));
+        }
+        let slot_prefix = self.slot_prefix.unwrap_or_else(|| "strata".to_owned());
+        if !is_plain_name(&slot_prefix) || slot_prefix.len() > 24 {
+            return Err(Error::config(format!(
+                "bad WAL slot prefix {slot_prefix:?}: use at most 24 lowercase letters, digits and underscores"
+            )));
+        }
+        let application_name = self.application_name.unwrap_or_else(|| "strata-invalidator".to_owned());
+        if application_name.contains('\0') {
+            return Err(Error::config("the WAL application name contains NUL"));
+        }
+        let lag_bound = self.lag_bound.unwrap_or(Duration::from_secs(1));
+        let heartbeat_interval = self.heartbeat_interval.unwrap_or(Duration::from_millis(250));
+        if heartbeat_interval < Duration::from_millis(10) {
+            return Err(Error::config("the WAL heartbeat interval must be at least 10 ms"));
+        }
+        if lag_bound <= heartbeat_interval {
+            return Err(Error::config("the WAL lag bound must be longer than the heartbeat interval"));
+        }
+        let connect_timeout = self.connect_timeout.unwrap_or(Duration::from_secs(5));
+        if connect_timeout.is_zero() {
+            return Err(Error::config("the WAL connect timeout must be positive"));
+        }
+        Ok(WalConfig {
+            host,
+            port,
+            user,
+            password: self.password,
+            database,
+            publication,
+            slot_prefix,
+            application_name,
+            lag_bound,
+            heartbeat_interval,
+            connect_timeout,
+        })
+    }
+}
+
+/// The running invalidator: a background task following the WAL into a [`QueryCache`].
+/// Dropping it stops the task and detaches it (the cache then behaves as without one).
+///
+/// # Health gate
+/// While an attached invalidator cannot vouch for the versions, every lookup of its cache
+/// bypasses ([`BypassReason::WalUnavailable`](crate::BypassReason::WalUnavailable)):
+/// - before its first stream is up (at most one connection attempt);
+/// - after a stream that was up broke, until a new one is up and everything was invalidated
+///   (a temporary slot loses what committed while nothing streamed);
+/// - while its heartbeat lags behind [`WalConfig::lag_bound`]: a heartbeat arrived late, or none
+///   arrived for longer than the bound plus the heartbeat interval.
+///
+/// Fills taken before the gate closed may still be stored: a recovering stream bumps every
+/// version before the gate reopens, so they can never be served. A lagging stream needs no bump:
+/// its changes still arrive and bump what they wrote.
+///
+/// # When it cannot run at all
+/// Without `wal_level = logical`, without the `REPLICATION` privilege, without a free slot or
+/// sender, or without the publication (creating one needs a superuser), the invalidator logs a
+/// warning saying what to change and keeps retrying with backoff. Until a stream has been up
+/// once, the gate stays **open**: the cache works as it does without an invalidator (writes
+/// through Strata invalidate; direct writes are seen only through TTLs), and
+/// `strata_wal_stream_up` stays 0. Closing the gate would turn a configuration gap into a cache
+/// that never answers. Once a stream has been up, a broken stream closes the gate until it is
+/// back.
+///
+/// # Example
+/// ```no_run
+/// use strata::{QueryCache, WalConfig, WalInvalidator};
+///
+/// # async fn run() -> Result<(), strata::Error> {
+/// let cache = QueryCache::builder().build()?;
+/// let config = WalConfig::builder()
+///     .with_upstream("db.internal", 5432)
+///     .with_user("strata_wal")
+///     .with_database("app")
+///     .build()?;
+/// // Follows the WAL for as long as it lives.
+/// let invalidator = WalInvalidator::start(config, cache.clone())?;
+/// # drop(invalidator);
+/// # Ok(())
+/// # }
+/// ```
+pub struct WalInvalidator {
+    config: WalConfig,
+    cache: QueryCache,
+    /// Its id in the cache's gate.
+    id: u64,
+    task: JoinHandle<()>,
+}
+
+impl fmt::Debug for WalInvalidator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WalInvalidator").field("config", &self.config).finish()
+    }
+}
+
+impl Drop for WalInvalidator {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.cache.shared.metrics.wal.detach(self.id);
+    }
+}
+
+impl WalInvalidator {
+    /// Attaches an invalidator to `cache` and starts following the WAL. Needs a Tokio runtime;
+    /// one invalidator per cache. Returns at once: lookups bypass until the stream is up, or
+    /// until the first attempt fails (see the [type's docs](Self)).
+    pub fn start(config: WalConfig, cache: QueryCache) -> Result<Self, Error> {
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::config("the WAL invalidator must start inside a tokio runtime"))?;
+        let (id, gauges) = cache.shared.metrics.wal.attach(cache.registry())?;
+        let runner = Runner { config: config.clone(), cache: cache.clone(), id, gauges };
+        let task = handle.spawn(runner.run());
+        Ok(Self { config, cache, id, task })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &WalConfig {
+        &self.config
+    }
+}
+
+#[cfg(test)]
+mod tests;
