@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
 
-use strata::{CatalogConfig, Invalidation};
+use strata::{CatalogConfig, Invalidation, WalConfig};
 
 use crate::{
     config::{FileConfig, ProxyBuilder, Upstream, DEFAULT_UPSTREAM},
@@ -62,6 +62,17 @@ pub struct Args {
     /// user, else everything].
     #[arg(long, env = "STRATA_INVALIDATION")]
     pub invalidation: Option<String>,
+    /// Role that streams the upstream's WAL (logical replication) so that writes made directly on
+    /// PostgreSQL invalidate within milliseconds; needs REPLICATION and a server with
+    /// wal_level=logical. Its password comes only from STRATA_REPLICATION_PASSWORD.
+    #[arg(long, env = "STRATA_REPLICATION_USER")]
+    pub replication_user: Option<String>,
+    /// The database whose WAL is followed [default: the replication user's name].
+    #[arg(long, env = "STRATA_REPLICATION_DATABASE")]
+    pub replication_database: Option<String>,
+    /// How far behind the WAL may be, in milliseconds, before the cache is bypassed [default: 1000].
+    #[arg(long, env = "STRATA_WAL_LAG_BOUND_MS")]
+    pub wal_lag_bound_ms: Option<u64>,
     /// Custom settings (app.tenant) every session's cache key includes, comma-separated, beyond
     /// those learnt from SQL texts, role and database defaults and the catalog.
     #[arg(long, env = "STRATA_CUSTOM_SETTINGS", value_delimiter = ',')]
@@ -74,6 +85,8 @@ pub struct Args {
 
 /// The environment variable holding the catalog user's password (never an argument).
 const CATALOG_PASSWORD_ENV: &str = "STRATA_CATALOG_PASSWORD";
+/// The environment variable holding the replication user's password (never an argument).
+const REPLICATION_PASSWORD_ENV: &str = "STRATA_REPLICATION_PASSWORD";
 
 impl Args {
     /// The query cache's settings: the config file's `[cache]` table, the Redis URL, on or off.
@@ -93,6 +106,34 @@ impl Args {
             enabled,
             custom_settings: self.custom_settings.clone().or(file.custom_settings).unwrap_or_default(),
         })
+    }
+
+    /// The WAL invalidator's settings, when a replication user is given (arguments over the
+    /// config file; the password from `STRATA_REPLICATION_PASSWORD`).
+    pub fn wal(&self) -> Result<Option<WalConfig>, Error> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let Some(user) = self.replication_user.clone().or(file.replication_user).filter(|u| !u.is_empty())
+        else {
+            return Ok(None);
+        };
+        let upstream = self.upstream.clone().or(file.upstream).unwrap_or_else(|| DEFAULT_UPSTREAM.to_owned());
+        let upstream = Upstream::parse(&upstream)?;
+        let database =
+            self.replication_database.clone().or(file.replication_database).unwrap_or_else(|| user.clone());
+        let mut b = WalConfig::builder()
+            .with_upstream(upstream.host(), upstream.port())
+            .with_user(user)
+            .with_database(database);
+        if let Some(p) = std::env::var(REPLICATION_PASSWORD_ENV).ok().filter(|p| !p.is_empty()) {
+            b = b.with_password(p);
+        }
+        if let Some(ms) = self.wal_lag_bound_ms.or(file.wal_lag_bound_ms) {
+            b = b.with_lag_bound(Duration::from_millis(ms));
+        }
+        b.build().map(Some).map_err(|e| Error::config(e.to_string()))
     }
 
     /// How writes become invalidations, from the arguments over the config file; the catalog
@@ -228,6 +269,36 @@ mod tests {
         assert!(Args { config: Some("/nonexistent/strata.toml".into()), ..Args::default() }
             .resolve()
             .is_err());
+    }
+
+    #[test]
+    fn a_replication_user_configures_the_wal_invalidator() {
+        let parse = |argv: &[&str]| Args::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}"));
+        assert!(parse(&["strata-proxy"]).wal().unwrap_or_else(|e| panic!("{e}")).is_none());
+        let config = parse(&[
+            "strata-proxy",
+            "--upstream",
+            "postgres://db.internal:5433",
+            "--replication-user",
+            "strata_wal",
+            "--replication-database",
+            "app",
+            "--wal-lag-bound-ms",
+            "500",
+        ])
+        .wal()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("a replication user configures the invalidator"));
+        assert_eq!(config.database(), "app");
+        assert_eq!(config.lag_bound(), Duration::from_millis(500));
+        let shown = format!("{config:?}");
+        assert!(
+            shown.contains("db.internal") && shown.contains("5433") && shown.contains("strata_wal"),
+            "{shown}"
+        );
+        // The database defaults to the user's name, as PostgreSQL's own.
+        let config = parse(&["strata-proxy", "--replication-user", "strata_wal"]).wal();
+        assert_eq!(config.ok().flatten().map(|c| c.database().to_owned()).as_deref(), Some("strata_wal"));
     }
 
     fn invalidation(args: &[&str], file: &str, password: Option<&str>) -> String {

@@ -302,6 +302,9 @@ fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, Error> {
 /// catalog_refresh_ms = 30000
 /// invalidation = "catalog"                # or "everything", "sql-text"
 /// custom_settings = ["app.tenant"]        # always part of session keys
+/// replication_user = "strata_wal"         # password: STRATA_REPLICATION_PASSWORD only
+/// replication_database = "app"
+/// wal_lag_bound_ms = 1000
 ///
 /// [cache]   # handed to the query cache's own configuration
 /// ```
@@ -344,6 +347,13 @@ pub struct FileConfig {
     /// Custom settings (`app.tenant`) every session's key includes, beyond those Strata learns
     /// from SQL texts, role and database defaults and the catalog.
     pub custom_settings: Option<Vec<String>>,
+    /// The role that streams the upstream's WAL to invalidate on writes that bypass the proxy
+    /// (its password only from the environment, `STRATA_REPLICATION_PASSWORD`).
+    pub replication_user: Option<String>,
+    /// The database whose WAL is followed.
+    pub replication_database: Option<String>,
+    /// How far behind the WAL may be before the cache is bypassed, in milliseconds (default 1000).
+    pub wal_lag_bound_ms: Option<u64>,
     /// The query cache's settings, passed through to it.
     pub cache: Option<toml::Table>,
 }

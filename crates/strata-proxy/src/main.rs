@@ -9,6 +9,7 @@ fn main() -> anyhow::Result<()> {
     let (builder, log) = args.resolve()?;
     let cache = args.cache_settings()?;
     let invalidation = args.invalidation()?;
+    let wal = args.wal()?;
     let filter =
         tracing_subscriber::EnvFilter::try_new(&log).with_context(|| format!("bad log filter {log:?}"))?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -24,9 +25,14 @@ fn main() -> anyhow::Result<()> {
     }
     let runtime = runtime.enable_all().build().context("cannot start tokio")?;
     runtime.block_on(async move {
+        // Follows the WAL for the proxy's whole life; dropping it stops the stream.
+        let mut wal_invalidator = None;
         let builder = if cache.enabled {
             let query_cache = strata_proxy::build_query_cache(&cache).await?;
             let registry = query_cache.registry().clone();
+            if let Some(config) = wal {
+                wal_invalidator = Some(strata::WalInvalidator::start(config, query_cache.clone())?);
+            }
             let mut strata = strata_proxy::StrataCache::builder(query_cache).with_invalidation(invalidation);
             for name in &cache.custom_settings {
                 strata = strata.with_custom_setting(name.clone());
@@ -38,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         let proxy = builder.build()?;
         let bound = proxy.bind().await?;
         bound.run_until_signal().await?;
+        drop(wal_invalidator);
         Ok(())
     })
 }

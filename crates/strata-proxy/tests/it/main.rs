@@ -11,4 +11,5 @@ mod redis_down;
 mod seam;
 mod sessions;
 mod support;
+mod wal;
 mod writer_faults;
