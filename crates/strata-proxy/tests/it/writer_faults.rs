@@ -341,3 +341,52 @@ async fn a_twenty_megabyte_statement_gets_its_answer_and_leaves_a_bystander_alon
     assert_eq!(row, (Some(n.to_string()), Some(want.to_string())));
     assert!(asked > 0 && slowest < Duration::from_secs(2), "bystander waited {slowest:?} ({asked} queries)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_too_large_to_store_does_not_make_others_wait_for_it() {
+    let cache = strata_cache().await;
+    let proxy = caching_proxy(&cache).await;
+    // A cacheable read whose answer (about 300 MB) passes the largest result stored (1 MiB) early.
+    let sql = b"SELECT g, repeat('x', 1000) FROM generate_series(1, 300000) g";
+    let mut first = raw_session(proxy.port(), "postgres", &[]).await;
+    let mut body = sql.to_vec();
+    body.push(0);
+    first.send(&message(b'Q', &body)).await;
+    // The first client reads one message and then nothing: its response stalls in the proxy,
+    // long after the proxy knew it would not be stored.
+    let _ = first.read_msg().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Another client asks the same: it must not wait for the first one's fill (5 s single-flight
+    // wait) but get its own answer from the server at once.
+    let mut second = raw_session(proxy.port(), "postgres", &[]).await;
+    let start = Instant::now();
+    second.send(&message(b'Q', &body)).await;
+    let answer = second.read_msg().await.expect("an answer");
+    assert_eq!(answer.0, b'T', "{answer:?}");
+    let waited = start.elapsed();
+    assert!(
+        waited < Duration::from_secs(3),
+        "the second client waited {waited:?} for a fill that could not happen"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_over_the_recording_budget_are_relayed_unrecorded() {
+    let cache = strata_cache().await;
+    let budget_cache = cache.clone();
+    // A budget smaller than one answer: it is relayed whole and correct, and never stored.
+    let proxy = start_proxy(move |b| b.with_cache(budget_cache).with_max_recording_bytes(1024)).await;
+    let c = connect(proxy.port(), "postgres", "postgres", None).await.expect("connect");
+    let sql = "SELECT g, repeat('y', 100) FROM generate_series(1, 50) g";
+    let before = hits(&cache);
+    for _ in 0..3 {
+        let rows = c.query(sql, &[]).await.expect("query");
+        assert_eq!(rows.len(), 50);
+    }
+    assert_eq!(hits(&cache), before, "nothing over the budget was recorded, so nothing hits");
+    // Small answers still fit and are cached.
+    for _ in 0..3 {
+        c.query("SELECT 1", &[]).await.expect("query");
+    }
+    assert!(hits(&cache) > before, "answers within the budget are cached");
+}
