@@ -116,9 +116,10 @@ pub(crate) fn encoding_reads_exactly(client_encoding: Option<&str>) -> bool {
 }
 
 /// SQL text exactly as sent, or `None` when it is not valid UTF-8 (a Latin-1 `é`, say) or the
-/// encoding cannot be read exactly: such a text is relayed untouched but never keyed or analyzed.
-pub(crate) fn exact_text(bytes: &[u8], client_encoding: Option<&str>) -> Option<String> {
-    if !encoding_reads_exactly(client_encoding) {
+/// encoding cannot be read exactly ([`encoding_reads_exactly`]): such a text is relayed untouched
+/// but never keyed or analyzed.
+pub(crate) fn exact_text(bytes: &[u8], encoding_reads_exactly: bool) -> Option<String> {
+    if !encoding_reads_exactly {
         return None;
     }
     std::str::from_utf8(bytes).ok().map(str::to_owned)

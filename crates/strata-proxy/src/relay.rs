@@ -39,8 +39,9 @@ use crate::{
     config::ProxyConfig,
     metrics::Metrics,
     protocol::{
-        error_fields, error_response, exact_text, frame, parse_message, parse_startup, Malformed, Reader,
-        Severity, StartupParams, CANCEL_REQUEST, GSSENC_REQUEST, MAX_STARTUP_BYTES, SSL_REQUEST,
+        encoding_reads_exactly, error_fields, error_response, exact_text, frame, parse_message,
+        parse_startup, Malformed, Reader, Severity, StartupParams, CANCEL_REQUEST, GSSENC_REQUEST,
+        MAX_STARTUP_BYTES, SSL_REQUEST,
     },
     seam::{
         Bind, CacheMode, Dropped, ExtendedMessage, Fill, Format, Lookup, NotCacheable, PreparedStatement,

@@ -201,7 +201,7 @@ impl ClientSide {
         // Bytes after the terminator make PostgreSQL refuse the message: it is relayed for the
         // server to answer, never keyed on the part before them.
         let sql = if reader.is_empty() && self.active {
-            exact_text(bytes, self.client_encoding().as_deref())
+            exact_text(bytes, self.encoding_reads_exactly())
         } else {
             None
         };
@@ -260,9 +260,9 @@ impl ClientSide {
         }
     }
 
-    /// The client encoding the server last reported.
-    fn client_encoding(&self) -> Option<String> {
-        self.session.state().view.server_parameter("client_encoding").map(str::to_owned)
+    /// Whether the client encoding the server last reported lets SQL text be read exactly.
+    fn encoding_reads_exactly(&self) -> bool {
+        encoding_reads_exactly(self.session.state().view.server_parameter("client_encoding"))
     }
 
     /// Whether nothing stands between a lookup and the server: nothing in flight, every response
@@ -586,7 +586,7 @@ impl ClientSide {
                 for _ in 0..n {
                     types.push(r.u32()?);
                 }
-                let stmt = match exact_text(text, self.client_encoding().as_deref()) {
+                let stmt = match exact_text(text, self.encoding_reads_exactly()) {
                     Some(sql) => PreparedStatement::new(name.clone(), Arc::from(sql), types),
                     None => {
                         let lossy = String::from_utf8_lossy(text);
