@@ -73,6 +73,11 @@ pub struct Args {
     /// How far behind the WAL may be, in milliseconds, before the cache is bypassed [default: 1000].
     #[arg(long, env = "STRATA_WAL_LAG_BOUND_MS")]
     pub wal_lag_bound_ms: Option<u64>,
+    /// Do not install the event trigger that reports DDL through the WAL (installing it needs a
+    /// superuser replication user). Without it, DDL made directly reaches the catalog map through
+    /// a schema fingerprint read every second, and materialized views are not cached.
+    #[arg(long, env = "STRATA_NO_WAL_DDL_TRIGGER")]
+    pub no_wal_ddl_trigger: bool,
     /// Custom settings (app.tenant) every session's cache key includes, comma-separated, beyond
     /// those learnt from SQL texts, role and database defaults and the catalog.
     #[arg(long, env = "STRATA_CUSTOM_SETTINGS", value_delimiter = ',')]
@@ -132,6 +137,14 @@ impl Args {
         }
         if let Some(ms) = self.wal_lag_bound_ms.or(file.wal_lag_bound_ms) {
             b = b.with_lag_bound(Duration::from_millis(ms));
+        }
+        if self.no_wal_ddl_trigger || file.wal_ddl_trigger == Some(false) {
+            b = b.with_ddl_trigger(false);
+        }
+        // Proxies sharing a Redis share the table versions: one of them streams for all, elected
+        // by a lease next to the versions.
+        if let Some(redis) = self.redis.clone().or(file.redis) {
+            b = b.with_redis_lease(redis, "strata:");
         }
         b.build().map(Some).map_err(|e| Error::config(e.to_string()))
     }
@@ -296,9 +309,24 @@ mod tests {
             shown.contains("db.internal") && shown.contains("5433") && shown.contains("strata_wal"),
             "{shown}"
         );
+        assert!(!config.is_leased(), "without Redis, every proxy streams for itself");
         // The database defaults to the user's name, as PostgreSQL's own.
         let config = parse(&["strata-proxy", "--replication-user", "strata_wal"]).wal();
         assert_eq!(config.ok().flatten().map(|c| c.database().to_owned()).as_deref(), Some("strata_wal"));
+        // Proxies sharing a Redis elect one invalidator; the DDL trigger can be declined.
+        let config = parse(&[
+            "strata-proxy",
+            "--replication-user",
+            "strata_wal",
+            "--redis",
+            "redis://cache.internal:6379/",
+            "--no-wal-ddl-trigger",
+        ])
+        .wal()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("configured"));
+        assert!(config.is_leased());
+        assert!(format!("{config:?}").contains("ddl_trigger: false"));
     }
 
     fn invalidation(args: &[&str], file: &str, password: Option<&str>) -> String {

@@ -305,6 +305,7 @@ fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, Error> {
 /// replication_user = "strata_wal"         # password: STRATA_REPLICATION_PASSWORD only
 /// replication_database = "app"
 /// wal_lag_bound_ms = 1000
+/// wal_ddl_trigger = true                  # install the DDL event trigger (needs superuser)
 ///
 /// [cache]   # handed to the query cache's own configuration
 /// ```
@@ -354,6 +355,8 @@ pub struct FileConfig {
     pub replication_database: Option<String>,
     /// How far behind the WAL may be before the cache is bypassed, in milliseconds (default 1000).
     pub wal_lag_bound_ms: Option<u64>,
+    /// Whether to install the event trigger that reports DDL through the WAL (default true).
+    pub wal_ddl_trigger: Option<bool>,
     /// The query cache's settings, passed through to it.
     pub cache: Option<toml::Table>,
 }

@@ -30,14 +30,17 @@ fn main() -> anyhow::Result<()> {
         let builder = if cache.enabled {
             let query_cache = strata_proxy::build_query_cache(&cache).await?;
             let registry = query_cache.registry().clone();
-            if let Some(config) = wal {
-                wal_invalidator = Some(strata::WalInvalidator::start(config, query_cache.clone())?);
-            }
             let mut strata = strata_proxy::StrataCache::builder(query_cache).with_invalidation(invalidation);
             for name in &cache.custom_settings {
                 strata = strata.with_custom_setting(name.clone());
             }
-            builder.with_cache(std::sync::Arc::new(strata.build()?)).with_registry(registry)
+            let strata = strata.build()?;
+            if let Some(config) = wal {
+                // Through the session cache: its invalidation mode decides what a commit bumps.
+                wal_invalidator =
+                    Some(strata::WalInvalidator::start_for_sessions(config, strata.sessions())?);
+            }
+            builder.with_cache(std::sync::Arc::new(strata)).with_registry(registry)
         } else {
             builder
         };

@@ -1,5 +1,6 @@
 //! `QueryCache`: lookups across the tiers, fills, single-flight, freshness and invalidation.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -169,6 +170,11 @@ pub enum BypassReason {
     /// yet, broke, or lags behind its bound. Writes made directly on PostgreSQL might not have
     /// been applied.
     WalUnavailable,
+    /// A WAL invalidator is attached and changes to this relation never reach its stream: an
+    /// unlogged table, a foreign table, a table the publication leaves out, a materialized view
+    /// (unless the DDL trigger reports its refreshes), or a view over one of those. A write made
+    /// directly on PostgreSQL could never invalidate it.
+    NotStreamed(TableName),
 }
 
 impl BypassReason {
@@ -183,6 +189,7 @@ impl BypassReason {
             BypassReason::NoTier => "no_tier",
             BypassReason::TimeDependentParameter => "time_dependent_parameter",
             BypassReason::WalUnavailable => "wal_unavailable",
+            BypassReason::NotStreamed(_) => "not_streamed",
         }
     }
 }
@@ -202,6 +209,9 @@ impl fmt::Display for BypassReason {
                 f.write_str("a parameter spells a time-dependent value such as 'now'")
             }
             BypassReason::WalUnavailable => f.write_str("the WAL invalidator is not streaming in time"),
+            BypassReason::NotStreamed(t) => {
+                write!(f, "changes to {t} do not reach the WAL stream (unlogged, foreign, unpublished or materialized)")
+            }
         }
     }
 }
@@ -438,7 +448,10 @@ pub(crate) struct Shared {
     pub(crate) policy: Policy,
     pub(crate) flights: Arc<Flights>,
     pub(crate) relations: std::sync::RwLock<crate::Relations>,
-    /// Bumped by every [`QueryCache::set_relations`]: memoized plans of older generations replan.
+    /// Relations whose changes an attached WAL invalidator cannot see (empty without one).
+    pub(crate) unstreamed: std::sync::RwLock<Arc<HashSet<TableName>>>,
+    /// Bumped by every [`QueryCache::set_relations`] (and change of the unstreamed relations):
+    /// memoized plans of older generations replan.
     pub(crate) relations_generation: std::sync::atomic::AtomicU64,
     pub(crate) metrics: Metrics,
     pub(crate) clock: Arc<dyn Clock>,
@@ -586,10 +599,12 @@ impl QueryCache {
         let generation = shared.relations_generation.load(std::sync::atomic::Ordering::Acquire);
         let analysis = shared.normalizer.analyze(sql);
         let relations = self.relations();
+        let unstreamed = self.shared.unstreamed.read().unwrap_or_else(|e| e.into_inner()).clone();
         let plan = Arc::new(shared.policy.plan(
             analysis,
             shared.tiers.iter().map(|s| s.role),
             &relations,
+            &unstreamed,
             generation,
         ));
         if sql.len() <= PLAN_MEMO_MAX_TEXT {
@@ -1023,6 +1038,18 @@ impl QueryCache {
         let shared = &self.shared;
         *shared.relations.write().unwrap_or_else(|e| e.into_inner()) = relations;
         shared.relations_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Installs the relations whose changes the attached WAL invalidator cannot see: lookups
+    /// reading them bypass from now on. Empty when no invalidator is attached.
+    #[cfg_attr(not(feature = "wal"), allow(dead_code))]
+    pub(crate) fn set_unstreamed(&self, relations: HashSet<TableName>) {
+        let shared = &self.shared;
+        let mut current = shared.unstreamed.write().unwrap_or_else(|e| e.into_inner());
+        if **current != relations {
+            *current = Arc::new(relations);
+            shared.relations_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
     }
 
     /// The dependencies in force.

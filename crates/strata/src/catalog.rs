@@ -24,12 +24,17 @@ use std::{
 
 use tokio::{sync::Notify, task::JoinHandle};
 
+use strata_core::{TableName, VersionView};
+
+use crate::versions::SCHEMA;
 use crate::{session::SettingNames, Error, QueryCache, Relations};
 
 /// The default period between two reads of every database's catalog.
 pub(crate) const DEFAULT_REFRESH: Duration = Duration::from_secs(30);
 /// At most one warning per database in this period while its refreshes fail.
 const WARN_EVERY: Duration = Duration::from_secs(60);
+/// How often the shared schema epoch is compared with the last one seen.
+pub(crate) const SCHEMA_WATCH: Duration = Duration::from_millis(200);
 /// First retry delay after a failed read; doubles up to the refresh interval.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 
@@ -499,6 +504,19 @@ impl Catalog {
         self.inner.wake.notify_one();
     }
 
+    /// DDL committed on `database`: stale here, and the shared schema epoch (a version unit no
+    /// key includes) is bumped so that every proxy sharing the table versions reads its
+    /// catalogs again within [`SCHEMA_WATCH`], instead of at its next periodic refresh.
+    pub(crate) fn announce_schema_change(&self, database: &str) {
+        self.schema_may_have_changed(database);
+        let versions = self.inner.cache.shared.versions.clone();
+        tokio::spawn(async move {
+            if let Err(e) = versions.bump(&[TableName::new(SCHEMA)]).await {
+                tracing::debug!(error = %e, "strata: could not bump the shared schema epoch");
+            }
+        });
+    }
+
     /// Reads every known database's catalog again now (each is stale until then).
     pub(crate) fn refresh_all(&self) {
         for db in self.state().dbs.values_mut() {
@@ -536,7 +554,23 @@ async fn run(inner: Arc<Inner>) {
     let mut clients: HashMap<String, tokio_postgres::Client> = HashMap::new();
     let interval = inner.config.refresh_interval;
     let mut next_periodic = Instant::now() + interval;
+    let mut schema_epoch = None;
+    let mut versions = Vec::with_capacity(1);
     loop {
+        // DDL announced by another proxy (or seen in the WAL by the invalidator): read every
+        // database again.
+        versions.clear();
+        if inner.cache.shared.versions.read(&[TableName::new(SCHEMA)], &mut versions) == VersionView::Current
+        {
+            let epoch = versions.first().copied();
+            if schema_epoch.is_some() && schema_epoch != epoch {
+                for db in inner.state.lock().unwrap_or_else(|e| e.into_inner()).dbs.values_mut() {
+                    db.wanted += 1;
+                    db.retry_at = None;
+                }
+            }
+            schema_epoch = epoch;
+        }
         let now = Instant::now();
         let periodic = now >= next_periodic;
         if periodic {
@@ -558,7 +592,7 @@ async fn run(inner: Arc<Inner>) {
         let wake_at = {
             let state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
-            let mut at = next_periodic;
+            let mut at = next_periodic.min(now + SCHEMA_WATCH);
             for d in state.dbs.values().filter(|d| !d.is_current()) {
                 // A stale database is read again at once unless it is backing off.
                 at = at.min(d.retry_at.unwrap_or(now));

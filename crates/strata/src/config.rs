@@ -244,6 +244,7 @@ impl QueryCacheBuilder {
             policy,
             flights: Arc::new(Flights::default()),
             relations: std::sync::RwLock::new(crate::Relations::default()),
+            unstreamed: std::sync::RwLock::new(Arc::new(std::collections::HashSet::new())),
             relations_generation: std::sync::atomic::AtomicU64::new(0),
             metrics,
             clock: self.clock,

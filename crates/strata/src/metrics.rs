@@ -66,6 +66,8 @@ impl WalHealth {
 pub(crate) struct WalGauges {
     stream_up: IntGauge,
     pub(crate) lag_seconds: prometheus::Gauge,
+    /// 1 while this process holds the fleet's WAL lease.
+    pub(crate) lease_held: IntGauge,
 }
 
 #[cfg(feature = "wal")]
@@ -83,7 +85,11 @@ impl WalHealth {
             None => {
                 let stream_up = IntGauge::with_opts(Opts::new(
                     "strata_wal_stream_up",
-                    "1 while the WAL invalidator streams from PostgreSQL, else 0",
+                    "1 while the WAL invalidator streams from PostgreSQL (or, with a lease, follows a holder whose stream is up in time), else 0",
+                ));
+                let lease_held = IntGauge::with_opts(Opts::new(
+                    "strata_wal_lease_held",
+                    "1 while this process holds the fleet's WAL lease and streams for it",
                 ));
                 let lag_seconds = prometheus::Gauge::with_opts(Opts::new(
                     "strata_wal_lag_seconds",
@@ -91,9 +97,11 @@ impl WalHealth {
                 ));
                 let made = stream_up.and_then(|stream_up| {
                     let lag_seconds = lag_seconds?;
+                    let lease_held = lease_held?;
                     registry.register(Box::new(stream_up.clone()))?;
                     registry.register(Box::new(lag_seconds.clone()))?;
-                    Ok(WalGauges { stream_up, lag_seconds })
+                    registry.register(Box::new(lease_held.clone()))?;
+                    Ok(WalGauges { stream_up, lag_seconds, lease_held })
                 });
                 match made {
                     Ok(gauges) => self.gauges.get_or_init(|| gauges).clone(),
@@ -117,6 +125,7 @@ impl WalHealth {
             *owner = None;
             if let Some(gauges) = self.gauges.get() {
                 gauges.stream_up.set(0);
+                gauges.lease_held.set(0);
             }
             self.closed.store(false, std::sync::atomic::Ordering::Release);
         }

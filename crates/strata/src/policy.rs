@@ -137,6 +137,7 @@ impl Policy {
         analysis: Arc<Analysis>,
         mut roles: impl Iterator<Item = TierRole>,
         relations: &Relations,
+        unstreamed: &HashSet<TableName>,
         generation: u64,
     ) -> Plan {
         let bypass = |analysis: Arc<Analysis>, reason| Plan {
@@ -165,6 +166,10 @@ impl Policy {
         if let Some(volatile) = units.iter().find(|u| relations.is_volatile(u)) {
             let volatile = volatile.clone();
             return bypass(analysis, BypassReason::VolatileRelation(volatile));
+        }
+        if let Some(unseen) = units.iter().find(|u| unstreamed.contains(*u)) {
+            let unseen = unseen.clone();
+            return bypass(analysis, BypassReason::NotStreamed(unseen));
         }
         let wanted = match analysis.hints().tier() {
             None => None,
@@ -216,6 +221,7 @@ mod tests {
             Arc::new(strata_normalizer::analyze(sql)),
             [TierRole::Hot, TierRole::Warm].into_iter(),
             &Relations::default(),
+            &HashSet::new(),
             0,
         )
     }
@@ -243,9 +249,34 @@ mod tests {
             Arc::new(strata_normalizer::analyze("/* strata: tier=l2 */ SELECT 1")),
             [TierRole::Hot].into_iter(),
             &Relations::default(),
+            &HashSet::new(),
             0,
         );
         assert!(matches!(l2_only.verdict, Verdict::Bypass(BypassReason::NoTier)));
+    }
+
+    #[test]
+    fn a_relation_the_wal_stream_cannot_see_bypasses_also_through_a_view() {
+        let unstreamed = HashSet::from([TableName::new("scratch")]);
+        let relations = Relations::builder().reads_through("report", "scratch").build();
+        let plan_with = |sql: &str| {
+            policy().plan(
+                Arc::new(strata_normalizer::analyze(sql)),
+                [TierRole::Hot].into_iter(),
+                &relations,
+                &unstreamed,
+                0,
+            )
+        };
+        for sql in
+            ["SELECT * FROM app.scratch", "SELECT * FROM report", "SELECT * FROM a JOIN scratch USING (id)"]
+        {
+            assert!(
+                matches!(plan_with(sql).verdict, Verdict::Bypass(BypassReason::NotStreamed(ref t)) if t.as_str() == "scratch"),
+                "{sql}"
+            );
+        }
+        assert!(matches!(plan_with("SELECT * FROM orders").verdict, Verdict::Cacheable(_)));
     }
 
     #[test]

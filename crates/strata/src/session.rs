@@ -113,6 +113,20 @@ struct Inner {
     trust_startup_only: bool,
 }
 
+impl Inner {
+    /// DDL committed on `database`, here or seen elsewhere: with a catalog, every proxy sharing
+    /// the table versions reads its catalog again (see `Catalog::announce_schema_change`).
+    fn schema_changed(&self, database: &str) {
+        match &self.mode {
+            #[cfg(feature = "catalog")]
+            Mode::Catalog(catalog) => catalog.announce_schema_change(database),
+            Mode::Everything | Mode::SqlText => {
+                let _ = database;
+            }
+        }
+    }
+}
+
 enum Mode {
     Everything,
     SqlText,
@@ -292,6 +306,26 @@ impl SessionCache {
                 true
             }
         }
+    }
+
+    /// A transaction the WAL stream saw commit on `database`: invalidates what it wrote under the
+    /// invalidation mode (without a catalog, any write invalidates everything, as for writes
+    /// through Strata). `schema` when it carried the DDL trigger's message: every proxy's catalog
+    /// map is read again, and everything is invalidated.
+    #[cfg(feature = "wal")]
+    pub(crate) async fn wal_committed(
+        &self,
+        database: &str,
+        effect: WriteEffect,
+        schema: bool,
+    ) -> Result<(), Error> {
+        let effect = if schema {
+            self.inner.schema_changed(database);
+            WriteEffect::Unknown
+        } else {
+            self.inner.mode.committed(database, effect)
+        };
+        self.inner.cache.invalidate(&effect).await
     }
 
     /// With a catalog: reads the catalog of every database seen so far again now (after DDL
@@ -601,6 +635,7 @@ impl CacheSession {
         let schema_changed = !rolled_back && tags.iter().any(|t| changes_schema(t));
         if schema_changed {
             effect = WriteEffect::Unknown;
+            self.shared.schema_changed(&self.database);
             unverify.get_or_insert("schema change");
             self.shared
                 .plain
@@ -662,20 +697,27 @@ impl CacheSession {
 
     /// What a committed write invalidates under the invalidation mode.
     fn committed(&self, effect: WriteEffect) -> WriteEffect {
-        match (&self.shared.mode, effect) {
+        self.shared.mode.committed(&self.database, effect)
+    }
+}
+
+impl Mode {
+    /// What a write committed on `database` invalidates under this mode.
+    fn committed(&self, database: &str, effect: WriteEffect) -> WriteEffect {
+        match (self, effect) {
             (_, WriteEffect::Nothing) => WriteEffect::Nothing,
             #[cfg(feature = "catalog")]
             (Mode::Catalog(catalog), WriteEffect::Unknown) => {
                 // DDL, a DO block, a function: the schema may have changed. Until a read of the
                 // catalog started after now is installed, writes here invalidate everything.
-                catalog.schema_may_have_changed(&self.database);
+                catalog.schema_may_have_changed(database);
                 WriteEffect::Unknown
             }
             (_, WriteEffect::Unknown) | (Mode::Everything, _) => WriteEffect::Unknown,
             (Mode::SqlText, tables) => tables,
             #[cfg(feature = "catalog")]
             (Mode::Catalog(catalog), tables) => {
-                if catalog.is_current(&self.database) {
+                if catalog.is_current(database) {
                     tables
                 } else {
                     WriteEffect::Unknown
@@ -832,7 +874,9 @@ fn is_setting_name(word: &str) -> bool {
 }
 
 /// The verification query: the role in effect and the session user, every setting
-/// `pg_settings` shows, each custom setting name by `current_setting(name, true)`, the names
+/// `pg_settings` shows that is not at its built-in default (a module's settings appear only once
+/// a session loaded it, say plpgsql by running a function: a setting at its default is the same
+/// whether it is shown or not, and a setting set anywhere, even to its default, is read), each custom setting name by `current_setting(name, true)`, the names
 /// role and database defaults hold, and the bodies of the functions run since the last read
 /// (for the custom setting names they use). Names are checked against [`is_setting_name`] and
 /// function names are plain identifiers, so nothing here can close a string literal.
@@ -841,6 +885,7 @@ fn verification_sql(names: &BTreeSet<String>, functions: &[String], relations: &
     sql.push_str(
         "SELECT 'r'::text, current_user::text, session_user::text \
          UNION ALL SELECT 's', s.name, s.setting FROM pg_catalog.pg_settings s \
+           WHERE s.source OPERATOR(pg_catalog.<>) 'default' OR s.setting IS DISTINCT FROM s.boot_val \
          UNION ALL SELECT 'd', NULL, c FROM pg_catalog.pg_db_role_setting d, pg_catalog.unnest(d.setconfig) c \
          UNION ALL SELECT 't', NULL, pg_catalog.count(*)::text FROM pg_catalog.pg_class t \
            WHERE t.relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema()",

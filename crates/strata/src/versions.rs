@@ -9,6 +9,12 @@ use strata_core::{async_trait, Error, TableName, VersionHealth, VersionStore, Ve
 /// PostgreSQL identifiers cannot contain NUL, so no table can share this name.
 pub(crate) const EVERYTHING: &str = "\0everything";
 
+/// The shared schema epoch: a unit no key includes, bumped when DDL commits (through Strata, or
+/// seen in the WAL); every catalog follower sharing the versions reads its catalogs again when it
+/// moves.
+#[cfg_attr(not(feature = "catalog"), allow(dead_code))]
+pub(crate) const SCHEMA: &str = "\0schema";
+
 /// The unit a table's version is kept under: its relation name without the schema.
 ///
 /// A write to `tenant_a.users` therefore also invalidates `tenant_b.users`: over-invalidation, never

@@ -11,9 +11,10 @@
 use std::fmt;
 use std::time::Duration;
 
+use strata_normalizer::WriteEffect;
 use tokio::task::JoinHandle;
 
-use crate::{Error, QueryCache};
+use crate::{Error, QueryCache, SessionCache};
 
 #[cfg_attr(
     not(test),
@@ -24,6 +25,7 @@ use crate::{Error, QueryCache};
 )]
 mod decode;
 
+mod lease;
 mod stream;
 mod transaction;
 
@@ -33,6 +35,8 @@ use stream::Runner;
 pub(crate) const DEFAULT_PUBLICATION: &str = "strata_invalidation";
 /// The prefix of the logical messages that carry heartbeats.
 const HEARTBEAT_PREFIX: &str = "strata_hb";
+/// The prefix of the logical messages the DDL event trigger emits.
+const DDL_PREFIX: &str = "strata_ddl";
 /// First retry delay after a failed attempt; doubles up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 const MAX_RETRY: Duration = Duration::from_secs(30);
@@ -56,6 +60,16 @@ pub struct WalConfig {
     lag_bound: Duration,
     heartbeat_interval: Duration,
     connect_timeout: Duration,
+    lease: Option<LeaseConfig>,
+    ddl_trigger: bool,
+}
+
+/// Where a fleet of processes elects the one invalidator of an upstream.
+#[derive(Clone)]
+pub(crate) struct LeaseConfig {
+    pub(crate) url: String,
+    pub(crate) prefix: String,
+    pub(crate) ttl: Duration,
 }
 
 impl WalConfig {
@@ -88,6 +102,21 @@ impl WalConfig {
     pub fn heartbeat_interval(&self) -> Duration {
         self.heartbeat_interval
     }
+
+    /// Whether one invalidator per upstream is elected through a lease in Redis.
+    pub fn is_leased(&self) -> bool {
+        self.lease.is_some()
+    }
+
+    /// The lease's key: one per upstream server and database.
+    pub(crate) fn lease_key(&self, prefix: &str) -> String {
+        format!("{prefix}wal:lease:{}:{}/{}", self.host, self.port, self.database)
+    }
+
+    /// The key of the fleet's stream health, written by the lease holder.
+    pub(crate) fn health_key(&self, prefix: &str) -> String {
+        format!("{prefix}wal:health:{}:{}/{}", self.host, self.port, self.database)
+    }
 }
 
 impl fmt::Debug for WalConfig {
@@ -105,6 +134,8 @@ impl fmt::Debug for WalConfig {
             .field("lag_bound", &self.lag_bound)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("connect_timeout", &self.connect_timeout)
+            .field("lease", &self.lease.as_ref().map(|l| (&l.prefix, l.ttl)))
+            .field("ddl_trigger", &self.ddl_trigger)
             .finish()
     }
 }
@@ -122,6 +153,9 @@ pub struct WalConfigBuilder {
     lag_bound: Option<Duration>,
     heartbeat_interval: Option<Duration>,
     connect_timeout: Option<Duration>,
+    lease: Option<(String, String)>,
+    lease_ttl: Option<Duration>,
+    ddl_trigger: Option<bool>,
 }
 
 impl fmt::Debug for WalConfigBuilder {
@@ -137,6 +171,9 @@ impl fmt::Debug for WalConfigBuilder {
             .field("lag_bound", &self.lag_bound)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("connect_timeout", &self.connect_timeout)
+            .field("lease", &self.lease.as_ref().map(|(_, prefix)| prefix))
+            .field("lease_ttl", &self.lease_ttl)
+            .field("ddl_trigger", &self.ddl_trigger)
             .finish()
     }
 }
@@ -215,6 +252,33 @@ impl WalConfigBuilder {
         self
     }
 
+    /// Shares one invalidator per upstream between every process configured with the same Redis
+    /// and prefix (the Redis whose table versions they share): a lease in Redis elects the one
+    /// that streams; the others follow the health it publishes (their lookups bypass while it
+    /// lags or while none streams) and one of them takes over within the lease's TTL when the
+    /// holder dies. Default: none, every process streams for itself.
+    pub fn with_redis_lease(mut self, url: impl Into<String>, prefix: impl Into<String>) -> Self {
+        self.lease = Some((url.into(), prefix.into()));
+        self
+    }
+
+    /// How long a lease lives unless its holder renews it (every third of it): the longest a
+    /// dead holder delays the takeover. Default 3 s.
+    pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = Some(ttl);
+        self
+    }
+
+    /// Whether to install (when missing, which needs superuser) the event trigger that reports
+    /// every committed DDL statement through the WAL, so that every process reads its catalog
+    /// again at once and materialized view refreshes invalidate. Without it, DDL made directly on
+    /// PostgreSQL reaches the catalog map at its next periodic read, and materialized views are
+    /// never cached. Default true.
+    pub fn with_ddl_trigger(mut self, install: bool) -> Self {
+        self.ddl_trigger = Some(install);
+        self
+    }
+
     /// Validates the settings.
     pub fn build(self) -> Result<WalConfig, Error> {
         let (host, port) =
@@ -258,6 +322,21 @@ impl WalConfigBuilder {
         if connect_timeout.is_zero() {
             return Err(Error::config("the WAL connect timeout must be positive"));
         }
+        let lease_ttl = self.lease_ttl.unwrap_or(Duration::from_secs(3));
+        if lease_ttl < Duration::from_millis(300) {
+            return Err(Error::config("the WAL lease TTL must be at least 300 ms"));
+        }
+        let lease = match self.lease {
+            None => None,
+            Some((url, prefix)) => {
+                if prefix.is_empty() {
+                    return Err(Error::config("the WAL lease prefix is empty"));
+                }
+                redis::Client::open(url.as_str())
+                    .map_err(|e| Error::config(format!("invalid redis url for the WAL lease: {e}")))?;
+                Some(LeaseConfig { url, prefix, ttl: lease_ttl })
+            }
+        };
         Ok(WalConfig {
             host,
             port,
@@ -270,6 +349,8 @@ impl WalConfigBuilder {
             lag_bound,
             heartbeat_interval,
             connect_timeout,
+            lease,
+            ddl_trigger: self.ddl_trigger.unwrap_or(true),
         })
     }
 }
@@ -335,6 +416,40 @@ impl Drop for WalInvalidator {
     fn drop(&mut self) {
         self.task.abort();
         self.cache.shared.metrics.wal.detach(self.id);
+        self.cache.set_unstreamed(std::collections::HashSet::new());
+    }
+}
+
+/// Where committed changes go.
+#[derive(Clone)]
+pub(crate) enum Target {
+    /// Straight into the cache, expanded through its relations.
+    Cache(QueryCache),
+    /// Through the session cache's invalidation mode.
+    Sessions(SessionCache),
+}
+
+impl Target {
+    pub(crate) fn cache(&self) -> &QueryCache {
+        match self {
+            Target::Cache(cache) => cache,
+            Target::Sessions(sessions) => sessions.query_cache(),
+        }
+    }
+
+    /// Invalidates what a transaction committed on `database` wrote; `schema` when it ran DDL.
+    pub(crate) async fn committed(
+        &self,
+        database: &str,
+        effect: WriteEffect,
+        schema: bool,
+    ) -> Result<(), Error> {
+        match self {
+            Target::Cache(cache) => {
+                cache.invalidate(if schema { &WriteEffect::Unknown } else { &effect }).await
+            }
+            Target::Sessions(sessions) => sessions.wal_committed(database, effect, schema).await,
+        }
     }
 }
 
@@ -342,11 +457,29 @@ impl WalInvalidator {
     /// Attaches an invalidator to `cache` and starts following the WAL. Needs a Tokio runtime;
     /// one invalidator per cache. Returns at once: lookups bypass until the stream is up, or
     /// until the first attempt fails (see the [type's docs](Self)).
+    ///
+    /// Each commit invalidates the tables it wrote, expanded through the cache's
+    /// [`Relations`](crate::Relations); use [`WalInvalidator::start_for_sessions`] with a
+    /// [`SessionCache`] to follow its invalidation mode instead.
     pub fn start(config: WalConfig, cache: QueryCache) -> Result<Self, Error> {
+        Self::start_with(config, Target::Cache(cache))
+    }
+
+    /// Like [`WalInvalidator::start`], for the query cache of `sessions`, with its invalidation
+    /// mode: without a catalog ([`Invalidation::Everything`](crate::Invalidation::Everything)) a
+    /// committed write invalidates everything, as a write through Strata does, since only the
+    /// catalog shows which views, partitions and inheritance parents read the tables written; with
+    /// one, DDL reported by the event trigger makes the catalog follower read the catalog again.
+    pub fn start_for_sessions(config: WalConfig, sessions: &SessionCache) -> Result<Self, Error> {
+        Self::start_with(config, Target::Sessions(sessions.clone()))
+    }
+
+    fn start_with(config: WalConfig, target: Target) -> Result<Self, Error> {
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| Error::config("the WAL invalidator must start inside a tokio runtime"))?;
+        let cache = target.cache().clone();
         let (id, gauges) = cache.shared.metrics.wal.attach(cache.registry())?;
-        let runner = Runner { config: config.clone(), cache: cache.clone(), id, gauges };
+        let runner = Runner { config: config.clone(), target, id, gauges };
         let task = handle.spawn(runner.run());
         Ok(Self { config, cache, id, task })
     }

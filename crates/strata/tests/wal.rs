@@ -84,6 +84,7 @@ enum Seen {
     Hit,
     Miss,
     WalUnavailable,
+    NotStreamed,
     OtherBypass,
 }
 
@@ -96,6 +97,7 @@ async fn look(cache: &QueryCache, sql: &str) -> Seen {
             Seen::Miss
         }
         Lookup::Bypass(b) if *b.reason() == BypassReason::WalUnavailable => Seen::WalUnavailable,
+        Lookup::Bypass(b) if matches!(b.reason(), BypassReason::NotStreamed(_)) => Seen::NotStreamed,
         Lookup::Bypass(_) => Seen::OtherBypass,
     }
 }
@@ -346,6 +348,223 @@ async fn a_lagging_stream_bypasses_until_it_catches_up() {
     eprintln!("lagging after {closed:?}, caught up {caught_up:?} later");
 
     drop(invalidator);
+    drop_publication(&admin, &names).await;
+    admin.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+}
+
+/// A fresh database of the test's own (so that whether the DDL trigger is installed is the
+/// test's choice), and a connection to it.
+async fn own_database(admin: &Client, names: &str) -> (String, Client) {
+    let db = format!("db_{names}");
+    admin.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
+    let mut pg: tokio_postgres::Config = database_url().parse().unwrap();
+    pg.dbname(&db);
+    let (client, connection) = pg.connect(NoTls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client.batch_execute("SET synchronous_commit = on").await.unwrap();
+    (db, client)
+}
+
+async fn drop_database(admin: &Client, names: &str, db: &str) {
+    drop_publication(admin, names).await;
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relations_the_stream_cannot_see_are_never_cached_and_ddl_reaches_the_cache() {
+    let admin = connect().await;
+    let names = unique("unseen");
+    let (db, direct) = own_database(&admin, &names).await;
+    direct
+        .batch_execute(
+            "CREATE TABLE logged (id int PRIMARY KEY);
+             CREATE UNLOGGED TABLE scratch (id int);
+             CREATE VIEW over_scratch AS SELECT id FROM scratch;
+             CREATE TABLE parent (id int);
+             CREATE UNLOGGED TABLE child () INHERITS (parent);
+             CREATE MATERIALIZED VIEW summary AS SELECT count(*) AS n FROM logged;
+             CREATE TABLE other (id int)",
+        )
+        .await
+        .unwrap();
+    let cache = cache();
+    let builder = with_server(WalConfig::builder().with_lag_bound(Duration::from_secs(10)), &names, None)
+        .with_database(&db);
+    let invalidator = WalInvalidator::start(builder.build().unwrap(), cache.clone()).unwrap();
+    wait_streaming(&cache, Duration::from_secs(20)).await;
+
+    // Writes to these never reach the stream: they must bypass, whatever reads them.
+    for read in [
+        "SELECT * FROM scratch",
+        "SELECT * FROM public.scratch",
+        "SELECT * FROM over_scratch",
+        "SELECT * FROM parent",
+        "SELECT * FROM logged JOIN scratch USING (id)",
+    ] {
+        assert_eq!(look(&cache, read).await, Seen::NotStreamed, "{read}");
+    }
+    // The trigger is installed (superuser): a materialized view's refresh reaches the stream.
+    let installed: i64 = direct
+        .query_one("SELECT count(*) FROM pg_event_trigger WHERE evtname = 'strata_ddl'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(installed, 1, "the DDL trigger was installed");
+    fill(&cache, "SELECT n FROM summary").await;
+    direct.batch_execute("INSERT INTO logged VALUES (1); REFRESH MATERIALIZED VIEW summary").await.unwrap();
+    wait_for(&cache, "SELECT n FROM summary", Seen::Miss, Duration::from_secs(5), "after REFRESH").await;
+
+    // DDL made directly: a table becomes unlogged; cached reads of it stop being served.
+    fill(&cache, "SELECT id FROM logged").await;
+    fill(&cache, "SELECT id FROM other").await;
+    direct.batch_execute("ALTER TABLE other SET UNLOGGED").await.unwrap();
+    wait_for(&cache, "SELECT id FROM other", Seen::NotStreamed, Duration::from_secs(5), "SET UNLOGGED").await;
+    // DDL invalidates everything (the catalog map may have changed).
+    assert_eq!(look(&cache, "SELECT id FROM logged").await, Seen::Miss, "DDL invalidated everything");
+
+    drop(invalidator);
+    assert_eq!(look(&cache, "SELECT * FROM scratch").await, Seen::Miss, "without an invalidator, as before");
+    drop(direct);
+    drop_database(&admin, &names, &db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_ddl_trigger_the_schema_fingerprint_sees_ddl() {
+    let admin = connect().await;
+    let names = unique("noddl");
+    let (db, direct) = own_database(&admin, &names).await;
+    direct
+        .batch_execute(
+            "CREATE TABLE logged (id int);
+             CREATE MATERIALIZED VIEW summary AS SELECT count(*) AS n FROM logged",
+        )
+        .await
+        .unwrap();
+    let cache = cache();
+    let builder = with_server(WalConfig::builder().with_lag_bound(Duration::from_secs(10)), &names, None)
+        .with_database(&db)
+        .with_ddl_trigger(false);
+    let invalidator = WalInvalidator::start(builder.build().unwrap(), cache.clone()).unwrap();
+    wait_streaming(&cache, Duration::from_secs(20)).await;
+    let installed: i64 = direct.query_one("SELECT count(*) FROM pg_event_trigger", &[]).await.unwrap().get(0);
+    assert_eq!(installed, 0, "no trigger was installed");
+    // A refresh made directly would go unseen: never cached.
+    assert_eq!(look(&cache, "SELECT n FROM summary").await, Seen::NotStreamed);
+
+    fill(&cache, "SELECT id FROM logged").await;
+    direct.batch_execute("CREATE UNLOGGED TABLE later (id int)").await.unwrap();
+    // Seen by the fingerprint within a few heartbeats; everything is invalidated with it.
+    wait_for(&cache, "SELECT id FROM logged", Seen::Miss, Duration::from_secs(5), "fingerprint").await;
+    assert_eq!(look(&cache, "SELECT id FROM later").await, Seen::NotStreamed);
+
+    drop(invalidator);
+    drop(direct);
+    drop_database(&admin, &names, &db).await;
+}
+
+fn redis_url() -> String {
+    std::env::var("STRATA_TEST_REDIS_URL")
+        .unwrap_or_else(|_| panic!("STRATA_TEST_REDIS_URL is unset: run `cargo xtask test`"))
+}
+
+/// A cache whose versions are shared through Redis under `prefix`, like every proxy of a fleet.
+async fn shared_cache(prefix: &str) -> QueryCache {
+    let versions = strata::RedisVersions::builder(redis_url())
+        .with_prefix(format!("{prefix}versions:"))
+        .with_heartbeat(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    QueryCache::builder()
+        .with_l1(HotTier::builder().build().unwrap())
+        .with_version_store(std::sync::Arc::new(versions))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_streams_for_the_fleet_and_another_takes_over_when_it_dies() {
+    let admin = connect().await;
+    let names = unique("lease");
+    let t = format!("t_{names}");
+    admin
+        .batch_execute(&format!(
+            "SET synchronous_commit = on; CREATE TABLE {t} (id int PRIMARY KEY, v int); INSERT INTO {t} VALUES (1, 0)"
+        ))
+        .await
+        .unwrap();
+    let prefix = format!("strata_test:{names}:");
+    let leased = || {
+        let builder = WalConfig::builder()
+            .with_lag_bound(Duration::from_secs(2))
+            .with_heartbeat_interval(Duration::from_millis(100))
+            .with_redis_lease(redis_url(), prefix.clone())
+            .with_lease_ttl(Duration::from_secs(1));
+        rebuild(builder, &names)
+    };
+    let caches = [shared_cache(&prefix).await, shared_cache(&prefix).await];
+    let mut invalidators: Vec<Option<WalInvalidator>> =
+        caches.iter().map(|c| Some(WalInvalidator::start(leased(), c.clone()).unwrap())).collect();
+    for cache in &caches {
+        wait_streaming(cache, Duration::from_secs(20)).await;
+    }
+    let held: Vec<f64> = caches.iter().map(|c| gauge(c, "strata_wal_lease_held").unwrap()).collect();
+    assert_eq!(held.iter().sum::<f64>(), 1.0, "exactly one process holds the lease: {held:?}");
+    let holder = held.iter().position(|h| *h == 1.0).unwrap();
+    let follower = 1 - holder;
+    let streaming = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name = $1",
+            &[&format!("strata-test-{names}")],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(streaming, 1, "one walsender for the fleet");
+
+    // A direct write reaches both through the one stream.
+    let read = format!("SELECT v FROM {t} WHERE id = 1");
+    for cache in &caches {
+        fill(cache, &read).await;
+    }
+    admin.batch_execute(&format!("UPDATE {t} SET v = 1 WHERE id = 1")).await.unwrap();
+    for cache in &caches {
+        wait_for(cache, &read, Seen::Miss, Duration::from_secs(5), "one stream for both").await;
+        fill(cache, &read).await;
+    }
+
+    // The holder dies without releasing the lease; a write lands before anyone streams again.
+    invalidators[holder] = None;
+    admin.batch_execute(&format!("UPDATE {t} SET v = 2 WHERE id = 1")).await.unwrap();
+    let survivor = &caches[follower];
+    // It stops answering within the lag bound (it cannot know the write happened)...
+    let stopped = Instant::now();
+    loop {
+        match look(survivor, &read).await {
+            Seen::Hit => assert!(
+                stopped.elapsed() < Duration::from_secs(3),
+                "the follower kept serving after the holder died"
+            ),
+            Seen::WalUnavailable | Seen::Miss => break,
+            other => panic!("unexpected {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ...then takes the lease over, invalidates everything and answers again.
+    let started = Instant::now();
+    while gauge(survivor, "strata_wal_lease_held") != Some(1.0) {
+        assert!(started.elapsed() < Duration::from_secs(20), "nobody took the lease over");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("takeover after {:?}", stopped.elapsed());
+    wait_for(survivor, &read, Seen::Miss, Duration::from_secs(20), "after the takeover").await;
+    fill(survivor, &read).await;
+    admin.batch_execute(&format!("UPDATE {t} SET v = 3 WHERE id = 1")).await.unwrap();
+    wait_for(survivor, &read, Seen::Miss, Duration::from_secs(5), "the new holder streams").await;
+
+    invalidators.clear();
     drop_publication(&admin, &names).await;
     admin.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
 }

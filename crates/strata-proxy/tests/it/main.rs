@@ -12,4 +12,5 @@ mod seam;
 mod sessions;
 mod support;
 mod wal;
+mod wal_fleet;
 mod writer_faults;

@@ -1,19 +1,21 @@
 //! The invalidator's background task: the side connection and the publication, a temporary slot
 //! and its stream, heartbeats, the health it reports, and retries with backoff.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use strata_core::TableName;
 use strata_normalizer::WriteEffect;
 use tokio::task::JoinHandle;
 
 use super::decode::{self, Message, RelationMap};
+use super::lease::{Health, Lease};
 use super::transaction::Transaction;
-use super::{WalConfig, FIRST_RETRY, HEARTBEAT_PREFIX, MAX_RETRY, WARN_EVERY};
+use super::{Target, WalConfig, DDL_PREFIX, FIRST_RETRY, HEARTBEAT_PREFIX, MAX_RETRY, WARN_EVERY};
 use crate::metrics::WalGauges;
-use crate::QueryCache;
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -29,6 +31,12 @@ impl Failure {
         match self {
             Self::Publication(m) | Self::Stream(m) => m,
         }
+    }
+
+    /// Whether the server's configuration (not its reachability) stops the stream: changing it
+    /// needs an operator.
+    fn is_configuration(&self, config: &WalConfig) -> bool {
+        !self.hint(config).starts_with("check that")
     }
 
     /// What the operator should change, when the error says.
@@ -59,7 +67,7 @@ impl Failure {
 /// The task's state across sessions.
 pub(super) struct Runner {
     pub(super) config: WalConfig,
-    pub(super) cache: QueryCache,
+    pub(super) target: Target,
     /// The invalidator's id in the cache's gate.
     pub(super) id: u64,
     pub(super) gauges: WalGauges,
@@ -76,12 +84,25 @@ fn now_micros() -> u64 {
 
 impl Runner {
     pub(super) async fn run(self) {
+        match self.config.lease.as_ref().map(|l| Lease::new(l, &self.config)) {
+            None => self.run_alone().await,
+            Some(Ok(lease)) => self.run_leased(lease).await,
+            Some(Err(e)) => {
+                // Validated when the configuration was built; stay closed rather than guess.
+                tracing::error!(error = %e, "strata: the WAL lease cannot be used; the cache is bypassed");
+                self.report(false, false);
+            }
+        }
+    }
+
+    /// One invalidator per process: streams for as long as the process lives.
+    async fn run_alone(self) {
         let mut ever_streamed = false;
         let mut backoff = FIRST_RETRY;
         let mut warned: Option<(String, Instant)> = None;
         loop {
             let mut streamed = false;
-            let failure = self.session(&mut streamed).await;
+            let failure = self.session(&mut streamed, None).await;
             ever_streamed |= streamed;
             if streamed {
                 backoff = FIRST_RETRY;
@@ -89,31 +110,106 @@ impl Runner {
             // Once a stream has been up, only a new stream (and a bump) vouches for versions;
             // before, the cache behaves as if no invalidator were attached.
             self.report(false, !ever_streamed);
-            let message = format!("{}: {}", failure.message(), failure.hint(&self.config));
-            let now = Instant::now();
-            let repeat =
-                warned.as_ref().is_some_and(|(m, at)| *m == message && now.duration_since(*at) < WARN_EVERY);
-            if !repeat {
-                warned = Some((message.clone(), now));
-                if ever_streamed {
-                    tracing::warn!(error = %message, database = %self.config.database, "strata: the WAL stream is down; the cache is bypassed until it is back");
-                } else {
-                    tracing::warn!(error = %message, database = %self.config.database, "strata: WAL invalidation cannot run; the cache works without it (only writes through Strata invalidate)");
-                }
-            }
+            self.warn(&failure, ever_streamed, &mut warned);
             tokio::time::sleep(backoff).await;
             backoff = backoff.saturating_mul(2).min(MAX_RETRY);
         }
     }
 
+    /// One invalidator per upstream for every process sharing the lease: the holder streams and
+    /// publishes its health; the others follow that health and take over when the lease is free.
+    async fn run_leased(self, lease: Lease) {
+        let mut ever_streamed = false;
+        let mut backoff = FIRST_RETRY;
+        let mut warned: Option<(String, Instant)> = None;
+        loop {
+            match lease.acquire().await {
+                Ok(true) => {
+                    self.gauges.lease_held.set(1);
+                    tracing::info!(database = %self.config.database, "strata: holding the WAL lease; this process streams for the fleet");
+                    let mut streamed = false;
+                    let failure = tokio::select! {
+                        failure = self.session(&mut streamed, Some(&lease)) => failure,
+                        why = lease.keep() => Failure::Stream(format!("the WAL lease was lost: {why}")),
+                    };
+                    ever_streamed |= streamed;
+                    if streamed {
+                        backoff = FIRST_RETRY;
+                    }
+                    self.gauges.lease_held.set(0);
+                    // Followers behave as without an invalidator only when none can ever stream
+                    // here; otherwise they bypass until a stream is up again.
+                    let off = !ever_streamed && failure.is_configuration(&self.config);
+                    if off {
+                        let _ = lease.publish(Health::Off).await;
+                    } else {
+                        lease.withdraw().await;
+                    }
+                    self.report(false, off);
+                    self.warn(&failure, ever_streamed, &mut warned);
+                    // Another process may do better (its own network path to the server).
+                    lease.release().await;
+                    tokio::time::sleep(backoff).await;
+                    backoff = backoff.saturating_mul(2).min(MAX_RETRY);
+                }
+                Ok(false) => self.follow(&lease).await,
+                Err(e) => {
+                    // Neither the lease nor (very likely) the shared versions are reachable.
+                    self.report(false, false);
+                    self.warn(&Failure::Stream(e), ever_streamed, &mut warned);
+                    tokio::time::sleep(self.config.heartbeat_interval).await;
+                }
+            }
+        }
+    }
+
+    /// Follows the holder's health for one lease period: lookups are answered while it applied a
+    /// heartbeat recent enough.
+    async fn follow(&self, lease: &Lease) {
+        let config = &self.config;
+        let until = Instant::now() + lease_period(config);
+        while Instant::now() < until {
+            match lease.read().await {
+                Ok(Some(Health::Up(sent))) => {
+                    let since = Duration::from_micros(now_micros().saturating_sub(sent));
+                    self.gauges.lag_seconds.set(since.as_secs_f64());
+                    // The holder publishes at each heartbeat: as for its own watchdog, one
+                    // interval between two of them is not lag.
+                    let open = since.saturating_sub(config.heartbeat_interval) <= config.lag_bound;
+                    self.report(open, open);
+                }
+                Ok(Some(Health::Off)) => self.report(false, true),
+                Ok(None) | Err(_) => self.report(false, false),
+            }
+            tokio::time::sleep(config.heartbeat_interval).await;
+        }
+    }
+
+    /// Logs a failure, at most once per [`WARN_EVERY`] for the same message.
+    fn warn(&self, failure: &Failure, ever_streamed: bool, warned: &mut Option<(String, Instant)>) {
+        let message = format!("{}: {}", failure.message(), failure.hint(&self.config));
+        let now = Instant::now();
+        let repeat =
+            warned.as_ref().is_some_and(|(m, at)| *m == message && now.duration_since(*at) < WARN_EVERY);
+        if repeat {
+            return;
+        }
+        *warned = Some((message.clone(), now));
+        if ever_streamed {
+            tracing::warn!(error = %message, database = %self.config.database, "strata: the WAL stream is down; the cache is bypassed until it is back");
+        } else {
+            tracing::warn!(error = %message, database = %self.config.database, "strata: WAL invalidation cannot run; the cache works without it (only writes through Strata invalidate)");
+        }
+    }
+
     /// Reports whether the stream is up and whether lookups may be answered.
     fn report(&self, stream_up: bool, open: bool) {
-        self.cache.shared.metrics.wal.report(self.id, stream_up, open);
+        self.target.cache().shared.metrics.wal.report(self.id, stream_up, open);
     }
 
     /// One connection: side connection and publication, slot, stream, until something fails.
     /// `streamed` becomes true once the stream is up.
-    async fn session(&self, streamed: &mut bool) -> Failure {
+    async fn session(&self, streamed: &mut bool, lease: Option<&Lease>) -> Failure {
         let config = &self.config;
         let timeout = config.connect_timeout;
         let side = match self.side_connection().await {
@@ -123,6 +219,7 @@ impl Runner {
         if let Err(failure) = self.ensure_publication(&side).await {
             return failure;
         }
+        let ddl_trigger = config.ddl_trigger && self.ensure_ddl_trigger(&side).await;
         let slot = format!(
             "{}_{:x}_{:x}_{}",
             config.slot_prefix,
@@ -172,25 +269,64 @@ impl Runner {
             Ok(Err(e)) => return stream("cannot start replication", &e),
             Err(_) => return Failure::Stream("starting replication timed out".to_owned()),
         }
-        // Everything committed while no slot existed is lost: invalidate it all before the
-        // versions are vouched for again.
-        if let Err(e) = self.cache.invalidate(&WriteEffect::Unknown).await {
+        let side = Arc::new(side);
+        let schema =
+            Schema { side: side.clone(), publication: config.publication.clone(), ddl_trigger, timeout };
+        if let Err(e) = schema.install_unstreamed(&self.target).await {
+            return Failure::Stream(e);
+        }
+        // Everything committed while no slot existed is lost, DDL included: invalidate it all
+        // (and read catalogs again) before the versions are vouched for again.
+        if let Err(e) = self.target.committed(&config.database, WriteEffect::Unknown, true).await {
             return stream("cannot invalidate everything after (re)connecting", &e);
+        }
+        if let Some(lease) = lease {
+            if let Err(e) = lease.publish(Health::Up(now_micros())).await {
+                return Failure::Stream(e);
+            }
         }
         *streamed = true;
         self.report(true, true);
         tracing::info!(slot = %slot, database = %config.database, publication = %config.publication, "strata: WAL invalidation streaming");
 
-        let side = Arc::new(side);
         let newest_heartbeat = Arc::new(AtomicU64::new(now_micros()));
         // Aborted when the session ends, also when the task is aborted.
         let mut emitter = AbortOnDrop(tokio::spawn(emit_heartbeats(
-            side.clone(),
+            schema.clone(),
+            self.target.clone(),
+            config.database.clone(),
             slot.clone(),
             config.heartbeat_interval,
-            timeout,
         )));
-        self.stream(&mut client, &slot, &newest_heartbeat, &mut emitter.0).await
+        let session = Session { slot: &slot, newest_heartbeat: &newest_heartbeat, schema: &schema, lease };
+        self.stream(&mut client, &session, &mut emitter.0).await
+    }
+
+    /// Whether the DDL event trigger is there, installing it when missing (superuser only).
+    async fn ensure_ddl_trigger(&self, side: &tokio_postgres::Client) -> bool {
+        let timeout = self.config.connect_timeout;
+        let present =
+            "SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = 'strata_ddl' AND evtenabled <> 'D'";
+        match tokio::time::timeout(timeout, side.query(present, &[])).await {
+            Ok(Ok(rows)) if !rows.is_empty() => return true,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %pg_error(&e), "strata: cannot read pg_event_trigger; DDL made directly reaches the catalog map at its next periodic read");
+                return false;
+            }
+            Err(_) => return false,
+        }
+        match tokio::time::timeout(timeout, side.batch_execute(DDL_TRIGGER_SQL)).await {
+            Ok(Ok(())) => {
+                tracing::info!(database = %self.config.database, "strata: installed the DDL event trigger strata_ddl (schema strata_wal)");
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %pg_error(&e), database = %self.config.database, "strata: cannot install the DDL event trigger (it needs a superuser; see the README): DDL made directly reaches the catalog map at its next periodic read, and materialized views are not cached");
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// The side connection: heartbeats and the publication.
@@ -266,10 +402,10 @@ impl Runner {
     async fn stream(
         &self,
         client: &mut pgwire_replication::ReplicationClient,
-        slot: &str,
-        newest_heartbeat: &AtomicU64,
+        session: &Session<'_>,
         emitter: &mut JoinHandle<String>,
     ) -> Failure {
+        let Session { slot, newest_heartbeat, schema, lease } = *session;
         use pgwire_replication::ReplicationEvent;
         let config = &self.config;
         let mut relations = RelationMap::default();
@@ -316,7 +452,7 @@ impl Runner {
                             tracing::warn!(
                                 "strata: WAL change outside a transaction; invalidating everything"
                             );
-                            if let Err(e) = self.cache.invalidate(&WriteEffect::Unknown).await {
+                            if let Err(e) = self.target.cache().invalidate(&WriteEffect::Unknown).await {
                                 return Failure::Stream(format!("cannot invalidate: {e}"));
                             }
                         }
@@ -326,7 +462,7 @@ impl Runner {
                         match transaction.as_mut() {
                             Some(t) => t.unknown = true,
                             None => {
-                                if let Err(e) = self.cache.invalidate(&WriteEffect::Unknown).await {
+                                if let Err(e) = self.target.cache().invalidate(&WriteEffect::Unknown).await {
                                     return Failure::Stream(format!("cannot invalidate: {e}"));
                                 }
                             }
@@ -334,12 +470,38 @@ impl Runner {
                     }
                 },
                 ReplicationEvent::Commit { end_lsn, .. } => {
-                    let effect = transaction.take().map_or(WriteEffect::Nothing, |t| t.effect());
-                    if let Err(e) = self.cache.invalidate(&effect).await {
+                    let (effect, ddl) = transaction.take().map_or((WriteEffect::Nothing, false), |t| {
+                        let ddl = t.ddl;
+                        (t.effect(), ddl)
+                    });
+                    if ddl {
+                        // A relation may have become unlogged, a view may read one: know it
+                        // before the invalidation below makes older fills unreachable.
+                        if let Err(e) = schema.install_unstreamed(&self.target).await {
+                            return Failure::Stream(e);
+                        }
+                    }
+                    if let Err(e) = self.target.committed(&config.database, effect, ddl).await {
                         // The bump is lost: reconnecting bumps everything.
                         return Failure::Stream(format!("cannot invalidate a committed write: {e}"));
                     }
                     client.update_applied_lsn(end_lsn);
+                }
+                ReplicationEvent::Message { prefix, .. } if prefix == DDL_PREFIX => {
+                    match transaction.as_mut() {
+                        Some(t) => t.ddl = true,
+                        None => {
+                            // Emitted outside a transaction (by hand): treat it as DDL now.
+                            if let Err(e) = schema.install_unstreamed(&self.target).await {
+                                return Failure::Stream(e);
+                            }
+                            if let Err(e) =
+                                self.target.committed(&config.database, WriteEffect::Unknown, true).await
+                            {
+                                return Failure::Stream(format!("cannot invalidate after DDL: {e}"));
+                            }
+                        }
+                    }
                 }
                 ReplicationEvent::Message { prefix, content, .. } if prefix == HEARTBEAT_PREFIX => {
                     let Some(sent) = std::str::from_utf8(&content)
@@ -351,6 +513,12 @@ impl Runner {
                         continue;
                     };
                     newest_heartbeat.fetch_max(sent, Ordering::Relaxed);
+                    if let Some(lease) = lease {
+                        // Everything before this heartbeat is applied: followers may answer.
+                        if let Err(e) = lease.publish(Health::Up(sent)).await {
+                            return Failure::Stream(e);
+                        }
+                    }
                     let lag = Duration::from_micros(now_micros().saturating_sub(sent));
                     self.gauges.lag_seconds.set(lag.as_secs_f64());
                     let over = lag > config.lag_bound;
@@ -375,15 +543,142 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Emits a heartbeat every `interval` until one fails; returns why.
-async fn emit_heartbeats(
+/// What one stream session needs besides the replication client.
+#[derive(Clone, Copy)]
+struct Session<'a> {
+    slot: &'a str,
+    newest_heartbeat: &'a AtomicU64,
+    schema: &'a Schema,
+    lease: Option<&'a Lease>,
+}
+
+/// The period of a follower's look at the lease: one lease TTL.
+fn lease_period(config: &WalConfig) -> Duration {
+    config.lease.as_ref().map_or(Duration::from_secs(1), |l| l.ttl)
+}
+
+/// Installs the event trigger that reports DDL through the WAL. Its function swallows every
+/// error, so that it can never make a DDL statement fail (for example after `wal_level` was
+/// lowered), and runs as its owner (a superuser) so that any role's DDL can emit the message.
+const DDL_TRIGGER_SQL: &str = r"
+CREATE SCHEMA IF NOT EXISTS strata_wal;
+CREATE OR REPLACE FUNCTION strata_wal.ddl_message() RETURNS event_trigger
+  LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+BEGIN
+  PERFORM pg_catalog.pg_logical_emit_message(true, 'strata_ddl', tg_tag);
+EXCEPTION WHEN OTHERS THEN
+  NULL;
+END $$;
+REVOKE ALL ON FUNCTION strata_wal.ddl_message() FROM PUBLIC;
+CREATE EVENT TRIGGER strata_ddl ON ddl_command_end EXECUTE FUNCTION strata_wal.ddl_message();
+";
+
+/// The relations whose changes never reach the stream, as names. Leaves are published through
+/// their partition root; views, inheritance parents and partition roots reading an unseen
+/// relation are unseen too. Materialized views count unless the DDL trigger reports refreshes.
+/// `$1`: the publication; `$2`: whether the DDL trigger is installed.
+const UNSTREAMED_SQL: &str = r"
+WITH RECURSIVE rel AS (
+  SELECT c.oid, c.relkind, c.relispartition
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relkind IN ('r', 'p', 'm', 'f') AND c.relpersistence <> 't'
+    AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_toast%'
+),
+published AS (
+  SELECT c.oid FROM pg_catalog.pg_publication_tables t
+  JOIN pg_catalog.pg_namespace n ON n.nspname = t.schemaname
+  JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename
+  WHERE t.pubname = $1
+),
+unseen(oid) AS (
+  SELECT r.oid FROM rel r
+  WHERE (r.relkind IN ('r', 'f') OR (r.relkind = 'm' AND NOT $2))
+    AND r.oid NOT IN (SELECT oid FROM published)
+    AND NOT (r.relispartition AND pg_catalog.pg_partition_root(r.oid) IN (SELECT oid FROM published))
+  UNION
+  SELECT x.oid FROM (
+    SELECT w.ev_class AS oid, d.refobjid AS base
+      FROM pg_catalog.pg_rewrite w
+      JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+           AND d.objid = w.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+      WHERE d.refobjid <> w.ev_class
+    UNION ALL
+    SELECT i.inhparent, i.inhrelid FROM pg_catalog.pg_inherits i
+  ) x JOIN unseen u ON u.oid = x.base
+)
+SELECT DISTINCT c.relname::text FROM unseen u JOIN pg_catalog.pg_class c ON c.oid = u.oid
+";
+
+/// Changes the catalog rows that decide what the stream covers leave in this sum (every row a
+/// DDL statement inserts or updates carries a new `xmin`).
+const SCHEMA_FINGERPRINT_SQL: &str = r"
+SELECT (SELECT pg_catalog.count(*) || ':' || pg_catalog.sum(xmin::text::int8) FROM pg_catalog.pg_class)
+    || ' ' || (SELECT pg_catalog.count(*) || ':' || COALESCE(pg_catalog.sum(xmin::text::int8), 0) FROM pg_catalog.pg_publication_rel)
+    || ' ' || (SELECT pg_catalog.count(*) || ':' || COALESCE(pg_catalog.sum(xmin::text::int8), 0) FROM pg_catalog.pg_publication)
+";
+
+/// How often the schema fingerprint is read, in heartbeats.
+const FINGERPRINT_EVERY: u32 = 4;
+
+/// What decides which relations the stream covers, read on the side connection.
+#[derive(Clone)]
+struct Schema {
     side: Arc<tokio_postgres::Client>,
+    publication: String,
+    ddl_trigger: bool,
+    timeout: Duration,
+}
+
+impl Schema {
+    /// Reads the unseen relations and installs them in the cache.
+    async fn install_unstreamed(&self, target: &Target) -> Result<(), String> {
+        let rows = match tokio::time::timeout(
+            self.timeout,
+            self.side.query(UNSTREAMED_SQL, &[&self.publication, &self.ddl_trigger]),
+        )
+        .await
+        {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => {
+                return Err(format!("cannot read which relations the stream covers: {}", pg_error(&e)))
+            }
+            Err(_) => return Err("reading which relations the stream covers timed out".to_owned()),
+        };
+        let unseen: HashSet<TableName> =
+            rows.iter().filter_map(|r| r.try_get::<_, String>(0).ok()).map(TableName::new).collect();
+        if !unseen.is_empty() {
+            tracing::debug!(relations = ?unseen, "strata: relations the WAL stream cannot see are not cached");
+        }
+        target.cache().set_unstreamed(unseen);
+        Ok(())
+    }
+
+    async fn fingerprint(&self) -> Result<String, String> {
+        match tokio::time::timeout(self.timeout, self.side.query_one(SCHEMA_FINGERPRINT_SQL, &[])).await {
+            Ok(Ok(row)) => row.try_get::<_, String>(0).map_err(|e| e.to_string()),
+            Ok(Err(e)) => Err(pg_error(&e)),
+            Err(_) => Err("reading the schema fingerprint timed out".to_owned()),
+        }
+    }
+}
+
+/// Emits a heartbeat every `interval` until one fails, and every few heartbeats compares the
+/// schema fingerprint: a change (DDL the trigger did not report) reloads the unseen relations and
+/// invalidates everything. Returns why it stopped.
+async fn emit_heartbeats(
+    schema: Schema,
+    target: Target,
+    database: String,
     slot: String,
     interval: Duration,
-    timeout: Duration,
 ) -> String {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fingerprint = match schema.fingerprint().await {
+        Ok(f) => f,
+        Err(e) => return e,
+    };
+    let mut beats: u32 = 0;
     loop {
         tick.tick().await;
         // Transactional: its commit (with synchronous_commit on) flushes the WAL, so the walsender
@@ -392,10 +687,27 @@ async fn emit_heartbeats(
             "SELECT pg_catalog.pg_logical_emit_message(true, '{HEARTBEAT_PREFIX}', '{slot} {}')",
             now_micros()
         );
-        match tokio::time::timeout(timeout, side.batch_execute(&sql)).await {
+        match tokio::time::timeout(schema.timeout, schema.side.batch_execute(&sql)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return pg_error(&e),
             Err(_) => return "a heartbeat timed out".to_owned(),
+        }
+        beats = beats.wrapping_add(1);
+        if !beats.is_multiple_of(FINGERPRINT_EVERY) {
+            continue;
+        }
+        let now = match schema.fingerprint().await {
+            Ok(f) => f,
+            Err(e) => return e,
+        };
+        if now != fingerprint {
+            if let Err(e) = schema.install_unstreamed(&target).await {
+                return e;
+            }
+            if let Err(e) = target.committed(&database, WriteEffect::Unknown, true).await {
+                return format!("cannot invalidate after a schema change: {e}");
+            }
+            fingerprint = now;
         }
     }
 }

@@ -16,6 +16,8 @@ pub(super) struct Transaction {
     pub(super) tables: BTreeMap<String, TableKeys>,
     /// A change named a relation the stream never described, or could not be decoded.
     pub(super) unknown: bool,
+    /// The DDL trigger's message: the transaction ran DDL.
+    pub(super) ddl: bool,
 }
 
 /// The rows of one table a transaction changed. Kept for key-level invalidation, not used yet.
