@@ -193,11 +193,11 @@ async fn direct_writes_make_cached_reads_miss() {
             "SET synchronous_commit = on;
              CREATE TABLE {t} (id int PRIMARY KEY, v text);
              CREATE TABLE {src} (id int PRIMARY KEY);
-             CREATE TABLE {dst} (id int);
+             CREATE TABLE {dst} (id int PRIMARY KEY);
              CREATE FUNCTION {src}_fn() RETURNS trigger LANGUAGE plpgsql AS
                $$ BEGIN INSERT INTO {dst} VALUES (NEW.id); RETURN NEW; END $$;
              CREATE TRIGGER {src}_trg AFTER INSERT ON {src} FOR EACH ROW EXECUTE FUNCTION {src}_fn();
-             CREATE TABLE {part} (id int, v text) PARTITION BY RANGE (id);
+             CREATE TABLE {part} (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
              CREATE TABLE {part}_1 PARTITION OF {part} FOR VALUES FROM (0) TO (1000);
              INSERT INTO {t} VALUES (1, 'a'), (2, 'b');"
         ))
@@ -324,7 +324,7 @@ async fn a_lagging_stream_bypasses_until_it_catches_up() {
     let admin = connect().await;
     let names = unique("lagging");
     let t = format!("t_{names}");
-    admin.batch_execute(&format!("CREATE TABLE {t} (id int)")).await.unwrap();
+    admin.batch_execute(&format!("CREATE TABLE {t} (id int PRIMARY KEY)")).await.unwrap();
 
     let cache = cache();
     let config = WalConfig::builder()
@@ -385,7 +385,8 @@ async fn relations_the_stream_cannot_see_are_never_cached_and_ddl_reaches_the_ca
              CREATE TABLE parent (id int);
              CREATE UNLOGGED TABLE child () INHERITS (parent);
              CREATE MATERIALIZED VIEW summary AS SELECT count(*) AS n FROM logged;
-             CREATE TABLE other (id int)",
+             CREATE TABLE other (id int PRIMARY KEY);
+             CREATE TABLE nokey (id int); INSERT INTO nokey VALUES (1)",
         )
         .await
         .unwrap();
@@ -419,10 +420,51 @@ async fn relations_the_stream_cannot_see_are_never_cached_and_ddl_reaches_the_ca
     // DDL made directly: a table becomes unlogged; cached reads of it stop being served.
     fill(&cache, "SELECT id FROM logged").await;
     fill(&cache, "SELECT id FROM other").await;
-    direct.batch_execute("ALTER TABLE other SET UNLOGGED").await.unwrap();
+    // A published table cannot become unlogged (PostgreSQL's rule): the operator takes it out
+    // of the publication first.
+    let refused = direct.batch_execute("ALTER TABLE other SET UNLOGGED").await.unwrap_err();
+    assert!(
+        refused.to_string().contains("publication") || format!("{refused:?}").contains("publication"),
+        "{refused:?}"
+    );
+    direct
+        .batch_execute(&format!(
+            "ALTER PUBLICATION pub_{names} DROP TABLE other; ALTER TABLE other SET UNLOGGED"
+        ))
+        .await
+        .unwrap();
     wait_for(&cache, "SELECT id FROM other", Seen::NotStreamed, Duration::from_secs(5), "SET UNLOGGED").await;
     // DDL invalidates everything (the catalog map may have changed).
     assert_eq!(look(&cache, "SELECT id FROM logged").await, Seen::Miss, "DDL invalidated everything");
+
+    // A table without a replica identity is not published (PostgreSQL would refuse its UPDATEs
+    // and DELETEs), so it is not cached; once it has a key, it is.
+    direct
+        .batch_execute("UPDATE nokey SET id = 2; DELETE FROM nokey; INSERT INTO nokey VALUES (1)")
+        .await
+        .unwrap();
+    assert_eq!(look(&cache, "SELECT id FROM nokey").await, Seen::NotStreamed);
+    direct.batch_execute("ALTER TABLE nokey ADD PRIMARY KEY (id)").await.unwrap();
+    wait_for(&cache, "SELECT id FROM nokey", Seen::Miss, Duration::from_secs(5), "after ADD PRIMARY KEY")
+        .await;
+    fill(&cache, "SELECT id FROM nokey").await;
+    direct.batch_execute("UPDATE nokey SET id = 3").await.unwrap();
+    wait_for(&cache, "SELECT id FROM nokey", Seen::Miss, Duration::from_secs(5), "a keyed table is streamed")
+        .await;
+    // Losing its key takes it out of the publication in the same transaction: writes keep working.
+    direct
+        .batch_execute("BEGIN; ALTER TABLE nokey DROP CONSTRAINT nokey_pkey; UPDATE nokey SET id = 4; COMMIT")
+        .await
+        .unwrap();
+    direct.batch_execute("DELETE FROM nokey").await.unwrap();
+    wait_for(
+        &cache,
+        "SELECT id FROM nokey",
+        Seen::NotStreamed,
+        Duration::from_secs(5),
+        "after DROP CONSTRAINT",
+    )
+    .await;
 
     drop(invalidator);
     assert_eq!(look(&cache, "SELECT * FROM scratch").await, Seen::Miss, "without an invalidator, as before");
@@ -437,7 +479,7 @@ async fn without_the_ddl_trigger_the_schema_fingerprint_sees_ddl() {
     let (db, direct) = own_database(&admin, &names).await;
     direct
         .batch_execute(
-            "CREATE TABLE logged (id int);
+            "CREATE TABLE logged (id int PRIMARY KEY);
              CREATE MATERIALIZED VIEW summary AS SELECT count(*) AS n FROM logged",
         )
         .await
@@ -458,6 +500,20 @@ async fn without_the_ddl_trigger_the_schema_fingerprint_sees_ddl() {
     // Seen by the fingerprint within a few heartbeats; everything is invalidated with it.
     wait_for(&cache, "SELECT id FROM logged", Seen::Miss, Duration::from_secs(5), "fingerprint").await;
     assert_eq!(look(&cache, "SELECT id FROM later").await, Seen::NotStreamed);
+    // The invalidator itself keeps its publication in step: a table without a key stays out of it
+    // (its writes keep working), a keyed one is added and streamed.
+    direct
+        .batch_execute("CREATE TABLE plain (id int); INSERT INTO plain VALUES (1); UPDATE plain SET id = 2")
+        .await
+        .unwrap();
+    direct.batch_execute("CREATE TABLE keyed (id int PRIMARY KEY)").await.unwrap();
+    wait_for(&cache, "SELECT id FROM keyed", Seen::Miss, Duration::from_secs(5), "keyed table added").await;
+    wait_for(&cache, "SELECT id FROM plain", Seen::NotStreamed, Duration::from_secs(5), "keyless table")
+        .await;
+    fill(&cache, "SELECT id FROM keyed").await;
+    direct.batch_execute("INSERT INTO keyed VALUES (1)").await.unwrap();
+    wait_for(&cache, "SELECT id FROM keyed", Seen::Miss, Duration::from_secs(5), "keyed table streamed")
+        .await;
 
     drop(invalidator);
     drop(direct);

@@ -302,30 +302,33 @@ impl Runner {
         self.stream(&mut client, &session, &mut emitter.0).await
     }
 
-    /// Whether the DDL event trigger is there, installing it when missing (superuser only).
+    /// Whether the DDL event trigger is there, installing it when missing and bringing its
+    /// functions up to date (superuser only).
     async fn ensure_ddl_trigger(&self, side: &tokio_postgres::Client) -> bool {
         let timeout = self.config.connect_timeout;
-        let present =
-            "SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = 'strata_ddl' AND evtenabled <> 'D'";
-        match tokio::time::timeout(timeout, side.query(present, &[])).await {
-            Ok(Ok(rows)) if !rows.is_empty() => return true,
-            Ok(Ok(_)) => {}
+        let present = "SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = 'strata_ddl' AND evtenabled <> 'D'";
+        let present = match tokio::time::timeout(timeout, side.query(present, &[])).await {
+            Ok(Ok(rows)) => !rows.is_empty(),
             Ok(Err(e)) => {
-                tracing::warn!(error = %pg_error(&e), "strata: cannot read pg_event_trigger; DDL made directly reaches the catalog map at its next periodic read");
+                tracing::warn!(error = %pg_error(&e), "strata: cannot read pg_event_trigger; DDL made directly reaches the catalog map through the schema fingerprint");
                 return false;
             }
             Err(_) => return false,
-        }
-        match tokio::time::timeout(timeout, side.batch_execute(DDL_TRIGGER_SQL)).await {
+        };
+        match tokio::time::timeout(timeout, side.batch_execute(&ddl_trigger_sql(!present))).await {
             Ok(Ok(())) => {
-                tracing::info!(database = %self.config.database, "strata: installed the DDL event trigger strata_ddl (schema strata_wal)");
+                if !present {
+                    tracing::info!(database = %self.config.database, "strata: installed the DDL event trigger strata_ddl (schema strata_wal)");
+                }
                 true
             }
+            // Installed by someone who may; this role cannot update its functions.
+            Ok(Err(_)) if present => true,
             Ok(Err(e)) => {
-                tracing::warn!(error = %pg_error(&e), database = %self.config.database, "strata: cannot install the DDL event trigger (it needs a superuser; see the README): DDL made directly reaches the catalog map at its next periodic read, and materialized views are not cached");
+                tracing::warn!(error = %pg_error(&e), database = %self.config.database, "strata: cannot install the DDL event trigger (it needs a superuser; see the README): DDL made directly reaches the catalog map through the schema fingerprint, and materialized views are not cached");
                 false
             }
-            Err(_) => false,
+            Err(_) => present,
         }
     }
 
@@ -373,7 +376,7 @@ impl Runner {
         let timeout = config.connect_timeout;
         let failed =
             |e: &dyn fmt::Display| Failure::Publication(format!("publication {}: {e}", config.publication));
-        let exists = "SELECT pubviaroot FROM pg_catalog.pg_publication WHERE pubname = $1";
+        let exists = "SELECT pubviaroot, puballtables FROM pg_catalog.pg_publication WHERE pubname = $1";
         let rows = match tokio::time::timeout(timeout, side.query(exists, &[&config.publication])).await {
             Ok(Ok(rows)) => rows,
             Ok(Err(e)) => return Err(failed(&pg_error(&e))),
@@ -383,10 +386,16 @@ impl Runner {
             if !row.try_get::<_, bool>(0).unwrap_or(true) {
                 tracing::warn!(publication = %config.publication, "strata: the WAL publication lacks publish_via_partition_root = true: a write to a partition invalidates only the partition's name");
             }
+            if row.try_get::<_, bool>(1).unwrap_or(false) {
+                tracing::warn!(publication = %config.publication, "strata: the WAL publication is FOR ALL TABLES: PostgreSQL refuses UPDATE and DELETE on tables without a replica identity (no primary key) while it exists; let Strata manage its own publication instead (drop this one)");
+            }
             return Ok(());
         }
+        // A publication of its own, holding only the tables PostgreSQL can publish updates of
+        // (FOR ALL TABLES would make UPDATE and DELETE fail on every table without a replica
+        // identity); the tables are added by `sync_publications`, and the others are never cached.
         let create = format!(
-            "CREATE PUBLICATION {} FOR ALL TABLES WITH (publish_via_partition_root = true)",
+            "CREATE PUBLICATION {0} WITH (publish_via_partition_root = true); COMMENT ON PUBLICATION {0} IS '{MANAGED}'",
             config.publication
         );
         match tokio::time::timeout(timeout, side.batch_execute(&create)).await {
@@ -557,21 +566,104 @@ fn lease_period(config: &WalConfig) -> Duration {
     config.lease.as_ref().map_or(Duration::from_secs(1), |l| l.ttl)
 }
 
-/// Installs the event trigger that reports DDL through the WAL. Its function swallows every
-/// error, so that it can never make a DDL statement fail (for example after `wal_level` was
-/// lowered), and runs as its owner (a superuser) so that any role's DDL can emit the message.
-const DDL_TRIGGER_SQL: &str = r"
-CREATE SCHEMA IF NOT EXISTS strata_wal;
-CREATE OR REPLACE FUNCTION strata_wal.ddl_message() RETURNS event_trigger
-  LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+/// The comment that marks a publication Strata created and keeps in step with the schema.
+const MANAGED: &str = "strata: managed";
+
+/// Brings every publication Strata manages in step with the schema: adds each permanent user
+/// table (partition roots, not their partitions) whose rows have a replica identity (a primary
+/// key, `REPLICA IDENTITY FULL` or `USING INDEX`, for every leaf partition), and drops those that
+/// lost it, since PostgreSQL refuses UPDATE and DELETE on a published table without one
+/// (`pg_partition_tree` lists nothing for a table outside a partition tree, hence the table's own
+/// check). One
+/// table that cannot be changed does not stop the others.
+const SYNC_BODY: &str = r"
+DECLARE
+  p record;
+  r record;
 BEGIN
-  PERFORM pg_catalog.pg_logical_emit_message(true, 'strata_ddl', tg_tag);
-EXCEPTION WHEN OTHERS THEN
-  NULL;
-END $$;
+  FOR p IN SELECT b.oid, b.pubname FROM pg_catalog.pg_publication b
+           WHERE NOT b.puballtables
+             AND pg_catalog.obj_description(b.oid, 'pg_publication') OPERATOR(pg_catalog.=) 'strata: managed' LOOP
+    FOR r IN
+      WITH rel AS (
+        SELECT c.oid, c.relkind, c.relispartition, c.relpersistence, n.nspname,
+               (c.relreplident IN ('f', 'i') OR (c.relreplident OPERATOR(pg_catalog.=) 'd'
+                  AND EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                              WHERE i.indrelid OPERATOR(pg_catalog.=) c.oid AND i.indisprimary)))
+               AND NOT EXISTS (
+                 SELECT 1 FROM pg_catalog.pg_partition_tree(c.oid) t
+                 JOIN pg_catalog.pg_class l ON l.oid OPERATOR(pg_catalog.=) t.relid
+                 WHERE t.isleaf AND NOT (l.relreplident IN ('f', 'i') OR (l.relreplident OPERATOR(pg_catalog.=) 'd'
+                   AND EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                               WHERE i.indrelid OPERATOR(pg_catalog.=) l.oid AND i.indisprimary)))
+               ) AS identified,
+               EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr
+                       WHERE pr.prpubid OPERATOR(pg_catalog.=) p.oid AND pr.prrelid OPERATOR(pg_catalog.=) c.oid) AS published
+        FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+        WHERE c.relkind IN ('r', 'p')
+      )
+      SELECT oid, published FROM rel
+      WHERE published IS DISTINCT FROM (identified AND NOT relispartition AND relpersistence OPERATOR(pg_catalog.=) 'p'
+            AND nspname NOT IN ('pg_catalog', 'information_schema', 'strata_wal')
+            AND nspname NOT LIKE 'pg\_%')
+    LOOP
+      BEGIN
+        EXECUTE pg_catalog.format('ALTER PUBLICATION %I %s TABLE %s', p.pubname,
+                                  CASE WHEN r.published THEN 'DROP' ELSE 'ADD' END, r.oid::pg_catalog.regclass);
+      EXCEPTION WHEN OTHERS THEN
+        NULL;
+      END;
+    END LOOP;
+  END LOOP;
+END";
+
+/// Installs the event trigger that reports DDL through the WAL and keeps the managed
+/// publications in step with the schema within the DDL's own transaction. Its function swallows
+/// every error, so that it can never make a DDL statement fail (for example after `wal_level` was
+/// lowered), and runs as its owner (a superuser) so that any role's DDL can emit the message.
+fn ddl_trigger_sql(create_trigger: bool) -> String {
+    let create = if create_trigger {
+        "CREATE EVENT TRIGGER strata_ddl ON ddl_command_end EXECUTE FUNCTION strata_wal.ddl_message();"
+    } else {
+        ""
+    };
+    format!(
+        r"
+CREATE SCHEMA IF NOT EXISTS strata_wal;
+CREATE OR REPLACE FUNCTION strata_wal.sync_publications() RETURNS void
+  LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $strata$ {SYNC_BODY} $strata$;
+REVOKE ALL ON FUNCTION strata_wal.sync_publications() FROM PUBLIC;
+CREATE OR REPLACE FUNCTION strata_wal.ddl_message() RETURNS event_trigger
+  LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $strata$
+BEGIN
+  BEGIN
+    PERFORM pg_catalog.pg_logical_emit_message(true, 'strata_ddl', tg_tag);
+  EXCEPTION WHEN OTHERS THEN
+    NULL;
+  END;
+  IF tg_tag NOT IN ('CREATE PUBLICATION', 'ALTER PUBLICATION', 'DROP PUBLICATION') THEN
+    BEGIN
+      PERFORM strata_wal.sync_publications();
+    EXCEPTION WHEN OTHERS THEN
+      NULL;
+    END;
+  END IF;
+END $strata$;
 REVOKE ALL ON FUNCTION strata_wal.ddl_message() FROM PUBLIC;
-CREATE EVENT TRIGGER strata_ddl ON ddl_command_end EXECUTE FUNCTION strata_wal.ddl_message();
-";
+{create}
+"
+    )
+}
+
+/// The publication sync run by the invalidator itself, with its own privileges, where the
+/// trigger's function is not installed.
+fn sync_sql(ddl_trigger: bool) -> String {
+    if ddl_trigger {
+        "SELECT strata_wal.sync_publications()".to_owned()
+    } else {
+        format!("DO $strata$ {SYNC_BODY} $strata$")
+    }
+}
 
 /// The relations whose changes never reach the stream, as names. Leaves are published through
 /// their partition root; views, inheritance parents and partition roots reading an unseen
@@ -630,8 +722,17 @@ struct Schema {
 }
 
 impl Schema {
-    /// Reads the unseen relations and installs them in the cache.
+    /// Brings the managed publications in step with the schema, then reads the unseen relations
+    /// and installs them in the cache.
     async fn install_unstreamed(&self, target: &Target) -> Result<(), String> {
+        match tokio::time::timeout(self.timeout, self.side.batch_execute(&sync_sql(self.ddl_trigger))).await {
+            Ok(Ok(())) => {}
+            // Tables it could not add stay unpublished, hence unseen (never cached).
+            Ok(Err(e)) => {
+                tracing::debug!(error = %pg_error(&e), "strata: could not bring the WAL publication in step")
+            }
+            Err(_) => return Err("bringing the WAL publication in step timed out".to_owned()),
+        }
         let rows = match tokio::time::timeout(
             self.timeout,
             self.side.query(UNSTREAMED_SQL, &[&self.publication, &self.ddl_trigger]),
