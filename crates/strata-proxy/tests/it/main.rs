@@ -12,4 +12,5 @@ mod seam;
 mod sessions;
 mod support;
 mod wal;
+mod wal_cases;
 mod writer_faults;
