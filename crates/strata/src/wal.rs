@@ -2,9 +2,9 @@
 //! logical replication messages decoded into the relations and replica-identity keys they touch.
 //!
 //! [`WalInvalidator`] runs one background task per process. It follows one database through a
-//! temporary logical replication slot and a publication (created `FOR ALL TABLES` with
-//! `publish_via_partition_root` when missing), and at each commit invalidates the tables the
-//! transaction wrote.
+//! temporary logical replication slot and a publication (created with
+//! `publish_via_partition_root` when missing, and kept holding every table with a replica
+//! identity), and at each commit invalidates the tables the transaction wrote.
 //!
 //! See [`WalInvalidator`] for the health gate and for what happens when it cannot run.
 
@@ -211,8 +211,12 @@ impl WalConfigBuilder {
         self
     }
 
-    /// The publication to stream; created `FOR ALL TABLES WITH (publish_via_partition_root =
-    /// true)` when missing. Lowercase letters, digits and underscores. Default
+    /// The publication to stream; created `WITH (publish_via_partition_root = true)` and marked
+    /// as Strata's when missing. Strata keeps a publication it marked holding every permanent
+    /// user table with a replica identity (a primary key, `REPLICA IDENTITY FULL` or `USING
+    /// INDEX`), not `FOR ALL TABLES`, since PostgreSQL refuses UPDATE and DELETE on a published
+    /// table without one; a publication it did not create is used as it is. Tables outside it
+    /// are never cached. Lowercase letters, digits and underscores. Default
     /// `strata_invalidation`.
     pub fn with_publication(mut self, publication: impl Into<String>) -> Self {
         self.publication = Some(publication.into());

@@ -12,5 +12,6 @@ mod seam;
 mod sessions;
 mod support;
 mod wal;
+mod wal_cases;
 mod wal_fleet;
 mod writer_faults;

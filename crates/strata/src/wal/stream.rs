@@ -44,7 +44,7 @@ impl Failure {
         let m = self.message();
         if let Self::Publication(_) = self {
             return format!(
-                "a superuser must run: CREATE PUBLICATION {} FOR ALL TABLES WITH (publish_via_partition_root = true)",
+                "a superuser (or the tables' owner) must run: CREATE PUBLICATION {0} WITH (publish_via_partition_root = true); COMMENT ON PUBLICATION {0} IS '{MANAGED}'",
                 config.publication
             );
         }
@@ -306,7 +306,8 @@ impl Runner {
     /// functions up to date (superuser only).
     async fn ensure_ddl_trigger(&self, side: &tokio_postgres::Client) -> bool {
         let timeout = self.config.connect_timeout;
-        let present = "SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = 'strata_ddl' AND evtenabled <> 'D'";
+        let present =
+            "SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = 'strata_ddl' AND evtenabled <> 'D'";
         let present = match tokio::time::timeout(timeout, side.query(present, &[])).await {
             Ok(Ok(rows)) => !rows.is_empty(),
             Ok(Err(e)) => {
@@ -572,7 +573,7 @@ const MANAGED: &str = "strata: managed";
 /// Brings every publication Strata manages in step with the schema: adds each permanent user
 /// table (partition roots, not their partitions) whose rows have a replica identity (a primary
 /// key, `REPLICA IDENTITY FULL` or `USING INDEX`, for every leaf partition), and drops those that
-/// lost it, since PostgreSQL refuses UPDATE and DELETE on a published table without one
+/// lost it (`ONLY`: an inheritance parent and its children are published one by one), since PostgreSQL refuses UPDATE and DELETE on a published table without one
 /// (`pg_partition_tree` lists nothing for a table outside a partition tree, hence the table's own
 /// check). One
 /// table that cannot be changed does not stop the others.
@@ -608,7 +609,7 @@ BEGIN
             AND nspname NOT LIKE 'pg\_%')
     LOOP
       BEGIN
-        EXECUTE pg_catalog.format('ALTER PUBLICATION %I %s TABLE %s', p.pubname,
+        EXECUTE pg_catalog.format('ALTER PUBLICATION %I %s TABLE ONLY %s', p.pubname,
                                   CASE WHEN r.published THEN 'DROP' ELSE 'ADD' END, r.oid::pg_catalog.regclass);
       EXCEPTION WHEN OTHERS THEN
         NULL;

@@ -1,0 +1,198 @@
+//! Kinds of direct writes the WAL invalidator must make the proxy forget, each in both
+//! invalidation modes: plain writes, TRUNCATE, cascading foreign keys, triggers, partitions,
+//! inheritance, views, COPY and a large transaction. Each step caches reads through the proxy,
+//! writes straight on PostgreSQL, and expects the new answer within a bound.
+
+use std::{pin::pin, time::Duration};
+
+use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::Type};
+
+use crate::wal::{in_both_modes, Mode, WalProxy, FRESH_WITHIN};
+
+/// A large transaction is decoded and sent only at its commit: it may take longer to arrive.
+const LARGE_FRESH_WITHIN: Duration = Duration::from_secs(30);
+
+async fn plain_writes(mode: Mode) {
+    let mut w = WalProxy::start(
+        "plain",
+        mode,
+        "CREATE TABLE t (k int PRIMARY KEY, v int);
+         INSERT INTO t SELECT g, g * 10 FROM generate_series(1, 10) g",
+    )
+    .await;
+    let total = "SELECT count(*), sum(v) FROM t";
+    w.step("INSERT", &["SELECT v FROM t WHERE k = 11", total], "INSERT INTO t VALUES (11, 110)").await;
+    w.step("UPDATE", &["SELECT v FROM t WHERE k = 1", total], "UPDATE t SET v = 15 WHERE k = 1").await;
+    w.step("DELETE", &["SELECT v FROM t WHERE k = 2", total], "DELETE FROM t WHERE k = 2").await;
+    w.finish().await;
+}
+
+async fn truncate(mode: Mode) {
+    let mut w = WalProxy::start(
+        "truncate",
+        mode,
+        "CREATE TABLE t (k int PRIMARY KEY);
+         CREATE TABLE p (id int PRIMARY KEY);
+         CREATE TABLE c (id int PRIMARY KEY, p int REFERENCES p);
+         INSERT INTO t SELECT generate_series(1, 5);
+         INSERT INTO p SELECT generate_series(1, 5);
+         INSERT INTO c SELECT g, g FROM generate_series(1, 5) g",
+    )
+    .await;
+    w.step("TRUNCATE", &["SELECT count(*) FROM t"], "TRUNCATE t").await;
+    w.step(
+        "TRUNCATE ... CASCADE of a referenced table",
+        &["SELECT count(*) FROM c", "SELECT count(*) FROM p"],
+        "TRUNCATE p CASCADE",
+    )
+    .await;
+    w.finish().await;
+}
+
+async fn cascading_delete(mode: Mode) {
+    let mut w = WalProxy::start(
+        "cascade",
+        mode,
+        "CREATE TABLE parent (id int PRIMARY KEY);
+         CREATE TABLE child (id int PRIMARY KEY, parent int REFERENCES parent ON DELETE CASCADE);
+         INSERT INTO parent VALUES (1), (2);
+         INSERT INTO child VALUES (1, 1), (2, 1), (3, 2)",
+    )
+    .await;
+    w.step(
+        "DELETE of a parent row cascading to the child table",
+        &["SELECT count(*) FROM child", "SELECT id FROM child WHERE parent = 1 ORDER BY id"],
+        "DELETE FROM parent WHERE id = 1",
+    )
+    .await;
+    w.finish().await;
+}
+
+async fn trigger(mode: Mode) {
+    let mut w = WalProxy::start(
+        "trigger",
+        mode,
+        "CREATE TABLE a (id int PRIMARY KEY);
+         CREATE TABLE audit (id serial PRIMARY KEY, a_id int);
+         CREATE FUNCTION audit_a() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO audit (a_id) VALUES (NEW.id); RETURN NEW; END $$;
+         CREATE TRIGGER a_audit AFTER INSERT ON a FOR EACH ROW EXECUTE FUNCTION audit_a();
+         INSERT INTO a VALUES (1)",
+    )
+    .await;
+    w.step(
+        "INSERT into a whose trigger inserts into audit",
+        &["SELECT count(*), max(a_id) FROM audit"],
+        "INSERT INTO a VALUES (2)",
+    )
+    .await;
+    w.finish().await;
+}
+
+async fn partitions(mode: Mode) {
+    let mut w = WalProxy::start(
+        "partitions",
+        mode,
+        "CREATE TABLE m (id int PRIMARY KEY, v int) PARTITION BY RANGE (id);
+         CREATE TABLE m_1 PARTITION OF m FOR VALUES FROM (0) TO (100);
+         CREATE TABLE m_2 PARTITION OF m FOR VALUES FROM (100) TO (200);
+         INSERT INTO m VALUES (1, 10), (2, 20), (101, 1010)",
+    )
+    .await;
+    let reads = ["SELECT count(*), sum(v) FROM m", "SELECT count(*), sum(v) FROM m_1"];
+    w.step("INSERT through the parent", &reads, "INSERT INTO m VALUES (3, 30)").await;
+    w.step("UPDATE through the parent", &reads, "UPDATE m SET v = v + 1 WHERE id = 1").await;
+    w.step("UPDATE of the partition itself", &reads, "UPDATE m_1 SET v = v + 1 WHERE id = 2").await;
+    w.finish().await;
+}
+
+async fn inheritance(mode: Mode) {
+    let mut w = WalProxy::start(
+        "inheritance",
+        mode,
+        // Keys: tables without a replica identity are left out of the publication (PostgreSQL
+        // would refuse their UPDATEs and DELETEs), hence never cached.
+        "CREATE TABLE parent (id int PRIMARY KEY, v int);
+         CREATE TABLE child (PRIMARY KEY (id)) INHERITS (parent);
+         INSERT INTO parent VALUES (1, 10);
+         INSERT INTO child VALUES (2, 20)",
+    )
+    .await;
+    let reads = ["SELECT count(*), sum(v) FROM parent"];
+    w.step("INSERT into the child", &reads, "INSERT INTO child VALUES (3, 30)").await;
+    w.step("UPDATE of the child", &reads, "UPDATE child SET v = v + 1 WHERE id = 2").await;
+    w.finish().await;
+}
+
+async fn view(mode: Mode) {
+    let mut w = WalProxy::start(
+        "view",
+        mode,
+        "CREATE TABLE t (k int PRIMARY KEY, v int);
+         CREATE VIEW tv AS SELECT k, v FROM t WHERE v > 0;
+         INSERT INTO t VALUES (1, 10), (2, 20)",
+    )
+    .await;
+    let total = "SELECT count(*), sum(v) FROM tv";
+    w.step(
+        "UPDATE of the base table",
+        &["SELECT v FROM tv WHERE k = 1", total],
+        "UPDATE t SET v = 11 WHERE k = 1",
+    )
+    .await;
+    w.step("INSERT into the base table", &[total], "INSERT INTO t VALUES (3, 30)").await;
+    w.finish().await;
+}
+
+async fn copy_from_stdin(mode: Mode) {
+    let mut w = WalProxy::start(
+        "copy",
+        mode,
+        "CREATE TABLE t (k int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 10)",
+    )
+    .await;
+    let before = w.cache_reads(&["SELECT count(*), sum(v) FROM t"]).await;
+    let sink = w.direct.copy_in("COPY t (k, v) FROM STDIN (FORMAT binary)").await.expect("COPY FROM STDIN");
+    let mut writer = pin!(BinaryCopyInWriter::new(sink, &[Type::INT4, Type::INT4]));
+    for k in 2..=50i32 {
+        writer.as_mut().write(&[&k, &(k * 10)]).await.expect("a COPY row");
+    }
+    assert_eq!(writer.finish().await.expect("end of COPY"), 49);
+    w.expect_fresh("COPY FROM STDIN", before, FRESH_WITHIN).await;
+    w.finish().await;
+}
+
+async fn large_transaction(mode: Mode) {
+    let mut w = WalProxy::start(
+        "large",
+        mode,
+        "CREATE TABLE kv (k int PRIMARY KEY, v text); INSERT INTO kv VALUES (1, 'before');
+         CREATE TABLE bulk (id int PRIMARY KEY, payload text)",
+    )
+    .await;
+    let before = w.cache_reads(&["SELECT v FROM kv WHERE k = 1", "SELECT count(*) FROM bulk"]).await;
+    // The cached row first: its change reaches the invalidator only after the 200,000 inserts.
+    w.direct
+        .batch_execute(
+            "BEGIN;
+             UPDATE kv SET v = 'after' WHERE k = 1;
+             INSERT INTO bulk SELECT g, md5(g::text) FROM generate_series(1, 200000) g;
+             COMMIT",
+        )
+        .await
+        .expect("the large transaction");
+    w.expect_fresh("a transaction of 200,000 inserts and an update", before, LARGE_FRESH_WITHIN).await;
+    w.finish().await;
+}
+
+in_both_modes!(
+    plain_writes,
+    truncate,
+    cascading_delete,
+    trigger,
+    partitions,
+    inheritance,
+    view,
+    copy_from_stdin,
+    large_transaction,
+);
