@@ -4,6 +4,7 @@
 
 mod report;
 mod targets;
+pub(crate) mod wal;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -288,6 +289,9 @@ pub(crate) fn run(args: &[String], interrupted: &Interrupted) -> Result<ExitCode
         options.warm_up.as_secs(),
         elapsed,
     );
+    // Sections other benches own (`bench wal`) are kept.
+    let kept = std::fs::read_to_string(&options.out).map(|old| wal::kept_section(&old)).unwrap_or_default();
+    let text = format!("{text}{kept}");
     std::fs::write(&options.out, &text).with_context(|| format!("writing {}", options.out.display()))?;
     println!("{text}");
     let csv = report::csv(&runs);

@@ -27,6 +27,8 @@ commands:
   bench e2e [OPTS] strata-proxy against direct PostgreSQL, PgBouncer and pgpool-II with pgbench;
                    writes BENCHMARKS.md and BENCHMARKS.png (--duration SECS, --warm-up SECS,
                    --targets direct,pgbouncer,pgpool,strata,strata-redis, --out FILE)
+  bench wal        commit made directly on PostgreSQL to a miss through a streaming proxy at 100 and
+                   1,000 direct commits/s, and pgbench -N throughput with the stream on and off
   services         start the throwaway servers, print their variables, and wait for Ctrl-C
   proxy [ARGS...]  install prerequisites and run strata-proxy (release build) with ARGS";
 
@@ -49,6 +51,7 @@ fn run() -> Result<ExitCode> {
         "test" => test(&rest, &interrupted),
         "ci" => ci(&interrupted),
         "bench" if rest.first().is_some_and(|a| a == "e2e") => e2e::run(&rest[1..], &interrupted),
+        "bench" if rest.first().is_some_and(|a| a == "wal") => e2e::wal::run(&rest[1..], &interrupted),
         "bench" => bench::run(&rest, &interrupted),
         "services" => services::hold(&interrupted),
         "proxy" => proxy(&rest, &interrupted),

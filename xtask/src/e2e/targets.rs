@@ -176,7 +176,7 @@ impl Target {
 
 /// A server process in its own process group; on drop the whole group (a server's worker
 /// processes, and runuser above it) gets `stop_signal`, then SIGKILL after a grace period.
-struct Daemon {
+pub(super) struct Daemon {
     child: Child,
     stop_signal: &'static str,
     log: PathBuf,
@@ -202,7 +202,7 @@ fn group_alive(group: &str) -> bool {
 }
 
 /// Starts a server in a new process group, output to `log`; `stop_signal` is its fast shutdown.
-fn spawn(mut cmd: Command, log: PathBuf, stop_signal: &'static str) -> Result<Daemon> {
+pub(super) fn spawn(mut cmd: Command, log: PathBuf, stop_signal: &'static str) -> Result<Daemon> {
     use std::os::unix::process::CommandExt;
     let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
@@ -312,7 +312,7 @@ pub(crate) fn strata_config() -> &'static str {
 }
 
 /// Waits until the target answers a query (10 s).
-fn wait_for_postgres_protocol(port: u16, process: &Option<Daemon>) -> Result<()> {
+pub(super) fn wait_for_postgres_protocol(port: u16, process: &Option<Daemon>) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let ok = Command::new("psql")
