@@ -26,6 +26,7 @@ use tokio::{sync::Notify, task::JoinHandle};
 
 use strata_core::{TableName, VersionView};
 
+use crate::relations::KeyKind;
 use crate::versions::SCHEMA;
 use crate::{session::SettingNames, Error, QueryCache, Relations};
 
@@ -194,6 +195,9 @@ pub(crate) enum Edge {
     RunsCode(String),
     /// Reading the relation runs a volatile user function.
     Volatile(String),
+    /// The table's key column (the leading column of its replica identity index) and the kind
+    /// of its type: `int`, `uuid`, `text` (deterministic collation) or `other`.
+    Key(String, String, String),
 }
 
 /// What each kind of catalog row means for reads and writes; see [`CATALOG_SQL`].
@@ -313,6 +317,20 @@ UNION
 SELECT 'relation', c.relname::text, NULL, 'false'
   FROM user_rel c WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
 UNION
+SELECT 'key', c.relname::text, a.attname::text,
+       CASE WHEN a.atttypid IN ('pg_catalog.int2'::pg_catalog.regtype, 'pg_catalog.int4'::pg_catalog.regtype,
+                                'pg_catalog.int8'::pg_catalog.regtype) THEN 'int'
+            WHEN a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype THEN 'uuid'
+            WHEN a.atttypid IN ('pg_catalog.text'::pg_catalog.regtype, 'pg_catalog.varchar'::pg_catalog.regtype)
+                 AND (a.attcollation = 0 OR co.collisdeterministic) THEN 'text'
+            ELSE 'other' END
+  FROM user_rel c
+  JOIN pg_catalog.pg_class k ON k.oid = c.oid AND k.relkind IN ('r', 'p')
+  JOIN pg_catalog.pg_index i ON i.indrelid = c.oid
+       AND CASE k.relreplident WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident ELSE false END
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
+  LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
+UNION
 SELECT 'code', c.relname::text, NULL, 'false'
   FROM pg_catalog.pg_depend d
   JOIN pg_catalog.pg_proc f ON f.oid = d.refobjid AND f.pronamespace <> 'pg_catalog'::regnamespace
@@ -371,6 +389,10 @@ pub(crate) fn relations_of<'a>(edges: impl IntoIterator<Item = &'a Edge>) -> Rel
             Edge::Unknown(t) => b.writes_unknown(t),
             Edge::RunsCode(r) => b.runs_user_code(r),
             Edge::Volatile(r) => b.reads_volatile(r),
+            Edge::Key(t, column, kind) => match KeyKind::parse(kind) {
+                Some(kind) => b.key_column(t, column, kind),
+                None => b.keyless(t),
+            },
         };
     }
     b.build()
@@ -675,6 +697,11 @@ async fn read(
                     relations.insert(a.to_owned());
                 }
                 "text" => names.learn_from_text(a),
+                "key" => {
+                    if let (Some(column), Some(kind)) = (row.get(2), row.get(3)) {
+                        edges.insert(Edge::Key(a.to_owned(), column.to_owned(), kind.to_owned()));
+                    }
+                }
                 _ => edges.extend(edges_of_row(kind, a, row.get(2), row.get(3) == Some("true"))),
             }
         }

@@ -72,7 +72,7 @@ pub use crate::{
     config::{L1Config, QueryCacheBuilder, QueryCacheConfig, TableConfig},
     error::{Error, ErrorKind},
     redis_versions::{RedisVersions, RedisVersionsBuilder, VersionStats},
-    relations::{Relations, RelationsBuilder},
+    relations::{KeyColumn, KeyKind, Relations, RelationsBuilder},
     request::{Param, Request},
     session::{
         CacheSession, Executed, Invalidation, ScopeStatus, SessionCache, SessionCacheBuilder,

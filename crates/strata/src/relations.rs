@@ -30,6 +30,44 @@ struct Closures {
     code: HashSet<TableName>,
     /// Relations whose reads run a volatile user function.
     volatile: HashSet<TableName>,
+    /// Each table's key column, when every table of that name agrees on it.
+    keys: HashMap<TableName, KeyColumn>,
+}
+
+/// What a table's key column is: its name and the kind of its type, which decides how values
+/// are compared (see `ARCHITECTURE.md`, key-level invalidation).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyColumn {
+    /// The column's name.
+    pub name: String,
+    /// The kind of its type.
+    pub kind: KeyKind,
+}
+
+/// The types whose equality is byte equality of a canonical form, so that a key's version unit
+/// can be computed from a literal or a bound parameter: everything else stays table-level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KeyKind {
+    /// `int2`, `int4`, `int8`, read as an `i64`: point slots and range buckets.
+    Int,
+    /// `uuid`, read as 16 bytes: point slots.
+    Uuid,
+    /// `text` or `varchar` with a deterministic collation, as its bytes: point slots.
+    Text,
+}
+
+impl KeyKind {
+    /// The catalog's name for the kind; `None` for `other`.
+    #[cfg_attr(not(feature = "catalog"), allow(dead_code))]
+    pub(crate) fn parse(kind: &str) -> Option<Self> {
+        match kind {
+            "int" => Some(KeyKind::Int),
+            "uuid" => Some(KeyKind::Uuid),
+            "text" => Some(KeyKind::Text),
+            _ => None,
+        }
+    }
 }
 
 impl Relations {
@@ -70,6 +108,12 @@ impl Relations {
         self.0.volatile.contains(relation)
     }
 
+    /// The key column of the tables named `table` (a version unit), when they all agree on one.
+    #[allow(dead_code, reason = "key-level invalidation reads it next")]
+    pub(crate) fn key_column(&self, table: &TableName) -> Option<&KeyColumn> {
+        self.0.keys.get(table)
+    }
+
     /// Whether there are no dependencies at all.
     pub fn is_empty(&self) -> bool {
         self.0.reads.is_empty()
@@ -77,6 +121,7 @@ impl Relations {
             && self.0.unknown.is_empty()
             && self.0.code.is_empty()
             && self.0.volatile.is_empty()
+            && self.0.keys.is_empty()
     }
 }
 
@@ -99,6 +144,7 @@ pub struct RelationsBuilder {
     unknown: Vec<TableName>,
     code: Vec<TableName>,
     volatile: Vec<TableName>,
+    keys: Vec<(TableName, Option<KeyColumn>)>,
 }
 
 fn unit(name: &str) -> TableName {
@@ -147,9 +193,36 @@ impl RelationsBuilder {
         self
     }
 
+    /// The key column of `table` (the leading column of its replica identity index). Tables of
+    /// the same name in several schemas must agree, or none of them has a key column.
+    #[must_use]
+    pub fn key_column(mut self, table: &str, column: &str, kind: KeyKind) -> Self {
+        self.keys.push((unit(table), Some(KeyColumn { name: column.to_owned(), kind })));
+        self
+    }
+
+    /// `table` has a key whose type is not eligible (or none): it stays table-level even when a
+    /// table of the same name in another schema has an eligible key.
+    #[must_use]
+    pub fn keyless(mut self, table: &str) -> Self {
+        self.keys.push((unit(table), None));
+        self
+    }
+
     /// Computes the transitive closures.
     pub fn build(self) -> Relations {
+        let mut keys: HashMap<TableName, Option<KeyColumn>> = HashMap::new();
+        for (table, key) in self.keys {
+            keys.entry(table)
+                .and_modify(|k| {
+                    if *k != key {
+                        *k = None;
+                    }
+                })
+                .or_insert(key);
+        }
         Relations(Arc::new(Closures {
+            keys: keys.into_iter().filter_map(|(t, k)| Some((t, k?))).collect(),
             reads: closure(&self.reads),
             writes: closure(&self.writes),
             unknown: self.unknown.into_iter().collect(),
@@ -206,5 +279,22 @@ mod tests {
         assert!(r.writes_unknown(&TableName::new("audited")));
         assert!(!Relations::default().writes_unknown(&TableName::new("audited")));
         assert!(Relations::default().is_empty() && !r.is_empty());
+    }
+
+    #[test]
+    fn key_columns_need_every_table_of_a_name_to_agree() {
+        let r = Relations::builder()
+            .key_column("public.accounts", "aid", KeyKind::Int)
+            .key_column("archive.accounts", "aid", KeyKind::Int)
+            .key_column("a.users", "id", KeyKind::Int)
+            .key_column("b.users", "id", KeyKind::Uuid)
+            .key_column("a.items", "id", KeyKind::Int)
+            .keyless("b.items")
+            .build();
+        let key = |t: &str| r.key_column(&TableName::new(t)).map(|k| (k.name.as_str(), k.kind));
+        assert_eq!(key("accounts"), Some(("aid", KeyKind::Int)));
+        assert_eq!(key("users"), None, "two types");
+        assert_eq!(key("items"), None, "one of them has no eligible key");
+        assert_eq!(key("unknown"), None);
     }
 }
