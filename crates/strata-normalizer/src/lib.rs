@@ -80,6 +80,7 @@ mod config;
 mod error;
 mod hints;
 mod normalizer;
+mod restrict;
 mod session;
 mod shape;
 mod tokens;
@@ -94,6 +95,7 @@ pub use crate::{
     error::{Error, ErrorKind},
     hints::{CacheHint, Hints, IgnoredHint, TierHint},
     normalizer::{analyze, read_hints, Normalizer},
+    restrict::{Assignment, ColumnRestriction, OnConflict, RestrictedValues, ValueRef, WriteKeys},
     tokens::is_time_dependent_input,
 };
 
@@ -127,6 +129,12 @@ mod tests {
         assert_send_sync_debug::<IgnoredHint>();
         assert_send_sync_debug::<TierHint>();
         assert_send_sync_debug::<Normalizer>();
+        assert_send_sync_debug::<ColumnRestriction>();
+        assert_send_sync_debug::<RestrictedValues>();
+        assert_send_sync_debug::<ValueRef>();
+        assert_send_sync_debug::<WriteKeys>();
+        assert_send_sync_debug::<Assignment>();
+        assert_send_sync_debug::<OnConflict>();
         assert_send_sync_debug::<std::sync::Arc<Analysis>>();
     }
 }
