@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use pg_query::protobuf::{self, OnConflictAction, SetOperation};
+use pg_query::protobuf::{self, OnConflictAction, OverridingKind, SetOperation};
 use pg_query::{Node, NodeEnum};
 use strata_core::TableName;
 
@@ -47,7 +47,11 @@ pub(crate) fn write_keys(stmt: &NodeEnum, lit: &Literals<'_>, writes: &WriteEffe
     };
     match stmt {
         NodeEnum::InsertStmt(s) => {
-            keys.restrictions = inserted(lit, &table, &s.cols, s.select_stmt.as_deref());
+            // `OVERRIDING USER VALUE` replaces the values given for identity columns with ones
+            // from their sequences.
+            if s.r#override != OverridingKind::OverridingUserValue as i32 {
+                keys.restrictions = inserted(lit, &table, &s.cols, s.select_stmt.as_deref());
+            }
             if let Some(oc) = &s.on_conflict_clause {
                 keys.on_conflict = match OnConflictAction::try_from(oc.action).ok()? {
                     OnConflictAction::OnconflictNothing => Some(OnConflict::DoNothing),
