@@ -610,6 +610,12 @@ impl StatementAnalysis {
     /// not the table's key either, so a layer that only uses restrictions on the key column
     /// is never misled.
     ///
+    /// References are the ones the text shows. A relation the statement reaches through
+    /// another one (a view's base tables, the children of an inheritance or partition parent,
+    /// tables a rule or a function reads) is read whole as far as this list knows: a later
+    /// layer that expands reads through the catalog must treat such a table as read whole,
+    /// even when the text also reads it directly with a restriction.
+    ///
     /// Whether the comparison means what the key's units assume (the column's type, the cast,
     /// the literal's type, the operator resolving to the built-in one, the collation) is the
     /// later layer's to check with the catalog; so is whether the relation is a table at all

@@ -7,28 +7,10 @@
 //! values as references into the statement's parameters ([`ValueRef`]), and any explicit cast
 //! written on a value, and leaves type checks to the layer that has the catalog.
 //!
-//! # Reads
-//! A restriction on column `c` of a range-table entry of table `t` is reported only when all of
-//! these hold (the reasons are in [`StatementAnalysis::read_restrictions`](crate::StatementAnalysis::read_restrictions)):
-//! - the condition is a top-level `AND` term of the `WHERE` clause of the `SELECT` level whose
-//!   `FROM` holds the entry (not under `OR`/`NOT`/`CASE`, not in `HAVING`, not in a `JOIN ... ON`,
-//!   not in a subquery of another level);
-//! - one side is a bare column reference that resolves to that entry: qualified by the entry's
-//!   alias (or by its table name, optionally schema-qualified, when it has no alias) and no other
-//!   entry of that level could answer to that qualifier, or unqualified when the entry is the
-//!   only one of its level;
-//! - the entry is a plain table reference: not a CTE, subquery, function, `TABLESAMPLE`, not
-//!   inside an aliased join, and without a column alias list;
-//! - the operator is `=`, `<`, `<=`, `>`, `>=` (bare or `OPERATOR(pg_catalog.op)`), `IN` with a
-//!   list, `= ANY` of an array value or `ARRAY[...]`, or `BETWEEN` (not `SYMMETRIC`, not `NOT`);
-//! - every value is a lifted literal, a client parameter or (in lists only) `NULL`, with at
-//!   most one explicit cast to a plain type name (no type modifiers);
-//! - ranges have both bounds;
-//! - and every reference to a relation of that name in the whole statement carries a
-//!   restriction on the same column.
-//!
-//! # Writes
-//! See [`WriteKeys`].
+//! The rules for reads, and why they are sound, are documented on
+//! [`StatementAnalysis::read_restrictions`](crate::StatementAnalysis::read_restrictions); those
+//! for writes on [`WriteKeys`]. `reads.rs` walks a `SELECT` level by level; `writes.rs` reads
+//! the one target of a write. Both share the reading of conditions and values here.
 
 use std::sync::Arc;
 
@@ -51,10 +33,12 @@ const MAX_DEPTH: u32 = 200;
 /// (and every text the shape memo answers with it):
 /// - [`ValueRef::Literal`] `{ index: i }` is the literal lifted out of the text at
 ///   [`StatementAnalysis::params`](crate::StatementAnalysis::params)`()[i]` of the statement
-///   that reports the restriction: its text, [`LiteralForm`](crate::LiteralForm) and
-///   [`TypeOid`](strata_core::TypeOid). In [`Analysis::params`](crate::Analysis::params), which
-///   runs over all statements of a text, it comes after the parameters of the statements
-///   before it.
+///   that reports the restriction: its text (to be read as its
+///   [`LiteralForm`](crate::LiteralForm) says: `E'...'` strings are kept as written, a number
+///   from a collapsed list carries its sign) and its [`TypeOid`](strata_core::TypeOid)
+///   (`UNKNOWN` for a string, which PostgreSQL reads as the other operand's type). In
+///   [`Analysis::params`](crate::Analysis::params), which runs over all statements of a text,
+///   it comes after the parameters of the statements before it.
 /// - [`ValueRef::Client`] `{ number: n }` is the client's own `$n` as written (1-based): the
 ///   `n`-th value of the Bind message, with the type the client declared or PostgreSQL
 ///   inferred.
@@ -208,7 +192,10 @@ pub enum OnConflict {
 /// `WITH`, and for `UPDATE` no `FROM`, for `DELETE` no `USING`. It describes the statement as
 /// written: triggers, rules, foreign key cascades and inheritance children or partitions of
 /// the target can write other rows and tables (and a `BEFORE` trigger can change the key of a
-/// row it inserts or updates); only the catalog shows those.
+/// row it inserts or updates); only the catalog shows those. Values are as written: PostgreSQL
+/// converts them to the column's type by its assignment rules (`1.5` into an integer column is
+/// `2`, trailing blanks beyond a `varchar(n)` are cut), which the later layer must reproduce
+/// for the types it accepts, or refuse.
 ///
 /// - `UPDATE`/`DELETE`: [`WriteKeys::restrictions`] are taken from the top-level `AND` terms of
 ///   `WHERE` of the forms `c = v`, `c IN (...)`, `c = ANY (...)` (no ranges): every row the
