@@ -469,8 +469,9 @@ pub struct StatementAnalysis {
     pub(crate) temp_created: Vec<TableName>,
     pub(crate) session_effects: Vec<SessionEffect>,
     pub(crate) cacheability: Cacheability,
-    pub(crate) read_restrictions: Vec<ColumnRestriction>,
-    pub(crate) write_keys: Option<WriteKeys>,
+    /// Shared, so that an analysis the shape memo answers with copies no restriction.
+    pub(crate) read_restrictions: Arc<[ColumnRestriction]>,
+    pub(crate) write_keys: Option<Arc<WriteKeys>>,
 }
 
 impl StatementAnalysis {
@@ -629,7 +630,7 @@ impl StatementAnalysis {
     /// tell (several tables written, a data-modifying `WITH`, `UPDATE ... FROM`,
     /// `DELETE ... USING`, a function that may write).
     pub fn write_keys(&self) -> Option<&WriteKeys> {
-        self.write_keys.as_ref()
+        self.write_keys.as_deref()
     }
 }
 

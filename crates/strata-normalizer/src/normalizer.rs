@@ -158,10 +158,10 @@ fn analyze_inner(sql: &str, config: &NormalizerConfig) -> (Analysis, Vec<ScanTok
         let (read_restrictions, write_keys) = match node {
             // Only a walk that saw the whole statement knows every reference to a table.
             Some(node) if walk.complete => (
-                restrict::read_restrictions(node, &literals, &walk.relation_refs),
-                restrict::write_keys(node, &literals, &writes),
+                Arc::from(restrict::read_restrictions(node, &literals, &walk.relation_refs)),
+                restrict::write_keys(node, &literals, &writes).map(Arc::new),
             ),
-            _ => (Vec::new(), None),
+            _ => (Arc::from([]), None),
         };
         let session_effects = if kind == StatementKind::Unknown {
             vec![SessionEffect::ServerCode(Arc::from("empty statement node"))]

@@ -300,6 +300,10 @@ fn reads_analyze_each_select_level_on_its_own() {
             "SELECT * FROM (SELECT * FROM t WHERE id = $1) s WHERE s.x = 2",
             "SELECT (SELECT name FROM u WHERE u.id = 3) FROM t WHERE t.id = 1",
             "SELECT * FROM t WHERE id = 1 AND x IN (SELECT x FROM u WHERE u.id = 2)",
+            // A subquery's own level restricts its table, whatever surrounds the subquery.
+            "SELECT * FROM u WHERE NOT EXISTS (SELECT 1 FROM t WHERE t.id = 5 AND t.x = u.x)",
+            "SELECT * FROM u WHERE u.a = 1 OR EXISTS (SELECT 1 FROM t WHERE t.id = $1)",
+            "WITH RECURSIVE r AS (SELECT id FROM t WHERE id = 1 UNION ALL SELECT r.id + 1 FROM r WHERE r.id < 9) SELECT * FROM r",
             "SELECT x FROM t WHERE id = 1 UNION SELECT x FROM t WHERE id = 2",
             "SELECT x FROM t WHERE id = 1 UNION ALL SELECT x FROM u",
             "SELECT x FROM t WHERE id = 1 INTERSECT SELECT x FROM t WHERE id BETWEEN 1 AND 3 ORDER BY 1 LIMIT 1",
@@ -318,6 +322,12 @@ fn reads_analyze_each_select_level_on_its_own() {
               t.id in {#1(1)}; u.id in {#0(3)}
             SELECT * FROM t WHERE id = 1 AND x IN (SELECT x FROM u WHERE u.id = 2)
               t.id in {#0(1)}; u.id in {#1(2)}
+            SELECT * FROM u WHERE NOT EXISTS (SELECT 1 FROM t WHERE t.id = 5 AND t.x = u.x)
+              t.id in {#1(5)}
+            SELECT * FROM u WHERE u.a = 1 OR EXISTS (SELECT 1 FROM t WHERE t.id = $1)
+              t.id in {$1}
+            WITH RECURSIVE r AS (SELECT id FROM t WHERE id = 1 UNION ALL SELECT r.id + 1 FROM r WHERE r.id < 9) SELECT * FROM r
+              t.id in {#0(1)}
             SELECT x FROM t WHERE id = 1 UNION SELECT x FROM t WHERE id = 2
               t.id in {#0(1)}; t.id in {#1(2)}
             SELECT x FROM t WHERE id = 1 UNION ALL SELECT x FROM u
@@ -479,6 +489,9 @@ fn reads_refuse_what_is_not_certain_about_the_entry() {
             // A condition at another level: the correlated subquery restricts the outer table.
             "SELECT * FROM t WHERE EXISTS (SELECT 1 FROM u WHERE t.id = 5)",
             "SELECT * FROM t WHERE EXISTS (SELECT 1 FROM t t2 WHERE t.id = 5 AND t2.id = 5)",
+            // A condition outside a subquery does not reach into it (here past its LIMIT).
+            "SELECT * FROM (SELECT * FROM t ORDER BY x LIMIT 10) s WHERE s.id = 1",
+            "WITH c AS (SELECT * FROM t) SELECT * FROM c WHERE c.id = 1",
             // Not a plain table entry.
             "WITH t AS (SELECT * FROM u) SELECT * FROM t WHERE id = 1",
             "SELECT * FROM t AS x(a, b) WHERE x.a = 1",
@@ -525,6 +538,10 @@ fn reads_refuse_what_is_not_certain_about_the_entry() {
             SELECT * FROM t WHERE EXISTS (SELECT 1 FROM u WHERE t.id = 5)
               -
             SELECT * FROM t WHERE EXISTS (SELECT 1 FROM t t2 WHERE t.id = 5 AND t2.id = 5)
+              -
+            SELECT * FROM (SELECT * FROM t ORDER BY x LIMIT 10) s WHERE s.id = 1
+              -
+            WITH c AS (SELECT * FROM t) SELECT * FROM c WHERE c.id = 1
               -
             WITH t AS (SELECT * FROM u) SELECT * FROM t WHERE id = 1
               -
