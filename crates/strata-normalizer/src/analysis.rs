@@ -7,6 +7,7 @@ use std::sync::Arc;
 use strata_core::{TableName, TypeOid};
 
 use crate::hints::Hints;
+use crate::restrict::{ColumnRestriction, WriteKeys};
 
 /// What a statement does, as PostgreSQL's grammar classifies it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -468,6 +469,9 @@ pub struct StatementAnalysis {
     pub(crate) temp_created: Vec<TableName>,
     pub(crate) session_effects: Vec<SessionEffect>,
     pub(crate) cacheability: Cacheability,
+    /// Shared, so that an analysis the shape memo answers with copies no restriction.
+    pub(crate) read_restrictions: Arc<[ColumnRestriction]>,
+    pub(crate) write_keys: Option<Arc<WriteKeys>>,
 }
 
 impl StatementAnalysis {
@@ -545,6 +549,89 @@ impl StatementAnalysis {
     pub fn session_effects(&self) -> &[SessionEffect] {
         &self.session_effects
     }
+
+    /// Restrictions a `SELECT` puts on the columns of the tables it reads: for a later layer
+    /// that knows each table's key column, which rows of a table the result can depend on.
+    /// Empty for other statements and when nothing is certain.
+    ///
+    /// # Eligibility
+    /// A restriction on column `c` of a range-table entry of table `t` is listed only when all
+    /// of these hold:
+    /// - the condition is a top-level `AND` term of the `WHERE` clause of the `SELECT` level
+    ///   whose `FROM` holds the entry (not under `OR`/`NOT`/`CASE`, not in `HAVING`, not in a
+    ///   `JOIN ... ON`, not in a subquery of another level);
+    /// - one side is a bare column reference (no cast, function, arithmetic, `COLLATE` or
+    ///   subscript) that certainly resolves to that entry: qualified by the entry's alias (or,
+    ///   without alias, its table name, optionally with the schema) when no other entry of the
+    ///   level answers to that qualifier, or unqualified when the entry is its level's only one;
+    /// - the entry is a plain table reference: not a CTE, subquery, function or `TABLESAMPLE`,
+    ///   not inside an aliased join, without a column alias list;
+    /// - the operator is `=`, `<`, `<=`, `>`, `>=` (either operand order; bare or
+    ///   `OPERATOR(pg_catalog.op)`), `IN (list)`, `= ANY (array value)`, `= ANY (ARRAY[list])`,
+    ///   or `BETWEEN` (not `NOT BETWEEN`, not `BETWEEN SYMMETRIC`);
+    /// - the other side is a lifted literal or a client parameter with at most one explicit
+    ///   cast to a type without modifiers ([`ValueRef`](crate::ValueRef)); a list item may be
+    ///   `NULL`; a negative number outside a collapsed list (`c = -5`), which PostgreSQL folds
+    ///   into one constant while the literal lifted is `5`, is not used;
+    /// - a range has both a lower and an upper bound (open ranges are not listed);
+    /// - the contract below holds for the table and column.
+    ///
+    /// When one reference has several eligible terms on one column, each alone is a valid
+    /// restriction; the one listed is the shortest explicit list of points, else an array
+    /// value, else a `BETWEEN`, else the first lower with the first upper bound.
+    ///
+    /// # Contract
+    /// Relations are grouped by their name without schema (the text after the last dot of the
+    /// [`TableName`], so `t`, `public.t` and `other.t` are one group, as `strata` keys versions).
+    /// If the list holds a restriction on column `c` of a table of group `g`, then **every**
+    /// reference to a relation of group `g` anywhere in the statement (each `FROM` entry, in
+    /// every CTE body, subquery and set-operation branch, and every CTE reference of that name)
+    /// carries a restriction on `c`, and each is in the list, once per reference (a self-join
+    /// restricted on both sides gives two). The result then depends only on the rows of those
+    /// relations whose `c` is in the union of the listed values. If any reference is not
+    /// restricted on `c`, nothing on `c` is listed for the group, so a table whose key column
+    /// has no restriction here must be treated as read whole.
+    ///
+    /// # Why a restriction holds
+    /// A restriction comes from a top-level `AND` term of the `WHERE` clause of the `SELECT`
+    /// level whose `FROM` holds the table's entry, comparing a bare column of that entry with
+    /// a literal or parameter under `=`, `<`, `<=`, `>`, `>=`, `IN (...)`, `= ANY (...)` or
+    /// `BETWEEN`. PostgreSQL applies such a term to every row of the entry before grouping,
+    /// aggregates, windows, `DISTINCT`, `ORDER BY` and `LIMIT`, and to every row the joins of
+    /// that level produce, so a row of the table outside the values contributes nothing to
+    /// the level's result, whatever else it holds; the level's result is all an outer level
+    /// sees of it. These operators are strict (a `NULL` operand gives `NULL`, which `WHERE`
+    /// rejects), so the entry may also be on the nullable side of an outer join: the rows
+    /// the join extends with `NULL`s fail the term, and the rows it does produce from the
+    /// table are ones whose column is in the values. The term in a `JOIN ... ON` clause, under
+    /// `OR`, `NOT` or `CASE`, in `HAVING`, or at another level (a correlated subquery naming the
+    /// outer table) is not used: there a row outside the values can still change the result.
+    /// An unqualified column is attributed only when its level has a single `FROM` entry; if
+    /// the table has no such column the name refers to an outer level, but then the column is
+    /// not the table's key either, so a layer that only uses restrictions on the key column
+    /// is never misled.
+    ///
+    /// References are the ones the text shows. A relation the statement reaches through
+    /// another one (a view's base tables, the children of an inheritance or partition parent,
+    /// tables a rule or a function reads) is read whole as far as this list knows: a later
+    /// layer that expands reads through the catalog must treat such a table as read whole,
+    /// even when the text also reads it directly with a restriction.
+    ///
+    /// Whether the comparison means what the key's units assume (the column's type, the cast,
+    /// the literal's type, the operator resolving to the built-in one, the collation) is the
+    /// later layer's to check with the catalog; so is whether the relation is a table at all
+    /// (a view, for instance, has no key).
+    pub fn read_restrictions(&self) -> &[ColumnRestriction] {
+        &self.read_restrictions
+    }
+
+    /// What an `INSERT`, `UPDATE` or `DELETE` says about the rows it writes (see
+    /// [`WriteKeys`]); `None` for other statements, and for writes whose rows the text cannot
+    /// tell (several tables written, a data-modifying `WITH`, `UPDATE ... FROM`,
+    /// `DELETE ... USING`, a function that may write).
+    pub fn write_keys(&self) -> Option<&WriteKeys> {
+        self.write_keys.as_deref()
+    }
 }
 
 impl fmt::Debug for StatementAnalysis {
@@ -558,6 +645,8 @@ impl fmt::Debug for StatementAnalysis {
             .field("writes", &self.writes)
             .field("cacheability", &self.cacheability)
             .field("session_effects", &self.session_effects)
+            .field("read_restrictions", &self.read_restrictions)
+            .field("write_keys", &self.write_keys)
             .finish_non_exhaustive()
     }
 }

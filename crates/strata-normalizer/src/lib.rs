@@ -11,6 +11,12 @@
 //! - [`SessionEffect`]: what each statement may do to its session's state (`SET`, `RESET`,
 //!   role, `DISCARD`, `PREPARE`, `LISTEN`, temporary objects, `set_config`, server code the
 //!   text does not show), and [`Analysis::leaves_session_alone`] for the whole text.
+//! - Key restrictions, for invalidation finer than a table:
+//!   [`StatementAnalysis::read_restrictions`] lists the point, list and closed-range conditions
+//!   on a column that bound which rows of a table a `SELECT`'s result can depend on
+//!   ([`ColumnRestriction`], values as [`ValueRef`]s into the parameters), and
+//!   [`StatementAnalysis::write_keys`] what an `INSERT`/`UPDATE`/`DELETE` says about the rows
+//!   it writes ([`WriteKeys`]).
 //! - [`NormalizerConfig`]: the function allow list (and volatility fed from `pg_proc`), catalog
 //!   policy, hint TTL cap, analysis size cap, memo size and shape memo size.
 //! - [`read_hints`]: only the hints of a text.
@@ -43,7 +49,7 @@
 //! # Example
 //! ```
 //! use strata_core::{CacheKey, Format, KeyScope, SettingsDigest, TypeOid};
-//! use strata_normalizer::{Normalizer, WriteEffect};
+//! use strata_normalizer::{Normalizer, RestrictedValues, ValueRef, WriteEffect};
 //!
 //! let normalizer = Normalizer::default();
 //! let a = normalizer.analyze("SELECT name FROM users WHERE id = 42 /* strata: ttl=30s */");
@@ -70,6 +76,12 @@
 //! assert_eq!(c.params().next().map(|p| p.text()), Some("10"));
 //! assert_eq!(normalizer.shape_hits(), 1);
 //!
+//! // Which rows of `users` the result depends on, for a layer that knows `id` is its key:
+//! // those whose `id` is the first lifted literal.
+//! let r = &a.statements()[0].read_restrictions()[0];
+//! assert_eq!((r.table().as_str(), r.column()), ("users", "id"));
+//! assert_eq!(r.values(), &RestrictedValues::Points(vec![ValueRef::Literal { index: 0, cast: None }]));
+//!
 //! let w = normalizer.analyze("UPDATE users SET name = 'x' WHERE id = 1");
 //! assert!(!w.cacheability().is_cacheable());
 //! assert!(matches!(w.writes(), WriteEffect::Tables(t) if t[0].as_str() == "users"));
@@ -80,6 +92,7 @@ mod config;
 mod error;
 mod hints;
 mod normalizer;
+mod restrict;
 mod session;
 mod shape;
 mod tokens;
@@ -94,6 +107,7 @@ pub use crate::{
     error::{Error, ErrorKind},
     hints::{CacheHint, Hints, IgnoredHint, TierHint},
     normalizer::{analyze, read_hints, Normalizer},
+    restrict::{Assignment, ColumnRestriction, OnConflict, RestrictedValues, ValueRef, WriteKeys},
     tokens::is_time_dependent_input,
 };
 
@@ -127,6 +141,12 @@ mod tests {
         assert_send_sync_debug::<IgnoredHint>();
         assert_send_sync_debug::<TierHint>();
         assert_send_sync_debug::<Normalizer>();
+        assert_send_sync_debug::<ColumnRestriction>();
+        assert_send_sync_debug::<RestrictedValues>();
+        assert_send_sync_debug::<ValueRef>();
+        assert_send_sync_debug::<WriteKeys>();
+        assert_send_sync_debug::<Assignment>();
+        assert_send_sync_debug::<OnConflict>();
         assert_send_sync_debug::<std::sync::Arc<Analysis>>();
     }
 }

@@ -15,6 +15,7 @@ use crate::analysis::{
 };
 use crate::config::NormalizerConfig;
 use crate::hints::Hints;
+use crate::restrict::{self, Literals};
 use crate::shape::{self, Shape};
 use crate::tokens;
 use crate::walk::Walk;
@@ -140,7 +141,8 @@ fn analyze_inner(sql: &str, config: &NormalizerConfig) -> (Analysis, Vec<ScanTok
             return (failed(sql, hints, "token offsets out of range"), toks);
         };
         let mut walk = Walk::new(config);
-        let kind = match raw.stmt.as_ref().and_then(|s| s.node.as_ref()) {
+        let node = raw.stmt.as_ref().and_then(|s| s.node.as_ref());
+        let kind = match node {
             Some(node) => walk.statement(node),
             None => StatementKind::Unknown,
         };
@@ -152,6 +154,15 @@ fn analyze_inner(sql: &str, config: &NormalizerConfig) -> (Analysis, Vec<ScanTok
             reason = Some(NotCacheable::Unsupported(Arc::from("empty statement node")));
         }
         let writes = if kind == StatementKind::Unknown { WriteEffect::Unknown } else { walk.write_effect() };
+        let literals = Literals { starts: &norm.param_starts };
+        let (read_restrictions, write_keys) = match node {
+            // Only a walk that saw the whole statement knows every reference to a table.
+            Some(node) if walk.complete => (
+                Arc::from(restrict::read_restrictions(node, &literals, &walk.relation_refs)),
+                restrict::write_keys(node, &literals, &writes).map(Arc::new),
+            ),
+            _ => (Arc::from([]), None),
+        };
         let session_effects = if kind == StatementKind::Unknown {
             vec![SessionEffect::ServerCode(Arc::from("empty statement node"))]
         } else {
@@ -174,6 +185,8 @@ fn analyze_inner(sql: &str, config: &NormalizerConfig) -> (Analysis, Vec<ScanTok
                 None => Cacheability::Cacheable,
                 Some(r) => Cacheability::NotCacheable(r),
             },
+            read_restrictions,
+            write_keys,
         });
     }
     (roll_up(statements, hints), toks)

@@ -727,6 +727,10 @@ impl Shape {
                 temp_created: s.temp_created.clone(),
                 session_effects: s.session_effects.clone(),
                 cacheability: s.cacheability.clone(),
+                // Restrictions refer to parameters by index, not by value, and the checks above
+                // keep every parameter's index.
+                read_restrictions: s.read_restrictions.clone(),
+                write_keys: s.write_keys.clone(),
             });
         }
         Some(Analysis {

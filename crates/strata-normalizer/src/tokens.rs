@@ -19,6 +19,10 @@ pub(crate) struct Normalized {
     pub(crate) identity: StatementIdentity,
     pub(crate) key_bytes: Vec<u8>,
     pub(crate) params: Vec<Parameter>,
+    /// Where each parameter's literal starts in the text (the byte offset PostgreSQL's parse
+    /// tree reports as the constant's location): its token, or the sign before a number in a
+    /// collapsed list, whose parameter text includes the sign.
+    pub(crate) param_starts: Vec<i32>,
     pub(crate) client_param_count: u32,
     pub(crate) time_literal: Option<Arc<str>>,
 }
@@ -179,6 +183,7 @@ enum ListKind {
 struct Sig<'a> {
     kind: i32,
     keyword: i32,
+    start: i32,
     text: &'a str,
 }
 
@@ -318,7 +323,7 @@ pub(crate) fn normalize(sql: &str, tokens: &[ScanToken]) -> Option<Normalized> {
             continue;
         }
         let text = sql.get(usize::try_from(t.start).ok()?..usize::try_from(t.end).ok()?)?;
-        sig.push(Sig { kind: t.token, keyword: t.keyword_kind, text });
+        sig.push(Sig { kind: t.token, keyword: t.keyword_kind, start: t.start, text });
     }
     let mut client_param_count = 0u32;
     for s in &sig {
@@ -331,6 +336,7 @@ pub(crate) fn normalize(sql: &str, tokens: &[ScanToken]) -> Option<Normalized> {
     let mut w =
         Writer { out: String::with_capacity(sql.len()), hash: Xxh3::new(), prev: None, prev_glues: false };
     let mut params: Vec<Parameter> = Vec::new();
+    let mut param_starts: Vec<i32> = Vec::new();
     let mut lists: Vec<u32> = Vec::new();
     let mut next_placeholder = u64::from(client_param_count) + 1;
     let mut time_literal = None;
@@ -353,6 +359,9 @@ pub(crate) fn normalize(sql: &str, tokens: &[ScanToken]) -> Option<Normalized> {
                     // Inside a collapsed list a sign belongs to its number.
                     if prev.is_some_and(is_sign) && is_number(sig[j].kind) {
                         lit.2 = format!("{}{}", sig[j - 1].text, lit.2).into();
+                        param_starts.push(sig[j - 1].start);
+                    } else {
+                        param_starts.push(sig[j].start);
                     }
                     flavors |= 1 << (lit.0.tag() - b'a');
                     push_param(lit, &mut params);
@@ -387,6 +396,7 @@ pub(crate) fn normalize(sql: &str, tokens: &[ScanToken]) -> Option<Normalized> {
         if let Some(lit) = literal(s.kind, s.text, prev) {
             w.placeholder(&mut next_placeholder, lit.0.tag());
             push_param(lit, &mut params);
+            param_starts.push(s.start);
         } else if let Some(plain) = plain_quoted(s) {
             // `"users"` names the same relation as `users`: render and hash them alike.
             w.token(s.kind, s.keyword, plain, plain.as_bytes());
@@ -411,7 +421,15 @@ pub(crate) fn normalize(sql: &str, tokens: &[ScanToken]) -> Option<Normalized> {
     for n in &lists {
         key_bytes.extend_from_slice(&n.to_le_bytes());
     }
-    Some(Normalized { normalized: w.out, identity, key_bytes, params, client_param_count, time_literal })
+    Some(Normalized {
+        normalized: w.out,
+        identity,
+        key_bytes,
+        params,
+        param_starts,
+        client_param_count,
+        time_literal,
+    })
 }
 
 #[cfg(test)]

@@ -30,6 +30,12 @@ pub(crate) struct Walk<'c> {
     pub(crate) reason: Option<NotCacheable>,
     pub(crate) temp_created: Vec<TableName>,
     pub(crate) effects: Effects,
+    /// Every relation the statement names where one is read or written, CTE references
+    /// included: its name without schema and its location in the text. Key restrictions
+    /// (`restrict.rs`) are reported for a table only when they cover every one of these.
+    pub(crate) relation_refs: Vec<(String, i32)>,
+    /// Whether the walk saw the whole statement (no unsupported construct, not too deep).
+    pub(crate) complete: bool,
     ctes: Vec<String>,
     depth: u32,
 }
@@ -95,6 +101,8 @@ impl<'c> Walk<'c> {
             reason: None,
             temp_created: Vec::new(),
             effects: Effects::default(),
+            relation_refs: Vec::new(),
+            complete: true,
             ctes: Vec::new(),
             depth: 0,
         }
@@ -117,6 +125,7 @@ impl<'c> Walk<'c> {
     }
 
     fn unsupported(&mut self, what: &str) {
+        self.complete = false;
         self.deny(NotCacheable::Unsupported(Arc::from(what)));
         self.writes_unknown = true;
         let why = format!("unsupported construct {what}");
@@ -124,6 +133,7 @@ impl<'c> Walk<'c> {
     }
 
     fn write(&mut self, rv: &RangeVar) {
+        self.relation_refs.push((rv.relname.clone(), rv.location));
         let t = qualified(rv);
         // `relpersistence` is `t` only where a relation is created: CREATE TEMP TABLE,
         // CREATE TEMP TABLE ... AS, SELECT ... INTO TEMP.
@@ -143,6 +153,7 @@ impl<'c> Walk<'c> {
     }
 
     fn read(&mut self, rv: &RangeVar) {
+        self.relation_refs.push((rv.relname.clone(), rv.location));
         if rv.schemaname.is_empty() && self.ctes.contains(&rv.relname) {
             return;
         }

@@ -64,6 +64,9 @@ fn observe(a: &Analysis) -> String {
         for p in s.params() {
             let _ = writeln!(out, "  param {:?} {:?} {:?}", p.type_oid(), p.form(), p.text());
         }
+        // Restrictions hold parameter indices, not values: a memoized analysis keeps them.
+        let _ = writeln!(out, "  read restrictions {:?}", s.read_restrictions());
+        let _ = writeln!(out, "  write keys {:?}", s.write_keys());
     }
     out
 }
