@@ -260,6 +260,8 @@ struct TicketInner {
     cache: Arc<Shared>,
     key: CacheKey,
     plan: Arc<Plan>,
+    /// The units `versions` are of, when not the plan's (key-level tables).
+    units: Option<Arc<[TableName]>>,
     versions: Vec<u64>,
     started: Instant,
     lead: Option<FlightLead>,
@@ -325,7 +327,8 @@ impl FillTicket {
             .with_ttl(cache.policy.jittered_ttl(this.plan.ttl(), &this.key))
             .with_fill_cost(fill_cost);
         if let Verdict::Cacheable(c) = &this.plan.verdict {
-            for (unit, version) in c.units.iter().zip(&this.versions) {
+            let units = this.units.as_deref().unwrap_or(&c.units);
+            for (unit, version) in units.iter().zip(&this.versions) {
                 builder = builder.with_dependency(unit.clone(), *version);
             }
         }
@@ -479,6 +482,8 @@ impl fmt::Debug for QueryCache {
 /// A lookup that could not finish without awaiting, and where it stopped.
 struct Pending {
     plan: Arc<Plan>,
+    /// This execution's units when the plan has key-level tables; else the plan's.
+    units: Option<Arc<[TableName]>>,
     key: CacheKey,
     versions: Vec<u64>,
     started: Option<Instant>,
@@ -652,10 +657,21 @@ impl QueryCache {
     /// Everything a lookup can do without awaiting: plan, versions, key, the in-process tier in
     /// front, and taking the lead of a new fill.
     fn lookup_now(&self, req: &Request<'_>, plan: Arc<Plan>) -> Step {
-        let units = match &plan.verdict {
+        let (units, own_units) = match &plan.verdict {
             Verdict::Bypass(reason) => return Step::Done(self.bypass(reason.clone())),
-            Verdict::Cacheable(c) => &c.units,
+            Verdict::Cacheable(c) if c.keyed.is_empty() || req.params_per_statement => (&c.units[..], None),
+            Verdict::Cacheable(c) => match plan.analysis.statements() {
+                // Key-level tables: this execution's keys pick the units.
+                [statement] => {
+                    let values = crate::keys::Values { statement, params: Some(req.params) };
+                    let own: Arc<[TableName]> =
+                        crate::keys::request_units(&c.units, &c.keyed, &values).into();
+                    (&c.units[..], Some(own))
+                }
+                _ => (&c.units[..], None),
+            },
         };
+        let units: &[TableName] = own_units.as_deref().unwrap_or(units);
         if self.shared.metrics.wal.is_closed() {
             // Fills taken before the gate closed may still land: the invalidator bumps every
             // version before it reopens after a broken stream, so they are never reachable.
@@ -704,8 +720,17 @@ impl QueryCache {
         }
         let key = build_key(req, &plan.analysis, units, &versions);
         let seed = if shared.semantic.is_some() { semantic_seed(req, &plan) } else { None };
-        let mut pending =
-            Pending { plan, key, versions, started, next_tier: 0, found: None, seat: None, seed };
+        let mut pending = Pending {
+            plan,
+            units: own_units.clone(),
+            key,
+            versions,
+            started,
+            next_tier: 0,
+            found: None,
+            seat: None,
+            seed,
+        };
         for (index, slot) in shared.tiers.iter().enumerate().skip(first_tier) {
             if !pending.plan.allows(slot.role) {
                 continue;
@@ -840,7 +865,14 @@ impl QueryCache {
         if let Some(started) = pending.started {
             self.shared.metrics.lookup_miss_seconds.observe(started.elapsed().as_secs_f64());
         }
-        Lookup::Miss(self.ticket(pending.key, pending.plan, pending.versions, Some(lead), pending.seed))
+        Lookup::Miss(self.ticket(
+            pending.key,
+            pending.plan,
+            pending.units,
+            pending.versions,
+            Some(lead),
+            pending.seed,
+        ))
     }
 
     async fn wait_for_flight(&self, pending: Pending, seat: watch::Receiver<Landing>) -> Lookup {
@@ -853,7 +885,14 @@ impl QueryCache {
             }
             None => {
                 shared.metrics.flight_failed.inc();
-                Lookup::Miss(self.ticket(pending.key, pending.plan, pending.versions, None, pending.seed))
+                Lookup::Miss(self.ticket(
+                    pending.key,
+                    pending.plan,
+                    pending.units,
+                    pending.versions,
+                    None,
+                    pending.seed,
+                ))
             }
         }
     }
@@ -880,6 +919,7 @@ impl QueryCache {
                 let ticket = self.ticket(
                     pending.key.clone(),
                     pending.plan.clone(),
+                    pending.units.clone(),
                     pending.versions.clone(),
                     Some(lead),
                     pending.seed.clone(),
@@ -896,6 +936,7 @@ impl QueryCache {
         &self,
         key: CacheKey,
         plan: Arc<Plan>,
+        units: Option<Arc<[TableName]>>,
         versions: Vec<u64>,
         lead: Option<FlightLead>,
         seed: Option<SemanticSeed>,
@@ -904,6 +945,7 @@ impl QueryCache {
             cache: self.shared.clone(),
             key,
             plan,
+            units,
             versions,
             started: Instant::now(),
             lead,
@@ -955,6 +997,17 @@ impl QueryCache {
     /// the version store within its propagation bound. [`WriteEffect::Unknown`] invalidates
     /// everything.
     pub async fn invalidate(&self, effect: &WriteEffect) -> Result<(), Error> {
+        self.invalidate_keyed(effect, &crate::keys::WrittenKeys::default()).await
+    }
+
+    /// Like [`QueryCache::invalidate`], with the keys some of the written tables are known to
+    /// have changed (by their version units): those bump only their keys' units, every other
+    /// written table all of its units (see `crate::keys`).
+    pub(crate) async fn invalidate_keyed(
+        &self,
+        effect: &WriteEffect,
+        keys: &crate::keys::WrittenKeys,
+    ) -> Result<(), Error> {
         let span = tracing::debug_span!("strata::invalidate");
         async {
             let shared = &self.shared;
@@ -962,16 +1015,27 @@ impl QueryCache {
                 WriteEffect::Nothing => return Ok(()),
                 WriteEffect::Tables(tables) => {
                     let relations = self.relations();
-                    let mut units: Vec<TableName> = tables.iter().map(version_unit).collect();
-                    // A cascade, an inheritance tree: what else the write may change.
-                    let also: Vec<TableName> = units.iter().flat_map(|u| relations.writes_also(u)).cloned().collect();
-                    units.extend(also);
-                    units.sort();
-                    units.dedup();
-                    if units.iter().any(|u| relations.writes_unknown(u)) {
+                    let mut written: Vec<TableName> = tables.iter().map(version_unit).collect();
+                    // A cascade, an inheritance tree: what else the write may change, at keys
+                    // no text shows.
+                    let also: Vec<TableName> =
+                        written.iter().flat_map(|u| relations.writes_also(u)).cloned().collect();
+                    written.sort();
+                    written.dedup();
+                    if written.iter().chain(&also).any(|u| relations.writes_unknown(u)) {
                         // A trigger or a rule may have changed anything.
                         (vec![TableName::new(EVERYTHING)], &[][..])
                     } else {
+                        let mut units: Vec<TableName> = Vec::new();
+                        for unit in &written {
+                            let known = if also.contains(unit) { None } else { keys.get(unit) };
+                            units.extend(crate::keys::write_units(unit, known.map(Vec::as_slice)));
+                        }
+                        for unit in &also {
+                            units.extend(crate::keys::write_units(unit, None));
+                        }
+                        units.sort();
+                        units.dedup();
                         (units, tables)
                     }
                 }
@@ -1062,7 +1126,37 @@ impl QueryCache {
     /// invalidates everything.
     pub async fn invalidate_sql(&self, sql: &str) -> Result<(), Error> {
         let plan = self.plan_async(sql).await;
-        self.invalidate(plan.analysis.writes()).await
+        let keys = self.written_keys(&plan.analysis, None);
+        self.invalidate_keyed(plan.analysis.writes(), &keys).await
+    }
+
+    /// The keys the statements of a text change, by table, where every statement writing the
+    /// table says which (its literals, or `params` for the client's `$n`).
+    pub(crate) fn written_keys(
+        &self,
+        analysis: &Analysis,
+        params: Option<&[Param<'_>]>,
+    ) -> crate::keys::WrittenKeys {
+        let relations = self.relations();
+        let mut keys = crate::keys::WrittenKeys::new();
+        let mut wide: Vec<TableName> = Vec::new();
+        for statement in analysis.statements() {
+            let WriteEffect::Tables(tables) = statement.writes() else { continue };
+            let values = crate::keys::Values { statement, params };
+            let known = crate::keys::written_keys(&values, &relations);
+            for unit in tables.iter().map(version_unit) {
+                match &known {
+                    Some((keyed, values)) if *keyed == unit => {
+                        keys.entry(unit).or_default().extend(values.iter().cloned())
+                    }
+                    _ => wide.push(unit),
+                }
+            }
+        }
+        for unit in &wide {
+            keys.remove(unit);
+        }
+        keys
     }
 
     /// Makes every cached result unreachable and empties the tiers this process owns.

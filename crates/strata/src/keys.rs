@@ -12,9 +12,12 @@
 //! function maps a write to its units ([`write_units`]) for every path: the proxy's writes, their
 //! `RETURNING` rows and the WAL's row keys.
 
-use strata_core::TableName;
+use strata_core::{Format, TableName, TypeOid};
+use strata_normalizer::{Analysis, LiteralForm, RestrictedValues, StatementAnalysis, ValueRef};
 
-use crate::relations::KeyKind;
+use crate::relations::{KeyKind, Relations};
+use crate::request::Param;
+use crate::versions::version_unit;
 
 /// Point slots per table: a key's slot is a hash of its canonical bytes modulo this.
 pub(crate) const SLOTS: u64 = 1 << 16;
@@ -193,6 +196,256 @@ pub(crate) fn read_units(table: &TableName, keys: &ReadKeys) -> Option<Vec<Table
     units.sort();
     units.dedup();
     Some(units)
+}
+
+/// The keys writes are known to have changed, by table version unit; a written table missing
+/// here changed at unknown keys.
+pub(crate) type WrittenKeys = std::collections::HashMap<TableName, Vec<KeyValue>>;
+
+/// The keys a session's writes changed since its last commit: a table is keyed only while
+/// every write to it said which keys it changed.
+#[derive(Debug, Default)]
+pub(crate) struct KeyLedger {
+    known: WrittenKeys,
+    wide: std::collections::HashSet<TableName>,
+}
+
+impl KeyLedger {
+    /// Records one text's writes: `written` the tables it wrote, `keys` those whose keys it knows.
+    pub(crate) fn record(&mut self, written: &[TableName], mut keys: WrittenKeys) {
+        for unit in written.iter().map(version_unit) {
+            match keys.remove(&unit) {
+                Some(values) => self.known.entry(unit).or_default().extend(values),
+                None => {
+                    self.wide.insert(unit);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn merge(&mut self, other: KeyLedger) {
+        for (unit, values) in other.known {
+            self.known.entry(unit).or_default().extend(values);
+        }
+        self.wide.extend(other.wide);
+    }
+
+    /// The keys of every table all of whose writes were keyed.
+    pub(crate) fn into_keys(mut self) -> WrittenKeys {
+        for unit in &self.wide {
+            self.known.remove(unit);
+        }
+        self.known
+    }
+}
+
+/// A table a cacheable read restricts to some values of its key: planned once per text, its
+/// units are computed for each execution from the values bound.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyedRead {
+    /// The table's version unit.
+    pub(crate) unit: TableName,
+    pub(crate) kind: KeyKind,
+    /// One restriction per reference to the table; together they cover every row it reads.
+    pub(crate) restrictions: Vec<RestrictedValues>,
+}
+
+/// The tables of a one-statement read that can be key-level: every reference to the table is
+/// restricted on its key column (the normalizer's contract), the catalog knows the key and
+/// nothing else reaches the table (`through`: relations read through views and parents).
+/// Integer and uuid keys only: a text key's bytes depend on the client's encoding.
+pub(crate) fn keyed_reads(
+    analysis: &Analysis,
+    relations: &Relations,
+    through: &[TableName],
+) -> Vec<KeyedRead> {
+    let [statement] = analysis.statements() else { return Vec::new() };
+    let mut keyed: Vec<KeyedRead> = Vec::new();
+    for table in statement.reads() {
+        let unit = version_unit(table);
+        if through.contains(&unit) || keyed.iter().any(|k| k.unit == unit) {
+            continue;
+        }
+        let Some(key) = relations.key_column(&unit) else { continue };
+        if !matches!(key.kind, KeyKind::Int | KeyKind::Uuid) {
+            continue;
+        }
+        let restrictions: Vec<RestrictedValues> = statement
+            .read_restrictions()
+            .iter()
+            .filter(|r| version_unit(r.table()) == unit && r.column() == key.name)
+            .map(|r| r.values().clone())
+            .collect();
+        if !restrictions.is_empty() {
+            keyed.push(KeyedRead { unit, kind: key.kind, restrictions });
+        }
+    }
+    keyed
+}
+
+/// Whether a cast written on a value keeps it a value of a key of `kind`.
+fn cast_allowed(kind: KeyKind, cast: Option<&str>) -> bool {
+    let Some(cast) = cast else { return true };
+    let name = cast.strip_prefix("pg_catalog.").unwrap_or(cast);
+    match kind {
+        KeyKind::Int => matches!(name, "int2" | "int4" | "int8"),
+        KeyKind::Uuid => name == "uuid",
+        KeyKind::Text => matches!(name, "text" | "varchar"),
+    }
+}
+
+/// Where a statement's values are, for one execution.
+pub(crate) struct Values<'a> {
+    pub(crate) statement: &'a StatementAnalysis,
+    /// The client's bound parameters; `None` where they are not known.
+    pub(crate) params: Option<&'a [Param<'a>]>,
+}
+
+/// What a value reference resolves to.
+enum Resolved {
+    Value(KeyValue),
+    /// Matches no row (`NULL` in a list, a NULL parameter).
+    Nothing,
+}
+
+impl Values<'_> {
+    fn resolve(&self, kind: KeyKind, value: &ValueRef) -> Option<Resolved> {
+        match value {
+            ValueRef::Null => Some(Resolved::Nothing),
+            ValueRef::Literal { index, cast } => {
+                if !cast_allowed(kind, cast.as_deref()) {
+                    return None;
+                }
+                let literal = self.statement.params().get(usize::try_from(*index).ok()?)?;
+                let typed = match (kind, literal.form()) {
+                    (KeyKind::Int, LiteralForm::Integer) => {
+                        matches!(literal.type_oid(), TypeOid::INT4 | TypeOid::INT8)
+                    }
+                    // An untyped string takes the column's type: read as PostgreSQL reads it.
+                    (_, LiteralForm::String) => literal.type_oid() == TypeOid::UNKNOWN || cast.is_some(),
+                    _ => false,
+                };
+                typed.then(|| KeyValue::from_text(kind, literal.text()).map(Resolved::Value))?
+            }
+            ValueRef::Client { number, cast } => {
+                if !cast_allowed(kind, cast.as_deref()) {
+                    return None;
+                }
+                let param = self.params?.get(usize::try_from(*number).ok()?.checked_sub(1)?)?;
+                let ty = param.type_oid().0;
+                let Some(bytes) = param.value() else { return Some(Resolved::Nothing) };
+                let declared_ok = match kind {
+                    KeyKind::Int => matches!(ty, 0 | 20 | 21 | 23 | 705),
+                    KeyKind::Uuid => matches!(ty, 0 | 2950 | 705),
+                    KeyKind::Text => false,
+                };
+                if !declared_ok {
+                    return None;
+                }
+                match param.format() {
+                    Format::Binary => KeyValue::from_binary(kind, ty, bytes).map(Resolved::Value),
+                    Format::Text => {
+                        KeyValue::from_text(kind, std::str::from_utf8(bytes).ok()?).map(Resolved::Value)
+                    }
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// The key values of a points restriction; `None` when one cannot be read.
+    fn points(&self, kind: KeyKind, restriction: &RestrictedValues) -> Option<Vec<KeyValue>> {
+        let RestrictedValues::Points(values) = restriction else { return None };
+        let mut out = Vec::with_capacity(values.len());
+        for value in values {
+            if let Resolved::Value(v) = self.resolve(kind, value)? {
+                out.push(v);
+            }
+        }
+        Some(out)
+    }
+
+    /// What one restriction lets a read see of its table's keys.
+    fn read_keys(&self, kind: KeyKind, restriction: &RestrictedValues) -> Option<ReadKeys> {
+        match restriction {
+            RestrictedValues::Points(_) => self.points(kind, restriction).map(ReadKeys::Points),
+            RestrictedValues::Range { low, low_inclusive, high, high_inclusive } => {
+                if kind != KeyKind::Int {
+                    return None;
+                }
+                let (Resolved::Value(KeyValue::Int(low)), Resolved::Value(KeyValue::Int(high))) =
+                    (self.resolve(kind, low)?, self.resolve(kind, high)?)
+                else {
+                    // A NULL bound matches no row; keep it simple and table-level.
+                    return None;
+                };
+                let low = if *low_inclusive { low } else { low.checked_add(1)? };
+                let high = if *high_inclusive { high } else { high.checked_sub(1)? };
+                Some(ReadKeys::Range(low, high))
+            }
+            // `= ANY($1)` with an array value: not read here yet.
+            _ => None,
+        }
+    }
+}
+
+/// The units of a key-level read for one execution: `base` (the plan's units) with each keyed
+/// table's unit replaced by the units of the keys bound, where they can all be read; a table
+/// whose values cannot be read keeps its table unit.
+pub(crate) fn request_units(base: &[TableName], keyed: &[KeyedRead], values: &Values<'_>) -> Vec<TableName> {
+    let mut units: Vec<TableName> = base.to_vec();
+    for read in keyed {
+        let mut extra: Vec<TableName> = Vec::new();
+        let all = read.restrictions.iter().all(|r| {
+            match values.read_keys(read.kind, r).and_then(|keys| read_units(&read.unit, &keys)) {
+                Some(u) => {
+                    extra.extend(u);
+                    true
+                }
+                None => false,
+            }
+        });
+        if all {
+            units.retain(|u| *u != read.unit);
+            units.extend(extra);
+        }
+    }
+    units.sort();
+    units.dedup();
+    units
+}
+
+/// The keys a write statement changes in its target table, from its text and (where known)
+/// its parameters: `Some((table unit, keys))` when every row it changes, before and after, has
+/// one of those keys; `None` when they cannot be known (the write is then table-wide).
+pub(crate) fn written_keys(values: &Values<'_>, relations: &Relations) -> Option<(TableName, Vec<KeyValue>)> {
+    let statement = values.statement;
+    let write = statement.write_keys()?;
+    let unit = version_unit(write.table());
+    let key = relations.key_column(&unit)?;
+    if !matches!(key.kind, KeyKind::Int | KeyKind::Uuid) || relations.writes_unknown(&unit) {
+        return None;
+    }
+    let restriction = write.restrictions().iter().find(|r| r.column() == key.name)?;
+    let mut keys = values.points(key.kind, restriction.values())?;
+    match write.on_conflict() {
+        None | Some(strata_normalizer::OnConflict::DoNothing) => {}
+        // The row updated has the proposed key only when the key is the conflict target.
+        Some(strata_normalizer::OnConflict::DoUpdate { conflict_columns }) => {
+            if !conflict_columns.as_ref().is_some_and(|c| c.iter().any(|c| **c == *key.name)) {
+                return None;
+            }
+        }
+        Some(_) => return None,
+    }
+    for assignment in write.assignments().iter().filter(|a| a.column() == key.name) {
+        // A changed key: its new value too, when it is known.
+        match values.resolve(key.kind, assignment.value()?)? {
+            Resolved::Value(v) => keys.push(v),
+            Resolved::Nothing => {}
+        }
+    }
+    Some((unit, keys))
 }
 
 #[cfg(test)]

@@ -50,7 +50,6 @@ mod catalog;
 mod config;
 mod error;
 mod flight;
-#[allow(dead_code, reason = "key-level invalidation: the plans and writes that use it come next")]
 mod keys;
 mod metrics;
 mod policy;

@@ -69,6 +69,8 @@ pub(crate) struct Policy {
     pub(crate) soft_ttl_ratio: f64,
     pub(crate) ttl_jitter_ratio: f64,
     pub(crate) singleflight_wait: Duration,
+    /// Whether reads restricted to keys are planned key-level.
+    pub(crate) key_level: bool,
 }
 
 /// What the cache decided about one SQL text, memoized by text.
@@ -90,8 +92,12 @@ pub(crate) enum Verdict {
 #[derive(Debug)]
 pub(crate) struct Cacheable {
     /// The version units the key includes: the "everything" unit first, then each table the
-    /// statement reads or a `tables=` hint declares, sorted and deduplicated.
+    /// statement reads or a `tables=` hint declares, sorted and deduplicated. With key-level
+    /// tables ([`Cacheable::keyed`]) these are the units when their values cannot be read.
     pub(crate) units: Vec<TableName>,
+    /// Tables read key-level: each lookup replaces their table unit by the units of the keys it
+    /// binds (see `crate::keys`). Empty for most statements.
+    pub(crate) keyed: Vec<crate::keys::KeyedRead>,
     /// For statements with the `semantic` hint: what the semantic tier embeds and guards on.
     pub(crate) semantic: Option<SemanticPlan>,
 }
@@ -155,7 +161,7 @@ impl Policy {
         // A view (or a partition parent) reads relations its text does not name.
         let through: Vec<TableName> =
             units.iter().flat_map(|u| relations.reads_through(u)).cloned().collect();
-        units.extend(through);
+        units.extend(through.iter().cloned());
         units.push(TableName::new(EVERYTHING));
         units.sort();
         units.dedup();
@@ -185,7 +191,12 @@ impl Policy {
             units.iter().filter_map(|u| self.table_ttls.get(u)).min().copied().unwrap_or(self.default_ttl)
         });
         let semantic = analysis.hints().semantic().then(|| semantic_plan(&analysis, &units));
-        Plan { analysis, verdict: Verdict::Cacheable(Cacheable { units, semantic }), ttl, generation }
+        let keyed = if semantic.is_some() || !self.key_level {
+            Vec::new()
+        } else {
+            crate::keys::keyed_reads(&analysis, relations, &through)
+        };
+        Plan { analysis, verdict: Verdict::Cacheable(Cacheable { units, keyed, semantic }), ttl, generation }
     }
 
     /// Shortens a TTL by up to the jitter ratio, by an amount taken from the key's digest: keys
@@ -213,6 +224,7 @@ mod tests {
             soft_ttl_ratio: 0.8,
             ttl_jitter_ratio: 0.1,
             singleflight_wait: Duration::from_secs(1),
+            key_level: false,
         }
     }
 

@@ -32,6 +32,10 @@ struct Closures {
     volatile: HashSet<TableName>,
     /// Each table's key column, when every table of that name agrees on it.
     keys: HashMap<TableName, KeyColumn>,
+    /// Tables a write to another table may change (cascades, inheritance and partition trees)
+    /// and relations reading others (views, parents): their rows change in ways no key of
+    /// theirs describes, so they are never key-level.
+    entangled: HashSet<TableName>,
 }
 
 /// What a table's key column is: its name and the kind of its type, which decides how values
@@ -108,9 +112,13 @@ impl Relations {
         self.0.volatile.contains(relation)
     }
 
-    /// The key column of the tables named `table` (a version unit), when they all agree on one.
-    #[allow(dead_code, reason = "key-level invalidation reads it next")]
+    /// The key column of the tables named `table` (a version unit), when they all agree on one
+    /// and the table may be read key-level: nothing writes it through another table, and it
+    /// reads no other relation.
     pub(crate) fn key_column(&self, table: &TableName) -> Option<&KeyColumn> {
+        if self.0.entangled.contains(table) {
+            return None;
+        }
         self.0.keys.get(table)
     }
 
@@ -221,7 +229,14 @@ impl RelationsBuilder {
                 })
                 .or_insert(key);
         }
+        let entangled = self
+            .writes
+            .iter()
+            .map(|(_, to)| to.clone())
+            .chain(self.reads.iter().map(|(from, _)| from.clone()))
+            .collect();
         Relations(Arc::new(Closures {
+            entangled,
             keys: keys.into_iter().filter_map(|(t, k)| Some((t, k?))).collect(),
             reads: closure(&self.reads),
             writes: closure(&self.writes),
@@ -296,5 +311,15 @@ mod tests {
         assert_eq!(key("users"), None, "two types");
         assert_eq!(key("items"), None, "one of them has no eligible key");
         assert_eq!(key("unknown"), None);
+        let tree = Relations::builder()
+            .key_column("parent", "id", KeyKind::Int)
+            .key_column("child", "id", KeyKind::Int)
+            .key_column("referenced", "id", KeyKind::Int)
+            .reads_through("parent", "child")
+            .writes_also("referenced", "child")
+            .build();
+        let key = |t: &str| tree.key_column(&TableName::new(t)).is_some();
+        assert!(!key("parent") && !key("child"), "a parent reads its child; a cascade writes the child");
+        assert!(key("referenced"));
     }
 }

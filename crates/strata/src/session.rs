@@ -288,6 +288,7 @@ impl SessionCache {
             state: Mutex::new(SessionState {
                 scope: Scope::Unverified,
                 pending: WriteEffect::Nothing,
+                pending_keys: crate::keys::KeyLedger::default(),
                 functions: BTreeSet::new(),
                 relations: BTreeSet::new(),
             }),
@@ -378,6 +379,8 @@ struct SessionState {
     scope: Scope,
     /// Writes of the open transaction, bumped when it commits.
     pending: WriteEffect,
+    /// The keys the pending writes changed, where they are known.
+    pending_keys: crate::keys::KeyLedger,
     /// Functions called by requests since the last verification: the next one reads their
     /// bodies for custom setting names.
     functions: BTreeSet<String>,
@@ -561,6 +564,7 @@ impl CacheSession {
     pub async fn executed(&self, request: Executed<'_>) {
         let cache = &self.shared.cache;
         let mut effect = WriteEffect::Nothing;
+        let mut ledger = crate::keys::KeyLedger::default();
         let mut unverify: Option<&'static str> = None;
         let catalog_current = self.catalog_current();
         let relations = cache.relations();
@@ -573,6 +577,10 @@ impl CacheSession {
             let plan = cache.plan_async(sql).await;
             let analysis = &plan.analysis;
             effect.merge(analysis.writes());
+            if let WriteEffect::Tables(written) = analysis.writes() {
+                // Bound parameters are not known here: writes keyed by `$n` count as table-wide.
+                ledger.record(written, cache.written_keys(analysis, None));
+            }
             if !analysis.leaves_session_alone() {
                 unverify.get_or_insert(reason_of(analysis.session_effects()));
                 self.shared.names.learn_from_text(sql);
@@ -651,24 +659,27 @@ impl CacheSession {
             match request.after {
                 TransactionState::InTransaction | TransactionState::Failed => {
                     st.pending.merge(&effect);
+                    st.pending_keys.merge(ledger);
                     None
                 }
                 TransactionState::Idle => {
                     let mut committed = std::mem::replace(&mut st.pending, WriteEffect::Nothing);
+                    let mut keys = std::mem::take(&mut st.pending_keys);
+                    keys.merge(ledger);
                     let rolled_back_txn = tags.last().is_some_and(|t| t == "ROLLBACK");
                     if rolled_back_txn && effect == WriteEffect::Nothing {
                         // ROLLBACK: the transaction's writes never happened.
                         None
                     } else {
                         committed.merge(&effect);
-                        Some(committed)
+                        Some((committed, keys.into_keys()))
                     }
                 }
             }
         };
-        let Some(effect) = to_bump.map(|e| self.committed(e)) else { return };
+        let Some((effect, keys)) = to_bump.map(|(e, k)| (self.committed(e), k)) else { return };
         if effect != WriteEffect::Nothing {
-            if let Err(err) = cache.invalidate(&effect).await {
+            if let Err(err) = cache.invalidate_keyed(&effect, &keys).await {
                 tracing::warn!(error = %err, "strata: could not invalidate after a write; caching is suspended until versions resynchronize");
             }
         }
