@@ -663,7 +663,7 @@ impl QueryCache {
             Verdict::Cacheable(c) => match plan.analysis.statements() {
                 // Key-level tables: this execution's keys pick the units.
                 [statement] => {
-                    let values = crate::keys::Values { statement, params: Some(req.params) };
+                    let values = crate::keys::Values { statement, params: Some(req.params), returned: None };
                     let own: Arc<[TableName]> =
                         crate::keys::request_units(&c.units, &c.keyed, &values).into();
                     (&c.units[..], Some(own))
@@ -1126,23 +1126,26 @@ impl QueryCache {
     /// invalidates everything.
     pub async fn invalidate_sql(&self, sql: &str) -> Result<(), Error> {
         let plan = self.plan_async(sql).await;
-        let keys = self.written_keys(&plan.analysis, None);
+        let keys = self.written_keys(&plan.analysis, None, None);
         self.invalidate_keyed(plan.analysis.writes(), &keys).await
     }
 
     /// The keys the statements of a text change, by table, where every statement writing the
-    /// table says which (its literals, or `params` for the client's `$n`).
+    /// table says which (its literals, `params` for the client's `$n`, or for a text of one
+    /// statement the key field of the rows it `returned`).
     pub(crate) fn written_keys(
         &self,
         analysis: &Analysis,
         params: Option<&[Param<'_>]>,
+        returned: Option<&crate::keys::Returned<'_>>,
     ) -> crate::keys::WrittenKeys {
         let relations = self.relations();
         let mut keys = crate::keys::WrittenKeys::new();
         let mut wide: Vec<TableName> = Vec::new();
         for statement in analysis.statements() {
             let WriteEffect::Tables(tables) = statement.writes() else { continue };
-            let values = crate::keys::Values { statement, params };
+            let returned = returned.filter(|_| analysis.statements().len() == 1);
+            let values = crate::keys::Values { statement, params, returned };
             let known = crate::keys::written_keys(&values, &relations);
             for unit in tables.iter().map(version_unit) {
                 match &known {

@@ -26,7 +26,7 @@ use tokio::{sync::Notify, task::JoinHandle};
 
 use strata_core::{TableName, VersionView};
 
-use crate::relations::KeyKind;
+use crate::relations::{KeyKind, KeySource};
 use crate::versions::SCHEMA;
 use crate::{session::SettingNames, Error, QueryCache, Relations};
 
@@ -323,7 +323,7 @@ SELECT 'key', c.relname::text, a.attname::text,
             WHEN a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype THEN 'uuid'
             WHEN a.atttypid IN ('pg_catalog.text'::pg_catalog.regtype, 'pg_catalog.varchar'::pg_catalog.regtype)
                  AND (a.attcollation = 0 OR co.collisdeterministic) THEN 'text'
-            ELSE 'other' END
+            ELSE 'other' END || ':' || c.oid::text || ':' || a.attnum::text
   FROM user_rel c
   JOIN pg_catalog.pg_class k ON k.oid = c.oid AND k.relkind IN ('r', 'p')
   JOIN pg_catalog.pg_index i ON i.indrelid = c.oid
@@ -389,10 +389,20 @@ pub(crate) fn relations_of<'a>(edges: impl IntoIterator<Item = &'a Edge>) -> Rel
             Edge::Unknown(t) => b.writes_unknown(t),
             Edge::RunsCode(r) => b.runs_user_code(r),
             Edge::Volatile(r) => b.reads_volatile(r),
-            Edge::Key(t, column, kind) => match KeyKind::parse(kind) {
-                Some(kind) => b.key_column(t, column, kind),
-                None => b.keyless(t),
-            },
+            Edge::Key(t, column, kind) => {
+                // `kind:table oid:column number`.
+                let mut parts = kind.split(':');
+                let kind = parts.next().and_then(KeyKind::parse);
+                let source = match (parts.next().map(str::parse), parts.next().map(str::parse)) {
+                    (Some(Ok(table_oid)), Some(Ok(column))) => Some(KeySource { table_oid, column }),
+                    _ => None,
+                };
+                match (kind, source) {
+                    (Some(kind), Some(source)) => b.key_column(t, column, kind).key_source(t, source),
+                    (Some(kind), None) => b.key_column(t, column, kind),
+                    (None, _) => b.keyless(t),
+                }
+            }
         };
     }
     b.build()

@@ -13,9 +13,11 @@
 //! `RETURNING` rows and the WAL's row keys.
 
 use strata_core::{Format, TableName, TypeOid};
-use strata_normalizer::{Analysis, LiteralForm, RestrictedValues, StatementAnalysis, ValueRef};
+use strata_normalizer::{
+    Analysis, LiteralForm, OnConflict, RestrictedValues, StatementAnalysis, ValueRef, WriteKeys,
+};
 
-use crate::relations::{KeyKind, Relations};
+use crate::relations::{KeyColumn, KeyKind, KeySource, Relations};
 use crate::request::Param;
 use crate::versions::version_unit;
 
@@ -299,6 +301,8 @@ pub(crate) struct Values<'a> {
     pub(crate) statement: &'a StatementAnalysis,
     /// The client's bound parameters; `None` where they are not known.
     pub(crate) params: Option<&'a [Param<'a>]>,
+    /// The key field of the rows a write returned (`RETURNING`), when the caller read it.
+    pub(crate) returned: Option<&'a Returned<'a>>,
 }
 
 /// What a value reference resolves to.
@@ -353,22 +357,68 @@ impl Values<'_> {
         }
     }
 
-    /// The key values of a points restriction; `None` when one cannot be read.
+    /// The key values of a points or array restriction; `None` when one cannot be read.
     fn points(&self, kind: KeyKind, restriction: &RestrictedValues) -> Option<Vec<KeyValue>> {
-        let RestrictedValues::Points(values) = restriction else { return None };
-        let mut out = Vec::with_capacity(values.len());
-        for value in values {
-            if let Resolved::Value(v) = self.resolve(kind, value)? {
-                out.push(v);
+        match restriction {
+            RestrictedValues::Points(values) => {
+                let mut out = Vec::with_capacity(values.len());
+                for value in values {
+                    if let Resolved::Value(v) = self.resolve(kind, value)? {
+                        out.push(v);
+                    }
+                }
+                Some(out)
             }
+            RestrictedValues::Elements(value) => self.elements(kind, value),
+            _ => None,
         }
-        Some(out)
+    }
+
+    /// The elements of an array the client bound (`c = ANY ($1)`); NULL elements and a NULL
+    /// array match nothing. Literal arrays are not read: they stay table-level.
+    fn elements(&self, kind: KeyKind, value: &ValueRef) -> Option<Vec<KeyValue>> {
+        let ValueRef::Client { number, cast: None } = value else { return None };
+        let param = self.params?.get(usize::try_from(*number).ok()?.checked_sub(1)?)?;
+        let Some(bytes) = param.value() else { return Some(Vec::new()) };
+        let element_types: &[u32] = match kind {
+            KeyKind::Int => &[21, 23, 20],
+            KeyKind::Uuid => &[2950],
+            KeyKind::Text => return None,
+        };
+        let array_ok = match kind {
+            KeyKind::Int => matches!(param.type_oid().0, 0 | 1005 | 1007 | 1016),
+            _ => matches!(param.type_oid().0, 0 | 2951),
+        };
+        if !array_ok {
+            return None;
+        }
+        let values = match param.format() {
+            Format::Text => text_array(std::str::from_utf8(bytes).ok()?)?
+                .into_iter()
+                .flatten()
+                .map(|e| KeyValue::from_text(kind, e))
+                .collect::<Option<Vec<_>>>()?,
+            Format::Binary => {
+                let (element_type, elements) = binary_array(bytes)?;
+                if !element_types.contains(&element_type) {
+                    return None;
+                }
+                elements
+                    .into_iter()
+                    .flatten()
+                    .map(|e| KeyValue::from_binary(kind, element_type, e))
+                    .collect::<Option<Vec<_>>>()?
+            }
+        };
+        Some(values)
     }
 
     /// What one restriction lets a read see of its table's keys.
     fn read_keys(&self, kind: KeyKind, restriction: &RestrictedValues) -> Option<ReadKeys> {
         match restriction {
-            RestrictedValues::Points(_) => self.points(kind, restriction).map(ReadKeys::Points),
+            RestrictedValues::Points(_) | RestrictedValues::Elements(_) => {
+                self.points(kind, restriction).map(ReadKeys::Points)
+            }
             RestrictedValues::Range { low, low_inclusive, high, high_inclusive } => {
                 if kind != KeyKind::Int {
                     return None;
@@ -383,10 +433,68 @@ impl Values<'_> {
                 let high = if *high_inclusive { high } else { high.checked_sub(1)? };
                 Some(ReadKeys::Range(low, high))
             }
-            // `= ANY($1)` with an array value: not read here yet.
             _ => None,
         }
     }
+}
+
+/// The elements of a one-dimensional array in PostgreSQL's text form (`{1,2,NULL}`), `None`
+/// for NULL; `None` overall for anything else (more dimensions, bounds, quoting with escapes).
+fn text_array(text: &str) -> Option<Vec<Option<&str>>> {
+    let inner = text.trim().strip_prefix('{')?.strip_suffix('}')?;
+    if inner.trim().is_empty() {
+        return Some(Vec::new());
+    }
+    inner
+        .split(',')
+        .map(|e| {
+            let e = e.trim();
+            if e.contains(['{', '}', '\\']) {
+                return None;
+            }
+            match e.strip_prefix('"') {
+                Some(quoted) => {
+                    let quoted = quoted.strip_suffix('"')?;
+                    (!quoted.contains('"')).then_some(Some(quoted))
+                }
+                None if e.eq_ignore_ascii_case("null") => Some(None),
+                None => (!e.is_empty() && !e.contains('"')).then_some(Some(e)),
+            }
+        })
+        .collect()
+}
+
+/// A one-dimensional array in PostgreSQL's binary form: its element type and elements (`None`
+/// for NULL). `None` for anything malformed or of more dimensions.
+fn binary_array(bytes: &[u8]) -> Option<(u32, Vec<Option<&[u8]>>)> {
+    let word = |at: usize| -> Option<i32> { Some(i32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?)) };
+    let dimensions = word(0)?;
+    let element_type = u32::from_be_bytes(bytes.get(8..12)?.try_into().ok()?);
+    if dimensions == 0 {
+        return Some((element_type, Vec::new()));
+    }
+    if dimensions != 1 {
+        return None;
+    }
+    let count = usize::try_from(word(12)?).ok()?;
+    let mut at = 20;
+    let mut out = Vec::with_capacity(count.min(MAX_POINTS + 1));
+    for _ in 0..count {
+        let len = word(at)?;
+        at += 4;
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let len = usize::try_from(len).ok()?;
+        out.push(Some(bytes.get(at..at.checked_add(len)?)?));
+        at += len;
+        if out.len() > MAX_POINTS {
+            // Too many to stay key-level anyway.
+            return None;
+        }
+    }
+    (at == bytes.len()).then_some((element_type, out))
 }
 
 /// The units of a key-level read for one execution: `base` (the plan's units) with each keyed
@@ -415,9 +523,32 @@ pub(crate) fn request_units(base: &[TableName], keyed: &[KeyedRead], values: &Va
     units
 }
 
+/// The most keys one write may name and stay keyed: beyond, it bumps the table-wide unit
+/// instead of one unit per key.
+pub(crate) const MAX_WRITE_KEYS: usize = 256;
+
+/// The key field of the rows a write returned (`RETURNING`), as the server sent them: where the
+/// field comes from (PostgreSQL's `RowDescription` says), its type and format, and its values.
+#[derive(Debug, Clone, Copy)]
+pub struct Returned<'a> {
+    source: KeySource,
+    type_oid: u32,
+    format: Format,
+    values: &'a [Option<bytes::Bytes>],
+}
+
+impl<'a> Returned<'a> {
+    /// The values of the field of every row returned, in the server's `format`; `source` and
+    /// `type_oid` as the `RowDescription` gave them.
+    pub fn new(source: KeySource, type_oid: u32, format: Format, values: &'a [Option<bytes::Bytes>]) -> Self {
+        Self { source, type_oid, format, values }
+    }
+}
+
 /// The keys a write statement changes in its target table, from its text and (where known)
-/// its parameters: `Some((table unit, keys))` when every row it changes, before and after, has
-/// one of those keys; `None` when they cannot be known (the write is then table-wide).
+/// its parameters, or else from the rows it returned: `Some((table unit, keys))` when every row
+/// it changes, before and after, has one of those keys; `None` when they cannot be known (the
+/// write is then table-wide).
 pub(crate) fn written_keys(values: &Values<'_>, relations: &Relations) -> Option<(TableName, Vec<KeyValue>)> {
     let statement = values.statement;
     let write = statement.write_keys()?;
@@ -426,12 +557,22 @@ pub(crate) fn written_keys(values: &Values<'_>, relations: &Relations) -> Option
     if !matches!(key.kind, KeyKind::Int | KeyKind::Uuid) || relations.writes_unknown(&unit) {
         return None;
     }
+    let keys = match keys_from_text(values, write, key) {
+        Some(keys) => keys,
+        None => keys_returned(values, write, key, relations.key_sources(&unit))?,
+    };
+    (keys.len() <= MAX_WRITE_KEYS).then_some((unit, keys))
+}
+
+/// The keys a write's text and parameters give: its restriction on the key (before) and its
+/// assignment of the key (after).
+fn keys_from_text(values: &Values<'_>, write: &WriteKeys, key: &KeyColumn) -> Option<Vec<KeyValue>> {
     let restriction = write.restrictions().iter().find(|r| r.column() == key.name)?;
     let mut keys = values.points(key.kind, restriction.values())?;
     match write.on_conflict() {
-        None | Some(strata_normalizer::OnConflict::DoNothing) => {}
+        None | Some(OnConflict::DoNothing) => {}
         // The row updated has the proposed key only when the key is the conflict target.
-        Some(strata_normalizer::OnConflict::DoUpdate { conflict_columns }) => {
+        Some(OnConflict::DoUpdate { conflict_columns }) => {
             if !conflict_columns.as_ref().is_some_and(|c| c.iter().any(|c| **c == *key.name)) {
                 return None;
             }
@@ -445,7 +586,36 @@ pub(crate) fn written_keys(values: &Values<'_>, relations: &Relations) -> Option
             Resolved::Nothing => {}
         }
     }
-    Some((unit, keys))
+    Some(keys)
+}
+
+/// The keys of the rows a write returned: every row an `INSERT`, `UPDATE` or `DELETE` changes is
+/// returned (an error rolls the statement back), with its key after the change, which is its key
+/// before too unless the statement assigns the key. The field must come from the key column of
+/// a table of the written name (PostgreSQL's `RowDescription` says where each field comes from, so
+/// an alias or an expression is never mistaken for the key).
+fn keys_returned(
+    values: &Values<'_>,
+    write: &WriteKeys,
+    key: &KeyColumn,
+    sources: &[KeySource],
+) -> Option<Vec<KeyValue>> {
+    let returned = values.returned?;
+    if !sources.contains(&returned.source)
+        || write.assignments().iter().any(|a| a.column() == key.name)
+        || returned.values.len() > MAX_WRITE_KEYS
+    {
+        return None;
+    }
+    returned
+        .values
+        .iter()
+        .flatten()
+        .map(|v| match returned.format {
+            Format::Text => KeyValue::from_text(key.kind, std::str::from_utf8(v).ok()?),
+            Format::Binary => KeyValue::from_binary(key.kind, returned.type_oid, v),
+        })
+        .collect()
 }
 
 #[cfg(test)]

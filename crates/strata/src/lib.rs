@@ -72,8 +72,9 @@ pub use crate::{
     },
     config::{L1Config, QueryCacheBuilder, QueryCacheConfig, TableConfig},
     error::{Error, ErrorKind},
+    keys::Returned,
     redis_versions::{RedisVersions, RedisVersionsBuilder, VersionStats},
-    relations::{KeyColumn, KeyKind, Relations, RelationsBuilder},
+    relations::{KeyColumn, KeyKind, KeySource, Relations, RelationsBuilder},
     request::{Param, Request},
     session::{
         CacheSession, Executed, Invalidation, ScopeStatus, SessionCache, SessionCacheBuilder,

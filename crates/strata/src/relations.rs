@@ -32,6 +32,9 @@ struct Closures {
     volatile: HashSet<TableName>,
     /// Each table's key column, when every table of that name agrees on it.
     keys: HashMap<TableName, KeyColumn>,
+    /// Where each table's key column is, as PostgreSQL names it in a `RowDescription`: the
+    /// table's OID and the column's number, for each table of that name.
+    sources: HashMap<TableName, Vec<KeySource>>,
     /// Tables a write to another table may change (cascades, inheritance and partition trees)
     /// and relations reading others (views, parents): their rows change in ways no key of
     /// theirs describes, so they are never key-level.
@@ -46,6 +49,16 @@ pub struct KeyColumn {
     pub name: String,
     /// The kind of its type.
     pub kind: KeyKind,
+}
+
+/// A table column as PostgreSQL identifies it in a `RowDescription`: the table's OID and the
+/// column's attribute number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeySource {
+    /// The table's OID.
+    pub table_oid: u32,
+    /// The column's attribute number.
+    pub column: i16,
 }
 
 /// The types whose equality is byte equality of a canonical form, so that a key's version unit
@@ -122,6 +135,12 @@ impl Relations {
         self.0.keys.get(table)
     }
 
+    /// Where the key columns of the tables named `table` (a version unit) are, for reading keys
+    /// from the rows a write returns; empty when unknown.
+    pub(crate) fn key_sources(&self, table: &TableName) -> &[KeySource] {
+        self.0.sources.get(table).map_or(&[], Vec::as_slice)
+    }
+
     /// Whether there are no dependencies at all.
     pub fn is_empty(&self) -> bool {
         self.0.reads.is_empty()
@@ -153,6 +172,7 @@ pub struct RelationsBuilder {
     code: Vec<TableName>,
     volatile: Vec<TableName>,
     keys: Vec<(TableName, Option<KeyColumn>)>,
+    sources: Vec<(TableName, KeySource)>,
 }
 
 fn unit(name: &str) -> TableName {
@@ -209,6 +229,14 @@ impl RelationsBuilder {
         self
     }
 
+    /// Where `table`'s key column is (see [`KeySource`]): the rows a write returns with
+    /// `RETURNING` say which keys it changed when one of their fields comes from there.
+    #[must_use]
+    pub fn key_source(mut self, table: &str, source: KeySource) -> Self {
+        self.sources.push((unit(table), source));
+        self
+    }
+
     /// `table` has a key whose type is not eligible (or none): it stays table-level even when a
     /// table of the same name in another schema has an eligible key.
     #[must_use]
@@ -238,6 +266,10 @@ impl RelationsBuilder {
         Relations(Arc::new(Closures {
             entangled,
             keys: keys.into_iter().filter_map(|(t, k)| Some((t, k?))).collect(),
+            sources: self.sources.into_iter().fold(HashMap::new(), |mut m: HashMap<_, Vec<_>>, (t, s)| {
+                m.entry(t).or_default().push(s);
+                m
+            }),
             reads: closure(&self.reads),
             writes: closure(&self.writes),
             unknown: self.unknown.into_iter().collect(),

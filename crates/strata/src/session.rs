@@ -30,6 +30,8 @@ use strata_core::{KeyScope, SettingsDigest, TableName};
 use strata_normalizer::{SessionEffect, WriteEffect};
 
 use crate::cache::QueryCache;
+use crate::keys::Returned;
+use crate::request::Param;
 use crate::policy::Verdict;
 use crate::Error;
 
@@ -318,6 +320,7 @@ impl SessionCache {
         &self,
         database: &str,
         effect: WriteEffect,
+        keys: &crate::keys::WrittenKeys,
         schema: bool,
     ) -> Result<(), Error> {
         let effect = if schema {
@@ -326,7 +329,7 @@ impl SessionCache {
         } else {
             self.inner.mode.committed(database, effect)
         };
-        self.inner.cache.invalidate(&effect).await
+        self.inner.cache.invalidate_keyed(&effect, keys).await
     }
 
     /// With a catalog: reads the catalog of every database seen so far again now (after DDL
@@ -419,6 +422,8 @@ impl fmt::Debug for CacheSession {
 #[derive(Debug, Clone, Copy)]
 pub struct Executed<'a> {
     statements: &'a [Option<&'a str>],
+    params: &'a [Option<&'a [Param<'a>]>],
+    returned: Option<Returned<'a>>,
     command_tags: &'a [String],
     failed: bool,
     after: TransactionState,
@@ -435,7 +440,24 @@ impl<'a> Executed<'a> {
         failed: bool,
         after: TransactionState,
     ) -> Self {
-        Self { statements, command_tags, failed, after }
+        Self { statements, params: &[], returned: None, command_tags, failed, after }
+    }
+
+    /// The parameters each statement was bound with (extended protocol), in the order of the
+    /// statements; `None` (or a missing entry) where they are not known. Writes keyed by `$n`
+    /// then bump only their keys' units (see [key-level invalidation](crate::QueryCacheBuilder::with_key_level)).
+    #[must_use]
+    pub fn with_params(mut self, params: &'a [Option<&'a [Param<'a>]>]) -> Self {
+        self.params = params;
+        self
+    }
+
+    /// For a request of one statement: the key field of the rows it returned
+    /// (`RETURNING`), which tells the keys a write changed when its text does not.
+    #[must_use]
+    pub fn with_returned(mut self, returned: Returned<'a>) -> Self {
+        self.returned = Some(returned);
+        self
     }
 }
 
@@ -568,7 +590,8 @@ impl CacheSession {
         let mut unverify: Option<&'static str> = None;
         let catalog_current = self.catalog_current();
         let relations = cache.relations();
-        for statement in request.statements {
+        let one_statement = request.statements.len() == 1;
+        for (i, statement) in request.statements.iter().enumerate() {
             let Some(sql) = statement else {
                 effect = WriteEffect::Unknown;
                 unverify = Some("unknown statement");
@@ -578,8 +601,9 @@ impl CacheSession {
             let analysis = &plan.analysis;
             effect.merge(analysis.writes());
             if let WriteEffect::Tables(written) = analysis.writes() {
-                // Bound parameters are not known here: writes keyed by `$n` count as table-wide.
-                ledger.record(written, cache.written_keys(analysis, None));
+                let params = request.params.get(i).copied().flatten();
+                let returned = request.returned.as_ref().filter(|_| one_statement);
+                ledger.record(written, cache.written_keys(analysis, params, returned));
             }
             if !analysis.leaves_session_alone() {
                 unverify.get_or_insert(reason_of(analysis.session_effects()));

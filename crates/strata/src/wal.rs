@@ -14,13 +14,14 @@ use std::time::Duration;
 use strata_normalizer::WriteEffect;
 use tokio::task::JoinHandle;
 
+use crate::keys::WrittenKeys;
 use crate::{Error, QueryCache, SessionCache};
 
 #[cfg_attr(
     not(test),
     expect(
         dead_code,
-        reason = "timestamps, truncate options and key values serve key-level invalidation, next"
+        reason = "commit timestamps and truncate options are decoded for completeness, not used"
     )
 )]
 mod decode;
@@ -441,18 +442,19 @@ impl Target {
         }
     }
 
-    /// Invalidates what a transaction committed on `database` wrote; `schema` when it ran DDL.
+    /// Invalidates what a transaction committed on `database` wrote (`keys`: the changed rows'
+    /// keys of the tables the stream gave them for); `schema` when it ran DDL.
     pub(crate) async fn committed(
         &self,
         database: &str,
         effect: WriteEffect,
+        keys: &WrittenKeys,
         schema: bool,
     ) -> Result<(), Error> {
         match self {
-            Target::Cache(cache) => {
-                cache.invalidate(if schema { &WriteEffect::Unknown } else { &effect }).await
-            }
-            Target::Sessions(sessions) => sessions.wal_committed(database, effect, schema).await,
+            Target::Cache(cache) if schema => cache.invalidate(&WriteEffect::Unknown).await,
+            Target::Cache(cache) => cache.invalidate_keyed(&effect, keys).await,
+            Target::Sessions(sessions) => sessions.wal_committed(database, effect, keys, schema).await,
         }
     }
 }

@@ -15,6 +15,7 @@ use super::decode::{self, Message, RelationMap};
 use super::lease::{Health, Lease};
 use super::transaction::Transaction;
 use super::{Target, WalConfig, DDL_PREFIX, FIRST_RETRY, HEARTBEAT_PREFIX, MAX_RETRY, WARN_EVERY};
+use crate::keys::WrittenKeys;
 use crate::metrics::WalGauges;
 
 /// Why a session ended.
@@ -277,7 +278,7 @@ impl Runner {
         }
         // Everything committed while no slot existed is lost, DDL included: invalidate it all
         // (and read catalogs again) before the versions are vouched for again.
-        if let Err(e) = self.target.committed(&config.database, WriteEffect::Unknown, true).await {
+        if let Err(e) = self.target.committed(&config.database, WriteEffect::Unknown, &WrittenKeys::new(), true).await {
             return stream("cannot invalidate everything after (re)connecting", &e);
         }
         if let Some(lease) = lease {
@@ -480,10 +481,13 @@ impl Runner {
                     }
                 },
                 ReplicationEvent::Commit { end_lsn, .. } => {
-                    let (effect, ddl) = transaction.take().map_or((WriteEffect::Nothing, false), |t| {
-                        let ddl = t.ddl;
-                        (t.effect(), ddl)
-                    });
+                    let relations = self.target.cache().relations();
+                    let (effect, keys, ddl) =
+                        transaction.take().map_or((WriteEffect::Nothing, WrittenKeys::new(), false), |t| {
+                            let ddl = t.ddl;
+                            let (effect, keys) = t.effect(&relations);
+                            (effect, keys, ddl)
+                        });
                     if ddl {
                         // A relation may have become unlogged, a view may read one: know it
                         // before the invalidation below makes older fills unreachable.
@@ -491,7 +495,7 @@ impl Runner {
                             return Failure::Stream(e);
                         }
                     }
-                    if let Err(e) = self.target.committed(&config.database, effect, ddl).await {
+                    if let Err(e) = self.target.committed(&config.database, effect, &keys, ddl).await {
                         // The bump is lost: reconnecting bumps everything.
                         return Failure::Stream(format!("cannot invalidate a committed write: {e}"));
                     }
@@ -506,7 +510,7 @@ impl Runner {
                                 return Failure::Stream(e);
                             }
                             if let Err(e) =
-                                self.target.committed(&config.database, WriteEffect::Unknown, true).await
+                                self.target.committed(&config.database, WriteEffect::Unknown, &WrittenKeys::new(), true).await
                             {
                                 return Failure::Stream(format!("cannot invalidate after DDL: {e}"));
                             }
@@ -806,7 +810,7 @@ async fn emit_heartbeats(
             if let Err(e) = schema.install_unstreamed(&target).await {
                 return e;
             }
-            if let Err(e) = target.committed(&database, WriteEffect::Unknown, true).await {
+            if let Err(e) = target.committed(&database, WriteEffect::Unknown, &WrittenKeys::new(), true).await {
                 return format!("cannot invalidate after a schema change: {e}");
             }
             fingerprint = now;

@@ -63,7 +63,7 @@ fn effect_of(relations: &RelationMap, messages: &[Message]) -> WriteEffect {
     for m in messages {
         t.apply(relations, m);
     }
-    t.effect()
+    t.effect(&crate::Relations::builder().build()).0
 }
 
 #[test]
@@ -93,7 +93,7 @@ fn keys_are_kept_until_a_table_is_written_wide() {
     let mut t = Transaction::default();
     t.apply(&relations, &Message::Insert(Insert { relation: 1, new: row("1") }));
     t.apply(&relations, &Message::Insert(Insert { relation: 1, new: row("1") }));
-    assert!(matches!(t.tables.get("orders"), Some(TableKeys::Keys(k)) if k.len() == 1));
+    assert!(matches!(t.tables.get("orders"), Some(TableKeys::Keys { keys, .. }) if keys.len() == 1));
     // A key in unchanged TOAST cannot be known.
     let toast = vec![Value::UnchangedToast, Value::Null];
     t.apply(&relations, &Message::Update(Update { relation: 1, old: None, new: toast }));
@@ -105,4 +105,33 @@ fn keys_are_kept_until_a_table_is_written_wide() {
         t.apply(&relations, &Message::Insert(Insert { relation: 1, new }));
     }
     assert!(matches!(t.tables.get("orders"), Some(TableKeys::TableWide)));
+}
+
+#[test]
+fn the_catalog_key_column_of_changed_rows_becomes_their_written_keys() {
+    use crate::keys::KeyValue as Canonical;
+    let mut map = RelationMap::default();
+    map.remember(relation(1, "orders"));
+    map.remember(relation(2, "items"));
+    let mut t = Transaction::default();
+    t.apply(&map, &Message::Insert(Insert { relation: 1, new: row("7") }));
+    // A key change: the old and the new key.
+    let old = OldRow::Key(row("8"));
+    t.apply(&map, &Message::Update(Update { relation: 1, old: Some(old), new: row("9") }));
+    t.apply(&map, &Message::Insert(Insert { relation: 2, new: row("1") }));
+    let relations = crate::Relations::builder()
+        .key_column("orders", "id", crate::KeyKind::Int)
+        // The catalog names another key column for items than the stream's identity: unknown.
+        .key_column("items", "v", crate::KeyKind::Int)
+        .build();
+    let (effect, keys) = t.effect(&relations);
+    assert!(matches!(effect, WriteEffect::Tables(ref t) if t.len() == 2), "{effect:?}");
+    let mut orders = keys.get(&TableName::new("orders")).cloned().unwrap_or_default();
+    orders.sort_by_key(|k| format!("{k:?}"));
+    assert_eq!(orders, vec![Canonical::Int(7), Canonical::Int(8), Canonical::Int(9)]);
+    assert!(!keys.contains_key(&TableName::new("items")), "{keys:?}");
+    // A value the key's type cannot read: table-wide.
+    let mut t = Transaction::default();
+    t.apply(&map, &Message::Insert(Insert { relation: 1, new: row("x") }));
+    assert!(t.effect(&relations).1.is_empty());
 }

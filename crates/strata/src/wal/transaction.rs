@@ -1,12 +1,15 @@
 //! What one transaction of the stream wrote: the relations its changes named, and the keys of
-//! its changed rows (kept for key-level invalidation; not used yet).
+//! its changed rows, which bump only those keys' units (key-level invalidation, `crate::keys`).
 
 use std::collections::{BTreeMap, HashSet};
 
 use strata_core::TableName;
 use strata_normalizer::WriteEffect;
 
-use super::decode::{Key, Message, Oid, RelationMap, RowKeys};
+use super::decode::{Key, KeyValue as WalValue, Message, Oid, RelationMap, RowKeys};
+use crate::keys::WrittenKeys;
+use crate::relations::Relations;
+use crate::versions::version_unit;
 use super::MAX_KEYS_PER_TABLE;
 
 /// What one transaction wrote, between `B` and `C`.
@@ -20,10 +23,12 @@ pub(super) struct Transaction {
     pub(super) ddl: bool,
 }
 
-/// The rows of one table a transaction changed. Kept for key-level invalidation, not used yet.
+/// The rows of one table a transaction changed.
 #[derive(Debug)]
 pub(super) enum TableKeys {
-    Keys(HashSet<Key>),
+    /// The replica-identity values of every changed row (old and new), with the names of those
+    /// columns in order.
+    Keys { columns: Vec<String>, keys: HashSet<Key> },
     /// TRUNCATE, a key that cannot be known, or more than [`MAX_KEYS_PER_TABLE`] keys.
     TableWide,
 }
@@ -59,17 +64,21 @@ impl Transaction {
             self.unknown = true;
             return;
         };
-        let entry =
-            self.tables.entry(relation.name.clone()).or_insert_with(|| TableKeys::Keys(HashSet::new()));
-        let TableKeys::Keys(set) = entry else { return };
+        let columns: Vec<String> = relation.key_columns().map(|(_, c)| c.name.clone()).collect();
+        let entry = self
+            .tables
+            .entry(relation.name.clone())
+            .or_insert_with(|| TableKeys::Keys { columns: columns.clone(), keys: HashSet::new() });
+        let TableKeys::Keys { columns: known, keys: set } = entry else { return };
         match keys.touched() {
-            Some(touched) => {
+            // The same columns as the table's earlier changes in this transaction.
+            Some(touched) if *known == columns => {
                 set.extend(touched.into_iter().cloned());
                 if set.len() > MAX_KEYS_PER_TABLE {
                     *entry = TableKeys::TableWide;
                 }
             }
-            None => *entry = TableKeys::TableWide,
+            _ => *entry = TableKeys::TableWide,
         }
     }
 
@@ -82,14 +91,51 @@ impl Transaction {
         }
     }
 
-    /// What the commit invalidates.
-    pub(super) fn effect(self) -> WriteEffect {
+    /// What the commit invalidates: the tables written, and the keys of the changed rows of
+    /// those whose key column (`relations`) the stream gave in every change, by version unit.
+    pub(super) fn effect(self, relations: &Relations) -> (WriteEffect, WrittenKeys) {
         if self.unknown {
-            WriteEffect::Unknown
-        } else if self.tables.is_empty() {
-            WriteEffect::Nothing
-        } else {
-            WriteEffect::Tables(self.tables.into_keys().map(TableName::new).collect())
+            return (WriteEffect::Unknown, WrittenKeys::new());
+        }
+        if self.tables.is_empty() {
+            return (WriteEffect::Nothing, WrittenKeys::new());
+        }
+        let mut written = WrittenKeys::new();
+        let mut tables = Vec::with_capacity(self.tables.len());
+        for (name, keys) in self.tables {
+            let table = TableName::new(name);
+            if let TableKeys::Keys { columns, keys } = keys {
+                if let Some(values) = key_values(relations, &table, &columns, &keys) {
+                    written.insert(version_unit(&table), values);
+                }
+            }
+            tables.push(table);
+        }
+        (WriteEffect::Tables(tables), written)
+    }
+}
+
+/// The values of `table`'s key column (the catalog's, in `relations`) in the changed rows'
+/// replica-identity values, in the canonical form key-level units are computed from; `None`
+/// when the column is not among them or a value cannot be read (the table is then table-wide).
+fn key_values(
+    relations: &Relations,
+    table: &TableName,
+    columns: &[String],
+    keys: &HashSet<Key>,
+) -> Option<Vec<crate::keys::KeyValue>> {
+    let key = relations.key_column(&version_unit(table))?;
+    let position = columns.iter().position(|c| *c == key.name)?;
+    let mut values = Vec::with_capacity(keys.len());
+    for row in keys {
+        match row.values().get(position)? {
+            // No row has a NULL key column: nothing to bump.
+            WalValue::Null => {}
+            WalValue::Text(text) => {
+                values.push(crate::keys::KeyValue::from_text(key.kind, std::str::from_utf8(text).ok()?)?)
+            }
+            WalValue::Binary(_) => return None,
         }
     }
+    Some(values)
 }
