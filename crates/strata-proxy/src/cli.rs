@@ -78,6 +78,10 @@ pub struct Args {
     /// a schema fingerprint read every second, and materialized views are not cached.
     #[arg(long, env = "STRATA_NO_WAL_DDL_TRIGGER")]
     pub no_wal_ddl_trigger: bool,
+    /// Key-level invalidation, "on" (default) or "off": a write to some rows of a table leaves
+    /// cached reads of its other keys (point, IN list, closed range on the key) reachable.
+    #[arg(long, env = "STRATA_KEY_LEVEL")]
+    pub key_level: Option<String>,
     /// Custom settings (app.tenant) every session's cache key includes, comma-separated, beyond
     /// those learnt from SQL texts, role and database defaults and the catalog.
     #[arg(long, env = "STRATA_CUSTOM_SETTINGS", value_delimiter = ',')]
@@ -105,11 +109,18 @@ impl Args {
             Some("off" | "false" | "0") => false,
             Some(other) => return Err(Error::config(format!("--cache takes on or off, not {other:?}"))),
         };
+        let key_level = match self.key_level.as_deref() {
+            None => None,
+            Some("on" | "true" | "1") => Some(true),
+            Some("off" | "false" | "0") => Some(false),
+            Some(other) => return Err(Error::config(format!("--key-level takes on or off, not {other:?}"))),
+        };
         Ok(CacheSettings {
             table: file.cache,
             redis: self.redis.clone().or(file.redis),
             enabled,
             custom_settings: self.custom_settings.clone().or(file.custom_settings).unwrap_or_default(),
+            key_level,
         })
     }
 

@@ -53,9 +53,9 @@ pub use crate::{
     config::{FileConfig, ProxyBuilder, Upstream, DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_UPSTREAM},
     error::{Error, ErrorKind},
     seam::{
-        Bind, CacheMode, Dropped, ExtendedMessage, Fill, Format, Lookup, NotCacheable, PassThrough,
-        PreparedStatement, Request, RequestCache, RequestKind, RequestSession, Response, ResponseSummary,
-        Target, TransactionStatus,
+        Bind, CacheMode, Capture, Captured, ColumnOrigin, Dropped, ExtendedMessage, Fill, Format, Lookup,
+        NotCacheable, PassThrough, PreparedStatement, Request, RequestCache, RequestKind, RequestSession,
+        Response, ResponseSummary, Target, TransactionStatus,
     },
     server::{BoundProxy, Proxy, ShutdownHandle},
     session::SessionView,

@@ -10,6 +10,7 @@
 //! directions share; `client.rs` groups client messages into requests and asks the cache;
 //! `server.rs` follows the server's answers, records them and reports them to the cache.
 
+mod capture;
 mod client;
 mod server;
 
@@ -235,6 +236,10 @@ struct InFlight {
     drop_close: Vec<u64>,
     parse_seen: u64,
     close_seen: u64,
+    /// The field of the rows kept for the cache (`RequestSession::capture`).
+    capture: Option<capture::Capturing>,
+    /// Executes sent upstream in this request: a capture holds for one statement only.
+    executes: u32,
 }
 
 impl InFlight {

@@ -401,17 +401,73 @@ impl ResponseSummary {
     }
 }
 
+/// A table column as a `RowDescription` identifies a field's origin: the table's OID and the
+/// column's attribute number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ColumnOrigin {
+    /// The table's OID.
+    pub table_oid: u32,
+    /// The column's attribute number.
+    pub column: i16,
+}
+
+/// What [`RequestSession::capture`] asks the proxy to keep of a response: the values of the first
+/// field that comes from one of these columns, in every row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capture {
+    /// The columns a field may come from.
+    pub origins: Vec<ColumnOrigin>,
+}
+
+/// One field of every row of a response, kept as [`RequestSession::capture`] asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    pub(crate) origin: ColumnOrigin,
+    pub(crate) type_oid: u32,
+    pub(crate) format: Format,
+    pub(crate) values: Vec<Option<Bytes>>,
+}
+
+impl Captured {
+    /// The column the field comes from.
+    pub fn origin(&self) -> ColumnOrigin {
+        self.origin
+    }
+    /// The field's type.
+    pub fn type_oid(&self) -> u32 {
+        self.type_oid
+    }
+    /// The field's format.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+    /// The field's value in each row, in order (`None` for NULL).
+    pub fn values(&self) -> &[Option<Bytes>] {
+        &self.values
+    }
+}
+
+/// The most rows a capture keeps; a response with more keeps none.
+pub(crate) const MAX_CAPTURED_ROWS: usize = 256;
+
 /// The server's complete response to one request, as handed to [`RequestSession::complete`].
 #[derive(Clone)]
 pub struct Response {
     pub(crate) summary: ResponseSummary,
     pub(crate) bytes: Option<Bytes>,
+    pub(crate) captured: Option<Captured>,
 }
 
 impl Response {
     /// What the proxy saw.
     pub fn summary(&self) -> &ResponseSummary {
         &self.summary
+    }
+
+    /// The field [`RequestSession::capture`] asked for, when the response had one row
+    /// description with such a field and at most a few hundred rows, all seen whole.
+    pub fn captured(&self) -> Option<&Captured> {
+        self.captured.as_ref()
     }
 
     /// The exact server bytes (from the first response message through `ReadyForQuery`) when the
@@ -479,6 +535,15 @@ pub trait RequestSession: Send + Sync + fmt::Debug {
 
     /// The server reported a parameter change (`ParameterStatus`) after startup.
     fn parameter_changed(&self);
+
+    /// For one statement about to go upstream (a simple `Query`'s text, or an `Execute`'s
+    /// prepared statement): which field of the rows it returns to keep for
+    /// [`Response::captured`] (a write's `RETURNING` key, say). A request with more statements
+    /// captures nothing. Called on the relay's thread: it must not block. Default: nothing.
+    fn capture(&self, sql: &str) -> Option<Capture> {
+        let _ = sql;
+        None
+    }
 }
 
 /// The cache used until `strata::QueryCache` is plugged in: every request goes upstream.

@@ -18,8 +18,9 @@ use strata::{
 use strata_core::TypeOid;
 
 use crate::seam::{
-    CacheMode, Dropped, ExtendedMessage, Fill, Format, Lookup, PreparedStatement, Request, RequestCache,
-    RequestKind, RequestSession, Response, Target, TransactionStatus,
+    CacheMode, Capture, Captured, ColumnOrigin, Dropped, ExtendedMessage, Fill, Format, Lookup,
+    PreparedStatement, Request, RequestCache, RequestKind, RequestSession, Response, Target,
+    TransactionStatus,
 };
 use crate::session::SessionView;
 use crate::Error;
@@ -35,6 +36,8 @@ pub struct CacheSettings {
     pub enabled: bool,
     /// Custom settings every session's key includes from the start.
     pub custom_settings: Vec<String>,
+    /// Key-level invalidation on or off, over the `[cache]` table's `key_level` (default on).
+    pub key_level: Option<bool>,
 }
 
 impl fmt::Debug for CacheSettings {
@@ -44,6 +47,7 @@ impl fmt::Debug for CacheSettings {
             .field("redis", &self.redis.as_ref().map(|_| "<set>"))
             .field("enabled", &self.enabled)
             .field("custom_settings", &self.custom_settings)
+            .field("key_level", &self.key_level)
             .finish()
     }
 }
@@ -62,10 +66,13 @@ pub async fn build_query_cache(settings: &CacheSettings) -> Result<QueryCache, E
         }
         None => QueryCacheConfig::default(),
     };
+    let mut config = config;
+    if let Some(on) = settings.key_level {
+        config.key_level = on;
+    }
     let Some(url) = &settings.redis else {
         return config.build().map_err(|e| Error::config(e.to_string()));
     };
-    let mut config = config;
     let mut l2 = config.l2.take().unwrap_or_default();
     l2.storage = strata_l2::StorageConfig::Redis { url: url.clone(), key_prefix: "strata:l2:".to_owned() };
     config.l2 = Some(l2);
@@ -247,23 +254,58 @@ fn batch(messages: &[ExtendedMessage]) -> Option<Batch<'_>> {
 }
 
 impl BatchItem<'_> {
-    /// The bound parameters with their declared types and formats (one format code applies to
-    /// every parameter; none means text).
+    /// The bound parameters with their declared types and formats.
     fn params(&self) -> impl Iterator<Item = Param<'_>> + '_ {
-        self.params.iter().enumerate().map(|(i, value)| {
-            let ty = TypeOid(self.param_types.get(i).copied().unwrap_or(0));
-            let format = match self.param_formats {
-                [] => Format::Text,
-                [one] => *one,
-                many => many.get(i).copied().unwrap_or(Format::Text),
-            };
-            match (value, format) {
-                (Some(v), Format::Text) => Param::text(ty, v),
-                (Some(v), Format::Binary) => Param::binary(ty, v),
-                (None, f) => Param::null(ty, strata_format(f)),
-            }
-        })
+        bound_params(self.param_types, self.params, self.param_formats)
     }
+}
+
+/// A Bind's parameters with their declared types and formats (one format code applies to every
+/// parameter; none means text).
+fn bound_params<'a>(
+    param_types: &'a [u32],
+    params: &'a [Option<bytes::Bytes>],
+    param_formats: &'a [Format],
+) -> impl Iterator<Item = Param<'a>> + 'a {
+    params.iter().enumerate().map(move |(i, value)| {
+        let ty = TypeOid(param_types.get(i).copied().unwrap_or(0));
+        let format = match param_formats {
+            [] => Format::Text,
+            [one] => *one,
+            many => many.get(i).copied().unwrap_or(Format::Text),
+        };
+        match (value, format) {
+            (Some(v), Format::Text) => Param::text(ty, v),
+            (Some(v), Format::Binary) => Param::binary(ty, v),
+            (None, f) => Param::null(ty, strata_format(f)),
+        }
+    })
+}
+
+/// The parameters each statement [`executed_statements`] lists was bound with, where the Bind
+/// of its portal is in the same request (`None` otherwise).
+fn executed_params(request: &Request) -> Vec<Option<Vec<Param<'_>>>> {
+    let RequestKind::Extended { messages } = request.kind() else { return Vec::new() };
+    let mut binds: Vec<&crate::seam::Bind> = Vec::new();
+    let mut out = Vec::new();
+    for message in messages {
+        match message {
+            ExtendedMessage::Bind(b) => {
+                binds.retain(|x| x.portal() != b.portal());
+                binds.push(b);
+            }
+            ExtendedMessage::Execute { portal, statement, .. } => {
+                let bind = binds.iter().find(|b| b.portal() == portal);
+                out.push(bind.zip(statement.as_deref()).map(|(b, s)| {
+                    bound_params(s.param_types(), b.params(), b.param_formats()).collect::<Vec<_>>()
+                }));
+            }
+            // Closing a portal ends it: a later Execute of the name binds again.
+            ExtendedMessage::Close(Target::Portal(name)) => binds.retain(|b| b.portal() != name),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// The SQL texts a request executed (`None` where the proxy does not know the text).
@@ -402,12 +444,25 @@ impl RequestSession for StrataSession {
         }
         let summary = response.summary();
         let statements = executed_statements(request);
+        let bound = executed_params(request);
+        let params: Vec<Option<&[Param<'_>]>> = bound.iter().map(Option::as_deref).collect();
         let executed = Executed::new(
             &statements,
             summary.command_tags(),
             summary.error_code().is_some(),
             transaction_state(summary.transaction_status()),
-        );
+        )
+        .with_params(&params);
+        let returned = response.captured().filter(|c| returned_every_row(summary.command_tags(), c));
+        let executed = match returned {
+            Some(c) => executed.with_returned(strata::Returned::new(
+                strata::KeySource { table_oid: c.origin().table_oid, column: c.origin().column },
+                c.type_oid(),
+                strata_format(c.format()),
+                c.values(),
+            )),
+            None => executed,
+        };
         self.session.executed(executed).await;
     }
 
@@ -445,4 +500,27 @@ impl RequestSession for StrataSession {
     fn parameter_changed(&self) {
         self.session.state_may_have_changed();
     }
+
+    fn capture(&self, sql: &str) -> Option<Capture> {
+        let sources = self.session.query_cache().returned_key_sources(sql);
+        (!sources.is_empty()).then(|| Capture {
+            origins: sources
+                .into_iter()
+                .map(|s| ColumnOrigin { table_oid: s.table_oid, column: s.column })
+                .collect(),
+        })
+    }
+}
+
+/// Whether a captured field holds a row for every row the one write of the request changed: its
+/// only command tag (`INSERT 0 n`, `UPDATE n`, `DELETE n`) counts as many rows.
+fn returned_every_row(tags: &[String], captured: &Captured) -> bool {
+    let [tag] = tags else { return false };
+    let mut words = tag.split(' ');
+    let count = match words.next() {
+        Some("INSERT") => words.nth(1),
+        Some("UPDATE" | "DELETE") => words.next(),
+        _ => None,
+    };
+    count.and_then(|n| n.parse::<usize>().ok()) == Some(captured.values().len())
 }

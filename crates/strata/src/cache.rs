@@ -1088,6 +1088,27 @@ impl QueryCache {
         Some(plan.analysis.session_effects().cloned().collect())
     }
 
+    /// For a text of one write statement about to run: where the key column of the table it
+    /// writes is (its OIDs and column numbers), when the rows it returns (`RETURNING`) may say
+    /// which keys it changed and its text may not; empty otherwise, and for a long text not
+    /// analyzed yet (this never waits). Hand the returned field back with
+    /// [`Executed::with_returned`](crate::Executed::with_returned).
+    pub fn returned_key_sources(&self, sql: &str) -> Vec<crate::KeySource> {
+        if !self.shared.policy.key_level {
+            return Vec::new();
+        }
+        let plan = if sql.len() < BLOCKING_PLAN_MIN_TEXT {
+            self.plan(sql)
+        } else {
+            match self.memoized_plan(sql) {
+                Some(plan) => plan,
+                None => return Vec::new(),
+            }
+        };
+        let [statement] = plan.analysis.statements() else { return Vec::new() };
+        crate::keys::returning_sources(statement, &self.relations())
+    }
+
     /// Whether a lookup of this text could be answered or filled at all: the normalizer's verdict
     /// and the cache's policy, before scope, parameters and versions. A long text is analyzed off
     /// this thread, as in [`QueryCache::lookup`].

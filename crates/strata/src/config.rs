@@ -54,7 +54,7 @@ impl Default for QueryCacheBuilder {
             soft_ttl_ratio: 1.0,
             ttl_jitter_ratio: 0.1,
             singleflight_wait: Duration::from_secs(5),
-            key_level: false,
+            key_level: true,
             plan_memo_entries: 10_000,
             clock: Arc::new(CoarseClock::new()),
         }
@@ -176,10 +176,11 @@ impl QueryCacheBuilder {
         self
     }
 
-    /// Experimental, off by default: reads restricted to keys of a table (point, IN list, closed
-    /// range on its key column, as the catalog tells) depend on those keys' version units instead
-    /// of the whole table's, so a write to one row leaves reads of other rows reachable. Writes
-    /// always maintain the finer units. Not yet covered by a property test on a real server.
+    /// Key-level invalidation, on by default: reads restricted to keys of a table (point, IN list,
+    /// `= ANY($1)`, closed range on its key column, as the [`Relations`](crate::Relations) tell)
+    /// depend on those keys' version units instead of the whole table's, so a write to one row
+    /// leaves reads of other rows reachable. Writes always maintain the finer units; `false`
+    /// makes every read table-level (see `ARCHITECTURE.md`).
     #[must_use]
     pub fn with_key_level(mut self, on: bool) -> Self {
         self.key_level = on;
@@ -323,6 +324,8 @@ pub struct QueryCacheConfig {
     pub l2: Option<WarmTierConfig>,
     /// Per-table rules, by table name.
     pub tables: BTreeMap<String, TableConfig>,
+    /// See [`QueryCacheBuilder::with_key_level`].
+    pub key_level: bool,
 }
 
 /// The hot tier's settings.
@@ -372,6 +375,7 @@ impl Default for QueryCacheConfig {
             l1: Some(L1Config::default()),
             l2: Some(WarmTierConfig::default()),
             tables: BTreeMap::new(),
+            key_level: true,
         }
     }
 }
@@ -397,7 +401,8 @@ impl QueryCacheConfig {
             .with_max_result_bytes(self.max_result_bytes)
             .with_soft_ttl_ratio(self.soft_ttl_ratio)
             .with_ttl_jitter_ratio(self.ttl_jitter_ratio)
-            .with_singleflight_wait(Duration::from_millis(self.singleflight_wait_ms));
+            .with_singleflight_wait(Duration::from_millis(self.singleflight_wait_ms))
+            .with_key_level(self.key_level);
         if let Some(l1) = &self.l1 {
             let mut hot = HotTier::builder().with_capacity_bytes(l1.capacity_bytes);
             if let Some(max) = l1.max_entry_bytes {

@@ -467,7 +467,8 @@ fn text_array(text: &str) -> Option<Vec<Option<&str>>> {
 /// A one-dimensional array in PostgreSQL's binary form: its element type and elements (`None`
 /// for NULL). `None` for anything malformed or of more dimensions.
 fn binary_array(bytes: &[u8]) -> Option<(u32, Vec<Option<&[u8]>>)> {
-    let word = |at: usize| -> Option<i32> { Some(i32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?)) };
+    let word =
+        |at: usize| -> Option<i32> { Some(i32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?)) };
     let dimensions = word(0)?;
     let element_type = u32::from_be_bytes(bytes.get(8..12)?.try_into().ok()?);
     if dimensions == 0 {
@@ -562,6 +563,23 @@ pub(crate) fn written_keys(values: &Values<'_>, relations: &Relations) -> Option
         None => keys_returned(values, write, key, relations.key_sources(&unit))?,
     };
     (keys.len() <= MAX_WRITE_KEYS).then_some((unit, keys))
+}
+
+/// Where the key column of the table a write statement changes is, when the rows it returns
+/// could tell its keys ([`keys_returned`]); empty otherwise.
+pub(crate) fn returning_sources(statement: &StatementAnalysis, relations: &Relations) -> Vec<KeySource> {
+    // Whether rows come back, and which field is the key, the RowDescription tells: the
+    // normalizer lists `RETURNING` columns of inserts only.
+    let Some(write) = statement.write_keys() else { return Vec::new() };
+    let unit = version_unit(write.table());
+    let Some(key) = relations.key_column(&unit) else { return Vec::new() };
+    if !matches!(key.kind, KeyKind::Int | KeyKind::Uuid)
+        || relations.writes_unknown(&unit)
+        || write.assignments().iter().any(|a| a.column() == key.name)
+    {
+        return Vec::new();
+    }
+    relations.key_sources(&unit).to_vec()
 }
 
 /// The keys a write's text and parameters give: its restriction on the key (before) and its

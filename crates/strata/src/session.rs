@@ -31,8 +31,8 @@ use strata_normalizer::{SessionEffect, WriteEffect};
 
 use crate::cache::QueryCache;
 use crate::keys::Returned;
-use crate::request::Param;
 use crate::policy::Verdict;
+use crate::request::Param;
 use crate::Error;
 
 /// Settings proven not to change any result or its text form: the client's own label.

@@ -3,6 +3,7 @@
 //! what was answered from cache, and the cache's verification query sent on the session's
 //! connection.
 
+use super::capture::Capturing;
 use super::*;
 
 /// An extended-protocol batch being received (up to Sync).
@@ -243,7 +244,16 @@ impl ClientSide {
                     Some(Lookup::Bypass | Lookup::Verify(_)) | None => {}
                 }
             }
+            let capture = match (&request, self.session.cache.as_deref()) {
+                (Some(Request { kind: RequestKind::Simple { sql }, .. }), Some(cache)) => cache.capture(sql),
+                _ => None,
+            };
             self.push_closed_opt(request, fill);
+            if let Some(capture) = capture {
+                if let Some(entry) = self.session.state().in_flight.back_mut() {
+                    entry.capture = Some(Capturing::new(capture, &[]));
+                }
+            }
         }
         apply_dropped(&dropped, &mut self.upstream_statements);
         self.upstream_statements.remove("");
@@ -411,6 +421,7 @@ impl ClientSide {
             ExtendedMessage::Parse(s) => Some(s.clone()),
             ExtendedMessage::Bind(b) => b.statement.clone(),
             ExtendedMessage::Describe(Target::Statement(_, s)) => s.clone(),
+            ExtendedMessage::Execute { statement, .. } => statement.clone(),
             _ => None,
         };
         let is_sync = matches!(decoded, ExtendedMessage::Sync);
@@ -738,6 +749,7 @@ impl ClientSide {
                 for dropped in &open.dropped {
                     apply_dropped(dropped, &mut self.upstream_statements);
                 }
+                self.capture_execute(open, stmt.as_deref());
             }
             _ => {}
         }
@@ -749,6 +761,41 @@ impl ClientSide {
             }
         }
         self.out.extend_from_slice(&msg);
+    }
+}
+
+impl ClientSide {
+    /// An Execute going upstream (before its bytes do, so no answer can precede this): the first
+    /// of its request may keep a field of its rows for the cache; a second one ends that.
+    fn capture_execute(&mut self, open: &OpenBatch, statement: Option<&PreparedStatement>) {
+        let Some(cache) = self.session.cache.as_deref().filter(|_| self.active) else { return };
+        let mut st = self.session.state();
+        let Some(entry) = st.in_flight.back_mut() else { return };
+        entry.executes += 1;
+        if entry.executes != 1 {
+            entry.capture = None;
+            return;
+        }
+        // The batch's messages: still in the open batch, or already in the request (a held batch
+        // sent at its Sync). The Bind of the portal executed says how its rows come.
+        let messages = match (&entry.request, open.messages.is_empty()) {
+            (Some(Request { kind: RequestKind::Extended { messages }, .. }), true) => messages.as_slice(),
+            _ => open.messages.as_slice(),
+        };
+        let mut bind = None;
+        for m in messages {
+            match m {
+                ExtendedMessage::Bind(b) => bind = Some(b),
+                ExtendedMessage::Execute { portal, .. } => {
+                    bind = bind.filter(|b| b.portal() == portal);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        entry.capture = bind
+            .zip(statement.filter(|s| s.is_exact()))
+            .and_then(|(b, s)| Some(Capturing::new(cache.capture(s.sql())?, b.result_formats())));
     }
 }
 

@@ -101,6 +101,10 @@ impl ServerSide {
                     && self.session.state().in_flight.front().is_none_or(|e| e.verify.is_none())
                 {
                     if let Some(e) = self.session.state().in_flight.front_mut() {
+                        if let Some(c) = &mut e.capture {
+                            // Not held whole: its values cannot be read.
+                            c.fail();
+                        }
                         match tag {
                             b'D' => e.rows += 1,
                             b'A' => e.mark(NotCacheable::Notification),
@@ -183,6 +187,7 @@ impl ServerSide {
                 response_bytes: entry.response_bytes,
             },
             bytes: entry.recording.map(Recording::take),
+            captured: entry.capture.and_then(super::capture::Capturing::finish),
         };
         cache.complete(&request, &response, entry.fill).await;
     }
@@ -268,6 +273,13 @@ fn on_message(
             }
             _ => {
                 if let Some(e) = st.in_flight.front_mut() {
+                    if let Some(c) = &mut e.capture {
+                        match tag {
+                            b'T' => c.described(body),
+                            b'D' => c.row(body),
+                            _ => {}
+                        }
+                    }
                     match tag {
                         b'C' => {
                             let tag_text = Reader::new(body, "CommandComplete").cstr().unwrap_or_default();

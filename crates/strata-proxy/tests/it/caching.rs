@@ -10,7 +10,13 @@ use crate::support::*;
 
 /// A proxy with the cache on (L1 and the embedded L2), and the cache to read counters from.
 async fn caching_proxy() -> (TestProxy, Arc<StrataCache>) {
-    let settings = CacheSettings { table: None, redis: None, enabled: true, custom_settings: Vec::new() };
+    let settings = CacheSettings {
+        table: None,
+        redis: None,
+        enabled: true,
+        custom_settings: Vec::new(),
+        key_level: None,
+    };
     let cache =
         Arc::new(StrataCache::new(build_query_cache(&settings).await.expect("cache")).expect("strata cache"));
     let proxy = start_proxy(|b| b.with_cache(cache.clone())).await;
@@ -311,6 +317,7 @@ async fn when_redis_goes_away_queries_go_on_uncached_and_caching_comes_back() {
         redis: Some(format!("redis://127.0.0.1:{port}/")),
         enabled: true,
         custom_settings: Vec::new(),
+        key_level: None,
     };
     let cache =
         Arc::new(StrataCache::new(build_query_cache(&settings).await.expect("cache")).expect("strata cache"));

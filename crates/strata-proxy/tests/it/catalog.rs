@@ -27,7 +27,13 @@ fn catalog(db: &str, user: &str) -> Invalidation {
 
 /// A caching proxy with the given invalidation mode, and its cache.
 async fn proxy_with(invalidation: Invalidation) -> (TestProxy, Arc<StrataCache>) {
-    let settings = CacheSettings { table: None, redis: None, enabled: true, custom_settings: Vec::new() };
+    let settings = CacheSettings {
+        table: None,
+        redis: None,
+        enabled: true,
+        custom_settings: Vec::new(),
+        key_level: None,
+    };
     let query_cache = build_query_cache(&settings).await.expect("cache");
     let cache = Arc::new(
         StrataCache::builder(query_cache).with_invalidation(invalidation).build().expect("strata cache"),
@@ -37,7 +43,7 @@ async fn proxy_with(invalidation: Invalidation) -> (TestProxy, Arc<StrataCache>)
 }
 
 /// A caching proxy following the catalog of `db` as `postgres`, with the catalog read.
-async fn catalog_proxy(db: &str) -> (TestProxy, Arc<StrataCache>, Client, Client) {
+pub(crate) async fn catalog_proxy(db: &str) -> (TestProxy, Arc<StrataCache>, Client, Client) {
     let (proxy, cache) = proxy_with(catalog(db, "postgres")).await;
     assert!(cache.wait_for_catalog(Duration::from_secs(30)).await, "the catalog of {db} was not read");
     let c = connect(proxy.port(), "postgres", db, None).await.expect("connect through the proxy");
@@ -50,7 +56,7 @@ fn counters(cache: &StrataCache) -> (u64, u64) {
 }
 
 /// The first row's columns joined by `|` (simple protocol).
-async fn value(c: &Client, sql: &str) -> String {
+pub(crate) async fn value(c: &Client, sql: &str) -> String {
     for message in c.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")) {
         if let SimpleQueryMessage::Row(row) = message {
             let columns: Vec<&str> = (0..row.len()).map(|i| row.get(i).unwrap_or("<null>")).collect();
@@ -61,7 +67,7 @@ async fn value(c: &Client, sql: &str) -> String {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Outcome {
+pub(crate) enum Outcome {
     Hit,
     Miss,
 }
@@ -69,7 +75,7 @@ enum Outcome {
 /// Reads through the proxy and says whether the cache answered. The relay skips the lookup of a
 /// request that arrives while it is still finishing the previous response (neither a hit nor a
 /// miss is counted); such a read is repeated.
-async fn read(c: &Client, cache: &StrataCache, sql: &str) -> Outcome {
+pub(crate) async fn read(c: &Client, cache: &StrataCache, sql: &str) -> Outcome {
     for _ in 0..10 {
         let (hits, misses) = counters(cache);
         let _ = value(c, sql).await;
@@ -85,7 +91,7 @@ async fn read(c: &Client, cache: &StrataCache, sql: &str) -> Outcome {
 }
 
 /// Reads until the cache serves the statement: it is cached from now on.
-async fn warm(c: &Client, cache: &StrataCache, sql: &str) {
+pub(crate) async fn warm(c: &Client, cache: &StrataCache, sql: &str) {
     for _ in 0..3 {
         if read(c, cache, sql).await == Outcome::Hit {
             return;
@@ -95,14 +101,14 @@ async fn warm(c: &Client, cache: &StrataCache, sql: &str) {
 }
 
 /// Through the proxy and straight from PostgreSQL, the same answer (nothing stale).
-async fn fresh(c: &Client, direct: &Client, sql: &str) -> String {
+pub(crate) async fn fresh(c: &Client, direct: &Client, sql: &str) -> String {
     let through = value(c, sql).await;
     assert_eq!(through, value(direct, sql).await, "stale result through the proxy for {sql}");
     through
 }
 
 /// A read of an unrelated table is still a hit: the write invalidated precisely.
-async fn still_hits(c: &Client, cache: &StrataCache, sql: &str) {
+pub(crate) async fn still_hits(c: &Client, cache: &StrataCache, sql: &str) {
     assert_eq!(read(c, cache, sql).await, Outcome::Hit, "{sql} should have survived an unrelated write");
 }
 

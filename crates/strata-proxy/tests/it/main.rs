@@ -5,6 +5,7 @@ mod caching;
 mod catalog;
 mod differential;
 mod faults;
+mod keys;
 mod leaks;
 mod pipelining;
 mod redis_down;

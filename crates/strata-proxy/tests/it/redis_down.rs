@@ -94,6 +94,7 @@ async fn started_while_redis_is_down_it_serves_from_postgres_then_caches_once_re
         redis: Some(format!("redis://127.0.0.1:{port}/")),
         enabled: true,
         custom_settings: Vec::new(),
+        key_level: None,
     };
     let building = Instant::now();
     let built = tokio::time::timeout(BOUND, build_query_cache(&settings))

@@ -110,6 +110,7 @@ async fn fleet(db: &str, holder: usize) {
             redis: Some(url.clone()),
             enabled: true,
             custom_settings: Vec::new(),
+            key_level: None,
         };
         let cache =
             Arc::new(StrataCache::new(build_query_cache(&settings).await.expect("cache")).expect("strata"));

@@ -278,7 +278,9 @@ impl Runner {
         }
         // Everything committed while no slot existed is lost, DDL included: invalidate it all
         // (and read catalogs again) before the versions are vouched for again.
-        if let Err(e) = self.target.committed(&config.database, WriteEffect::Unknown, &WrittenKeys::new(), true).await {
+        if let Err(e) =
+            self.target.committed(&config.database, WriteEffect::Unknown, &WrittenKeys::new(), true).await
+        {
             return stream("cannot invalidate everything after (re)connecting", &e);
         }
         if let Some(lease) = lease {
@@ -509,8 +511,10 @@ impl Runner {
                             if let Err(e) = schema.install_unstreamed(&self.target).await {
                                 return Failure::Stream(e);
                             }
-                            if let Err(e) =
-                                self.target.committed(&config.database, WriteEffect::Unknown, &WrittenKeys::new(), true).await
+                            if let Err(e) = self
+                                .target
+                                .committed(&config.database, WriteEffect::Unknown, &WrittenKeys::new(), true)
+                                .await
                             {
                                 return Failure::Stream(format!("cannot invalidate after DDL: {e}"));
                             }
@@ -810,7 +814,8 @@ async fn emit_heartbeats(
             if let Err(e) = schema.install_unstreamed(&target).await {
                 return e;
             }
-            if let Err(e) = target.committed(&database, WriteEffect::Unknown, &WrittenKeys::new(), true).await {
+            if let Err(e) = target.committed(&database, WriteEffect::Unknown, &WrittenKeys::new(), true).await
+            {
                 return format!("cannot invalidate after a schema change: {e}");
             }
             fingerprint = now;

@@ -7,10 +7,10 @@ use strata_core::TableName;
 use strata_normalizer::WriteEffect;
 
 use super::decode::{Key, KeyValue as WalValue, Message, Oid, RelationMap, RowKeys};
+use super::MAX_KEYS_PER_TABLE;
 use crate::keys::WrittenKeys;
 use crate::relations::Relations;
 use crate::versions::version_unit;
-use super::MAX_KEYS_PER_TABLE;
 
 /// What one transaction wrote, between `B` and `C`.
 #[derive(Debug, Default)]
