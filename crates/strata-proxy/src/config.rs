@@ -308,6 +308,7 @@ fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, Error> {
 /// wal_ddl_trigger = true                  # install the DDL event trigger (needs superuser)
 ///
 /// [cache]   # handed to the query cache's own configuration
+/// key_level = true                        # key-level invalidation (--key-level)
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -185,6 +185,69 @@ async fn large_transaction(mode: Mode) {
     w.finish().await;
 }
 
+/// With the catalog, the stream's row keys make direct writes key-level: a write to one key leaves
+/// cached reads of other keys served, and a write whose rows are not all known reaches them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_writes_are_key_level() {
+    let mut w = WalProxy::start(
+        "keys",
+        Mode::Catalog,
+        "CREATE TABLE t (k int PRIMARY KEY, v int);
+         INSERT INTO t SELECT g, g * 10 FROM generate_series(1, 3000) g",
+    )
+    .await;
+    let other = ["SELECT v FROM t WHERE k = 2", "SELECT sum(v) FROM t WHERE k BETWEEN 2000 AND 2100"];
+    w.cache_reads(&other).await;
+    w.step(
+        "UPDATE by key",
+        &["SELECT v FROM t WHERE k = 1", "SELECT sum(v) FROM t WHERE k < 100"],
+        "UPDATE t SET v = -1 WHERE k = 1",
+    )
+    .await;
+    still_cached(&w, &other).await;
+    w.step(
+        "a key that changes",
+        &["SELECT count(*) FROM t WHERE k = 5000"],
+        "UPDATE t SET k = 5000 WHERE k = 3",
+    )
+    .await;
+    still_cached(&w, &other).await;
+    w.step(
+        "INSERT and DELETE",
+        &["SELECT count(*) FROM t WHERE k = 3500"],
+        "INSERT INTO t VALUES (3500, 1); DELETE FROM t WHERE k = 4",
+    )
+    .await;
+    still_cached(&w, &other).await;
+    // 300 rows: more than the stream keeps keys for, so the table is written table-wide.
+    w.step("many rows", &other, "UPDATE t SET v = v + 1 WHERE k BETWEEN 1 AND 300 OR k = 2 OR k = 2050")
+        .await;
+    w.finish().await;
+}
+
+/// Each of `reads` is answered from the cache, and rightly so. A read the relay did not look up
+/// (it came while the previous answer was still being finished) is asked again.
+async fn still_cached(w: &WalProxy, reads: &[&str]) {
+    let counts = || {
+        let stats = w.cache.query_cache().tier_stats();
+        (stats.iter().map(|(_, s)| s.hits).sum::<u64>(), stats.iter().map(|(_, s)| s.misses).sum::<u64>())
+    };
+    for sql in reads {
+        let mut hit = false;
+        for _ in 0..10 {
+            let (hits, misses) = counts();
+            assert_eq!(w.served(sql).await, w.truth(sql).await, "{sql}");
+            let (hits_now, misses_now) = counts();
+            assert!(misses_now == misses || hits_now > hits, "{sql} should have stayed cached");
+            if hits_now > hits {
+                hit = true;
+                break;
+            }
+        }
+        assert!(hit, "the cache was never consulted for {sql}");
+    }
+}
+
 in_both_modes!(
     plain_writes,
     truncate,
