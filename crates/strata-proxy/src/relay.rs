@@ -240,6 +240,9 @@ struct InFlight {
     capture: Option<capture::Capturing>,
     /// Executes sent upstream in this request: a capture holds for one statement only.
     executes: u32,
+    /// Statements described (Describe of a statement) in this request, in order: each
+    /// ParameterDescription the server sends belongs to the first one left.
+    describing: VecDeque<Arc<PreparedStatement>>,
 }
 
 impl InFlight {

@@ -15,18 +15,21 @@ pub struct PreparedStatement {
     sql: Arc<str>,
     param_types: Vec<u32>,
     exact: bool,
+    /// The parameter types the server settled on, from its `ParameterDescription` when the
+    /// client described the statement.
+    server_types: std::sync::OnceLock<Vec<u32>>,
 }
 
 impl PreparedStatement {
     pub(crate) fn new(name: String, sql: Arc<str>, param_types: Vec<u32>) -> Self {
-        Self { name, sql, param_types, exact: true }
+        Self { name, sql, param_types, exact: true, server_types: std::sync::OnceLock::new() }
     }
 
     /// A statement whose text the proxy could not read exactly (not UTF-8, or in a client
     /// encoding whose bytes the parser cannot split): it is never keyed, and running it counts
     /// as an unknown write.
     pub(crate) fn inexact(name: String, sql: Arc<str>, param_types: Vec<u32>) -> Self {
-        Self { name, sql, param_types, exact: false }
+        Self { name, sql, param_types, exact: false, server_types: std::sync::OnceLock::new() }
     }
 
     /// Whether [`sql`](Self::sql) is exactly the text the client sent; otherwise it is a lossy
@@ -48,6 +51,21 @@ impl PreparedStatement {
     /// The parameter type OIDs the client specified (0 = let the server infer).
     pub fn param_types(&self) -> &[u32] {
         &self.param_types
+    }
+
+    /// The parameter types the server uses, as its `ParameterDescription` said when the
+    /// statement was described through the proxy; otherwise those the client specified. A
+    /// binary parameter is read as this type.
+    pub fn server_param_types(&self) -> &[u32] {
+        self.server_types.get().map_or(&self.param_types, Vec::as_slice)
+    }
+
+    /// Records the server's `ParameterDescription` of the statement (the first one counts: a
+    /// statement's types never change while it exists).
+    pub(crate) fn described(&self, types: Vec<u32>) {
+        if types.len() >= self.param_types.len() {
+            let _ = self.server_types.set(types);
+        }
     }
 }
 

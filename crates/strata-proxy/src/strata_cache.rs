@@ -205,7 +205,11 @@ struct Batch<'a> {
 /// One executed statement of a batch.
 struct BatchItem<'a> {
     sql: &'a str,
+    /// The types the client declared (they shape the replayed answer).
     param_types: &'a [u32],
+    /// The types the server reads the parameters as, where it said (see
+    /// [`PreparedStatement::server_param_types`]).
+    server_types: &'a [u32],
     params: &'a [Option<bytes::Bytes>],
     param_formats: &'a [Format],
     result_formats: &'a [Format],
@@ -240,6 +244,7 @@ fn batch(messages: &[ExtendedMessage]) -> Option<Batch<'_>> {
                 items.push(BatchItem {
                     sql: statement.sql(),
                     param_types: statement.param_types(),
+                    server_types: statement.server_param_types(),
                     params: bind.params(),
                     param_formats: bind.param_formats(),
                     result_formats: bind.result_formats(),
@@ -256,7 +261,7 @@ fn batch(messages: &[ExtendedMessage]) -> Option<Batch<'_>> {
 impl BatchItem<'_> {
     /// The bound parameters with their declared types and formats.
     fn params(&self) -> impl Iterator<Item = Param<'_>> + '_ {
-        bound_params(self.param_types, self.params, self.param_formats)
+        bound_params(self.server_types, self.params, self.param_formats)
     }
 }
 
@@ -297,7 +302,7 @@ fn executed_params(request: &Request) -> Vec<Option<Vec<Param<'_>>>> {
             ExtendedMessage::Execute { portal, statement, .. } => {
                 let bind = binds.iter().find(|b| b.portal() == portal);
                 out.push(bind.zip(statement.as_deref()).map(|(b, s)| {
-                    bound_params(s.param_types(), b.params(), b.param_formats()).collect::<Vec<_>>()
+                    bound_params(s.server_param_types(), b.params(), b.param_formats()).collect::<Vec<_>>()
                 }));
             }
             // Closing a portal ends it: a later Execute of the name binds again.

@@ -722,6 +722,12 @@ impl ClientSide {
                 open.parse_sent += 1;
             }
             b'B' | b'D' => {
+                if let (b'D', Some(stmt)) = (tag, &stmt) {
+                    // Before its bytes go: the server's answer cannot come first.
+                    if let Some(entry) = self.session.state().in_flight.back_mut() {
+                        entry.describing.push_back(stmt.clone());
+                    }
+                }
                 if let Some(stmt) = stmt {
                     let name = stmt.name();
                     let on_server = self.upstream_statements.get(name);

@@ -298,7 +298,14 @@ fn on_message(
                             e.close_seen += 1;
                             forward = !e.drop_close.contains(&e.close_seen);
                         }
-                        b'2' | b'T' | b'n' | b't' | b'I' => {}
+                        b't' => {
+                            if let Some(statement) = e.describing.pop_front() {
+                                if let Some(types) = parameter_description(body) {
+                                    statement.described(types);
+                                }
+                            }
+                        }
+                        b'2' | b'T' | b'n' | b'I' => {}
                         _ => e.mark(NotCacheable::Unexpected),
                     }
                 }
@@ -353,6 +360,14 @@ fn on_verify_message(st: &mut State, fatal_seen: &mut bool, tag: u8, msg: &[u8])
         _ => {}
     }
     false
+}
+
+/// The type OIDs of a ParameterDescription body.
+fn parameter_description(body: &[u8]) -> Option<Vec<u32>> {
+    let mut r = Reader::new(body, "ParameterDescription");
+    let count = usize::try_from(r.i16().ok()?).ok()?;
+    let types = (0..count).map(|_| r.u32().ok()).collect::<Option<Vec<u32>>>()?;
+    r.is_empty().then_some(types)
 }
 
 /// The column values of a DataRow body (`None` for NULL).

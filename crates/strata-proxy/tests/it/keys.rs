@@ -43,15 +43,47 @@ async fn writes_by_literal_or_parameter_leave_reads_of_other_keys_cached() {
 
     // A bound parameter (extended protocol, binary int4).
     warm(&c, &cache, reads[0]).await;
-    // (The parameter's type is declared: a binary parameter of an undeclared type is read as the
-    // type the server infers, which the proxy does not know, so it stays table-wide.)
-    c.query_typed("UPDATE acc SET v = v + 1 WHERE id = $1", &[(&2050i32, Type::INT4)]).await.unwrap();
+    // Prepared without declared types (what tokio-postgres, asyncpg and others do): the server's
+    // ParameterDescription says how it reads the binary parameter.
+    c.execute("UPDATE acc SET v = v + 1 WHERE id = $1", &[&2050i32]).await.unwrap();
     assert_eq!(
         fresh(&c, &direct, reads[3]).await,
         ((2000..=2100).map(|i| i * 10).sum::<i32>() + 1).to_string()
     );
     still_hits(&c, &cache, reads[0]).await;
     still_hits(&c, &cache, reads[1]).await;
+
+    // Prepared reads are key-level too.
+    let prepared = c.prepare("SELECT v FROM acc WHERE id = $1").await.unwrap();
+    let by_key = |id: i32| {
+        let (c, prepared, cache) = (&c, &prepared, &cache);
+        async move {
+            // A request that comes while the relay finishes the previous answer (tokio-postgres
+            // closes the statements `execute` prepared in the background) is not looked up.
+            for _ in 0..10 {
+                let (hits, misses) = hits_misses(cache);
+                let v = c.query_one(prepared, &[&id]).await.unwrap().get::<_, i32>(0);
+                let (hits_now, misses_now) = hits_misses(cache);
+                if hits_now > hits {
+                    return (v, Outcome::Hit);
+                }
+                if misses_now > misses {
+                    return (v, Outcome::Miss);
+                }
+            }
+            panic!("the prepared read of {id} was never looked up")
+        }
+    };
+    by_key(3).await;
+    assert_eq!(by_key(3).await, (30, Outcome::Hit), "a prepared read is cached");
+    c.execute("UPDATE acc SET v = v + 1 WHERE id = $1", &[&2051i32]).await.unwrap();
+    assert_eq!(
+        by_key(3).await,
+        (30, Outcome::Hit),
+        "a write to key 2051 left the prepared read of key 3 cached"
+    );
+    c.execute("UPDATE acc SET v = v + 1 WHERE id = $1", &[&3i32]).await.unwrap();
+    assert_eq!(by_key(3).await, (31, Outcome::Miss), "the prepared read of a key written");
 
     // A parameter of another integer type (int8 against an int4 key).
     warm(&c, &cache, reads[3]).await;
