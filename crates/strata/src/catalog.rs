@@ -318,7 +318,9 @@ SELECT 'relation', c.relname::text, NULL, 'false'
   FROM user_rel c WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
 UNION
 SELECT 'key', c.relname::text, a.attname::text,
-       CASE WHEN a.atttypid IN ('pg_catalog.int2'::pg_catalog.regtype, 'pg_catalog.int4'::pg_catalog.regtype,
+       -- A generated key changes when the columns it is computed from do: no write names it.
+       CASE WHEN a.attgenerated <> '' THEN 'other'
+            WHEN a.atttypid IN ('pg_catalog.int2'::pg_catalog.regtype, 'pg_catalog.int4'::pg_catalog.regtype,
                                 'pg_catalog.int8'::pg_catalog.regtype) THEN 'int'
             WHEN a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype THEN 'uuid'
             WHEN a.atttypid IN ('pg_catalog.text'::pg_catalog.regtype, 'pg_catalog.varchar'::pg_catalog.regtype)

@@ -14,6 +14,8 @@ INSERT INTO acc SELECT g, g * 10 FROM generate_series(1, 3000) g;
 CREATE TABLE items (id serial PRIMARY KEY, v int);
 INSERT INTO items (v) VALUES (1), (2), (3);
 CREATE TABLE tags (id uuid PRIMARY KEY, v int);
+CREATE TABLE gen (x int, id int GENERATED ALWAYS AS (x * 2) STORED PRIMARY KEY);
+INSERT INTO gen (x) VALUES (2);
 INSERT INTO tags VALUES ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 1), ('b0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 2);
 ";
 
@@ -119,6 +121,10 @@ async fn writes_by_literal_or_parameter_leave_reads_of_other_keys_cached() {
     c.batch_execute("UPDATE acc SET v = v + 1 WHERE v < 0").await.unwrap();
     assert_eq!(fresh(&c, &direct, reads[0]).await, "0");
     assert_eq!(read(&c, &cache, reads[3]).await, Outcome::Miss);
+    // A generated key changes with the column it is computed from, though no write names it.
+    warm(&c, &cache, "SELECT count(*) FROM gen WHERE id = 10").await;
+    c.batch_execute("UPDATE gen SET x = 5 WHERE id = 4").await.unwrap();
+    assert_eq!(fresh(&c, &direct, "SELECT count(*) FROM gen WHERE id = 10").await, "1");
     // Uuid keys, and a write to another uuid.
     c.batch_execute("UPDATE tags SET v = 9 WHERE id = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'").await.unwrap();
     still_hits(&c, &cache, reads[4]).await;
