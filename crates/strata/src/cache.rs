@@ -664,8 +664,11 @@ impl QueryCache {
                 // Key-level tables: this execution's keys pick the units.
                 [statement] => {
                     let values = crate::keys::Values { statement, params: Some(req.params), returned: None };
-                    let own: Arc<[TableName]> =
-                        crate::keys::request_units(&c.units, &c.keyed, &values).into();
+                    let (own, table_level) = crate::keys::request_units(&c.units, &c.keyed, &values);
+                    let metrics = &self.shared.metrics;
+                    metrics.key_reads_table.inc_by(table_level as u64);
+                    metrics.key_reads_keyed.inc_by((c.keyed.len() - table_level) as u64);
+                    let own: Arc<[TableName]> = own.into();
                     (&c.units[..], Some(own))
                 }
                 _ => (&c.units[..], None),
@@ -1029,6 +1032,12 @@ impl QueryCache {
                         let mut units: Vec<TableName> = Vec::new();
                         for unit in &written {
                             let known = if also.contains(unit) { None } else { keys.get(unit) };
+                            if relations.key_column(unit).is_some() {
+                                match known {
+                                    Some(_) => shared.metrics.key_writes_keyed.inc(),
+                                    None => shared.metrics.key_writes_wide.inc(),
+                                }
+                            }
                             units.extend(crate::keys::write_units(unit, known.map(Vec::as_slice)));
                         }
                         for unit in &also {

@@ -501,8 +501,14 @@ fn binary_array(bytes: &[u8]) -> Option<(u32, Vec<Option<&[u8]>>)> {
 /// The units of a key-level read for one execution: `base` (the plan's units) with each keyed
 /// table's unit replaced by the units of the keys bound, where they can all be read; a table
 /// whose values cannot be read keeps its table unit.
-pub(crate) fn request_units(base: &[TableName], keyed: &[KeyedRead], values: &Values<'_>) -> Vec<TableName> {
+/// Also says how many keyed tables stayed table-level.
+pub(crate) fn request_units(
+    base: &[TableName],
+    keyed: &[KeyedRead],
+    values: &Values<'_>,
+) -> (Vec<TableName>, usize) {
     let mut units: Vec<TableName> = base.to_vec();
+    let mut table_level = 0;
     for read in keyed {
         let mut extra: Vec<TableName> = Vec::new();
         let all = read.restrictions.iter().all(|r| {
@@ -517,11 +523,13 @@ pub(crate) fn request_units(base: &[TableName], keyed: &[KeyedRead], values: &Va
         if all {
             units.retain(|u| *u != read.unit);
             units.extend(extra);
+        } else {
+            table_level += 1;
         }
     }
     units.sort();
     units.dedup();
-    units
+    (units, table_level)
 }
 
 /// The most keys one write may name and stay keyed: beyond, it bumps the table-wide unit

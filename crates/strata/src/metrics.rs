@@ -30,6 +30,13 @@ pub(crate) struct Metrics {
     pub(crate) invalidate_tables: IntCounter,
     pub(crate) invalidate_everything: IntCounter,
     pub(crate) invalidate_errors: IntCounter,
+    /// Key-level invalidation: reads of keyed tables that were key-level or fell back to the
+    /// table (values unreadable, over the caps), writes to keyed tables that bumped their keys or
+    /// went table-wide.
+    pub(crate) key_reads_keyed: IntCounter,
+    pub(crate) key_reads_table: IntCounter,
+    pub(crate) key_writes_keyed: IntCounter,
+    pub(crate) key_writes_wide: IntCounter,
     pub(crate) served_age_seconds: Histogram,
     /// The WAL gate and its gauges. It lives here, next to the registry its gauges join, because
     /// [`Metrics`] is the part of the cache's shared state built in this file.
@@ -238,7 +245,17 @@ impl Metrics {
         )?;
         let invalidations =
             counter_vec(&registry, "strata_invalidations_total", "Write notifications, by kind", &["kind"])?;
+        let key_level = counter_vec(
+            &registry,
+            "strata_key_level_total",
+            "Reads and writes of tables with a key column, by how they were versioned",
+            &["what"],
+        )?;
         let metrics = Metrics {
+            key_reads_keyed: key_level.with_label_values(&["read_keyed"]),
+            key_reads_table: key_level.with_label_values(&["read_table"]),
+            key_writes_keyed: key_level.with_label_values(&["write_keyed"]),
+            key_writes_wide: key_level.with_label_values(&["write_wide"]),
             tier_errors: names.iter().map(|n| errors.with_label_values(&[n])).collect(),
             lookup_seconds: names.iter().map(|n| lookup.with_label_values(&[n])).collect(),
             lookup_miss_seconds: lookup.with_label_values(&["miss"]),

@@ -132,6 +132,17 @@ async fn writes_by_literal_or_parameter_leave_reads_of_other_keys_cached() {
     assert_eq!(fresh(&c, &direct, reads[4]).await, "8");
 }
 
+/// `strata_key_level_total{what="..."}`.
+fn key_level(cache: &strata_proxy::StrataCache, what: &str) -> f64 {
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&cache.query_cache().registry().gather())
+        .expect("metrics encode");
+    let prefix = format!("strata_key_level_total{{what=\"{what}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map_or(0.0, |v| v.trim().parse().expect("a sample"))
+}
+
 fn hits_misses(cache: &strata_proxy::StrataCache) -> (u64, u64) {
     let stats = cache.query_cache().tier_stats();
     (stats.iter().map(|(_, s)| s.hits).sum(), stats.iter().map(|(_, s)| s.misses).sum())
@@ -201,4 +212,8 @@ async fn inserts_are_keyed_by_the_rows_they_return() {
     c.batch_execute("COMMIT").await.unwrap();
     assert_eq!(fresh(&c, &direct, &next(9)).await, "1|9");
     still_hits(&c, &cache, first).await;
+    // Counted: the keyed and the table-wide writes, the key-level reads.
+    for what in ["write_keyed", "write_wide", "read_keyed"] {
+        assert!(key_level(&cache, what) > 0.0, "strata_key_level_total{{what={what:?}}}");
+    }
 }
