@@ -333,6 +333,17 @@ SELECT 'key', c.relname::text, a.attname::text,
   JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
   LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation
 UNION
+-- Every other relation says it has no key: relations of one name share version units, so a
+-- keyless one in another schema must keep the name table-level.
+SELECT 'key', c.relname::text, '', 'other'
+  FROM user_rel c
+  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+    AND NOT EXISTS (
+      SELECT 1 FROM pg_catalog.pg_class k
+      JOIN pg_catalog.pg_index i ON i.indrelid = k.oid
+       AND CASE k.relreplident WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident ELSE false END
+      WHERE k.oid = c.oid AND k.relkind IN ('r', 'p'))
+UNION
 SELECT 'code', c.relname::text, NULL, 'false'
   FROM pg_catalog.pg_depend d
   JOIN pg_catalog.pg_proc f ON f.oid = d.refobjid AND f.pronamespace <> 'pg_catalog'::regnamespace

@@ -12,8 +12,8 @@
 //! (`1.0` and `E'...'` are such writes), and leaves the first test passing, which shows its
 //! tables are table-level.
 //!
-//! The tests named `known_bug_*` fail: each is a staleness bug found here and left for the
-//! developer of `keys.rs` and the catalog to fix (see their comments).
+//! The last two tests are staleness bugs this file found (both fixed in the catalog read):
+//! generated key columns, and a keyless table of the same name in another schema.
 // A test reports failure by panicking: unwrap is how it says "this must work".
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -513,12 +513,12 @@ async fn every_spelling_of_a_uuid_key_meets_every_other() {
     pg.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
 }
 
-/// KNOWN BUG, found by this test (reported from branch h-cover, not fixed here): a key computed
-/// by a stored generated column changes when a column it is computed from is updated, but the
+/// Found by this test, fixed by never taking a generated column as a key: a key computed by a
+/// stored generated column changes when a column it is computed from is updated, but the
 /// write's text shows only the row's old key, so the catalog's `int` key makes the write bump
 /// only the old key's units and a cached read of the new key stays stale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn known_bug_a_key_computed_by_a_generated_column_changes_with_the_columns_it_is_computed_from() {
+async fn a_key_computed_by_a_generated_column_changes_with_the_columns_it_is_computed_from() {
     let pg = connect().await;
     let t = unique("keys_types_generated");
     pg.batch_execute(&format!(
@@ -538,15 +538,15 @@ async fn known_bug_a_key_computed_by_a_generated_column_changes_with_the_columns
     assert_eq!(stale.1, "100|50|0|\n", "STALE: {sql} after `{change}` ({:?})", stale.0);
 }
 
-/// KNOWN BUG, found by this test (reported from branch h-cover, not fixed here): version units
-/// are table names without their schema, so tables of one name in several schemas must agree on
+/// Found by this test, fixed by the catalog saying so of every relation without a key: version
+/// units are table names without their schema, so tables of one name in several schemas must agree on
 /// their key. The catalog reports a key only for a table that has one: a same-named table with no
 /// primary key (or replica identity FULL or NOTHING) says nothing, and its reads and writes are
 /// read with the other table's key kind. Its `id` here is text: a text range (`'1'..'2'` holds
 /// `'100000'`) is bucketed as the integers 1..2, and the insert of `'100000'` bumps the bucket of
 /// the integer 100000, so the cached range read stays stale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn known_bug_a_same_named_table_without_a_key_in_another_schema_is_read_with_the_others_key() {
+async fn a_same_named_table_without_a_key_in_another_schema_keeps_the_name_table_level() {
     let pg = connect().await;
     let t = unique("keys_types_shadow");
     let schema = unique("keys_types_schema");
