@@ -316,6 +316,7 @@ impl FillTicket {
         let mut this = self.0;
         let cache = this.cache.clone();
         let fill_cost = this.started.elapsed();
+        let bytes = payload.len();
         if payload.len() as u64 > cache.policy.max_result_bytes {
             cache.metrics.fills_too_large.inc();
             return FillOutcome::TooLarge;
@@ -377,6 +378,9 @@ impl FillTicket {
         if stored {
             cache.metrics.fills_stored.inc();
             cache.metrics.fill_cost_seconds.observe(fill_cost.as_secs_f64());
+            if let Some(shape) = this.plan.shape.get() {
+                cache.stats.filled(shape, fill_cost, bytes);
+            }
             FillOutcome::Stored
         } else {
             FillOutcome::Declined
@@ -460,6 +464,8 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     /// Plans long texts on the blocking pool, one at a time (see [`BLOCKING_PLAN_MIN_TEXT`]).
     pub(crate) off_thread: OffThread,
+    /// Per query shape and per table, for [`QueryCache::query_stats`].
+    pub(crate) stats: crate::stats::Stats,
 }
 
 /// The query-result cache: tiers in order, table versions, single-flight, freshness, metrics.
@@ -645,13 +651,91 @@ impl QueryCache {
                 None => Box::pin(self.plan_off_thread(req.sql)).await,
             }
         };
-        match self.lookup_now(req, plan) {
+        let shape = self.shape(&plan).clone();
+        let lookup = match self.lookup_now(req, plan) {
             Step::Done(lookup) => lookup,
             Step::Await(pending) => {
                 let span = tracing::trace_span!("strata::lookup");
                 Box::pin(self.lookup_pending(pending).instrument(span)).await
             }
-        }
+        };
+        let outcome = match &lookup {
+            Lookup::Hit(hit) => crate::stats::Outcome::Hit(hit.tier()),
+            Lookup::Miss(_) => crate::stats::Outcome::Miss,
+            Lookup::Bypass(bypass) => crate::stats::Outcome::Bypass(bypass.reason().label()),
+        };
+        self.shared.stats.looked_up(&shape, outcome);
+        lookup
+    }
+
+    /// The counters of a plan's query shape.
+    fn shape<'p>(&self, plan: &'p Plan) -> &'p Arc<crate::stats::ShapeCounters> {
+        plan.shape.get_or_init(|| {
+            let units: Vec<TableName> = match &plan.verdict {
+                Verdict::Cacheable(c) => {
+                    c.units.iter().filter(|u| u.as_str() != EVERYTHING).cloned().collect()
+                }
+                Verdict::Bypass(_) => plan.analysis.dependencies().iter().map(version_unit).collect(),
+            };
+            self.shared.stats.shape(&plan.analysis, &units)
+        })
+    }
+
+    /// What the cache saw of each query shape since it started, most looked up first (at most
+    /// a couple of thousand shapes are told apart; later ones share a row).
+    pub fn query_stats(&self) -> Vec<crate::QueryStats> {
+        self.shared.stats.queries()
+    }
+
+    /// What the cache saw of each table since it started, with its version now; `*` stands
+    /// for invalidations of everything.
+    pub fn table_stats(&self) -> Vec<crate::TableStats> {
+        let (tables, everything, last) = self.shared.stats.tables();
+        let units: Vec<TableName> = tables.iter().map(|t| t.0.clone()).collect();
+        let mut versions = Vec::new();
+        let _ = self.shared.versions.read(&units, &mut versions);
+        let mut out = vec![crate::TableStats {
+            table: "*".to_owned(),
+            version: {
+                let mut v = Vec::new();
+                let _ = self.shared.versions.read(&[TableName::new(EVERYTHING)], &mut v);
+                v.first().copied().unwrap_or(0)
+            },
+            invalidations: everything,
+            last_invalidation: last,
+            entries: 0,
+        }];
+        out.extend(tables.into_iter().zip(versions.into_iter().chain(std::iter::repeat(0))).map(
+            |((table, invalidations, last_invalidation, entries), version)| crate::TableStats {
+                table: table.as_str().to_owned(),
+                version,
+                invalidations,
+                last_invalidation,
+                entries,
+            },
+        ));
+        out
+    }
+
+    /// Makes every cached result that reads `table` unreachable (in every process sharing the
+    /// table versions), as a write to it would.
+    pub async fn invalidate_table(&self, table: &str) -> Result<(), Error> {
+        self.invalidate(&WriteEffect::Tables(vec![TableName::new(table)])).await
+    }
+
+    /// Replaces the table rules of a running cache: the default TTL, per-table TTLs and excluded
+    /// tables. Lookups plan under them from now on; results already cached keep their TTL, and
+    /// a newly excluded table's results are no longer served.
+    pub fn set_table_rules(&self, default_ttl: Duration, ttls: &[(String, Duration)], excluded: &[String]) {
+        let unit = |name: &str| version_unit(&TableName::new(name.to_ascii_lowercase()));
+        let rules = crate::policy::TableRules {
+            default_ttl,
+            table_ttls: ttls.iter().map(|(t, d)| (unit(t), *d)).collect(),
+            excluded: excluded.iter().map(|t| unit(t)).collect(),
+        };
+        *self.shared.policy.rules.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Arc::new(rules);
+        self.shared.relations_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Everything a lookup can do without awaiting: plan, versions, key, the in-process tier in
@@ -1055,6 +1139,7 @@ impl QueryCache {
                 tracing::warn!(error = %err, "strata: could not bump table versions; this instance bypasses the cache until they resynchronize");
                 return Err(err.into());
             }
+            shared.stats.invalidated((!tables.is_empty()).then_some(units.as_slice()));
             if tables.is_empty() {
                 shared.metrics.invalidate_everything.inc();
             } else {
@@ -1218,7 +1303,26 @@ impl QueryCache {
 
     /// Why a statement would or would not be cached, under which key and versions.
     pub fn explain(&self, req: &Request<'_>) -> Explanation {
+        self.explain_with_key(req).0
+    }
+
+    /// The tier holding a live result for this request now, if any (first in lookup order).
+    /// Looking counts in the tiers' own hit and miss statistics.
+    pub async fn cached_in(&self, req: &Request<'_>) -> Option<String> {
+        let key = self.explain_with_key(req).1?;
+        for slot in &self.shared.tiers {
+            if let Ok(Some(result)) = slot.tier.get(&key).await {
+                if !result.is_expired_at(self.shared.clock.now()) {
+                    return Some(slot.name.to_string());
+                }
+            }
+        }
+        None
+    }
+
+    fn explain_with_key(&self, req: &Request<'_>) -> (Explanation, Option<CacheKey>) {
         let plan = self.plan(req.sql);
+        let mut key = None;
         let analysis = &plan.analysis;
         let mut explanation = Explanation {
             kind: analysis.kind().map_or_else(|| "multiple".to_owned(), |k| k.to_string()),
@@ -1246,14 +1350,22 @@ impl QueryCache {
         match &plan.verdict {
             Verdict::Bypass(reason) => explanation.verdict = Err(reason.to_string()),
             Verdict::Cacheable(c) => {
+                // Key-level tables: this request's keys pick the units, as in a lookup.
+                let units: Vec<TableName> = match analysis.statements() {
+                    [statement] if !c.keyed.is_empty() && !req.params_per_statement => {
+                        let values =
+                            crate::keys::Values { statement, params: Some(req.params), returned: None };
+                        crate::keys::request_units(&c.units, &c.keyed, &values).0
+                    }
+                    _ => c.units.clone(),
+                };
                 let mut versions = Vec::new();
-                let view = self.shared.versions.read(&c.units, &mut versions);
-                explanation.tables = c
-                    .units
+                let view = self.shared.versions.read(&units, &mut versions);
+                explanation.tables = units
                     .iter()
                     .zip(&versions)
                     .filter(|(u, _)| u.as_str() != EVERYTHING)
-                    .map(|(u, v)| (u.to_string(), *v))
+                    .map(|(u, v)| (crate::keys::display_unit(u), *v))
                     .collect();
                 if view == VersionView::Unsynchronized {
                     explanation.verdict = Err(BypassReason::VersionsUnsynchronized.to_string());
@@ -1270,12 +1382,13 @@ impl QueryCache {
                 } else if req.params.iter().any(time_dependent_param) {
                     explanation.verdict = Err(BypassReason::TimeDependentParameter.to_string());
                 } else {
-                    explanation.key_digest =
-                        Some(build_key(req, analysis, &c.units, &versions).digest().to_string());
+                    let built = build_key(req, analysis, &units, &versions);
+                    explanation.key_digest = Some(built.digest().to_string());
+                    key = Some(built);
                 }
             }
         }
-        explanation
+        (explanation, key)
     }
 }
 

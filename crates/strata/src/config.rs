@@ -239,16 +239,20 @@ impl QueryCacheBuilder {
             .map_err(|e| Error::config("registering metrics").with_source(e))?;
         let unit = |name: &str| version_unit(&TableName::new(name.to_ascii_lowercase()));
         let policy = Policy {
-            default_ttl: self.default_ttl,
-            table_ttls: self.table_ttls.iter().map(|(t, ttl)| (unit(t), *ttl)).collect::<HashMap<_, _>>(),
-            excluded: self.excluded.iter().map(|t| unit(t)).collect(),
+            rules: std::sync::RwLock::new(Arc::new(crate::policy::TableRules {
+                default_ttl: self.default_ttl,
+                table_ttls: self.table_ttls.iter().map(|(t, ttl)| (unit(t), *ttl)).collect::<HashMap<_, _>>(),
+                excluded: self.excluded.iter().map(|t| unit(t)).collect(),
+            })),
             max_result_bytes: self.max_result_bytes,
             soft_ttl_ratio: self.soft_ttl_ratio,
             ttl_jitter_ratio: self.ttl_jitter_ratio,
             singleflight_wait: self.singleflight_wait,
             key_level: self.key_level,
         };
+        let stats = crate::stats::Stats::new(self.tiers.iter().map(|(name, _, _)| name.to_string()));
         let shared = Shared {
+            stats,
             tiers: self.tiers.into_iter().map(|(name, role, tier)| Slot { name, role, tier }).collect(),
             semantic: self.semantic,
             hot: self.hot,

@@ -129,6 +129,18 @@ fn parse_uuid(text: &str) -> Option<Vec<u8>> {
     (nibbles == 32).then_some(out)
 }
 
+/// A unit's name for people: `t`, `t/wide`, `t/slot/<n>`, `t/bucket/<n>`.
+pub(crate) fn display_unit(unit: &TableName) -> String {
+    let mut parts = unit.as_str().split('\0');
+    let table = parts.next().unwrap_or_default();
+    match (parts.next(), parts.next()) {
+        (Some("w"), None) => format!("{table}/wide"),
+        (Some("s"), Some(n)) => format!("{table}/slot/{n}"),
+        (Some("b"), Some(n)) => format!("{table}/bucket/{n}"),
+        _ => unit.as_str().replace('\0', "/"),
+    }
+}
+
 /// The table-wide unit: bumped by writes whose keys are unknown, read by every key-level reader.
 pub(crate) fn wide_unit(table: &TableName) -> TableName {
     TableName::new(format!("{}\0w", table.as_str()))

@@ -57,6 +57,7 @@ mod redis_versions;
 mod relations;
 mod request;
 mod session;
+mod stats;
 mod versions;
 #[cfg(feature = "wal")]
 mod wal;
@@ -80,6 +81,7 @@ pub use crate::{
         CacheSession, Executed, Invalidation, ScopeStatus, SessionCache, SessionCacheBuilder,
         TestOnlySessionTrust, TransactionState,
     },
+    stats::{QueryStats, TableStats},
     versions::LocalVersions,
 };
 pub use strata_core::{KeyScope, SettingsDigest, VersionStore};

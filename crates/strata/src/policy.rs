@@ -59,12 +59,21 @@ impl OffThread {
     }
 }
 
-/// The cache-wide rules, fixed when the cache is built.
-#[derive(Debug, Clone)]
-pub(crate) struct Policy {
+/// The rules for tables, which a running cache may replace ([`QueryCache::set_table_rules`]):
+/// plans made from then on follow the new ones.
+///
+/// [`QueryCache::set_table_rules`]: crate::QueryCache::set_table_rules
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TableRules {
     pub(crate) default_ttl: Duration,
     pub(crate) table_ttls: HashMap<TableName, Duration>,
     pub(crate) excluded: HashSet<TableName>,
+}
+
+/// The cache-wide rules: the table rules, and the rest fixed when the cache is built.
+#[derive(Debug)]
+pub(crate) struct Policy {
+    pub(crate) rules: std::sync::RwLock<Arc<TableRules>>,
     pub(crate) max_result_bytes: u64,
     pub(crate) soft_ttl_ratio: f64,
     pub(crate) ttl_jitter_ratio: f64,
@@ -81,6 +90,8 @@ pub(crate) struct Plan {
     ttl: Duration,
     /// The [`Relations`] generation the plan was made under; a newer one replans.
     pub(crate) generation: u64,
+    /// The counters of the plan's query shape, found at its first lookup.
+    pub(crate) shape: std::sync::OnceLock<Arc<crate::stats::ShapeCounters>>,
 }
 
 #[derive(Debug)]
@@ -151,6 +162,7 @@ impl Policy {
             verdict: Verdict::Bypass(reason),
             ttl: Duration::ZERO,
             generation,
+            shape: std::sync::OnceLock::new(),
         };
         if let Cacheability::NotCacheable(reason) = analysis.cacheability() {
             let reason = reason.clone();
@@ -165,7 +177,8 @@ impl Policy {
         units.push(TableName::new(EVERYTHING));
         units.sort();
         units.dedup();
-        if let Some(excluded) = units.iter().find(|u| self.excluded.contains(*u)) {
+        let rules = self.rules.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Some(excluded) = units.iter().find(|u| rules.excluded.contains(*u)) {
             let excluded = excluded.clone();
             return bypass(analysis, BypassReason::ExcludedTable(excluded));
         }
@@ -188,7 +201,7 @@ impl Policy {
             }
         }
         let ttl = analysis.hints().ttl().unwrap_or_else(|| {
-            units.iter().filter_map(|u| self.table_ttls.get(u)).min().copied().unwrap_or(self.default_ttl)
+            units.iter().filter_map(|u| rules.table_ttls.get(u)).min().copied().unwrap_or(rules.default_ttl)
         });
         let semantic = analysis.hints().semantic().then(|| semantic_plan(&analysis, &units));
         let keyed = if semantic.is_some() || !self.key_level {
@@ -196,7 +209,13 @@ impl Policy {
         } else {
             crate::keys::keyed_reads(&analysis, relations, &through)
         };
-        Plan { analysis, verdict: Verdict::Cacheable(Cacheable { units, keyed, semantic }), ttl, generation }
+        Plan {
+            analysis,
+            verdict: Verdict::Cacheable(Cacheable { units, keyed, semantic }),
+            ttl,
+            generation,
+            shape: std::sync::OnceLock::new(),
+        }
     }
 
     /// Shortens a TTL by up to the jitter ratio, by an amount taken from the key's digest: keys
@@ -214,12 +233,14 @@ mod tests {
 
     fn policy() -> Policy {
         Policy {
-            default_ttl: Duration::from_secs(60),
-            table_ttls: HashMap::from([
-                (TableName::new("prices"), Duration::from_secs(5)),
-                (TableName::new("users"), Duration::from_secs(30)),
-            ]),
-            excluded: HashSet::from([TableName::new("audit_log")]),
+            rules: std::sync::RwLock::new(Arc::new(TableRules {
+                default_ttl: Duration::from_secs(60),
+                table_ttls: HashMap::from([
+                    (TableName::new("prices"), Duration::from_secs(5)),
+                    (TableName::new("users"), Duration::from_secs(30)),
+                ]),
+                excluded: HashSet::from([TableName::new("audit_log")]),
+            })),
             max_result_bytes: 1 << 20,
             soft_ttl_ratio: 0.8,
             ttl_jitter_ratio: 0.1,
