@@ -690,30 +690,26 @@ impl QueryCache {
     /// What the cache saw of each table since it started, with its version now; `*` stands
     /// for invalidations of everything.
     pub fn table_stats(&self) -> Vec<crate::TableStats> {
-        let (tables, everything, last) = self.shared.stats.tables();
-        let units: Vec<TableName> = tables.iter().map(|t| t.0.clone()).collect();
+        let (tables, everything) = self.shared.stats.tables();
+        let mut units: Vec<TableName> = vec![TableName::new(EVERYTHING)];
+        units.extend(tables.iter().map(|t| t.0.clone()));
         let mut versions = Vec::new();
         let _ = self.shared.versions.read(&units, &mut versions);
+        let mut versions = versions.into_iter().chain(std::iter::repeat(0));
         let mut out = vec![crate::TableStats {
             table: "*".to_owned(),
-            version: {
-                let mut v = Vec::new();
-                let _ = self.shared.versions.read(&[TableName::new(EVERYTHING)], &mut v);
-                v.first().copied().unwrap_or(0)
-            },
-            invalidations: everything,
-            last_invalidation: last,
+            version: versions.next().unwrap_or(0),
+            invalidations: everything.invalidations,
+            last_invalidation: everything.last,
             entries: 0,
         }];
-        out.extend(tables.into_iter().zip(versions.into_iter().chain(std::iter::repeat(0))).map(
-            |((table, invalidations, last_invalidation, entries), version)| crate::TableStats {
-                table: table.as_str().to_owned(),
-                version,
-                invalidations,
-                last_invalidation,
-                entries,
-            },
-        ));
+        out.extend(tables.into_iter().zip(versions).map(|((table, c), version)| crate::TableStats {
+            table: table.as_str().to_owned(),
+            version,
+            invalidations: c.invalidations,
+            last_invalidation: c.last,
+            entries: c.fills_since,
+        }));
         out
     }
 

@@ -62,11 +62,12 @@ pub(crate) enum Outcome<'a> {
     Bypass(&'static str),
 }
 
+/// One table's invalidations through this process, and the fills since the last one.
 #[derive(Debug, Default, Clone, Copy)]
-struct TableCounters {
-    invalidations: u64,
-    last: Option<SystemTime>,
-    fills_since: u64,
+pub(crate) struct TableCounters {
+    pub(crate) invalidations: u64,
+    pub(crate) last: Option<SystemTime>,
+    pub(crate) fills_since: u64,
 }
 
 /// The statistics of one cache.
@@ -237,13 +238,12 @@ impl Stats {
     }
 
     /// Every table seen, by name, and the invalidations of everything.
-    pub(crate) fn tables(&self) -> (Vec<(TableName, u64, Option<SystemTime>, u64)>, u64, Option<SystemTime>) {
+    pub(crate) fn tables(&self) -> (Vec<(TableName, TableCounters)>, TableCounters) {
         let tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut out: Vec<_> =
-            tables.iter().map(|(t, c)| (t.clone(), c.invalidations, c.last, c.fills_since)).collect();
+        let mut out: Vec<_> = tables.iter().map(|(t, c)| (t.clone(), *c)).collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         let everything = *self.everything.lock().unwrap_or_else(PoisonError::into_inner);
-        (out, everything.invalidations, everything.last)
+        (out, everything)
     }
 }
 
