@@ -82,6 +82,13 @@ pub struct Args {
     /// cached reads of its other keys (point, IN list, closed range on the key) reachable.
     #[arg(long, env = "STRATA_KEY_LEVEL")]
     pub key_level: Option<String>,
+    /// Users who may open the admin console by connecting to the virtual database `strata`
+    /// (`psql -d strata`), comma-separated; the upstream server checks their password.
+    #[arg(long, env = "STRATA_ADMIN_USERS", value_delimiter = ',')]
+    pub admin_users: Option<Vec<String>>,
+    /// The upstream database an admin's login is checked on [default: postgres].
+    #[arg(long, env = "STRATA_ADMIN_AUTH_DATABASE")]
+    pub admin_auth_database: Option<String>,
     /// Custom settings (app.tenant) every session's cache key includes, comma-separated, beyond
     /// those learnt from SQL texts, role and database defaults and the catalog.
     #[arg(long, env = "STRATA_CUSTOM_SETTINGS", value_delimiter = ',')]
@@ -247,6 +254,15 @@ impl Args {
         }
         if let Some(ms) = file.drain_timeout_ms {
             b = b.with_drain_timeout(Duration::from_millis(ms));
+        }
+        if let Some(users) = self.admin_users.clone().or(file.admin_users) {
+            b = b.with_admin_users(users.into_iter().filter(|u| !u.is_empty()).collect());
+        }
+        if let Some(db) = self.admin_auth_database.clone().or(file.admin_auth_database) {
+            b = b.with_admin_auth_database(db);
+        }
+        if let Some(path) = &self.config {
+            b = b.with_config_file(path.clone());
         }
         let log = self.log.clone().or(file.log).unwrap_or_else(|| "info".to_owned());
         Ok((b, log))

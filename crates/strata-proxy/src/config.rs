@@ -85,6 +85,12 @@ pub(crate) struct ProxyConfig {
     pub(crate) shutdown_grace: Duration,
     pub(crate) drain_timeout: Duration,
     pub(crate) max_recording_bytes: usize,
+    /// Users who may open the admin console (the virtual database `strata`); none turns it off.
+    pub(crate) admin_users: Vec<String>,
+    /// The database an admin's password is checked on.
+    pub(crate) admin_auth_database: String,
+    /// The configuration file, for `RELOAD` and `SHOW CONFIG`.
+    pub(crate) config_file: Option<std::path::PathBuf>,
 }
 
 /// Builds a [`Proxy`].
@@ -100,6 +106,9 @@ pub struct ProxyBuilder {
     shutdown_grace: Duration,
     drain_timeout: Duration,
     max_recording_bytes: u64,
+    admin_users: Vec<String>,
+    admin_auth_database: String,
+    config_file: Option<std::path::PathBuf>,
     cache: Arc<dyn RequestCache>,
     registry: Option<prometheus::Registry>,
 }
@@ -125,6 +134,9 @@ impl Default for ProxyBuilder {
             shutdown_grace: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             max_recording_bytes: 256 << 20,
+            admin_users: Vec::new(),
+            admin_auth_database: "postgres".to_owned(),
+            config_file: None,
             cache: Arc::new(PassThrough),
             registry: None,
         }
@@ -222,6 +234,30 @@ impl ProxyBuilder {
         self
     }
 
+    /// Users who may open the admin console by connecting to the virtual database `strata`
+    /// (their password is checked by the upstream server). Default: none, and `strata` is then
+    /// an ordinary database name relayed upstream.
+    #[must_use]
+    pub fn with_admin_users(mut self, users: Vec<String>) -> Self {
+        self.admin_users = users;
+        self
+    }
+
+    /// The upstream database an admin's login is checked on. Default: `postgres`.
+    #[must_use]
+    pub fn with_admin_auth_database(mut self, database: impl Into<String>) -> Self {
+        self.admin_auth_database = database.into();
+        self
+    }
+
+    /// The configuration file the proxy was started with, which the console's `RELOAD` reads
+    /// again. Default: none.
+    #[must_use]
+    pub fn with_config_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config_file = Some(path.into());
+        self
+    }
+
     /// Validates the settings.
     pub fn build(self) -> Result<Proxy, Error> {
         let upstream = Upstream::parse(
@@ -260,6 +296,9 @@ impl ProxyBuilder {
             shutdown_grace: self.shutdown_grace,
             drain_timeout: self.drain_timeout,
             max_recording_bytes: usize::try_from(self.max_recording_bytes).unwrap_or(usize::MAX),
+            admin_users: self.admin_users,
+            admin_auth_database: self.admin_auth_database,
+            config_file: self.config_file,
         };
         Proxy::new(config, self.cache, self.registry.unwrap_or_default())
     }
@@ -306,6 +345,8 @@ fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, Error> {
 /// replication_database = "app"
 /// wal_lag_bound_ms = 1000
 /// wal_ddl_trigger = true                  # install the DDL event trigger (needs superuser)
+/// admin_users = ["admin"]                 # may open the admin console: psql -d strata
+/// admin_auth_database = "postgres"        # where an admin's password is checked
 ///
 /// [cache]   # handed to the query cache's own configuration
 /// key_level = true                        # key-level invalidation (--key-level)
@@ -358,6 +399,10 @@ pub struct FileConfig {
     pub wal_lag_bound_ms: Option<u64>,
     /// Whether to install the event trigger that reports DDL through the WAL (default true).
     pub wal_ddl_trigger: Option<bool>,
+    /// Users who may open the admin console (`psql -d strata`); none turns it off.
+    pub admin_users: Option<Vec<String>>,
+    /// The database an admin's login is checked on (default `postgres`).
+    pub admin_auth_database: Option<String>,
     /// The query cache's settings, passed through to it.
     pub cache: Option<toml::Table>,
 }

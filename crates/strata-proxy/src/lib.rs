@@ -38,6 +38,7 @@
 
 mod cli;
 mod config;
+mod console;
 mod error;
 mod http;
 mod metrics;
@@ -47,15 +48,16 @@ mod seam;
 mod server;
 mod session;
 mod strata_cache;
+mod strata_console;
 
 pub use crate::{
     cli::Args,
     config::{FileConfig, ProxyBuilder, Upstream, DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_UPSTREAM},
     error::{Error, ErrorKind},
     seam::{
-        Bind, CacheMode, Capture, Captured, ColumnOrigin, Dropped, ExtendedMessage, Fill, Format, Lookup,
-        NotCacheable, PassThrough, PreparedStatement, Request, RequestCache, RequestKind, RequestSession,
-        Response, ResponseSummary, Target, TransactionStatus,
+        Bind, CacheMode, Capture, Captured, ColumnOrigin, ConsoleCommand, ConsoleReply, Dropped,
+        ExtendedMessage, Fill, Format, Lookup, NotCacheable, PassThrough, PreparedStatement, Request,
+        RequestCache, RequestKind, RequestSession, Response, ResponseSummary, Target, TransactionStatus,
     },
     server::{BoundProxy, Proxy, ShutdownHandle},
     session::SessionView,

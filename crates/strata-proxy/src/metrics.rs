@@ -17,6 +17,8 @@ pub(crate) struct Metrics {
     pub(crate) upstream_connect_errors: IntCounter,
     pub(crate) upstream_lost: IntCounter,
     pub(crate) cancel_requests: IntCounter,
+    pub(crate) console_sessions: IntCounter,
+    pub(crate) console_refused: IntCounter,
     pub(crate) bytes_to_upstream: IntCounter,
     pub(crate) bytes_to_client: IntCounter,
 }
@@ -85,6 +87,16 @@ impl Metrics {
                 registry,
                 "strata_proxy_cancel_requests_total",
                 "CancelRequests forwarded",
+            )?,
+            console_sessions: counter(
+                registry,
+                "strata_proxy_console_sessions_total",
+                "Admin console sessions that authenticated",
+            )?,
+            console_refused: counter(
+                registry,
+                "strata_proxy_console_refused_total",
+                "Admin console connections refused: the user is not an admin",
             )?,
             bytes_to_upstream: bytes.with_label_values(&["to_upstream"]),
             bytes_to_client: bytes.with_label_values(&["to_client"]),

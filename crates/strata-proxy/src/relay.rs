@@ -105,6 +105,12 @@ pub(crate) async fn serve_client(shared: Arc<Shared>, stream: TcpStream) {
             return;
         }
     };
+    if params.get("database") == Some(crate::console::CONSOLE_DATABASE)
+        && !shared.config.admin_users.is_empty()
+    {
+        crate::console::serve(shared, params, rd, wr).await;
+        return;
+    }
     shared.metrics.sessions_active.inc();
     run_session(&shared, params, raw, rd, wr).await;
     shared.metrics.sessions_active.dec();

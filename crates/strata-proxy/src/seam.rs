@@ -507,9 +507,59 @@ impl fmt::Debug for Response {
     }
 }
 
+/// A command of the admin console (the virtual database `strata`) that the cache answers.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ConsoleCommand {
+    /// `SHOW QUERIES`: statistics per query shape.
+    ShowQueries,
+    /// `SHOW TABLES`: versions and invalidations per table.
+    ShowTables,
+    /// `SHOW CONFIG`: the cache's settings in force.
+    ShowConfig,
+    /// `FLUSH` (everything) or `FLUSH table`.
+    Flush(Option<String>),
+    /// `EXPLAIN [FOR USER u] [DATABASE d] sql`.
+    Explain {
+        /// Whose scope.
+        user: String,
+        /// Which database.
+        database: String,
+        /// The statement.
+        sql: String,
+    },
+    /// `RELOAD`: the configuration file's `[cache]` table, read again (`None` when the file has
+    /// none).
+    Reload(Option<toml::Table>),
+}
+
+/// Rows for the admin console or `EXPLAIN LAST STATEMENT`: text columns, the command tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleReply {
+    /// Column names; none for a command that returns no rows.
+    pub columns: Vec<String>,
+    /// Rows of text values (`None` is NULL).
+    pub rows: Vec<Vec<Option<String>>>,
+    /// The CommandComplete tag.
+    pub tag: String,
+}
+
+impl ConsoleReply {
+    /// Rows under `columns`, tagged `SHOW`.
+    pub fn table(columns: &[&str], rows: Vec<Vec<Option<String>>>) -> Self {
+        Self { columns: columns.iter().map(|c| (*c).to_owned()).collect(), rows, tag: "SHOW".to_owned() }
+    }
+
+    /// No rows, just a tag.
+    pub fn done(tag: &str) -> Self {
+        Self { columns: Vec::new(), rows: Vec::new(), tag: tag.to_owned() }
+    }
+}
+
 /// A cache the proxy consults: the seam between the wire protocol and `strata`. It opens one
 /// [`RequestSession`] per client session; what a session's statements mean for the cache (its
 /// scope, its transactions, invalidation) lives there, not in the proxy.
+#[async_trait]
 pub trait RequestCache: Send + Sync + fmt::Debug + 'static {
     /// Whether the proxy consults this cache.
     fn mode(&self) -> CacheMode;
@@ -518,6 +568,12 @@ pub trait RequestCache: Send + Sync + fmt::Debug + 'static {
     /// the cache takes no part. Dropping it ends the session: PostgreSQL rolls back whatever
     /// transaction it had open.
     fn open_session(&self, session: &SessionView) -> Option<Box<dyn RequestSession>>;
+
+    /// Answers an admin console command, or says why it cannot. Default: no cache to ask.
+    async fn console(&self, command: &ConsoleCommand) -> Result<ConsoleReply, String> {
+        let _ = command;
+        Err("this proxy runs without a cache".to_owned())
+    }
 }
 
 /// One client session's side of the cache.
@@ -561,6 +617,12 @@ pub trait RequestSession: Send + Sync + fmt::Debug {
     fn capture(&self, sql: &str) -> Option<Capture> {
         let _ = sql;
         None
+    }
+
+    /// What became of the session's last statement, for `EXPLAIN LAST STATEMENT`. Default: a
+    /// row saying the cache keeps no record.
+    fn last_statement(&self) -> ConsoleReply {
+        ConsoleReply::table(&["statement", "destination", "outcome", "reason"], Vec::new())
     }
 }
 

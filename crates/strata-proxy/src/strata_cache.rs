@@ -18,8 +18,8 @@ use strata::{
 use strata_core::TypeOid;
 
 use crate::seam::{
-    CacheMode, Capture, Captured, ColumnOrigin, Dropped, ExtendedMessage, Fill, Format, Lookup,
-    PreparedStatement, Request, RequestCache, RequestKind, RequestSession, Response, Target,
+    CacheMode, Capture, Captured, ColumnOrigin, ConsoleCommand, ConsoleReply, Dropped, ExtendedMessage, Fill,
+    Format, Lookup, PreparedStatement, Request, RequestCache, RequestKind, RequestSession, Response, Target,
     TransactionStatus,
 };
 use crate::session::SessionView;
@@ -171,13 +171,21 @@ impl StrataCache {
     }
 }
 
+#[async_trait]
 impl RequestCache for StrataCache {
     fn mode(&self) -> CacheMode {
         CacheMode::Active
     }
 
     fn open_session(&self, session: &SessionView) -> Option<Box<dyn RequestSession>> {
-        Some(Box::new(StrataSession { session: self.sessions.open(session.database(), session.user()) }))
+        Some(Box::new(StrataSession {
+            session: self.sessions.open(session.database(), session.user()),
+            last: std::sync::Mutex::new(LastStatement::default()),
+        }))
+    }
+
+    async fn console(&self, command: &ConsoleCommand) -> Result<ConsoleReply, String> {
+        self.answer(command).await
     }
 }
 
@@ -185,6 +193,56 @@ impl RequestCache for StrataCache {
 #[derive(Debug)]
 struct StrataSession {
     session: CacheSession,
+    /// What became of the last statement, for `EXPLAIN LAST STATEMENT`.
+    last: std::sync::Mutex<LastStatement>,
+}
+
+/// The last statement of a session and what became of it.
+#[derive(Debug, Default)]
+struct LastStatement {
+    statement: Option<String>,
+    destination: &'static str,
+    outcome: String,
+    reason: String,
+    /// A lookup's outcome waiting for its response: the request's bytes, outcome and reason.
+    pending: Option<(bytes::Bytes, String, String)>,
+}
+
+/// The most of a statement's text `EXPLAIN LAST STATEMENT` shows.
+const MAX_SHOWN_TEXT: usize = 1_000;
+
+/// A request's SQL, for people (truncated).
+fn request_text(request: &Request) -> String {
+    let mut text = match request.kind() {
+        RequestKind::Simple { sql } => sql.clone(),
+        RequestKind::Extended { .. } => executed_statements(request)
+            .iter()
+            .map(|s| s.unwrap_or("(unreadable)"))
+            .collect::<Vec<_>>()
+            .join("; "),
+        RequestKind::FunctionCall => "(fast-path function call)".to_owned(),
+        RequestKind::Undecodable => "(a text the proxy could not read exactly)".to_owned(),
+    };
+    if text.len() > MAX_SHOWN_TEXT {
+        let mut end = MAX_SHOWN_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+impl StrataSession {
+    fn last(&self) -> std::sync::MutexGuard<'_, LastStatement> {
+        self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A lookup's answer, before the response (if any) comes.
+    fn looked_up(&self, request: &Request, outcome: &str, reason: String) {
+        self.last().pending = Some((request.wire_bytes().clone(), outcome.to_owned(), reason));
+    }
 }
 
 fn strata_format(format: Format) -> strata_core::Format {
@@ -423,13 +481,54 @@ impl RequestSession for StrataSession {
             ScopeStatus::Unverified if self.could_cache(request).await => {
                 return Lookup::Verify(self.session.verification_query());
             }
-            ScopeStatus::Unverified | ScopeStatus::Disabled(_) => return Lookup::Bypass,
+            ScopeStatus::Unverified => {
+                self.looked_up(request, "bypass", "not cacheable".to_owned());
+                return Lookup::Bypass;
+            }
+            ScopeStatus::Disabled(why) => {
+                self.looked_up(request, "bypass", format!("the session does not use the cache: {why}"));
+                return Lookup::Bypass;
+            }
         };
         match self.lookup_in(&scope, request).await {
-            Some(strata::Lookup::Hit(hit)) => Lookup::Hit(hit.payload().clone()),
-            Some(strata::Lookup::Miss(ticket)) => Lookup::Miss(Fill::new(ticket)),
-            Some(strata::Lookup::Bypass(_)) | None => Lookup::Bypass,
+            Some(strata::Lookup::Hit(hit)) => {
+                let mut last = self.last();
+                *last = LastStatement {
+                    statement: Some(request_text(request)),
+                    destination: "cache",
+                    outcome: "hit".to_owned(),
+                    reason: format!("served by {}", hit.tier()),
+                    pending: None,
+                };
+                Lookup::Hit(hit.payload().clone())
+            }
+            Some(strata::Lookup::Miss(ticket)) => {
+                self.looked_up(request, "miss", String::new());
+                Lookup::Miss(Fill::new(ticket))
+            }
+            Some(strata::Lookup::Bypass(bypass)) => {
+                self.looked_up(request, "bypass", bypass.reason().to_string());
+                Lookup::Bypass
+            }
+            None => {
+                self.looked_up(request, "bypass", "not a batch the cache can answer".to_owned());
+                Lookup::Bypass
+            }
         }
+    }
+
+    fn last_statement(&self) -> ConsoleReply {
+        let last = self.last();
+        let rows = match &last.statement {
+            Some(statement) => vec![vec![
+                Some(statement.clone()),
+                Some(last.destination.to_owned()),
+                Some(last.outcome.clone()),
+                Some(last.reason.clone()),
+            ]],
+            None => Vec::new(),
+        };
+        ConsoleReply::table(&["statement", "destination", "outcome", "reason"], rows)
     }
 
     fn verified(&self, rows: Result<&[Vec<Option<bytes::Bytes>>], &str>) {
@@ -437,15 +536,45 @@ impl RequestSession for StrataSession {
     }
 
     async fn complete(&self, request: &Request, response: &Response, fill: Option<Fill>) {
+        let mut stored = None;
         if let Some(ticket) = fill.and_then(|f| f.downcast::<FillTicket>().ok()) {
             match response.cacheable_bytes() {
                 Some(bytes) => {
-                    ticket.fill_detached(bytes.clone(), response.summary().rows()).await;
+                    stored = Some(ticket.fill_detached(bytes.clone(), response.summary().rows()).await);
                 }
                 // An error, a notice, a parameter change, too large...: never stored; anyone
                 // waiting for this fill goes to the database.
                 None => ticket.abandon(),
             }
+        }
+        {
+            let mut last = self.last();
+            let pending = last.pending.take().filter(|(wire, _, _)| wire == request.wire_bytes());
+            let (outcome, reason) = match pending {
+                Some((_, outcome, _)) if outcome == "miss" => (
+                    outcome,
+                    match (stored, response.summary().not_cacheable()) {
+                        (Some(strata::FillOutcome::Stored), _) => "the answer was stored".to_owned(),
+                        (Some(other), _) => format!("the answer was not stored: {other:?}"),
+                        (None, Some(why)) => format!("the answer was not stored: {why:?}"),
+                        (None, None) => "the answer was not stored".to_owned(),
+                    },
+                ),
+                Some((_, outcome, reason)) => (outcome, reason),
+                None => (
+                    "not looked up".to_owned(),
+                    "the cache is consulted only outside transaction blocks, with nothing else in \
+                     flight, for requests it could replay"
+                        .to_owned(),
+                ),
+            };
+            *last = LastStatement {
+                statement: Some(request_text(request)),
+                destination: "upstream",
+                outcome,
+                reason,
+                pending: None,
+            };
         }
         let summary = response.summary();
         let statements = executed_statements(request);

@@ -719,6 +719,18 @@ impl QueryCache {
         self.invalidate(&WriteEffect::Tables(vec![TableName::new(table)])).await
     }
 
+    /// The table rules in force: the default TTL, per-table TTLs and excluded tables (version
+    /// units), sorted.
+    pub fn table_rules(&self) -> (Duration, Vec<(String, Duration)>, Vec<String>) {
+        let rules = self.shared.policy.rules.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let mut ttls: Vec<(String, Duration)> =
+            rules.table_ttls.iter().map(|(t, d)| (t.as_str().to_owned(), *d)).collect();
+        ttls.sort();
+        let mut excluded: Vec<String> = rules.excluded.iter().map(|t| t.as_str().to_owned()).collect();
+        excluded.sort();
+        (rules.default_ttl, ttls, excluded)
+    }
+
     /// Replaces the table rules of a running cache: the default TTL, per-table TTLs and excluded
     /// tables. Lookups plan under them from now on; results already cached keep their TTL, and
     /// a newly excluded table's results are no longer served.

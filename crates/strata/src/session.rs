@@ -113,7 +113,16 @@ struct Inner {
     verification_failures: IntCounter,
     unverified: IntCounterVec,
     trust_startup_only: bool,
+    /// The last verified scope of a session of each database and user (at most
+    /// [`MAX_RECENT_SCOPES`]), for explaining a statement as such a session would run it.
+    recent_scopes: Mutex<HashMap<DatabaseUser, KeyScope>>,
 }
+
+/// A database and a user.
+type DatabaseUser = (Arc<str>, Arc<str>);
+
+/// Database and user pairs whose last scope is kept.
+const MAX_RECENT_SCOPES: usize = 1_000;
 
 impl Inner {
     /// DDL committed on `database`, here or seen elsewhere: with a catalog, every proxy sharing
@@ -252,6 +261,7 @@ impl SessionCacheBuilder {
                 verification_failures,
                 unverified,
                 trust_startup_only: self.trust == Some(TestOnlySessionTrust::StartupOnly),
+                recent_scopes: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -347,6 +357,12 @@ impl SessionCache {
                 true
             }
         }
+    }
+
+    /// The scope a session of `user` on `database` last verified with, if one did.
+    pub fn recent_scope(&self, database: &str, user: &str) -> Option<KeyScope> {
+        let recent = self.inner.recent_scopes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        recent.get(&(Arc::from(database), Arc::from(user))).cloned()
     }
 
     /// The custom setting names scopes include now, sorted.
@@ -552,6 +568,14 @@ impl CacheSession {
                     return;
                 }
                 let scope = (answer.temporary_relations == 0).then(|| answer.scope(&self.database));
+                if let Some(scope) = &scope {
+                    let mut recent =
+                        self.shared.recent_scopes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let key = (self.database.clone(), self.user.clone());
+                    if recent.len() < MAX_RECENT_SCOPES || recent.contains_key(&key) {
+                        recent.insert(key, scope.clone());
+                    }
+                }
                 st.scope = Scope::Verified { scope, names_generation: self.shared.names.generation() };
             }
             Err(why) => {

@@ -206,6 +206,17 @@ impl ClientSide {
         } else {
             None
         };
+        if let (Some(text), Some(cache)) = (&sql, self.session.cache.as_deref()) {
+            // PostgreSQL refuses this text, so answering it here breaks no client; only when
+            // nothing is in flight, so the answer comes in order.
+            if crate::console::is_explain_last(text) && self.nothing_pending() {
+                let mut out = crate::console::encode(&cache.last_statement());
+                let status = self.session.state().view.transaction_status();
+                out.extend_from_slice(&crate::console::ready(status));
+                let mut client = self.session.client_out.lock().await;
+                return client.w.write_all(&out).await.map_err(|_| ClientEnd::ClientWrite);
+            }
+        }
         let dropped = match &sql {
             Some(sql) => self.dropped(sql),
             // Which statements an unreadable text drops is unknown: forget them all (the proxy
@@ -273,6 +284,12 @@ impl ClientSide {
     /// Whether the client encoding the server last reported lets SQL text be read exactly.
     fn encoding_reads_exactly(&self) -> bool {
         encoding_reads_exactly(self.session.state().view.server_parameter("client_encoding"))
+    }
+
+    /// Whether nothing is in flight and every response is written.
+    fn nothing_pending(&self) -> bool {
+        let st = self.session.state();
+        st.in_flight.is_empty() && !st.response_unwritten && self.open.is_none()
     }
 
     /// Whether nothing stands between a lookup and the server: nothing in flight, every response

@@ -3,6 +3,7 @@
 
 mod caching;
 mod catalog;
+mod console;
 mod differential;
 mod faults;
 mod keys;
