@@ -21,6 +21,14 @@ const SCALE: u32 = 10;
 const ACCOUNTS: u32 = 100_000 * SCALE;
 /// The heavy read covers the accounts in this many ranges of `ACCOUNTS / HEAVY_RANGES`.
 const HEAVY_RANGES: u32 = 200;
+/// The zipfian workload draws account `k` with a probability proportional to `k^-ZIPF_SKEW`
+/// (`random_zipfian(1, ACCOUNTS, ZIPF_SKEW)`; pgbench 13 and later take a skew in [1.001, 1000]).
+/// At 1.1 over a million accounts, account 1 gets 12% of the draws, accounts 1 to 200 58%, and
+/// the other 42% spread over the rest of the table.
+const ZIPF_SKEW: f64 = 1.1;
+/// After a zipfian run, accounts 1 to `ZIPF_CHECKED` (the likeliest keys) are checked for
+/// staleness.
+const ZIPF_CHECKED: u32 = 200;
 const DATABASE: &str = "bench";
 
 /// PostgreSQL settings of the benchmark server (appended to the throwaway server's defaults):
@@ -36,17 +44,59 @@ pub(crate) enum Workload {
     HeavyRead,
     /// The heavy read 90% of the time, an account update 10%.
     HeavyMixed,
+    /// The point select of `-S` 90% of the time, an account update 10%, each on an account
+    /// drawn from a zipfian distribution (a few hot accounts, a long tail).
+    ZipfMixed,
     /// A point select whose parameters never repeat: every request misses every cache.
     Miss,
 }
 
 impl Workload {
+    pub(crate) const ALL: [Workload; 5] = [
+        Workload::SelectOnly,
+        Workload::HeavyRead,
+        Workload::HeavyMixed,
+        Workload::ZipfMixed,
+        Workload::Miss,
+    ];
+
+    /// The name `--workload` takes.
+    pub(crate) fn id(self) -> &'static str {
+        match self {
+            Workload::SelectOnly => "select-only",
+            Workload::HeavyRead => "heavy-read",
+            Workload::HeavyMixed => "heavy-mixed",
+            Workload::ZipfMixed => "zipf",
+            Workload::Miss => "miss",
+        }
+    }
+
     pub(crate) fn title(self) -> &'static str {
         match self {
             Workload::SelectOnly => "select-only (-S)",
             Workload::HeavyRead => "heavy read, 100% reads",
             Workload::HeavyMixed => "heavy read, 90/10 read/write",
+            Workload::ZipfMixed => "zipfian point reads, 10% updates",
             Workload::Miss => "cache miss (no parameter repeats)",
+        }
+    }
+
+    /// How a mixed workload's cached reads are checked for staleness after its run.
+    pub(crate) fn freshness_check(self) -> Option<FreshnessCheck> {
+        match self {
+            Workload::HeavyMixed => Some(FreshnessCheck {
+                script: "heavy_check.sql",
+                start: "k=0",
+                reads: HEAVY_RANGES,
+                what: "summaries",
+            }),
+            Workload::ZipfMixed => Some(FreshnessCheck {
+                script: "zipf_check.sql",
+                start: "aid=0",
+                reads: ZIPF_CHECKED,
+                what: "accounts",
+            }),
+            Workload::SelectOnly | Workload::HeavyRead | Workload::Miss => None,
         }
     }
 
@@ -61,9 +111,37 @@ impl Workload {
                 "-f".into(),
                 format!("{}@1", script("heavy_write.sql")),
             ],
+            Workload::ZipfMixed => vec![
+                "-f".into(),
+                format!("{}@9", script("zipf_read.sql")),
+                "-f".into(),
+                format!("{}@1", script("zipf_write.sql")),
+            ],
             Workload::Miss => vec!["-f".into(), script("miss.sql")],
         }
     }
+}
+
+/// A script run once after a mixed workload (one client, in the run's protocol, `-t reads`,
+/// `-D start`): each transaction reads one of the run's cached queries through the target, then
+/// the same value uncached, and divides by zero when they differ, which aborts pgbench.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FreshnessCheck {
+    pub(crate) script: &'static str,
+    /// The `-D` assignment the script counts from.
+    pub(crate) start: &'static str,
+    /// Transactions, one per value checked.
+    pub(crate) reads: u32,
+    /// What one transaction checks, plural ("summaries").
+    pub(crate) what: &'static str,
+}
+
+/// The share of `random_zipfian(1, ACCOUNTS, ZIPF_SKEW)` draws that fall on accounts 1 to `first`.
+pub(crate) fn zipf_share(first: u32) -> f64 {
+    let weight = |k: u32| f64::from(k).powf(-ZIPF_SKEW);
+    let head: f64 = (1..=first).map(weight).sum();
+    let all: f64 = (1..=ACCOUNTS).map(weight).sum();
+    head / all
 }
 
 /// The two ways pgbench talks to the server (`-M`).
@@ -94,7 +172,7 @@ fn heavy_ranges_prelude(pick: &str) -> String {
     format!("\\set k {pick}\n\\set lo (:k - 1) * {width} + 1\n\\set hi :lo + {}\n", width - 1)
 }
 
-fn script_texts() -> [(&'static str, String); 5] {
+fn script_texts() -> [(&'static str, String); 8] {
     [
         (
             "heavy_read.sql",
@@ -116,6 +194,32 @@ fn script_texts() -> [(&'static str, String); 5] {
                  THEN 1 ELSE 0 END) FROM pgbench_accounts WHERE aid BETWEEN :lo AND :hi;\n",
                 heavy_ranges_prelude(":k + 1"),
             ),
+        ),
+        (
+            // The read is `-S`'s statement text, so that it finds the accounts the fill cached.
+            "zipf_read.sql",
+            format!(
+                "\\set aid random_zipfian(1, {ACCOUNTS}, {ZIPF_SKEW})\n\
+                 SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n"
+            ),
+        ),
+        (
+            "zipf_write.sql",
+            format!(
+                "\\set aid random_zipfian(1, {ACCOUNTS}, {ZIPF_SKEW})\n\\set delta random(-5000, 5000)\n\
+                 UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;\n"
+            ),
+        ),
+        (
+            // Reads accounts 1 to ZIPF_CHECKED (-D aid=0 -t ZIPF_CHECKED, one client) through the
+            // target with the run's statement text (`; \gset` sends it as the run does, semicolon
+            // included), then compares each with the balance read uncached; a difference divides
+            // by zero.
+            "zipf_check.sql",
+            "\\set aid :aid + 1\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid; \\gset\n\
+             /*NO QUERY CACHE*/ /* strata: cache=off */ SELECT 1 / (CASE WHEN abalance = :abalance \
+             THEN 1 ELSE 0 END) FROM pgbench_accounts WHERE aid = :aid;\n"
+                .to_owned(),
         ),
         (
             "miss.sql",
@@ -147,10 +251,33 @@ fn write_scripts(dir: &Path) -> Result<()> {
 const WARM_CLIENTS: u32 = 32;
 
 /// The protocol of the heavy runs. Their queries cost milliseconds, so the protocol's own cost
-/// does not matter; the simple protocol is the one every target runs: pgpool-II 4.3 (raw mode)
-/// leaves a session in a transaction after an UPDATE in the extended protocol, and pgbench then
-/// aborts the client ("end of script reached without completing the last transaction").
+/// does not matter; the simple protocol is the one every target runs writes in (see
+/// `TargetKind::runs_writes_in`).
 pub(crate) const HEAVY_MODE: Mode = Mode::Simple;
+
+/// What `cargo xtask bench e2e --help` prints.
+fn help() -> String {
+    let targets: Vec<&str> = TargetKind::ALL.iter().map(|t| t.id()).collect();
+    let workloads: Vec<&str> = Workload::ALL.iter().map(|w| w.id()).collect();
+    format!(
+        "usage: cargo xtask bench e2e [OPTIONS]
+
+Runs pgbench workloads against PostgreSQL direct and each target in one run, and writes the
+report (BENCHMARKS.md, with BENCHMARKS.png when select-only ran).
+
+options:
+  --duration SECS   length of each measured run (default 15; `3` or `3s`)
+  --warm-up SECS    length of the warm-up run before each measured run (default 3)
+  --targets LIST    comma-separated, from {targets} (default all;
+                    direct always runs, the ratios are to it)
+  --workload NAME   run only this workload; repeatable, or comma-separated (default all):
+                    {workloads}
+  --out FILE        the report (default BENCHMARKS.md at the workspace root); the plot goes next
+                    to it with the extension .png",
+        targets = targets.join(","),
+        workloads = workloads.join(", "),
+    )
+}
 
 /// What `cargo xtask bench e2e` was asked to do.
 #[derive(Debug, Clone)]
@@ -158,6 +285,8 @@ struct Options {
     duration: Duration,
     warm_up: Duration,
     targets: Vec<TargetKind>,
+    /// The workloads to run, in `Workload::ALL` order.
+    workloads: Vec<Workload>,
     out: PathBuf,
 }
 
@@ -167,14 +296,16 @@ impl Options {
             duration: Duration::from_secs(15),
             warm_up: Duration::from_secs(3),
             targets: TargetKind::ALL.to_vec(),
+            workloads: Workload::ALL.to_vec(),
             out: crate::workspace_root().join("BENCHMARKS.md"),
         };
+        let mut chosen_workloads = Vec::new();
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
             match arg.as_str() {
-                "--duration" => options.duration = Duration::from_secs(value()?.parse()?),
-                "--warm-up" => options.warm_up = Duration::from_secs(value()?.parse()?),
+                "--duration" => options.duration = parse_secs(arg, value()?)?,
+                "--warm-up" => options.warm_up = parse_secs(arg, value()?)?,
                 "--targets" => {
                     options.targets = value()?
                         .split(',')
@@ -189,15 +320,36 @@ impl Options {
                         options.targets.insert(0, TargetKind::Direct);
                     }
                 }
+                "--workload" => {
+                    for name in value()?.split(',') {
+                        let workload =
+                            Workload::ALL.into_iter().find(|w| w.id() == name).with_context(|| {
+                                let names: Vec<&str> = Workload::ALL.iter().map(|w| w.id()).collect();
+                                format!("unknown workload {name}; the workloads are {}", names.join(", "))
+                            })?;
+                        chosen_workloads.push(workload);
+                    }
+                }
                 "--out" => options.out = PathBuf::from(value()?),
-                other => bail!(
-                    "unknown option {other}; bench e2e takes --duration SECS, --warm-up SECS, \
-                     --targets direct,pgbouncer,pgpool,strata,strata-redis, --out FILE"
-                ),
+                other => bail!("unknown option {other}\n{}", help()),
             }
+        }
+        if !chosen_workloads.is_empty() {
+            options.workloads.retain(|w| chosen_workloads.contains(w));
         }
         Ok(options)
     }
+
+    fn runs(&self, workload: Workload) -> bool {
+        self.workloads.contains(&workload)
+    }
+}
+
+/// Whole seconds, written `3` or `3s`.
+fn parse_secs(option: &str, value: &str) -> Result<Duration> {
+    let secs = value.strip_suffix('s').unwrap_or(value);
+    let secs = secs.parse().with_context(|| format!("{option} takes whole seconds, not {value}"))?;
+    Ok(Duration::from_secs(secs))
 }
 
 /// One measured pgbench run.
@@ -214,8 +366,8 @@ pub(crate) struct Run {
     pub(crate) latency_p99_ms: f64,
     /// Share of reads answered from the target's cache, from its own counters.
     pub(crate) hit_ratio: Option<f64>,
-    /// For the mixed workload: whether every summary read through the target afterwards equalled
-    /// PostgreSQL's.
+    /// For the mixed workloads: whether every value the freshness check read through the target
+    /// afterwards equalled PostgreSQL's.
     pub(crate) fresh_after: Option<bool>,
     pub(crate) command: String,
     /// Why the run produced no figures (pgbench aborted), if it did not.
@@ -238,6 +390,10 @@ pub(crate) struct WarmUp {
 const WARM_CAP: Duration = Duration::from_secs(60);
 
 pub(crate) fn run(args: &[String], interrupted: &Interrupted) -> Result<ExitCode> {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{}", help());
+        return Ok(ExitCode::SUCCESS);
+    }
     let options = Options::parse(args)?;
     let started = Instant::now();
     let tools = crate::prereq::ensure_all()?;
@@ -281,46 +437,55 @@ pub(crate) fn run(args: &[String], interrupted: &Interrupted) -> Result<ExitCode
 
     let elapsed = started.elapsed();
     let environment = report::Environment::read(&tools, &bench_tools, &proxy_binary);
+    // The plot shows the select-only runs; without them there is none.
+    let png = options.out.with_extension("png");
+    let plotted = runs.iter().any(|r| r.workload == Workload::SelectOnly);
+    let png_name = png.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let text = report::render(
         &runs,
         &warm_ups,
         &environment,
-        &options_summary(&options),
-        options.warm_up.as_secs(),
-        elapsed,
+        &report::Settings {
+            lengths: &options_summary(&options),
+            warm_up_secs: options.warm_up.as_secs(),
+            elapsed,
+            plot: plotted.then_some(png_name.as_str()),
+        },
     );
     // Sections other benches own (`bench wal`) are kept.
     let kept = std::fs::read_to_string(&options.out).map(|old| wal::kept_section(&old)).unwrap_or_default();
     let text = format!("{text}{kept}");
     std::fs::write(&options.out, &text).with_context(|| format!("writing {}", options.out.display()))?;
     println!("{text}");
-    let csv = report::csv(&runs);
-    let csv_path = work.join("select_only.csv");
-    std::fs::write(&csv_path, csv)?;
-    let png = options.out.with_extension("png");
-    let mut plot = crate::cargo();
-    plot.args(["run", "--quiet", "--package", "xtask", "--features", "plot", "--bin", "plot", "--"])
-        .arg(&csv_path)
-        .arg(&png)
-        .arg(&bench_tools.font);
-    if !services::run_interruptibly(plot, interrupted)?.success() {
-        bail!("drawing {} failed", png.display());
+    if plotted {
+        let csv = report::csv(&runs);
+        let csv_path = work.join("select_only.csv");
+        std::fs::write(&csv_path, csv)?;
+        let mut plot = crate::cargo();
+        plot.args(["run", "--quiet", "--package", "xtask", "--features", "plot", "--bin", "plot", "--"])
+            .arg(&csv_path)
+            .arg(&png)
+            .arg(&bench_tools.font);
+        if !services::run_interruptibly(plot, interrupted)?.success() {
+            bail!("drawing {} failed", png.display());
+        }
+        println!("xtask bench e2e: wrote {}", png.display());
     }
-    println!(
-        "xtask bench e2e: wrote {} and {} in {:.1} min",
-        options.out.display(),
-        png.display(),
-        elapsed.as_secs_f64() / 60.0
-    );
+    println!("xtask bench e2e: wrote {} in {:.1} min", options.out.display(), elapsed.as_secs_f64() / 60.0);
     Ok(ExitCode::SUCCESS)
 }
 
 fn options_summary(options: &Options) -> String {
-    format!(
+    let mut summary = format!(
         "{} s per measured run after a {} s warm-up run at the same client count",
         options.duration.as_secs(),
         options.warm_up.as_secs()
-    )
+    );
+    if options.workloads.len() < Workload::ALL.len() {
+        let names: Vec<&str> = options.workloads.iter().map(|w| w.id()).collect();
+        summary.push_str(&format!(", only the workloads {} (`--workload`)", names.join(", ")));
+    }
+    summary
 }
 
 struct Bench<'a> {
@@ -332,7 +497,13 @@ struct Bench<'a> {
 
 impl Bench<'_> {
     fn run_target(&self, target: &Target, runs: &mut Vec<Run>, warm_ups: &mut Vec<WarmUp>) -> Result<()> {
+        let select_only = self.options.runs(Workload::SelectOnly);
         for mode in [Mode::Simple, Mode::Prepared] {
+            // The zipfian reads are `-S`'s statement, so they run right after it, on the same fill.
+            let zipf = self.options.runs(Workload::ZipfMixed) && target.kind().runs_writes_in(mode);
+            if !select_only && !zipf {
+                continue;
+            }
             if target.kind().caches() {
                 warm_ups.push(self.warm_all_accounts(target, mode)?);
             } else {
@@ -345,20 +516,36 @@ impl Bench<'_> {
                     None,
                 );
             }
-            for clients in [1, 8, 32] {
-                runs.push(self.measure(target, Workload::SelectOnly, mode, clients, false)?);
+            if select_only {
+                for clients in [1, 8, 32] {
+                    runs.push(self.measure(target, Workload::SelectOnly, mode, clients, false)?);
+                }
+            }
+            if zipf {
+                runs.push(self.measure_mixed(target, Workload::ZipfMixed, mode)?);
             }
         }
-        runs.push(self.measure(target, Workload::HeavyRead, HEAVY_MODE, 8, true)?);
-        let mut mixed = self.measure(target, Workload::HeavyMixed, HEAVY_MODE, 8, true)?;
-        if mixed.error.is_none() {
-            mixed.fresh_after = Some(self.heavy_summaries_fresh(target)?);
+        if self.options.runs(Workload::HeavyRead) {
+            runs.push(self.measure(target, Workload::HeavyRead, HEAVY_MODE, 8, true)?);
         }
-        runs.push(mixed);
-        for mode in [Mode::Simple, Mode::Prepared] {
-            runs.push(self.measure(target, Workload::Miss, mode, 8, true)?);
+        if self.options.runs(Workload::HeavyMixed) {
+            runs.push(self.measure_mixed(target, Workload::HeavyMixed, HEAVY_MODE)?);
+        }
+        if self.options.runs(Workload::Miss) {
+            for mode in [Mode::Simple, Mode::Prepared] {
+                runs.push(self.measure(target, Workload::Miss, mode, 8, true)?);
+            }
         }
         Ok(())
+    }
+
+    /// A mixed workload at 8 clients, then its freshness check if the run went through.
+    fn measure_mixed(&self, target: &Target, workload: Workload, mode: Mode) -> Result<Run> {
+        let mut run = self.measure(target, workload, mode, 8, true)?;
+        if let (None, Some(check)) = (&run.error, workload.freshness_check()) {
+            run.fresh_after = Some(self.fresh_after(target, check, mode)?);
+        }
+        Ok(run)
     }
 
     /// Reads every account once through the target (32 clients, each its own slice), stopping
@@ -502,28 +689,31 @@ impl Bench<'_> {
         Ok(run)
     }
 
-    /// After the mixed run: every heavy summary read through the target equals the database's.
-    fn heavy_summaries_fresh(&self, target: &Target) -> Result<bool> {
+    /// After a mixed run: every value the check reads through the target equals the database's.
+    fn fresh_after(&self, target: &Target, check: FreshnessCheck, mode: Mode) -> Result<bool> {
         // In the protocol of the run, so that it reads the entries the run cached.
-        let check = Invocation {
+        let invocation = Invocation {
             script: vec![
                 "-f".to_owned(),
-                self.work.join("heavy_check.sql").display().to_string(),
+                self.work.join(check.script).display().to_string(),
                 "-D".to_owned(),
-                "k=0".to_owned(),
+                check.start.to_owned(),
             ],
-            mode: HEAVY_MODE,
+            mode,
             clients: 1,
-            length: Length::Transactions(HEAVY_RANGES),
+            length: Length::Transactions(check.reads),
             log_prefix: None,
         };
-        let out = self.run_pgbench(target, &check);
+        let out = self.run_pgbench(target, &invocation);
         match out {
-            Ok(out) if out.transactions == u64::from(HEAVY_RANGES) && out.failed == 0 => Ok(true),
+            Ok(out) if out.transactions == u64::from(check.reads) && out.failed == 0 => {
+                println!("  fresh: all {} {} equal PostgreSQL's", check.reads, check.what);
+                Ok(true)
+            }
             Ok(out) => {
                 println!(
-                    "  STALE: {} of {HEAVY_RANGES} summaries checked before a mismatch",
-                    out.transactions
+                    "  STALE: {} of {} {} checked before a mismatch",
+                    out.transactions, check.reads, check.what
                 );
                 Ok(false)
             }
@@ -744,6 +934,25 @@ mod tests {
         assert_eq!(percentiles(&mut values), (50.0, 99.0));
         assert_eq!(percentiles(&mut [7.0]), (7.0, 7.0));
         assert_eq!(percentiles(&mut []), (0.0, 0.0));
+    }
+
+    #[test]
+    fn zipf_share_is_the_bounded_zipfian_mass() {
+        // 1 / H(1,000,000, 1.1) and H(200, 1.1) / H(1,000,000, 1.1).
+        assert!((zipf_share(1) - 0.1239).abs() < 1e-3);
+        assert!((zipf_share(ZIPF_CHECKED) - 0.5821).abs() < 1e-3);
+        assert!((zipf_share(ACCOUNTS) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn workloads_are_chosen_by_name() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let options =
+            Options::parse(&args(&["--workload", "zipf", "--workload", "miss,select-only"])).unwrap();
+        assert_eq!(options.workloads, [Workload::SelectOnly, Workload::ZipfMixed, Workload::Miss]);
+        assert_eq!(Options::parse(&[]).unwrap().workloads, Workload::ALL);
+        assert!(Options::parse(&args(&["--workload", "zipfian"])).is_err());
+        assert_eq!(Options::parse(&args(&["--duration", "3s"])).unwrap().duration, Duration::from_secs(3));
     }
 
     #[test]

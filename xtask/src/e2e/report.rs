@@ -7,7 +7,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::targets::{strata_command, strata_config, TargetKind};
-use super::{Mode, Run, WarmUp, Workload, ACCOUNTS, HEAVY_MODE, HEAVY_RANGES, PG_CONF, SCALE, WARM_CLIENTS};
+use super::{
+    zipf_share, Mode, Run, WarmUp, Workload, ACCOUNTS, HEAVY_MODE, HEAVY_RANGES, PG_CONF, SCALE,
+    WARM_CLIENTS, ZIPF_CHECKED, ZIPF_SKEW,
+};
 use crate::prereq::{BenchTools, Tools};
 
 /// Where and with what the benchmark ran.
@@ -117,19 +120,31 @@ fn combinations() -> Vec<(Workload, Mode, u32)> {
     }
     all.push((Workload::HeavyRead, HEAVY_MODE, 8));
     all.push((Workload::HeavyMixed, HEAVY_MODE, 8));
+    all.push((Workload::ZipfMixed, Mode::Simple, 8));
+    all.push((Workload::ZipfMixed, Mode::Prepared, 8));
     all.push((Workload::Miss, Mode::Simple, 8));
     all.push((Workload::Miss, Mode::Prepared, 8));
     all
+}
+
+/// How the run was set up, as the report states it.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings<'a> {
+    /// The lengths of the runs, as a phrase.
+    pub(crate) lengths: &'a str,
+    pub(crate) warm_up_secs: u64,
+    pub(crate) elapsed: Duration,
+    /// The plot's file name, next to the report, when one is drawn.
+    pub(crate) plot: Option<&'a str>,
 }
 
 pub(crate) fn render(
     runs: &[Run],
     warm_ups: &[WarmUp],
     env: &Environment,
-    lengths: &str,
-    warm_up_secs: u64,
-    elapsed: Duration,
+    settings: &Settings<'_>,
 ) -> String {
+    let Settings { lengths, warm_up_secs, elapsed, plot } = *settings;
     let mut targets: Vec<TargetKind> = Vec::new();
     for r in runs {
         if !targets.contains(&r.target) {
@@ -147,7 +162,9 @@ pub(crate) fn render(
         env.date,
         elapsed.as_secs_f64() / 60.0
     );
-    let _ = writeln!(w, "![TPS by clients, select-only](BENCHMARKS.png)\n");
+    if let Some(png) = plot {
+        let _ = writeln!(w, "![TPS by clients, select-only]({png})\n");
+    }
 
     let _ = writeln!(w, "## Machine and versions\n");
     let _ = writeln!(
@@ -195,11 +212,25 @@ pub(crate) fn render(
          (tens of microseconds) with its hop and wake-ups.\n\
          - **heavy read** repeats {HEAVY_RANGES} summaries that each cost PostgreSQL milliseconds: this is where a \
          result cache pays.\n\
-         - **90/10**: Strata invalidates per table. Every account update makes all {HEAVY_RANGES} summaries (they \
-         read `pgbench_accounts`) unreachable, and at about a hundred updates per second nearly every summary read \
-         misses; finer invalidation (by key range) is not built.\n\
+         - **90/10**: each account update changes the one summary whose range holds that account. With \
+         key-level invalidation (on by default in strata-proxy), an account update invalidates only the cached \
+         summaries whose range covers that account (ranges are tracked in buckets of consecutive keys, so a \
+         summary whose range shares a bucket with it can go as well); the other summaries stay cached. pgpool-II \
+         invalidates by table: any write to `pgbench_accounts` drops every cached summary.\n\
+         - **zipfian point reads, 10% updates** reads one balance by key (`-S`'s statement) 90% of the time and \
+         updates one 10%, each on an account drawn by `random_zipfian(1, {ACCOUNTS}, {ZIPF_SKEW})`, reads and \
+         updates independently: account 1 gets {top:.1}% of the draws, accounts 1 to {ZIPF_CHECKED} {head:.1}%, \
+         and the other {tail:.1}% spread over the rest of the table (the hot accounts are the lowest `aid`s; no \
+         `permute()`). It runs after the fill of its protocol (below) and the select-only runs, so it starts \
+         with the accounts cached. An update changes one account: a cache that invalidates by key can keep \
+         serving the other accounts' cached reads, one that invalidates by table cannot. strata-proxy's hit \
+         ratio counts the updates among its requests, so it is at most 90% here. pgpool-II runs it in the \
+         simple protocol only (below).\n\
          - **cache miss** never repeats a parameter: every request pays the hop, the lookup and the fill (stored in \
-         L1 and L2), and PostgreSQL still runs the query on the same two cores.\n"
+         L1 and L2), and PostgreSQL still runs the query on the same two cores.\n",
+        top = zipf_share(1) * 100.0,
+        head = zipf_share(ZIPF_CHECKED) * 100.0,
+        tail = (1.0 - zipf_share(ZIPF_CHECKED)) * 100.0,
     );
     let _ = writeln!(w, "\n## TPS, and ratio to direct PostgreSQL\n");
     let _ = write!(w, "| workload | mode | clients |");
@@ -272,26 +303,45 @@ pub(crate) fn render(
             );
         }
     }
-    let mixed: Vec<&Run> = runs.iter().filter(|r| r.fresh_after.is_some()).collect();
-    if !mixed.is_empty() {
-        let _ = writeln!(
-            w,
-            "\nAfter the 90/10 run, each of the {HEAVY_RANGES} summaries was read once more through the target and \
-             compared with the same sum computed by PostgreSQL (uncached):\n"
-        );
-        for r in mixed {
-            let verdict =
-                if r.fresh_after == Some(true) { "all equal" } else { "**a stale summary was served**" };
-            let _ = writeln!(w, "- {}: {verdict}", r.target.label());
+    for workload in [Workload::HeavyMixed, Workload::ZipfMixed] {
+        let checked: Vec<&Run> =
+            runs.iter().filter(|r| r.workload == workload && r.fresh_after.is_some()).collect();
+        if checked.is_empty() {
+            continue;
+        }
+        let (intro, stale) = match workload {
+            Workload::HeavyMixed => (
+                format!(
+                    "After the 90/10 run, each of the {HEAVY_RANGES} summaries was read once more through the \
+                     target and compared with the same sum computed by PostgreSQL (uncached; `heavy_check.sql`):"
+                ),
+                "**a stale summary was served**",
+            ),
+            Workload::ZipfMixed => (
+                format!(
+                    "After each zipfian run, accounts 1 to {ZIPF_CHECKED} (the likeliest keys, {:.1}% of the draws) \
+                     were read once more through the target, in the run's protocol and with its statement, and \
+                     compared with their balance read by PostgreSQL (uncached; `zipf_check.sql`):",
+                    zipf_share(ZIPF_CHECKED) * 100.0
+                ),
+                "**a stale balance was served**",
+            ),
+            Workload::SelectOnly | Workload::HeavyRead | Workload::Miss => continue,
+        };
+        let _ = writeln!(w, "\n{intro}\n");
+        for r in checked {
+            let verdict = if r.fresh_after == Some(true) { "all equal" } else { stale };
+            let _ = writeln!(w, "- {}, {}: {verdict}", r.target.label(), r.mode);
         }
     }
     if !warm_ups.is_empty() {
         let _ = writeln!(
             w,
-            "\n## Filling the caches\n\nBefore the select-only runs, each caching target read the {ACCOUNTS} accounts once \
-             per protocol (32 clients, each walking its own slice; `warm_accounts.sql`), so that `-S` (uniform over every \
-             account) finds them cached, with at most {} s per pass: a target that fills slower starts its `-S` runs with \
-             part of the accounts cached, which its hit ratio above shows. Reads are the target's own count.\n",
+            "\n## Filling the caches\n\nBefore the select-only and zipfian runs, each caching target read the {ACCOUNTS} \
+             accounts once per protocol (32 clients, each walking its own slice; `warm_accounts.sql`), so that `-S` \
+             (uniform over every account) and the zipfian reads (the same statement) find them cached, with at most {} s \
+             per pass: a target that fills slower starts its runs with part of the accounts cached, which its hit ratio \
+             above shows. Reads are the target's own count.\n",
             super::WARM_CAP.as_secs()
         );
         let _ = writeln!(w, "| target | mode | seconds | reads | reads per second | all accounts |");
@@ -338,7 +388,8 @@ pub(crate) fn render(
          replaces the memory L2 when `--redis` is given):\n\n```toml\n{}```\n",
         strata_config()
     );
-    let _ = writeln!(w, "Scripts (`heavy_read.sql`, `heavy_write.sql`, `heavy_check.sql`, `miss.sql`, `warm_accounts.sql`):\n");
+    let names: Vec<String> = super::script_texts().iter().map(|(name, _)| format!("`{name}`")).collect();
+    let _ = writeln!(w, "Scripts ({}):\n", names.join(", "));
     let _ = writeln!(w, "```");
     for (name, text) in super::script_texts() {
         let _ = writeln!(w, "-- {name}\n{text}");
@@ -348,7 +399,9 @@ pub(crate) fn render(
         w,
         "The heavy runs use the simple protocol for every target: their queries cost milliseconds, so the \
          protocol's own cost does not matter, and pgpool-II 4.3 in raw mode leaves a session in a transaction \
-         after an UPDATE in the extended protocol (with or without its query cache), which makes pgbench abort.\n"
+         after an UPDATE in the extended protocol (with or without its query cache), which makes pgbench abort. \
+         The zipfian run's point reads cost tens of microseconds, so it runs in both protocols, except on \
+         pgpool-II, which runs it in the simple protocol only for the same reason.\n"
     );
     let _ = writeln!(
         w,
@@ -370,10 +423,19 @@ pub(crate) fn render(
         ACCOUNTS / WARM_CLIENTS,
         super::WARM_CAP.as_secs()
     );
-    let _ = writeln!(
-        w,
-        "pgbench -n -h 127.0.0.1 -p $PORT -U postgres -c 1 -j 1 -M {HEAVY_MODE} -t {HEAVY_RANGES} -f heavy_check.sql -D k=0 bench   # after the 90/10 run"
-    );
+    for (workload, mode, after) in [
+        (Workload::HeavyMixed, HEAVY_MODE.to_string(), "the 90/10 run"),
+        (Workload::ZipfMixed, "$MODE".to_owned(), "each zipfian run, in its protocol"),
+    ] {
+        let Some(check) = workload.freshness_check() else { continue };
+        if runs.iter().any(|r| r.workload == workload) {
+            let _ = writeln!(
+                w,
+                "pgbench -n -h 127.0.0.1 -p $PORT -U postgres -c 1 -j 1 -M {mode} -t {} -f {} -D {} bench   # after {after}",
+                check.reads, check.script, check.start
+            );
+        }
+    }
     let _ = writeln!(w, "```");
     md
 }

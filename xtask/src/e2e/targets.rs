@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use super::Mode;
 use crate::prereq::{BenchTools, Tools};
 use crate::services::{as_service_user, free_port, give_to_service_user, Services};
 
@@ -54,6 +55,14 @@ impl TargetKind {
     /// Whether the target answers repeated reads from a cache.
     pub(crate) fn caches(self) -> bool {
         matches!(self, TargetKind::PgPool | TargetKind::Strata | TargetKind::StrataRedis)
+    }
+
+    /// Whether pgbench's writes run through the target in this protocol: pgpool-II 4.3 in raw
+    /// mode leaves a session in a transaction after an UPDATE in the extended protocol (with or
+    /// without its query cache), and pgbench then aborts the client ("end of script reached
+    /// without completing the last transaction").
+    pub(crate) fn runs_writes_in(self, mode: Mode) -> bool {
+        !(self == TargetKind::PgPool && mode == Mode::Prepared)
     }
 }
 
