@@ -3,6 +3,7 @@
 
 mod caching;
 mod catalog;
+mod dashboard;
 mod differential;
 mod faults;
 mod keys;
