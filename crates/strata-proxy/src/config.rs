@@ -439,6 +439,48 @@ mod tests {
         assert!(ok("postgres://h:99999").starts_with("error"));
     }
 
+    /// `strata.example.toml` claims to set each option to its default: the proxy built from it
+    /// must equal the one built from no file. The destructuring names every field, so a new
+    /// setting of the builder does not compile here until it is compared (or said not to be).
+    #[test]
+    fn the_example_file_states_the_proxy_defaults() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../strata.example.toml");
+        let resolve = |config| {
+            crate::Args { config, ..crate::Args::default() }.resolve().unwrap_or_else(|e| panic!("{e}"))
+        };
+        let settings = |b: ProxyBuilder| {
+            let ProxyBuilder {
+                upstream,
+                listen,
+                http,
+                redis,
+                max_message_bytes,
+                max_result_bytes,
+                connect_timeout,
+                startup_timeout,
+                shutdown_grace,
+                drain_timeout,
+                max_recording_bytes,
+                admin_users,
+                admin_auth_database,
+                // Not file options: the binary plugs in the cache and the cache's registry, and
+                // the file's own path.
+                cache: _,
+                registry: _,
+                config_file: _,
+            } = b;
+            (
+                (upstream, listen, http, redis, admin_users, admin_auth_database),
+                (max_message_bytes, max_result_bytes, max_recording_bytes),
+                (connect_timeout, startup_timeout, shutdown_grace, drain_timeout),
+            )
+        };
+        let (from_file, file_log) = resolve(Some(example));
+        let (builtin, builtin_log) = resolve(None);
+        assert_eq!(settings(from_file), settings(builtin));
+        assert_eq!(file_log, builtin_log);
+    }
+
     #[test]
     fn file_config_rejects_unknown_keys() {
         assert!(FileConfig::parse("listen = \"127.0.0.1:1\"\n[cache]\nttl = 3\n").is_ok());

@@ -4,6 +4,7 @@
 mod caching;
 mod catalog;
 mod console;
+mod dashboard;
 mod differential;
 mod faults;
 mod keys;
