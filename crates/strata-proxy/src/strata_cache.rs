@@ -40,6 +40,13 @@ pub struct CacheSettings {
     pub key_level: Option<bool>,
 }
 
+impl Default for CacheSettings {
+    /// Caching on, embedded tiers, the `[cache]` defaults.
+    fn default() -> Self {
+        Self { table: None, redis: None, enabled: true, custom_settings: Vec::new(), key_level: None }
+    }
+}
+
 impl fmt::Debug for CacheSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CacheSettings")

@@ -10,13 +10,7 @@ use crate::support::*;
 
 /// A proxy with the cache on (L1 and the embedded L2), and the cache to read counters from.
 async fn caching_proxy() -> (TestProxy, Arc<StrataCache>) {
-    let settings = CacheSettings {
-        table: None,
-        redis: None,
-        enabled: true,
-        custom_settings: Vec::new(),
-        key_level: None,
-    };
+    let settings = CacheSettings::default();
     let cache =
         Arc::new(StrataCache::new(build_query_cache(&settings).await.expect("cache")).expect("strata cache"));
     let proxy = start_proxy(|b| b.with_cache(cache.clone())).await;
@@ -312,13 +306,8 @@ async fn when_redis_goes_away_queries_go_on_uncached_and_caching_comes_back() {
         .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut redis = OwnRedis::start_on(port);
-    let settings = CacheSettings {
-        table: None,
-        redis: Some(format!("redis://127.0.0.1:{port}/")),
-        enabled: true,
-        custom_settings: Vec::new(),
-        key_level: None,
-    };
+    let settings =
+        CacheSettings { redis: Some(format!("redis://127.0.0.1:{port}/")), ..CacheSettings::default() };
     let cache =
         Arc::new(StrataCache::new(build_query_cache(&settings).await.expect("cache")).expect("strata cache"));
     let proxy = start_proxy(|b| b.with_cache(cache.clone())).await;

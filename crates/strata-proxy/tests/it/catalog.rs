@@ -27,13 +27,7 @@ fn catalog(db: &str, user: &str) -> Invalidation {
 
 /// A caching proxy with the given invalidation mode, and its cache.
 async fn proxy_with(invalidation: Invalidation) -> (TestProxy, Arc<StrataCache>) {
-    let settings = CacheSettings {
-        table: None,
-        redis: None,
-        enabled: true,
-        custom_settings: Vec::new(),
-        key_level: None,
-    };
+    let settings = CacheSettings::default();
     let query_cache = build_query_cache(&settings).await.expect("cache");
     let cache = Arc::new(
         StrataCache::builder(query_cache).with_invalidation(invalidation).build().expect("strata cache"),

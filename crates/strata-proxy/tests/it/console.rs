@@ -52,13 +52,7 @@ async fn the_console_answers_every_command_and_only_to_admins() {
         .unwrap();
     let config = std::env::temp_dir().join(format!("strata-console-{}.toml", std::process::id()));
     std::fs::write(&config, "[cache]\ndefault_ttl_ms = 60000\n").unwrap();
-    let settings = CacheSettings {
-        table: None,
-        redis: None,
-        enabled: true,
-        custom_settings: Vec::new(),
-        key_level: None,
-    };
+    let settings = CacheSettings::default();
     let cache = Arc::new(StrataCache::new(build_query_cache(&settings).await.unwrap()).unwrap());
     let proxy = start_proxy(|b| {
         b.with_cache(cache.clone())

@@ -31,13 +31,7 @@ async fn errors_reach_a_pipelining_client_without_a_sync() {
     let db = "strata_pipelining";
     fresh_database(db).await;
     admin(db).await.batch_execute("CREATE TABLE u (id int PRIMARY KEY)").await.expect("table");
-    let settings = CacheSettings {
-        table: None,
-        redis: None,
-        enabled: true,
-        custom_settings: Vec::new(),
-        key_level: None,
-    };
+    let settings = CacheSettings::default();
     let cache =
         Arc::new(StrataCache::new(build_query_cache(&settings).await.expect("cache")).expect("cache"));
     let proxy = start_proxy(|b| b.with_cache(cache.clone())).await;

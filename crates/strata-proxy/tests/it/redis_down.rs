@@ -89,13 +89,8 @@ async fn started_while_redis_is_down_it_serves_from_postgres_then_caches_once_re
         .await
         .unwrap();
     let port = dead_port().await;
-    let settings = CacheSettings {
-        table: None,
-        redis: Some(format!("redis://127.0.0.1:{port}/")),
-        enabled: true,
-        custom_settings: Vec::new(),
-        key_level: None,
-    };
+    let settings =
+        CacheSettings { redis: Some(format!("redis://127.0.0.1:{port}/")), ..CacheSettings::default() };
     let building = Instant::now();
     let built = tokio::time::timeout(BOUND, build_query_cache(&settings))
         .await

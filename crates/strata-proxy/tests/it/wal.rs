@@ -113,13 +113,7 @@ impl WalProxy {
         fresh_database(&db).await;
         let direct = admin(&db).await;
         direct.batch_execute(schema).await.unwrap_or_else(|e| panic!("schema of {db}: {e}"));
-        let settings = CacheSettings {
-            table: None,
-            redis: None,
-            enabled: true,
-            custom_settings: Vec::new(),
-            key_level: None,
-        };
+        let settings = CacheSettings::default();
         let query_cache = build_query_cache(&settings).await.expect("cache");
         let cache = match mode {
             Mode::Everything => StrataCache::new(query_cache).expect("strata cache"),

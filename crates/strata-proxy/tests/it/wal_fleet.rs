@@ -105,13 +105,7 @@ async fn fleet(db: &str, holder: usize) {
     let mut configs = Vec::new();
     let mut proxies = Vec::new();
     for url in &urls {
-        let settings = CacheSettings {
-            table: None,
-            redis: Some(url.clone()),
-            enabled: true,
-            custom_settings: Vec::new(),
-            key_level: None,
-        };
+        let settings = CacheSettings { redis: Some(url.clone()), ..CacheSettings::default() };
         let cache =
             Arc::new(StrataCache::new(build_query_cache(&settings).await.expect("cache")).expect("strata"));
         let config = strata::WalConfig::builder()

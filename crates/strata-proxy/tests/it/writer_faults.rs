@@ -13,13 +13,7 @@ use crate::support::{
 };
 
 async fn strata_cache() -> Arc<StrataCache> {
-    let settings = CacheSettings {
-        table: None,
-        redis: None,
-        enabled: true,
-        custom_settings: Vec::new(),
-        key_level: None,
-    };
+    let settings = CacheSettings::default();
     Arc::new(StrataCache::new(build_query_cache(&settings).await.expect("cache")).expect("strata cache"))
 }
 
