@@ -26,7 +26,7 @@ use crate::session::SessionView;
 use crate::Error;
 
 /// Where the cache's shared state lives and how it is configured; see [`build_query_cache`].
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct CacheSettings {
     /// The `[cache]` table of the proxy's configuration file (`strata::QueryCacheConfig`).
     pub table: Option<toml::Table>,
