@@ -722,7 +722,8 @@ impl QueryCache {
     /// The table rules in force: the default TTL, per-table TTLs and excluded tables (version
     /// units), sorted.
     pub fn table_rules(&self) -> (Duration, Vec<(String, Duration)>, Vec<String>) {
-        let rules = self.shared.policy.rules.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let rules =
+            self.shared.policy.rules.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let mut ttls: Vec<(String, Duration)> =
             rules.table_ttls.iter().map(|(t, d)| (t.as_str().to_owned(), *d)).collect();
         ttls.sort();
