@@ -14,6 +14,7 @@ pub(crate) struct Tools {
     pub(crate) pg_bindir: PathBuf,
     /// PostgreSQL refuses to run as root: when we are root, servers run as the `postgres` user.
     pub(crate) run_as_postgres: bool,
+    pub(crate) openssl: PathBuf,
 }
 
 /// Installs the tools tests need when missing, and says where they are.
@@ -21,6 +22,8 @@ pub(crate) fn ensure_all() -> Result<Tools> {
     ensure_build_tools()?;
     let redis_server = find_or_install("redis-server", "redis-server")?;
     let redis_cli = find_or_install("redis-cli", "redis-tools")?;
+    // Makes the test PostgreSQL's TLS certificates.
+    let openssl = find_or_install("openssl", "openssl")?;
     let pg_bindir = match pg_bindir() {
         Some(dir) => dir,
         None => {
@@ -39,7 +42,7 @@ pub(crate) fn ensure_all() -> Result<Tools> {
     if run_as_postgres && !user_exists("postgres") {
         bail!("running as root, but there is no `postgres` user to run PostgreSQL as: install the `postgresql` package");
     }
-    Ok(Tools { redis_server, redis_cli, pg_bindir, run_as_postgres })
+    Ok(Tools { redis_server, redis_cli, pg_bindir, run_as_postgres, openssl })
 }
 
 /// What `cargo xtask bench e2e` compares Strata with, and the font its plot is drawn with.

@@ -69,14 +69,21 @@ pub(crate) struct Services {
 }
 
 impl Services {
+    /// Both servers for tests: PostgreSQL also takes TLS (`ssl = on`, a certificate from a
+    /// throwaway CA; see [`Services::vars`]).
     pub(crate) fn start(tools: &Tools) -> Result<Self> {
-        Self::start_with(tools, "")
+        Self::start_inner(tools, "", true)
     }
 
-    /// Both servers, with `postgresql.conf` lines appended to the test defaults.
+    /// Both servers, with `postgresql.conf` lines appended to the test defaults, PostgreSQL
+    /// without TLS (benchmarks: what a client and the proxy negotiate stays plain).
     pub(crate) fn start_with(tools: &Tools, extra_pg_conf: &str) -> Result<Self> {
+        Self::start_inner(tools, extra_pg_conf, false)
+    }
+
+    fn start_inner(tools: &Tools, extra_pg_conf: &str, tls: bool) -> Result<Self> {
         let redis = Redis::start(tools)?;
-        let postgres = Postgres::start(tools, extra_pg_conf)?;
+        let postgres = Postgres::start(tools, extra_pg_conf, tls)?;
         println!(
             "xtask: redis-server on 127.0.0.1:{}, PostgreSQL on 127.0.0.1:{} (throwaway)",
             redis.port, postgres.port
@@ -95,6 +102,10 @@ impl Services {
             ("STRATA_TEST_REDIS_SERVER", self.tools.redis_server.display().to_string()),
             ("STRATA_TEST_REDIS_CLI", self.tools.redis_cli.display().to_string()),
             ("STRATA_TEST_PG_BINDIR", self.tools.pg_bindir.display().to_string()),
+            // The test PostgreSQL's Unix socket directory, and its TLS files: `root.crt` (the
+            // CA), `server.crt` and `server.key` (for `localhost` and 127.0.0.1).
+            ("STRATA_TEST_PG_SOCKET_DIR", self.postgres.dir.display().to_string()),
+            ("STRATA_TEST_PG_TLS_DIR", self.postgres.dir.join("tls").display().to_string()),
         ]
     }
 
@@ -221,11 +232,21 @@ max_wal_senders = 20
 ";
 
 impl Postgres {
-    fn start(tools: &Tools, extra_conf: &str) -> Result<Self> {
+    fn start(tools: &Tools, extra_conf: &str, tls: bool) -> Result<Self> {
         let dir = scratch_dir("postgres")?;
         let port = free_port()?;
         // From here on, the guard removes the directory whatever happens.
         let pg = Self { dir, port, tools: tools.clone() };
+        let tls_conf = if tls {
+            let tls_dir = pg.dir.join("tls");
+            make_certificates(&tools.openssl, &tls_dir)?;
+            format!(
+                "ssl = on\nssl_cert_file = '{0}/server.crt'\nssl_key_file = '{0}/server.key'\n",
+                tls_dir.display()
+            )
+        } else {
+            String::new()
+        };
         give_to_service_user(tools, &pg.dir)?;
         let data = pg.dir.join("data");
         let out = pg
@@ -250,7 +271,7 @@ impl Postgres {
         }
         let conf = format!(
             "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
-             {PG_TEST_CONF}{extra_conf}\n",
+             {PG_TEST_CONF}{tls_conf}{extra_conf}\n",
             pg.dir.display()
         );
         append(&data.join("postgresql.conf"), &conf)?;
@@ -294,6 +315,46 @@ impl Drop for Postgres {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A throwaway CA (`root.crt`) and a server certificate signed by it for `localhost` and
+/// 127.0.0.1 (`server.crt`, `server.key`, mode 0600 as PostgreSQL demands), ECDSA P-256, valid
+/// for a week.
+fn make_certificates(openssl: &Path, dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let run = |args: &[&str]| -> Result<()> {
+        let out = Command::new(openssl).args(args).current_dir(dir).output().context("running openssl")?;
+        if !out.status.success() {
+            bail!("openssl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    };
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+    let ca = format!("req -x509 {ec} -keyout ca.key -out root.crt -days 7 -subj");
+    run(&ca.split(' ').chain(["/CN=strata test CA"]).collect::<Vec<_>>())?;
+    let csr = format!("req {ec} -keyout server.key -out server.csr -subj /CN=localhost");
+    run(&csr.split(' ').collect::<Vec<_>>())?;
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n")?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "root.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "7",
+        "-extfile",
+        "san.ext",
+    ])?;
+    std::fs::set_permissions(dir.join("server.key"), std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
 }
 
 /// A server program, run as the `postgres` user when we are root (PostgreSQL and PgBouncer refuse

@@ -93,6 +93,28 @@ pub struct Args {
     /// those learnt from SQL texts, role and database defaults and the catalog.
     #[arg(long, env = "STRATA_CUSTOM_SETTINGS", value_delimiter = ',')]
     pub custom_settings: Option<Vec<String>>,
+    /// Client TLS: the certificate chain (PEM, leaf first). SIGHUP reloads it with the key.
+    #[arg(long, env = "STRATA_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Client TLS: the certificate's private key (PEM).
+    #[arg(long, env = "STRATA_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Client TLS: clients must present a certificate chaining to a root in this PEM file.
+    #[arg(long, env = "STRATA_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Refuse TCP clients that do not use TLS (Unix socket clients are local and may).
+    #[arg(long, env = "STRATA_TLS_REQUIRE")]
+    pub tls_require: bool,
+    /// Also listen on the Unix socket DIR/.s.PGSQL.<port>, so `psql -h DIR -p PORT` connects.
+    #[arg(long, env = "STRATA_UNIX_SOCKET_DIR")]
+    pub unix_socket_dir: Option<PathBuf>,
+    /// TLS to the upstream, as libpq's sslmode: disable, prefer, require, verify-ca or
+    /// verify-full [default: prefer]. prefer and require verify nothing.
+    #[arg(long, env = "STRATA_UPSTREAM_SSLMODE")]
+    pub upstream_sslmode: Option<String>,
+    /// Root certificates (PEM) for upstream verify-ca and verify-full; "system" for the Mozilla roots.
+    #[arg(long, env = "STRATA_UPSTREAM_SSLROOTCERT")]
+    pub upstream_sslrootcert: Option<PathBuf>,
     /// Threads serving sessions [default: one per core]. On a host shared with PostgreSQL and
     /// the clients, fewer threads can mean fewer wake-ups per request; measure before changing.
     #[arg(long, env = "STRATA_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -260,6 +282,26 @@ impl Args {
         }
         if let Some(db) = self.admin_auth_database.clone().or(file.admin_auth_database) {
             b = b.with_admin_auth_database(db);
+        }
+        match (self.tls_cert.clone().or(file.tls_cert), self.tls_key.clone().or(file.tls_key)) {
+            (None, None) => {}
+            (Some(cert), Some(key)) => b = b.with_tls(cert, key),
+            _ => return Err(Error::config("client TLS needs both --tls-cert and --tls-key")),
+        }
+        if let Some(ca) = self.tls_client_ca.clone().or(file.tls_client_ca) {
+            b = b.with_tls_client_ca(ca);
+        }
+        if self.tls_require || file.tls_require == Some(true) {
+            b = b.with_tls_required(true);
+        }
+        if let Some(dir) = self.unix_socket_dir.clone().or(file.unix_socket_dir) {
+            b = b.with_unix_socket_dir(dir);
+        }
+        if let Some(mode) = self.upstream_sslmode.clone().or(file.upstream_sslmode) {
+            b = b.with_upstream_sslmode(mode.parse()?);
+        }
+        if let Some(root) = self.upstream_sslrootcert.clone().or(file.upstream_sslrootcert) {
+            b = b.with_upstream_sslrootcert(root);
         }
         if let Some(path) = &self.config {
             b = b.with_config_file(path.clone());

@@ -1,6 +1,12 @@
 //! The proxy's configuration: a validated builder, the upstream address, and the TOML file type.
 
-use std::{fmt, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use serde::Deserialize;
 
@@ -8,25 +14,43 @@ use crate::{
     error::Error,
     seam::{PassThrough, RequestCache},
     server::Proxy,
+    tls::{ClientTls, SslMode, TlsFiles, UpstreamTls},
 };
 
-/// The address of the upstream PostgreSQL server, parsed from a `postgres://` URL.
+/// The upstream PostgreSQL server: a TCP host and port, or a Unix socket directory and port.
 ///
-/// Only host and port are used: the user, database and password come from each client's own
+/// Only where to connect is used: the user, database and password come from each client's own
 /// startup message and authentication, which the proxy relays unchanged.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upstream {
-    host: String,
-    port: u16,
+pub enum Upstream {
+    /// A host name or address and a TCP port.
+    Tcp {
+        /// The host name or address.
+        host: String,
+        /// The TCP port.
+        port: u16,
+    },
+    /// A directory holding PostgreSQL's socket `.s.PGSQL.<port>` (libpq's `host=/dir`).
+    Unix {
+        /// The socket directory.
+        dir: std::path::PathBuf,
+        /// The port in the socket's name.
+        port: u16,
+    },
 }
 
 impl Upstream {
-    /// Parses `postgres://[user[:password]@]host[:port][/database][?params]` (or `postgresql://`).
+    /// Parses `postgres://[user[:password]@]host[:port][/database][?params]` (or `postgresql://`),
+    /// where the host may be a percent-encoded socket directory (`%2Fvar%2Frun%2Fpostgresql`) and
+    /// the `host` and `port` parameters win over the authority, as in libpq; or a bare socket
+    /// directory (`/var/run/postgresql`, port 5432).
     pub fn parse(url: &str) -> Result<Self, Error> {
-        let rest = url
-            .strip_prefix("postgres://")
-            .or_else(|| url.strip_prefix("postgresql://"))
-            .ok_or_else(|| Error::config(format!("upstream url must start with postgres://: {url:?}")))?;
+        if url.starts_with('/') {
+            return Ok(Self::Unix { dir: url.into(), port: 5432 });
+        }
+        let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")).ok_or_else(
+            || Error::config(format!("upstream must be a postgres:// url or a socket directory: {url:?}")),
+        )?;
         let authority = rest.split(['/', '?']).next().unwrap_or_default();
         let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
@@ -40,33 +64,71 @@ impl Upstream {
                 None => (hostport, None),
             }
         };
+        let mut host = percent_decode(host)
+            .ok_or_else(|| Error::config(format!("bad percent-encoding in upstream url {url:?}")))?;
+        let mut port = port.map(str::to_owned);
+        if let Some((_, query)) = rest.split_once('?') {
+            for pair in query.split('&') {
+                match pair.split_once('=') {
+                    Some(("host", h)) => {
+                        host = percent_decode(h)
+                            .ok_or_else(|| Error::config(format!("bad host parameter in {url:?}")))?;
+                    }
+                    Some(("port", p)) => port = Some(p.to_owned()),
+                    _ => {}
+                }
+            }
+        }
         if host.is_empty() {
             return Err(Error::config(format!("upstream url has no host: {url:?}")));
         }
-        let port = match port {
+        let port = match port.as_deref() {
             None | Some("") => 5432,
             Some(p) => p.parse().map_err(|_| Error::config(format!("bad port in upstream url {url:?}")))?,
         };
-        Ok(Self { host: host.to_owned(), port })
+        Ok(if host.starts_with('/') {
+            Self::Unix { dir: host.into(), port }
+        } else {
+            Self::Tcp { host, port }
+        })
     }
 
-    /// The host name or address.
-    pub fn host(&self) -> &str {
-        &self.host
+    /// The host name or address, or the socket directory (as libpq and tokio-postgres take it).
+    pub fn host(&self) -> String {
+        match self {
+            Self::Tcp { host, .. } => host.clone(),
+            Self::Unix { dir, .. } => dir.display().to_string(),
+        }
     }
 
-    /// The TCP port.
+    /// The port.
     pub fn port(&self) -> u16 {
-        self.port
+        match self {
+            Self::Tcp { port, .. } | Self::Unix { port, .. } => *port,
+        }
     }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
+        match self {
+            Self::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Self::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Self::Unix { dir, port } => write!(f, "{}", crate::transport::socket_path(dir, *port).display()),
         }
     }
 }
@@ -91,6 +153,14 @@ pub(crate) struct ProxyConfig {
     pub(crate) admin_auth_database: String,
     /// The configuration file, for `RELOAD` and `SHOW CONFIG`.
     pub(crate) config_file: Option<std::path::PathBuf>,
+    /// The certificate clients see, when client TLS is on.
+    pub(crate) tls: Option<Arc<ClientTls>>,
+    /// Whether a TCP client must use TLS (Unix socket clients need not).
+    pub(crate) tls_required: bool,
+    /// Where the Unix socket `.s.PGSQL.<port>` is created, if anywhere.
+    pub(crate) unix_socket_dir: Option<PathBuf>,
+    /// The upstream leg's TLS.
+    pub(crate) upstream_tls: UpstreamTls,
 }
 
 /// Builds a [`Proxy`].
@@ -109,6 +179,13 @@ pub struct ProxyBuilder {
     admin_users: Vec<String>,
     admin_auth_database: String,
     config_file: Option<std::path::PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    tls_required: bool,
+    unix_socket_dir: Option<PathBuf>,
+    upstream_sslmode: SslMode,
+    upstream_sslrootcert: Option<PathBuf>,
     cache: Arc<dyn RequestCache>,
     registry: Option<prometheus::Registry>,
 }
@@ -137,6 +214,13 @@ impl Default for ProxyBuilder {
             admin_users: Vec::new(),
             admin_auth_database: "postgres".to_owned(),
             config_file: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_required: false,
+            unix_socket_dir: None,
+            upstream_sslmode: SslMode::default(),
+            upstream_sslrootcert: None,
             cache: Arc::new(PassThrough),
             registry: None,
         }
@@ -258,6 +342,55 @@ impl ProxyBuilder {
         self
     }
 
+    /// Client TLS with this certificate chain (leaf first) and key, both PEM: the proxy answers
+    /// `S` to SSLRequest and accepts PostgreSQL 17's direct TLS. `SIGHUP` reloads both files.
+    /// Default: none (clients connect in plain text).
+    #[must_use]
+    pub fn with_tls(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls_cert = Some(cert.into());
+        self.tls_key = Some(key.into());
+        self
+    }
+
+    /// Clients on TLS must present a certificate chaining to a root in this PEM file. Default: no
+    /// client certificates asked for.
+    #[must_use]
+    pub fn with_tls_client_ca(mut self, ca: impl Into<PathBuf>) -> Self {
+        self.tls_client_ca = Some(ca.into());
+        self
+    }
+
+    /// Whether a TCP client must use TLS (it is refused with SQLSTATE 28000 otherwise); Unix
+    /// socket clients are local and need not. Default: false.
+    #[must_use]
+    pub fn with_tls_required(mut self, required: bool) -> Self {
+        self.tls_required = required;
+        self
+    }
+
+    /// Also listens on the Unix socket `DIR/.s.PGSQL.<port>` (the port the TCP listener got), so
+    /// that `psql -h DIR -p PORT` connects. Default: no Unix socket.
+    #[must_use]
+    pub fn with_unix_socket_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.unix_socket_dir = Some(dir.into());
+        self
+    }
+
+    /// The upstream leg's TLS, as libpq's `sslmode`. Default: [`SslMode::Prefer`].
+    #[must_use]
+    pub fn with_upstream_sslmode(mut self, mode: SslMode) -> Self {
+        self.upstream_sslmode = mode;
+        self
+    }
+
+    /// The root certificates (PEM) the upstream's certificate must chain to in `verify-ca` and
+    /// `verify-full`; `system` means the Mozilla roots. Default: none.
+    #[must_use]
+    pub fn with_upstream_sslrootcert(mut self, path: impl Into<PathBuf>) -> Self {
+        self.upstream_sslrootcert = Some(path.into());
+        self
+    }
+
     /// Validates the settings.
     pub fn build(self) -> Result<Proxy, Error> {
         let upstream = Upstream::parse(
@@ -284,6 +417,18 @@ impl ProxyBuilder {
                 return Err(Error::config(format!("redis url must start with redis://: {r:?}")));
             }
         }
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(Arc::new(ClientTls::load(TlsFiles { cert, key, client_ca: self.tls_client_ca })?))
+            }
+            (None, None) if self.tls_client_ca.is_none() && !self.tls_required => None,
+            (None, None) => {
+                return Err(Error::config(
+                    "client TLS options need a certificate and key (--tls-cert, --tls-key)",
+                ))
+            }
+            _ => return Err(Error::config("client TLS needs both --tls-cert and --tls-key")),
+        };
         let config = ProxyConfig {
             upstream,
             listen,
@@ -299,6 +444,10 @@ impl ProxyBuilder {
             admin_users: self.admin_users,
             admin_auth_database: self.admin_auth_database,
             config_file: self.config_file,
+            tls,
+            tls_required: self.tls_required,
+            unix_socket_dir: self.unix_socket_dir,
+            upstream_tls: UpstreamTls::new(self.upstream_sslmode, self.upstream_sslrootcert.as_deref())?,
         };
         Proxy::new(config, self.cache, self.registry.unwrap_or_default())
     }
@@ -347,6 +496,13 @@ fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, Error> {
 /// wal_ddl_trigger = true                  # install the DDL event trigger (needs superuser)
 /// admin_users = ["admin"]                 # may open the admin console: psql -d strata
 /// admin_auth_database = "postgres"        # where an admin's password is checked
+/// tls_cert = "server.crt"                 # client TLS (with tls_key); SIGHUP reloads them
+/// tls_key = "server.key"
+/// tls_client_ca = "clients-ca.crt"        # clients must present a certificate from this CA
+/// tls_require = false                     # refuse TCP clients without TLS
+/// unix_socket_dir = "/var/run/strata"     # also listen on .s.PGSQL.<port> there
+/// upstream_sslmode = "prefer"             # disable | prefer | require | verify-ca | verify-full
+/// upstream_sslrootcert = "root.crt"       # or "system"
 ///
 /// [cache]   # handed to the query cache's own configuration
 /// key_level = true                        # key-level invalidation (--key-level)
@@ -403,6 +559,20 @@ pub struct FileConfig {
     pub admin_users: Option<Vec<String>>,
     /// The database an admin's login is checked on (default `postgres`).
     pub admin_auth_database: Option<String>,
+    /// Client TLS certificate chain (PEM, leaf first).
+    pub tls_cert: Option<PathBuf>,
+    /// Client TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Roots client certificates must chain to; none asks for no client certificate.
+    pub tls_client_ca: Option<PathBuf>,
+    /// Refuse TCP clients without TLS (default false).
+    pub tls_require: Option<bool>,
+    /// Directory of the Unix socket `.s.PGSQL.<port>` to listen on.
+    pub unix_socket_dir: Option<PathBuf>,
+    /// Upstream TLS as libpq's sslmode (default `"prefer"`).
+    pub upstream_sslmode: Option<String>,
+    /// Roots (PEM) for upstream `verify-ca`/`verify-full`, or `"system"`.
+    pub upstream_sslrootcert: Option<PathBuf>,
     /// The query cache's settings, passed through to it.
     pub cache: Option<toml::Table>,
 }
@@ -437,6 +607,12 @@ mod tests {
         assert!(ok("mysql://x").starts_with("error"));
         assert!(ok("postgres://:5432").starts_with("error"));
         assert!(ok("postgres://h:99999").starts_with("error"));
+        // Socket directories, as libpq takes them.
+        assert_eq!(ok("/var/run/postgresql"), "/var/run/postgresql/.s.PGSQL.5432");
+        assert_eq!(ok("postgres://%2Ftmp%2Fpg:5433/db"), "/tmp/pg/.s.PGSQL.5433");
+        assert_eq!(ok("postgresql:///db?host=/tmp/pg&port=6000"), "/tmp/pg/.s.PGSQL.6000");
+        assert_eq!(ok("postgres://h:1/db?port=2"), "h:2");
+        assert!(ok("postgres://%2/db").starts_with("error"));
     }
 
     /// `strata.example.toml` claims to set each option to its default: the proxy built from it
@@ -463,6 +639,13 @@ mod tests {
                 max_recording_bytes,
                 admin_users,
                 admin_auth_database,
+                tls_cert,
+                tls_key,
+                tls_client_ca,
+                tls_required,
+                unix_socket_dir,
+                upstream_sslmode,
+                upstream_sslrootcert,
                 // Not file options: the binary plugs in the cache and the cache's registry, and
                 // the file's own path.
                 cache: _,
@@ -473,6 +656,8 @@ mod tests {
                 (upstream, listen, http, redis, admin_users, admin_auth_database),
                 (max_message_bytes, max_result_bytes, max_recording_bytes),
                 (connect_timeout, startup_timeout, shutdown_grace, drain_timeout),
+                (tls_cert, tls_key, tls_client_ca, tls_required, unix_socket_dir),
+                (upstream_sslmode, upstream_sslrootcert),
             )
         };
         let (from_file, file_log) = resolve(Some(example));

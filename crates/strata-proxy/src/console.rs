@@ -12,14 +12,13 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::{info, warn};
 
 use crate::protocol::{error_response, frame, Reader, Severity, StartupParams};
 use crate::relay::Shared;
 use crate::seam::{ConsoleCommand, ConsoleReply, TransactionStatus};
+use crate::transport::{connect_upstream, send, ReadHalf, WriteHalf};
 
 /// The virtual database of the admin console.
 pub(crate) const CONSOLE_DATABASE: &str = "strata";
@@ -183,19 +182,20 @@ pub(crate) fn ready(status: TransactionStatus) -> Bytes {
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     params: StartupParams,
-    mut rd: OwnedReadHalf,
-    mut wr: OwnedWriteHalf,
+    client_tls: bool,
+    mut rd: ReadHalf,
+    mut wr: WriteHalf,
 ) {
     let user = params.get("user").unwrap_or_default().to_owned();
     if !shared.config.admin_users.contains(&user) {
         shared.metrics.console_refused.inc();
         info!(user = %user, "admin console refused");
         let msg = format!("strata-proxy: user \"{user}\" may not use the admin console (see --admin-users)");
-        let _ = wr.write_all(&error_response(Severity::Fatal, "28000", &msg)).await;
+        let _ = send(&mut wr, &error_response(Severity::Fatal, "28000", &msg)).await;
         let _ = wr.shutdown().await;
         return;
     }
-    if let Err(why) = authenticate(&shared, &params, &mut rd, &mut wr).await {
+    if let Err(why) = authenticate(&shared, &params, client_tls, &mut rd, &mut wr).await {
         info!(user = %user, error = %why, "admin console authentication ended");
         let _ = wr.shutdown().await;
         return;
@@ -232,11 +232,11 @@ pub(crate) async fn serve(
             }
             b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => continue,
             _ => {
-                let _ = wr.write_all(&error_response(Severity::Fatal, "08P01", "unexpected message")).await;
+                let _ = send(&mut wr, &error_response(Severity::Fatal, "08P01", "unexpected message")).await;
                 return;
             }
         };
-        if wr.write_all(&out).await.is_err() {
+        if send(&mut wr, &out).await.is_err() {
             return;
         }
     }
@@ -299,17 +299,16 @@ async fn run(shared: &Shared, command: Command) -> Result<ConsoleReply, String> 
 async fn authenticate(
     shared: &Shared,
     params: &StartupParams,
-    rd: &mut OwnedReadHalf,
-    wr: &mut OwnedWriteHalf,
+    client_tls: bool,
+    rd: &mut ReadHalf,
+    wr: &mut WriteHalf,
 ) -> Result<(), String> {
     let upstream = &shared.config.upstream;
-    let connect =
-        timeout(shared.config.connect_timeout, TcpStream::connect((upstream.host(), upstream.port())));
-    let mut up = match connect.await {
-        Ok(Ok(s)) => s,
-        _ => {
+    let mut up = match connect_upstream(&shared.config).await {
+        Ok(s) => s,
+        Err(_) => {
             let msg = format!("strata-proxy could not connect to upstream server {upstream} to authenticate");
-            let _ = wr.write_all(&error_response(Severity::Fatal, "08001", &msg)).await;
+            let _ = send(wr, &error_response(Severity::Fatal, "08001", &msg)).await;
             return Err(msg);
         }
     };
@@ -334,7 +333,9 @@ async fn authenticate(
     let mut startup = BytesMut::new();
     startup.put_u32(u32::try_from(body.len() + 4).unwrap_or(u32::MAX));
     startup.put_slice(&body);
-    up.write_all(&startup).await.map_err(|e| e.to_string())?;
+    send(&mut up, &startup).await.map_err(|e| e.to_string())?;
+    // As in a session: a plain client cannot bind to the upstream's TLS channel.
+    let strip_plus = !client_tls && up.is_tls();
     let (mut up_rd, mut up_wr) = up.into_split();
     let (mut up_buf, mut client_buf) = (BytesMut::new(), BytesMut::new());
     let limit = shared.config.max_message_bytes;
@@ -346,15 +347,17 @@ async fn authenticate(
                 // BackendKeyData would let the client cancel a connection about to close.
                 b'K' => continue,
                 b'E' => {
-                    wr.write_all(&frame(b'E', &body)).await.map_err(|_| "client gone")?;
+                    send(wr, &frame(b'E', &body)).await.map_err(|_| "client gone")?;
                     return Err("refused by the server");
                 }
                 b'Z' => {
-                    wr.write_all(&ready(TransactionStatus::Idle)).await.map_err(|_| "client gone")?;
+                    send(wr, &ready(TransactionStatus::Idle)).await.map_err(|_| "client gone")?;
                     return Ok(());
                 }
                 b'R' => {
-                    wr.write_all(&frame(b'R', &body)).await.map_err(|_| "client gone")?;
+                    let message = frame(b'R', &body);
+                    let offer = if strip_plus { crate::protocol::without_plus(&message) } else { None };
+                    send(wr, offer.as_deref().unwrap_or(&message)).await.map_err(|_| "client gone")?;
                     let code = body.get(..4).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
                     // 0 = ok, 12 = SASL final: nothing to answer.
                     if code != 0 && code != 12 {
@@ -363,17 +366,17 @@ async fn authenticate(
                         if tag != b'p' {
                             return Err("unexpected message during authentication");
                         }
-                        up_wr.write_all(&frame(b'p', &answer)).await.map_err(|_| "upstream closed")?;
+                        send(&mut up_wr, &frame(b'p', &answer)).await.map_err(|_| "upstream closed")?;
                     }
                 }
                 _ => {
-                    wr.write_all(&frame(tag, &body)).await.map_err(|_| "client gone")?;
+                    send(wr, &frame(tag, &body)).await.map_err(|_| "client gone")?;
                 }
             }
         }
     })
     .await;
-    let _ = up_wr.write_all(&frame(b'X', &[])).await;
+    let _ = send(&mut up_wr, &frame(b'X', &[])).await;
     match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(why)) => Err(why.to_owned()),

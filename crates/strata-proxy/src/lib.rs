@@ -49,6 +49,8 @@ mod server;
 mod session;
 mod strata_cache;
 mod strata_console;
+mod tls;
+mod transport;
 
 pub use crate::{
     cli::Args,
@@ -62,5 +64,6 @@ pub use crate::{
     server::{BoundProxy, Proxy, ShutdownHandle},
     session::SessionView,
     strata_cache::{build_query_cache, CacheSettings, StrataCache, StrataCacheBuilder},
+    tls::{SslMode, TlsFiles},
 };
 pub use strata::{CatalogConfig, CatalogConfigBuilder, Invalidation, TestOnlySessionTrust};

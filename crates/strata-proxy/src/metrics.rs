@@ -21,6 +21,10 @@ pub(crate) struct Metrics {
     pub(crate) console_refused: IntCounter,
     pub(crate) bytes_to_upstream: IntCounter,
     pub(crate) bytes_to_client: IntCounter,
+    /// Client TLS by how it began (`negotiated` after SSLRequest, `direct`, `plaintext`) and its
+    /// outcome (`ok`, `failed`, `no_alpn`, `refused`).
+    pub(crate) tls_handshakes: IntCounterVec,
+    pub(crate) channel_binding_refused: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> Result<IntCounter, Error> {
@@ -57,7 +61,24 @@ impl Metrics {
         registry
             .register(Box::new(sessions_active.clone()))
             .map_err(|e| Error::config("cannot register strata_proxy_sessions_active").with_source(e))?;
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "strata_proxy_tls_handshakes_total",
+                "Client TLS handshakes by mode (negotiated, direct) and outcome; plaintext/refused counts clients refused for not using TLS",
+            ),
+            &["mode", "outcome"],
+        )
+        .map_err(|e| Error::config("bad metric").with_source(e))?;
+        registry
+            .register(Box::new(tls_handshakes.clone()))
+            .map_err(|e| Error::config("cannot register strata_proxy_tls_handshakes_total").with_source(e))?;
         Ok(Self {
+            tls_handshakes,
+            channel_binding_refused: counter(
+                registry,
+                "strata_proxy_channel_binding_refused_total",
+                "Clients refused for asking SCRAM channel binding that cannot hold through the proxy",
+            )?,
             connections: counter(registry, "strata_proxy_connections_total", "Client connections accepted")?,
             sessions_active,
             requests_simple: requests.with_label_values(&["simple"]),

@@ -229,6 +229,31 @@ pub(crate) fn error_fields(body: &[u8]) -> (Option<String>, Option<String>) {
     (code, severity)
 }
 
+/// An AuthenticationSASL offer without `SCRAM-SHA-256-PLUS`, or `None` for any other message.
+///
+/// A client on a plain connection to the proxy cannot bind to a TLS channel, and libpq takes a
+/// `-PLUS` offer over a connection that is not TLS for a man in the middle and gives up. Without
+/// it the client sends the gs2 flag `n`, which PostgreSQL accepts on TLS. A client on TLS gets
+/// the offer unchanged: taking it away would make it answer `y`, which PostgreSQL on TLS refuses
+/// as a downgrade.
+pub(crate) fn without_plus(msg: &[u8]) -> Option<Vec<u8>> {
+    const SASL: u32 = 10;
+    let code = msg.get(5..9).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))?;
+    if code != SASL {
+        return None;
+    }
+    let mut body = SASL.to_be_bytes().to_vec();
+    let mechanisms = msg.get(9..)?;
+    for name in mechanisms.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if name != b"SCRAM-SHA-256-PLUS" {
+            body.extend_from_slice(name);
+            body.push(0);
+        }
+    }
+    body.push(0);
+    Some(frame(b'R', &body).to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,5 +281,16 @@ mod tests {
         assert_eq!(r.u8(), Ok(1));
         assert!(r.u8().is_err());
         assert!(r.cstr().is_err());
+    }
+
+    #[test]
+    fn plus_is_taken_out_of_a_sasl_offer_only() {
+        let offer = frame(b'R', b"\0\0\0\x0aSCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
+        let plain = frame(b'R', b"\0\0\0\x0aSCRAM-SHA-256\0\0");
+        assert_eq!(without_plus(&offer).as_deref(), Some(&plain[..]));
+        assert_eq!(without_plus(&plain).as_deref(), Some(&plain[..]));
+        // AuthenticationOk, SASLContinue: untouched.
+        assert_eq!(without_plus(&frame(b'R', b"\0\0\0\0")), None);
+        assert_eq!(without_plus(&frame(b'R', b"\0\0\0\x0br=abc")), None);
     }
 }

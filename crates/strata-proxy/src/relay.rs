@@ -27,10 +27,6 @@ use std::{
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-        TcpStream,
-    },
     sync::{oneshot, watch, Notify, OwnedMutexGuard},
     time::{timeout, Instant},
 };
@@ -51,6 +47,7 @@ use crate::{
     },
     server::ShutdownLevel,
     session::SessionView,
+    transport::{connect_upstream, send, ConnectError, ReadHalf, Stream, WriteHalf},
 };
 
 /// Frames of at least this size whose content the proxy does not need are streamed through as
@@ -79,107 +76,193 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Serves one accepted client connection to its end.
-pub(crate) async fn serve_client(shared: Arc<Shared>, stream: TcpStream) {
+pub(crate) async fn serve_client(shared: Arc<Shared>, stream: Stream) {
     shared.metrics.connections.inc();
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
-    let outcome = timeout(shared.config.startup_timeout, read_startup(&shared, &mut rd, &mut wr)).await;
-    let (params, raw) = match outcome {
+    let outcome = timeout(shared.config.startup_timeout, read_startup(&shared, stream)).await;
+    let (params, raw, stream) = match outcome {
         Err(_) => {
             debug!("client did not complete startup in time");
             return;
         }
-        Ok(Startup::Session(params, raw)) => (params, raw),
+        Ok(Startup::Session(params, raw, stream)) => (params, raw, stream),
         Ok(Startup::Done) => return,
-        Ok(Startup::Unsupported(message)) => {
-            shared.metrics.protocol_violations.inc();
-            let _ = wr.write_all(&error_response(Severity::Fatal, "0A000", &message)).await;
-            let _ = wr.shutdown().await;
+        Ok(Startup::Refused(mut stream, code, message)) => {
+            let _ = send(&mut stream, &error_response(Severity::Fatal, code, &message)).await;
+            let _ = stream.shutdown().await;
             return;
         }
-        Ok(Startup::Malformed(m)) => {
+        Ok(Startup::Unsupported(mut stream, message)) => {
+            shared.metrics.protocol_violations.inc();
+            let _ = send(&mut stream, &error_response(Severity::Fatal, "0A000", &message)).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+        Ok(Startup::Malformed(mut stream, m)) => {
             shared.metrics.protocol_violations.inc();
             info!(error = %m.0, "protocol violation in startup");
-            let _ = wr.write_all(&error_response(Severity::Fatal, "08P01", &m.0)).await;
-            let _ = wr.shutdown().await;
+            let _ = send(&mut stream, &error_response(Severity::Fatal, "08P01", &m.0)).await;
+            let _ = stream.shutdown().await;
             return;
         }
     };
+    let client_tls = stream.is_tls();
+    let (rd, wr) = stream.into_split();
     if params.get("database") == Some(crate::console::CONSOLE_DATABASE)
         && !shared.config.admin_users.is_empty()
     {
-        crate::console::serve(shared, params, rd, wr).await;
+        crate::console::serve(shared, params, client_tls, rd, wr).await;
         return;
     }
     shared.metrics.sessions_active.inc();
-    run_session(&shared, params, raw, rd, wr).await;
+    run_session(&shared, params, raw, client_tls, rd, wr).await;
     shared.metrics.sessions_active.dec();
 }
 
 enum Startup {
-    Session(StartupParams, Bytes),
+    Session(StartupParams, Bytes, Stream),
     Done,
-    Malformed(Malformed),
+    Malformed(Stream, Malformed),
     /// A request PostgreSQL refuses as an unsupported protocol (SQLSTATE 0A000).
-    Unsupported(String),
+    Unsupported(Stream, String),
+    /// Refused by policy (TLS required) with this SQLSTATE and message.
+    Refused(Stream, &'static str, String),
 }
 
-async fn read_startup(shared: &Shared, rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf) -> Startup {
+/// The first byte of a TLS handshake record: a client using PostgreSQL 17's direct TLS.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+async fn read_startup(shared: &Shared, mut stream: Stream) -> Startup {
+    // Direct TLS: a ClientHello first, no SSLRequest. Peeking consumes nothing.
+    if let (Some(tls), Stream::Tcp(tcp)) = (&shared.config.tls, &stream) {
+        let mut first = [0u8; 1];
+        match tcp.peek(&mut first).await {
+            Ok(1) if first[0] == TLS_HANDSHAKE => {
+                let Stream::Tcp(tcp) = stream else { unreachable!("matched above") };
+                match tls.acceptor().accept(tcp).await {
+                    Ok(s) => {
+                        // PostgreSQL refuses direct TLS without ALPN `postgresql`: a generic TLS
+                        // client must not be taken for a PostgreSQL one.
+                        if s.get_ref().1.alpn_protocol() != Some(crate::tls::ALPN_POSTGRESQL) {
+                            shared.metrics.tls_handshakes.with_label_values(&["direct", "no_alpn"]).inc();
+                            debug!("direct TLS without ALPN postgresql refused");
+                            return Startup::Done;
+                        }
+                        shared.metrics.tls_handshakes.with_label_values(&["direct", "ok"]).inc();
+                        stream = Stream::Accepted(Box::new(s));
+                    }
+                    Err(e) => {
+                        shared.metrics.tls_handshakes.with_label_values(&["direct", "failed"]).inc();
+                        debug!(error = %e, "direct TLS handshake failed");
+                        return Startup::Done;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return Startup::Done,
+        }
+    }
     // PostgreSQL answers one SSLRequest and one GSSENCRequest; a second of either is an unknown
     // protocol to it.
-    let (mut ssl_done, mut gss_done) = (false, false);
+    let (mut ssl_done, mut gss_done) = (stream.is_tls(), false);
     loop {
         let mut len = [0u8; 4];
-        if rd.read_exact(&mut len).await.is_err() {
+        if stream.read_exact(&mut len).await.is_err() {
             return Startup::Done;
         }
         let len = u32::from_be_bytes(len) as usize;
         if !(8..=MAX_STARTUP_BYTES).contains(&len) {
-            return Startup::Malformed(Malformed::new("invalid length of startup packet"));
+            return Startup::Malformed(stream, Malformed::new("invalid length of startup packet"));
         }
         let mut packet = vec![0u8; len];
         packet[..4].copy_from_slice(&(len as u32).to_be_bytes());
-        if rd.read_exact(&mut packet[4..]).await.is_err() {
+        if stream.read_exact(&mut packet[4..]).await.is_err() {
             return Startup::Done;
         }
         let code = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
         match code {
             SSL_REQUEST | GSSENC_REQUEST => {
                 if len != 8 {
-                    return Startup::Malformed(Malformed::new("invalid length of encryption request"));
+                    return Startup::Malformed(
+                        stream,
+                        Malformed::new("invalid length of encryption request"),
+                    );
                 }
                 let done = if code == SSL_REQUEST { &mut ssl_done } else { &mut gss_done };
                 if std::mem::replace(done, true) {
-                    return Startup::Unsupported(format!(
-                        "unsupported frontend protocol {}.{}: server supports 3.0 to 3.0",
-                        code >> 16,
-                        code & 0xffff
-                    ));
+                    return Startup::Unsupported(
+                        stream,
+                        format!(
+                            "unsupported frontend protocol {}.{}: server supports 3.0 to 3.0",
+                            code >> 16,
+                            code & 0xffff
+                        ),
+                    );
                 }
-                // TLS and GSS encryption are not offered; the client goes on in plain text or gives up.
-                if wr.write_all(b"N").await.is_err() {
-                    return Startup::Done;
+                match (&shared.config.tls, stream) {
+                    (Some(tls), Stream::Tcp(tcp)) if code == SSL_REQUEST => {
+                        // Nothing past the 8 bytes was read: whatever the client sent after
+                        // the request goes into the handshake, never into the protocol (plaintext
+                        // injected there is the CVE-2021-23214 class).
+                        let mut tcp = tcp;
+                        if tcp.write_all(b"S").await.is_err() {
+                            return Startup::Done;
+                        }
+                        match tls.acceptor().accept(tcp).await {
+                            Ok(s) => {
+                                shared.metrics.tls_handshakes.with_label_values(&["negotiated", "ok"]).inc();
+                                stream = Stream::Accepted(Box::new(s));
+                            }
+                            Err(e) => {
+                                shared
+                                    .metrics
+                                    .tls_handshakes
+                                    .with_label_values(&["negotiated", "failed"])
+                                    .inc();
+                                debug!(error = %e, "TLS handshake failed");
+                                return Startup::Done;
+                            }
+                        }
+                    }
+                    (_, mut other) => {
+                        // Not offered here (no certificate, a Unix socket, GSS): the client goes
+                        // on in plain text or gives up.
+                        if send(&mut other, b"N").await.is_err() {
+                            return Startup::Done;
+                        }
+                        stream = other;
+                    }
                 }
             }
             CANCEL_REQUEST => {
                 if len != 16 {
-                    return Startup::Malformed(Malformed::new("invalid length of cancel request"));
+                    return Startup::Malformed(stream, Malformed::new("invalid length of cancel request"));
                 }
                 forward_cancel(shared, Bytes::from(packet)).await;
                 return Startup::Done;
             }
             version if version >> 16 == 3 => {
+                if shared.config.tls_required && matches!(stream, Stream::Tcp(_)) {
+                    shared.metrics.tls_handshakes.with_label_values(&["plaintext", "refused"]).inc();
+                    return Startup::Refused(
+                        stream,
+                        "28000",
+                        "strata-proxy requires TLS: connect with sslmode=require or stronger".to_owned(),
+                    );
+                }
                 return match parse_startup(version, &packet[8..]) {
-                    Ok(params) => Startup::Session(params, Bytes::from(packet)),
-                    Err(m) => Startup::Malformed(m),
+                    Ok(params) => Startup::Session(params, Bytes::from(packet), stream),
+                    Err(m) => Startup::Malformed(stream, m),
                 };
             }
             version => {
-                return Startup::Malformed(Malformed(format!(
-                    "unsupported frontend protocol {}.{}",
-                    version >> 16,
-                    version & 0xffff
-                )));
+                return Startup::Malformed(
+                    stream,
+                    Malformed(format!(
+                        "unsupported frontend protocol {}.{}",
+                        version >> 16,
+                        version & 0xffff
+                    )),
+                );
             }
         }
     }
@@ -195,25 +278,24 @@ async fn forward_cancel(shared: &Shared, packet: Bytes) {
         return;
     }
     shared.metrics.cancel_requests.inc();
-    let upstream = &shared.config.upstream;
-    match timeout(shared.config.connect_timeout, TcpStream::connect((upstream.host(), upstream.port()))).await
-    {
-        Ok(Ok(mut s)) => {
-            if let Err(e) = s.write_all(&packet).await {
+    // The same way a session connects, TLS mode included: a server accepting only TLS refuses a
+    // plain cancel.
+    match connect_upstream(&shared.config).await {
+        Ok(mut s) => {
+            if let Err(e) = send(&mut s, &packet).await {
                 warn!(error = %e, "cannot forward cancel request");
             }
             // The server closes the connection once it has read the request.
             let mut sink = [0u8; 16];
             let _ = timeout(shared.config.connect_timeout, s.read(&mut sink)).await;
         }
-        Ok(Err(e)) => warn!(error = %e, "cannot connect upstream to forward a cancel request"),
-        Err(_) => warn!("timeout connecting upstream to forward a cancel request"),
+        Err(e) => warn!(error = %e.0, "cannot connect upstream to forward a cancel request"),
     }
 }
 
 /// The client socket's write half and whether a frame is half written.
 struct ClientOut {
-    w: OwnedWriteHalf,
+    w: WriteHalf,
     mid_frame: bool,
 }
 
@@ -363,7 +445,7 @@ impl Session {
     async fn write_client_fatal(&self, code: &str, message: &str) {
         let mut out = self.client_out.lock().await;
         if !out.mid_frame {
-            let _ = out.w.write_all(&error_response(Severity::Fatal, code, message)).await;
+            let _ = send(&mut out.w, &error_response(Severity::Fatal, code, message)).await;
         }
         let _ = out.w.shutdown().await;
     }
@@ -371,6 +453,8 @@ impl Session {
 
 enum ClientEnd {
     Closed,
+    /// Refused during authentication, with this message.
+    Refused(String),
     Terminated,
     Malformed(Malformed),
     UpstreamWrite(io::Error),
@@ -388,32 +472,32 @@ async fn run_session(
     shared: &Arc<Shared>,
     params: StartupParams,
     raw_startup: Bytes,
-    client_rd: OwnedReadHalf,
-    mut client_wr: OwnedWriteHalf,
+    client_tls: bool,
+    client_rd: ReadHalf,
+    mut client_wr: WriteHalf,
 ) {
     let upstream = &shared.config.upstream;
-    let connect =
-        timeout(shared.config.connect_timeout, TcpStream::connect((upstream.host(), upstream.port())));
-    let mut up = match connect.await {
-        Ok(Ok(s)) => s,
-        failure => {
-            let why = match failure {
-                Ok(Err(e)) => e.to_string(),
-                _ => "timeout".to_owned(),
-            };
+    let mut up = match connect_upstream(&shared.config).await {
+        Ok(s) => s,
+        Err(ConnectError(why)) => {
             shared.metrics.upstream_connect_errors.inc();
             warn!(upstream = %upstream, error = %why, "cannot connect to upstream");
             let msg = format!("strata-proxy could not connect to upstream server {upstream}: {why}");
-            let _ = client_wr.write_all(&error_response(Severity::Fatal, "08001", &msg)).await;
+            let _ = send(&mut client_wr, &error_response(Severity::Fatal, "08001", &msg)).await;
             let _ = client_wr.shutdown().await;
             return;
         }
     };
-    let _ = up.set_nodelay(true);
-    if let Err(e) = up.write_all(&raw_startup).await {
+    // The client's TLS ends here and the upstream's is another, under a certificate that is not
+    // ours: SCRAM channel binding cannot hold end to end, and a client asking for it is refused
+    // (`client::ClientSide::screen_auth`) rather than relayed into a failure or a downgrade.
+    let upstream_tls = up.is_tls();
+    let binding_mismatch = client_tls
+        && shared.config.tls.as_ref().is_some_and(|t| up.peer_leaf().is_some_and(|leaf| leaf != t.leaf()));
+    if let Err(e) = send(&mut up, &raw_startup).await {
         shared.metrics.upstream_lost.inc();
         let msg = format!("strata-proxy lost the upstream connection during startup: {e}");
-        let _ = client_wr.write_all(&error_response(Severity::Fatal, "08006", &msg)).await;
+        let _ = send(&mut client_wr, &error_response(Severity::Fatal, "08006", &msg)).await;
         return;
     }
     let session_id = shared.next_session_id.fetch_add(1, Ordering::Relaxed);
@@ -443,8 +527,8 @@ async fn run_session(
         request_done: Notify::new(),
     });
     let active = session.cache.is_some();
-    let client_side = client::ClientSide::new(session.clone(), client_rd, up_wr, active);
-    let server_side = server::ServerSide::new(session.clone(), up_rd, active);
+    let client_side = client::ClientSide::new(session.clone(), client_rd, up_wr, active, binding_mismatch);
+    let server_side = server::ServerSide::new(session.clone(), up_rd, active, !client_tls && upstream_tls);
     let mut c2s = tokio::spawn(client_side.run());
     let mut s2c = tokio::spawn(server_side.run());
 
@@ -510,6 +594,13 @@ async fn run_session(
                             .write_client_fatal("08006", "strata-proxy lost the upstream connection")
                             .await;
                     }
+                }
+                Some(ClientEnd::Refused(message)) => {
+                    shared.metrics.channel_binding_refused.inc();
+                    session.client_gone.store(true, Ordering::Release);
+                    info!(session = session_id, "{message}");
+                    session.write_client_fatal("28000", &message).await;
+                    s2c.abort();
                 }
                 Some(ClientEnd::Malformed(m)) => {
                     session.client_gone.store(true, Ordering::Release);

@@ -18,6 +18,7 @@ use crate::{
     metrics::Metrics,
     relay::{serve_client, Shared},
     seam::RequestCache,
+    transport::Stream,
 };
 
 /// A configured, not yet listening PostgreSQL proxy.
@@ -77,6 +78,11 @@ impl Proxy {
             Some(l) => Some(l.local_addr().map_err(|e| Error::io("cannot read the http address", e))?),
             None => None,
         };
+        let unix = match &self.config.unix_socket_dir {
+            Some(dir) => Some(bind_unix(dir, local_addr.port())?),
+            None => None,
+        };
+        check_channel_binding(&self.config).await;
         let (shutdown_tx, shutdown_rx) = watch::channel(ShutdownLevel::Running);
         let recording_budget = Arc::new(crate::relay::RecordingBudget::new(self.config.max_recording_bytes));
         let shared = Arc::new(Shared {
@@ -90,6 +96,7 @@ impl Proxy {
         });
         Ok(BoundProxy {
             listener,
+            unix,
             http,
             local_addr,
             http_addr,
@@ -114,6 +121,7 @@ impl fmt::Debug for Proxy {
 /// A proxy with its sockets bound; [`run`](BoundProxy::run) serves until shutdown.
 pub struct BoundProxy {
     listener: TcpListener,
+    unix: Option<UnixSocket>,
     http: Option<TcpListener>,
     local_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
@@ -170,6 +178,11 @@ impl BoundProxy {
         self.local_addr
     }
 
+    /// The Unix socket clients may connect to, if any (`DIR/.s.PGSQL.<port>`).
+    pub fn unix_socket(&self) -> Option<&std::path::Path> {
+        self.unix.as_ref().map(|u| u.path.as_path())
+    }
+
     /// The address of `/health` and `/metrics`, if served.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
@@ -199,8 +212,28 @@ impl BoundProxy {
     /// Serves clients until shutdown is requested, then waits for the sessions to end (each
     /// bounded by the grace period).
     pub async fn run(self) -> Result<(), Error> {
-        let BoundProxy { listener, http, local_addr, shared, registry, shutdown, .. } = self;
-        info!(listen = %local_addr, upstream = %shared.config.upstream, "strata-proxy serving");
+        let BoundProxy { listener, unix, http, local_addr, shared, registry, shutdown, .. } = self;
+        let tls = match &shared.config.tls {
+            Some(t) if shared.config.tls_required => format!("required ({})", t.files().cert.display()),
+            Some(t) => format!("offered ({})", t.files().cert.display()),
+            None => "off".to_owned(),
+        };
+        info!(
+            listen = %local_addr,
+            unix_socket = %unix.as_ref().map_or_else(|| "none".to_owned(), |u| u.path.display().to_string()),
+            upstream = %shared.config.upstream,
+            client_tls = %tls,
+            upstream_sslmode = %shared.config.upstream_tls.mode,
+            "strata-proxy serving"
+        );
+        if matches!(
+            shared.config.upstream_tls.mode,
+            crate::tls::SslMode::Prefer | crate::tls::SslMode::Require
+        ) && matches!(shared.config.upstream, Upstream::Tcp { .. })
+        {
+            info!(mode = %shared.config.upstream_tls.mode, "upstream TLS verifies no certificate in this mode: use verify-full with --upstream-sslrootcert where the network is not trusted");
+        }
+        let reload = shared.config.tls.clone().map(|tls| tokio::spawn(reload_on_sighup(tls)));
         let mut rx = shutdown.0.subscribe();
         let http_task = http.map(|l| tokio::spawn(http::serve(l, registry, rx.clone())));
         let mut sessions = JoinSet::new();
@@ -208,11 +241,21 @@ impl BoundProxy {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _peer)) => {
-                        sessions.spawn(serve_client(shared.clone(), stream));
+                        let _ = stream.set_nodelay(true);
+                        sessions.spawn(serve_client(shared.clone(), Stream::Tcp(stream)));
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
                         warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                accepted = accept_unix(unix.as_ref()) => match accepted {
+                    Ok(stream) => {
+                        sessions.spawn(serve_client(shared.clone(), stream));
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "accept on the unix socket failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
@@ -225,6 +268,10 @@ impl BoundProxy {
             }
         }
         drop(listener);
+        drop(unix);
+        if let Some(r) = reload {
+            r.abort();
+        }
         info!(sessions = sessions.len(), "shutting down; waiting for sessions to finish");
         while sessions.join_next().await.is_some() {}
         if let Some(t) = http_task {
@@ -233,6 +280,97 @@ impl BoundProxy {
         info!("strata-proxy stopped");
         Ok(())
     }
+}
+
+/// A Unix socket being listened on; the file goes when it is dropped.
+struct UnixSocket {
+    #[cfg(unix)]
+    listener: tokio::net::UnixListener,
+    path: std::path::PathBuf,
+}
+
+impl Drop for UnixSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(unix)]
+fn bind_unix(dir: &std::path::Path, port: u16) -> Result<UnixSocket, Error> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let path = crate::transport::socket_path(dir, port);
+    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+        // A socket left by a process that is gone is replaced; one still answering is not.
+        if !meta.file_type().is_socket() {
+            return Err(Error::config(format!("{} exists and is not a socket", path.display())));
+        }
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            return Err(Error::config(format!("{} is in use by another server", path.display())));
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    let listener = tokio::net::UnixListener::bind(&path)
+        .map_err(|e| Error::io(format!("cannot listen on {}", path.display()), e))?;
+    // As PostgreSQL's default unix_socket_permissions: who may connect is up to authentication.
+    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777));
+    Ok(UnixSocket { listener, path })
+}
+
+#[cfg(not(unix))]
+fn bind_unix(_dir: &std::path::Path, _port: u16) -> Result<UnixSocket, Error> {
+    Err(Error::config("unix sockets are not supported on this platform"))
+}
+
+#[cfg(unix)]
+async fn accept_unix(unix: Option<&UnixSocket>) -> std::io::Result<Stream> {
+    match unix {
+        Some(u) => u.listener.accept().await.map(|(s, _)| Stream::Unix(s)),
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn accept_unix(_unix: Option<&UnixSocket>) -> std::io::Result<Stream> {
+    std::future::pending().await
+}
+
+/// With client TLS and a TLS upstream under another certificate, SCRAM channel binding cannot
+/// hold end to end: say at startup what clients will meet (each such client is refused with a
+/// message saying what to change; others pass).
+async fn check_channel_binding(config: &ProxyConfig) {
+    let Some(tls) = &config.tls else { return };
+    if config.upstream_tls.connector.is_none() || !matches!(config.upstream, Upstream::Tcp { .. }) {
+        return;
+    }
+    match crate::transport::connect_upstream(config).await {
+        Ok(up) => match up.peer_leaf() {
+            Some(leaf) if leaf == tls.leaf() => {
+                info!("the upstream presents the proxy's own certificate: SCRAM channel binding works end to end")
+            }
+            Some(_) => warn!(
+                "the upstream's TLS certificate is not the proxy's: clients on TLS that use SCRAM channel binding (libpq's default channel_binding=prefer) are refused with a message; they connect with channel_binding=disable, or give the proxy the upstream's certificate and key, or use --upstream-sslmode disable on a trusted network"
+            ),
+            None => info!("the upstream does not use TLS: SCRAM from TLS clients works without channel binding"),
+        },
+        Err(e) => warn!(error = %e.0, "cannot reach the upstream to compare TLS certificates; sessions check it as they connect"),
+    }
+}
+
+/// Reloads the client TLS certificate and key on SIGHUP; a failed reload keeps the old ones.
+async fn reload_on_sighup(tls: Arc<crate::tls::ClientTls>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => info!(cert = %tls.files().cert.display(), "TLS certificate reloaded"),
+                Err(e) => warn!(error = %e, "TLS certificate reload failed; the previous one stays in force"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 #[cfg(unix)]

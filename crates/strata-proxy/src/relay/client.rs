@@ -48,8 +48,8 @@ const WIRE_START_BYTES: usize = 256;
 
 pub(super) struct ClientSide {
     session: Arc<Session>,
-    rd: OwnedReadHalf,
-    up: OwnedWriteHalf,
+    rd: ReadHalf,
+    up: WriteHalf,
     buf: BytesMut,
     out: BytesMut,
     active: bool,
@@ -64,6 +64,8 @@ pub(super) struct ClientSide {
     orphans: Vec<String>,
     /// Cached once the server's first ReadyForQuery has been seen.
     ready: bool,
+    /// SCRAM channel binding cannot hold end to end on this session (see `screen_auth`).
+    binding_mismatch: bool,
 }
 
 enum Flow {
@@ -72,7 +74,13 @@ enum Flow {
 }
 
 impl ClientSide {
-    pub(super) fn new(session: Arc<Session>, rd: OwnedReadHalf, up: OwnedWriteHalf, active: bool) -> Self {
+    pub(super) fn new(
+        session: Arc<Session>,
+        rd: ReadHalf,
+        up: WriteHalf,
+        active: bool,
+        binding_mismatch: bool,
+    ) -> Self {
         Self {
             session,
             rd,
@@ -86,6 +94,7 @@ impl ClientSide {
             open: None,
             orphans: Vec::new(),
             ready: false,
+            binding_mismatch,
         }
     }
 
@@ -95,7 +104,7 @@ impl ClientSide {
             Err(end) => {
                 if matches!(end, ClientEnd::Malformed(_)) {
                     // Tell the server we are leaving rather than dropping the socket mid-protocol.
-                    let _ = self.up.write_all(&frame(b'X', &[])).await;
+                    let _ = send(&mut self.up, &frame(b'X', &[])).await;
                 }
                 end
             }
@@ -147,7 +156,7 @@ impl ClientSide {
     async fn flush_upstream(&mut self) -> Result<(), ClientEnd> {
         if !self.out.is_empty() {
             self.session.shared.metrics.bytes_to_upstream.inc_by(self.out.len() as u64);
-            self.up.write_all(&self.out).await.map_err(ClientEnd::UpstreamWrite)?;
+            send(&mut self.up, &self.out).await.map_err(ClientEnd::UpstreamWrite)?;
             self.out.clear();
         }
         Ok(())
@@ -164,6 +173,9 @@ impl ClientSide {
         }
         if !self.ready {
             // Authentication messages (and anything before the first ReadyForQuery) pass unchanged.
+            if self.binding_mismatch && tag == b'p' {
+                screen_auth(&msg)?;
+            }
             self.out.extend_from_slice(&msg);
             return Ok(Now::Done(Flow::Continue));
         }
@@ -214,7 +226,7 @@ impl ClientSide {
                 let status = self.session.state().view.transaction_status();
                 out.extend_from_slice(&crate::console::ready(status));
                 let mut client = self.session.client_out.lock().await;
-                return client.w.write_all(&out).await.map_err(|_| ClientEnd::ClientWrite);
+                return send(&mut client.w, &out).await.map_err(|_| ClientEnd::ClientWrite);
             }
         }
         let dropped = match &sql {
@@ -373,7 +385,7 @@ impl ClientSide {
         self.session.shared.metrics.replays.inc();
         self.session.shared.metrics.bytes_to_client.inc_by(bytes.len() as u64);
         let mut out = self.session.client_out.lock().await;
-        out.w.write_all(&bytes).await.map_err(|_| ClientEnd::ClientWrite)
+        send(&mut out.w, &bytes).await.map_err(|_| ClientEnd::ClientWrite)
     }
 
     fn push_closed(&mut self, request: Request, fill: Option<Fill>) {
@@ -893,4 +905,28 @@ mod tests {
         let mut big = BytesMut::from(&b"d\0\x10\0\0"[..]);
         assert!(next_client_frame(&mut big, 1024).is_err());
     }
+}
+
+/// On a session where the client's TLS ends at the proxy and the upstream's is under another
+/// certificate, refuses a SASLInitialResponse that uses SCRAM channel binding (`-PLUS`) or says
+/// the client could (gs2 flag `y`): the binding the client computes names the proxy's certificate,
+/// so PostgreSQL would fail it, and nothing the proxy rewrites can fix that without breaking the
+/// proof. Other authentication (and SCRAM without channel binding) passes.
+fn screen_auth(msg: &[u8]) -> Result<(), ClientEnd> {
+    let mut reader = Reader::new(msg.get(5..).unwrap_or_default(), "SASLInitialResponse");
+    let (Ok(mechanism), Ok(len)) = (reader.cstr(), reader.i32()) else {
+        // A password message, or a later SASL response.
+        return Ok(());
+    };
+    let flag = if len > 0 { reader.take(1).ok().and_then(|b| b.first().copied()) } else { None };
+    if mechanism.ends_with("-PLUS") || flag == Some(b'y') {
+        return Err(ClientEnd::Refused(
+            "strata-proxy cannot relay SCRAM channel binding: the client's TLS session ends at the proxy, \
+             whose certificate is not the upstream server's. Connect with channel_binding=disable, give \
+             the proxy the upstream's certificate and key (--tls-cert, --tls-key), or use \
+             --upstream-sslmode disable on a trusted network"
+                .to_owned(),
+        ));
+    }
+    Ok(())
 }

@@ -6,18 +6,22 @@ use super::*;
 
 pub(super) struct ServerSide {
     session: Arc<Session>,
-    rd: OwnedReadHalf,
+    rd: ReadHalf,
     buf: BytesMut,
     out: BytesMut,
     active: bool,
     fatal_seen: bool,
     /// Bytes left of a large frame being streamed through.
     stream_left: usize,
+    /// The client leg is plain and the upstream's TLS: SCRAM-SHA-256-PLUS is taken out of the
+    /// server's offer (see `protocol::without_plus`).
+    strip_plus: bool,
 }
 
 impl ServerSide {
-    pub(super) fn new(session: Arc<Session>, rd: OwnedReadHalf, active: bool) -> Self {
+    pub(super) fn new(session: Arc<Session>, rd: ReadHalf, active: bool, strip_plus: bool) -> Self {
         Self {
+            strip_plus,
             session,
             rd,
             buf: BytesMut::with_capacity(64 * 1024),
@@ -69,6 +73,15 @@ impl ServerSide {
                     return ServerEnd::Protocol(format!("invalid message length {len}"));
                 }
                 let total = len + 1;
+                if rest.len() >= total && self.strip_plus && tag == b'R' {
+                    if let Some(offer) = crate::protocol::without_plus(&rest[..total]) {
+                        self.out.extend_from_slice(&self.buf[..fwd]);
+                        self.out.extend_from_slice(&offer);
+                        self.buf.advance(fwd + total);
+                        fwd = 0;
+                        continue;
+                    }
+                }
                 if rest.len() >= total {
                     let mut completed = None;
                     let forward = on_message(
@@ -134,11 +147,11 @@ impl ServerSide {
                 };
                 let written = if self.out.is_empty() {
                     self.session.shared.metrics.bytes_to_client.inc_by(fwd as u64);
-                    g.w.write_all(&self.buf[..fwd]).await
+                    send(&mut g.w, &self.buf[..fwd]).await
                 } else {
                     self.out.extend_from_slice(&self.buf[..fwd]);
                     self.session.shared.metrics.bytes_to_client.inc_by(self.out.len() as u64);
-                    g.w.write_all(&self.out).await
+                    send(&mut g.w, &self.out).await
                 };
                 if written.is_err() {
                     return ServerEnd::ClientWrite;

@@ -67,7 +67,7 @@ DROP TABLE items;
 pub(crate) async fn psql(port: u16, db: &str, script: &str) -> Output {
     let pg = pg();
     let mut child = Command::new("/usr/bin/psql")
-        .args(["-X", "-h", pg.host(), "-p", &port.to_string(), "-U", "postgres", "-d", db, "-f", "-"])
+        .args(["-X", "-h", &pg.host(), "-p", &port.to_string(), "-U", "postgres", "-d", db, "-f", "-"])
         .env("PGCONNECT_TIMEOUT", "10")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -249,7 +249,7 @@ async fn simple_protocol_responses_are_byte_identical_and_report_transaction_sta
 fn pgbench_base(port: u16, db: &str) -> Command {
     let pg = pg();
     let mut cmd = Command::new("pgbench");
-    cmd.args(["-h", pg.host(), "-p", &port.to_string(), "-U", "postgres"]);
+    cmd.args(["-h", &pg.host(), "-p", &port.to_string(), "-U", "postgres"]);
     cmd.env("PGDATABASE", db).env("PGCONNECT_TIMEOUT", "10");
     let _ = database_url();
     cmd

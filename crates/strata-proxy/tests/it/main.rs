@@ -14,6 +14,7 @@ mod redis_down;
 mod seam;
 mod sessions;
 mod support;
+mod tls;
 mod wal;
 mod wal_cases;
 mod wal_fleet;

@@ -11,7 +11,7 @@ use tokio_postgres::NoTls;
 use crate::support::{admin, connect, must_fail, pg, start_proxy};
 
 /// Creates (or resets) the password roles the harness configures for scram-sha-256 and md5.
-async fn password_roles() {
+pub(crate) async fn password_roles() {
     let a = admin("postgres").await;
     for (role, encryption, password) in
         [("strata_scram", "scram-sha-256", "scram-secret"), ("strata_md5", "md5", "md5-secret")]
@@ -63,7 +63,7 @@ async fn scram_and_md5_authentication_work_through_the_proxy() {
                 "-A",
                 "-t",
                 "-h",
-                pg().host(),
+                &pg().host(),
                 "-p",
                 &proxy.port().to_string(),
                 "-U",
@@ -83,7 +83,7 @@ async fn scram_and_md5_authentication_work_through_the_proxy() {
             String::from_utf8_lossy(&out.stderr)
         );
         let out = Command::new("/usr/bin/psql")
-            .args(["-X", "-h", pg().host(), "-p", &proxy.port().to_string(), "-U", role, "-d", "postgres"])
+            .args(["-X", "-h", &pg().host(), "-p", &proxy.port().to_string(), "-U", role, "-d", "postgres"])
             .args(["-c", "SELECT 1"])
             .env("PGPASSWORD", "nope")
             .output()
