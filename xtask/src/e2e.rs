@@ -3,7 +3,9 @@
 //! BENCHMARKS.md with a plot.
 
 mod report;
+mod section;
 mod targets;
+pub(crate) mod tls;
 pub(crate) mod wal;
 
 use std::fmt;
@@ -453,7 +455,9 @@ pub(crate) fn run(args: &[String], interrupted: &Interrupted) -> Result<ExitCode
         },
     );
     // Sections other benches own (`bench wal`) are kept.
-    let kept = std::fs::read_to_string(&options.out).map(|old| wal::kept_section(&old)).unwrap_or_default();
+    let kept = std::fs::read_to_string(&options.out)
+        .map(|old| format!("{}{}", wal::kept_section(&old), section::kept(&old, "tls")))
+        .unwrap_or_default();
     let text = format!("{text}{kept}");
     std::fs::write(&options.out, &text).with_context(|| format!("writing {}", options.out.display()))?;
     println!("{text}");

@@ -30,6 +30,8 @@ commands:
                    --workload select-only,heavy-read,heavy-mixed,zipf,miss; see bench e2e --help)
   bench wal        commit made directly on PostgreSQL to a miss through a streaming proxy at 100 and
                    1,000 direct commits/s, and pgbench -N throughput with the stream on and off
+  bench tls        pgbench -S through strata-proxy with TLS on the client or upstream leg against
+                   plain TCP, and a Unix-socket upstream against TCP, in one run
   services         start the throwaway servers, print their variables, and wait for Ctrl-C
   proxy [ARGS...]  install prerequisites and run strata-proxy (release build) with ARGS";
 
@@ -53,6 +55,7 @@ fn run() -> Result<ExitCode> {
         "ci" => ci(&interrupted),
         "bench" if rest.first().is_some_and(|a| a == "e2e") => e2e::run(&rest[1..], &interrupted),
         "bench" if rest.first().is_some_and(|a| a == "wal") => e2e::wal::run(&rest[1..], &interrupted),
+        "bench" if rest.first().is_some_and(|a| a == "tls") => e2e::tls::run(&rest[1..], &interrupted),
         "bench" => bench::run(&rest, &interrupted),
         "services" => services::hold(&interrupted),
         "proxy" => proxy(&rest, &interrupted),

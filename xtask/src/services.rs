@@ -81,6 +81,11 @@ impl Services {
         Self::start_inner(tools, extra_pg_conf, false)
     }
 
+    /// Both servers, PostgreSQL with TLS and `postgresql.conf` lines appended (`bench tls`).
+    pub(crate) fn start_with_tls(tools: &Tools, extra_pg_conf: &str) -> Result<Self> {
+        Self::start_inner(tools, extra_pg_conf, true)
+    }
+
     fn start_inner(tools: &Tools, extra_pg_conf: &str, tls: bool) -> Result<Self> {
         let redis = Redis::start(tools)?;
         let postgres = Postgres::start(tools, extra_pg_conf, tls)?;
@@ -115,6 +120,11 @@ impl Services {
 
     pub(crate) fn postgres_port(&self) -> u16 {
         self.postgres.port
+    }
+
+    /// PostgreSQL's Unix socket directory.
+    pub(crate) fn postgres_socket_dir(&self) -> &Path {
+        &self.postgres.dir
     }
 
     pub(crate) fn export_to(&self, cmd: &mut Command) {
@@ -320,7 +330,7 @@ impl Drop for Postgres {
 /// A throwaway CA (`root.crt`) and a server certificate signed by it for `localhost` and
 /// 127.0.0.1 (`server.crt`, `server.key`, mode 0600 as PostgreSQL demands), ECDSA P-256, valid
 /// for a week.
-fn make_certificates(openssl: &Path, dir: &Path) -> Result<()> {
+pub(crate) fn make_certificates(openssl: &Path, dir: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let run = |args: &[&str]| -> Result<()> {

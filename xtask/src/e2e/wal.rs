@@ -117,26 +117,14 @@ pub(crate) fn run(args: &[String], interrupted: &Interrupted) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-const BEGIN: &str = "<!-- bench wal: begin -->";
-const END: &str = "<!-- bench wal: end -->";
-
 /// `text` with this bench's section replaced by `section` (appended when missing).
 fn replace_section(text: &str, section: &str) -> String {
-    let block = format!("{BEGIN}\n{section}{END}\n");
-    match (text.find(BEGIN), text.find(END)) {
-        (Some(b), Some(e)) if b < e => {
-            format!("{}{block}{}", &text[..b], text[e + END.len()..].trim_start_matches('\n'))
-        }
-        _ => format!("{}\n\n{block}", text.trim_end()),
-    }
+    super::section::replace(text, "wal", section)
 }
 
 /// This bench's section of `text`, markers included (empty when missing), for `bench e2e` to keep.
 pub(crate) fn kept_section(text: &str) -> String {
-    match (text.find(BEGIN), text.find(END)) {
-        (Some(b), Some(e)) if b < e => format!("\n{}\n", &text[b..e + END.len()]),
-        _ => String::new(),
-    }
+    super::section::kept(text, "wal")
 }
 
 fn on_off(on: bool) -> &'static str {

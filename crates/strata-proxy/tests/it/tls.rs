@@ -251,6 +251,26 @@ async fn every_upstream_sslmode_against_a_tls_server() {
             assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{mode}: {err}");
         }
     }
+    // verify-ca checks the chain but not the name; verify-full both. The upstream here is another
+    // proxy presenting a certificate from our CA for a name that is not the host dialled.
+    let ca = Ca::new("upstream-name");
+    let (crt, key) = ca.leaf("elsewhere", &["db.example"], false, false);
+    let front = start_proxy(|b| b.with_tls(&crt, &key)).await;
+    for (mode, works) in [(SslMode::VerifyCa, true), (SslMode::VerifyFull, false)] {
+        let proxy = start_proxy(|b| {
+            b.with_upstream(format!("postgres://127.0.0.1:{}", front.port()))
+                .with_upstream_sslmode(mode)
+                .with_upstream_sslrootcert(ca.root())
+        })
+        .await;
+        let got = psql(&proxy_conninfo(&proxy, "127.0.0.1", "sslmode=disable"), None, "SELECT 5").await;
+        if works {
+            assert_eq!(got.as_deref(), Ok("5"), "{mode}");
+        } else {
+            let err = got.expect_err("verify-full must refuse another name");
+            assert!(err.contains("certificate not valid for name"), "{mode}: {err}");
+        }
+    }
     // The verifying modes need a root to verify against.
     let err = ProxyBuilder::default()
         .with_upstream(format!("postgres://{}:{}", pg().host(), pg().port()))
@@ -366,6 +386,23 @@ async fn tokio_postgres_with_require_and_verify_full() {
         let n: i32 = c.query_one("SELECT $1::int + 1", &[&41]).await.unwrap_or_else(|e| panic!("{e}")).get(0);
         assert_eq!(n, 42);
     }
+    // A cancel over TLS (SSLRequest, handshake, then the CancelRequest) reaches the backend.
+    let c = tokio_pg(&info(proxy.port(), "require"), Rustls::verifying(&ca.root()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let token = c.cancel_token();
+    let sleeper = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token
+        .cancel_query(Rustls::verifying(&ca.root()))
+        .await
+        .unwrap_or_else(|e| panic!("cancel over TLS: {e}"));
+    let err = tokio::time::timeout(Duration::from_secs(10), sleeper)
+        .await
+        .unwrap_or_else(|_| panic!("the cancel sent over TLS did not reach the server"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .expect_err("cancelled");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
     // A client trusting another CA fails the handshake.
     let err = tokio_pg(&info(proxy.port(), "require"), Rustls::verifying(&other.root()))
         .await
