@@ -10,7 +10,7 @@ use crate::{
     config::{FileConfig, ProxyBuilder, Upstream, DEFAULT_UPSTREAM},
     error::Error,
     server::Proxy,
-    strata_cache::CacheSettings,
+    strata_cache::{CacheSettings, EmbedderChoice, SemanticSettings},
 };
 
 /// A caching PostgreSQL proxy: point clients at it instead of PostgreSQL.
@@ -93,6 +93,12 @@ pub struct Args {
     /// those learnt from SQL texts, role and database defaults and the catalog.
     #[arg(long, env = "STRATA_CUSTOM_SETTINGS", value_delimiter = ',')]
     pub custom_settings: Option<Vec<String>>,
+    /// The semantic tier with all-MiniLM-L6-v2 run in-process from this directory (config.json,
+    /// tokenizer.json, model.safetensors): reads with the `semantic` hint (or of tables marked
+    /// `semantic = true`) that miss may be answered by a similar enough question's result. The
+    /// `[semantic]` table of the config file chooses another embedder and the threshold.
+    #[arg(long, env = "STRATA_SEMANTIC_MODEL")]
+    pub semantic_model: Option<PathBuf>,
     /// Client TLS: the certificate chain (PEM, leaf first). SIGHUP reloads it with the key.
     #[arg(long, env = "STRATA_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -121,6 +127,64 @@ pub struct Args {
     pub worker_threads: Option<u16>,
 }
 
+/// The semantic tier's settings from `--semantic-model` over the `[semantic]` table; `None` when
+/// neither is given.
+fn semantic_settings(
+    model: Option<PathBuf>,
+    file: Option<crate::config::SemanticFileConfig>,
+) -> Result<Option<SemanticSettings>, Error> {
+    if model.is_none() && file.is_none() {
+        return Ok(None);
+    }
+    let file = file.unwrap_or_default();
+    let model_dir = model.clone().or(file.model_dir.clone());
+    let kind = match (&model, file.embedder.as_deref()) {
+        // The argument names the model: the file's choice of embedder gives way.
+        (Some(_), _) => "minilm",
+        (None, Some(kind)) => kind,
+        (None, None) if model_dir.is_some() => "minilm",
+        (None, None) => "ngrams",
+    };
+    let embedder = match kind {
+        "minilm" => EmbedderChoice::MiniLm(model_dir.ok_or_else(|| {
+            Error::config("[semantic] embedder = \"minilm\" needs model_dir (or --semantic-model DIR)")
+        })?),
+        "ngrams" => EmbedderChoice::NGrams,
+        "http" => {
+            let need = |v: Option<String>, what: &str| {
+                v.ok_or_else(|| Error::config(format!("[semantic] embedder = \"http\" needs {what}")))
+            };
+            let api_key = match &file.api_key_env {
+                Some(var) => Some(std::env::var(var).map_err(|_| {
+                    Error::config(format!("[semantic] api_key_env names {var}, which is not set"))
+                })?),
+                None => None,
+            };
+            EmbedderChoice::Http {
+                url: need(file.url.clone(), "url")?,
+                api: file.api.clone().unwrap_or_else(|| "openai".to_owned()),
+                model: need(file.model.clone(), "model")?,
+                dimension: file
+                    .dimension
+                    .ok_or_else(|| Error::config("[semantic] embedder = \"http\" needs dimension"))?,
+                api_key,
+            }
+        }
+        other => {
+            return Err(Error::config(format!(
+                "[semantic] embedder must be minilm, ngrams or http, not {other:?}"
+            )))
+        }
+    };
+    Ok(Some(SemanticSettings {
+        embedder,
+        threshold: file.threshold,
+        max_entries: file.max_entries,
+        max_bytes: file.max_bytes,
+        embed_deadline_ms: file.embed_deadline_ms,
+    }))
+}
+
 /// The environment variable holding the catalog user's password (never an argument).
 const CATALOG_PASSWORD_ENV: &str = "STRATA_CATALOG_PASSWORD";
 /// The environment variable holding the replication user's password (never an argument).
@@ -144,7 +208,9 @@ impl Args {
             Some("off" | "false" | "0") => Some(false),
             Some(other) => return Err(Error::config(format!("--key-level takes on or off, not {other:?}"))),
         };
+        let semantic = semantic_settings(self.semantic_model.clone(), file.semantic)?;
         Ok(CacheSettings {
+            semantic,
             table: file.cache,
             redis: self.redis.clone().or(file.redis),
             enabled,

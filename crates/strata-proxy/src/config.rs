@@ -575,6 +575,38 @@ pub struct FileConfig {
     pub upstream_sslrootcert: Option<PathBuf>,
     /// The query cache's settings, passed through to it.
     pub cache: Option<toml::Table>,
+    /// The semantic tier (off without this table or `--semantic-model`).
+    pub semantic: Option<SemanticFileConfig>,
+}
+
+/// The `[semantic]` table: the semantic tier's embedder and limits. Which reads go through it is
+/// the `semantic` hint, or `semantic = true` for a table under `[cache.tables.<name>]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SemanticFileConfig {
+    /// `"minilm"` (all-MiniLM-L6-v2 in-process from `model_dir`), `"ngrams"` or `"http"`.
+    /// Default: `"minilm"` with a `model_dir`, else `"ngrams"`.
+    pub embedder: Option<String>,
+    /// The directory of `config.json`, `tokenizer.json` and `model.safetensors`.
+    pub model_dir: Option<PathBuf>,
+    /// The embeddings service's URL (`"http"`).
+    pub url: Option<String>,
+    /// `"openai"` or `"ollama"` (`"http"`; default `"openai"`).
+    pub api: Option<String>,
+    /// The model name sent to the service (`"http"`).
+    pub model: Option<String>,
+    /// The length of the service's vectors (`"http"`).
+    pub dimension: Option<usize>,
+    /// The environment variable holding the service's API key (never the key itself).
+    pub api_key_env: Option<String>,
+    /// The similarity above which a stored question's result may answer (default 0.80).
+    pub threshold: Option<f32>,
+    /// Most entries held (default 100000).
+    pub max_entries: Option<usize>,
+    /// Most bytes held (default 256 MiB).
+    pub max_bytes: Option<u64>,
+    /// How long a lookup waits for the embedder before it is a miss, in ms (default 200).
+    pub embed_deadline_ms: Option<u64>,
 }
 
 impl FileConfig {

@@ -54,7 +54,10 @@ mod transport;
 
 pub use crate::{
     cli::Args,
-    config::{FileConfig, ProxyBuilder, Upstream, DEFAULT_HTTP, DEFAULT_LISTEN, DEFAULT_UPSTREAM},
+    config::{
+        FileConfig, ProxyBuilder, SemanticFileConfig, Upstream, DEFAULT_HTTP, DEFAULT_LISTEN,
+        DEFAULT_UPSTREAM,
+    },
     error::{Error, ErrorKind},
     seam::{
         Bind, CacheMode, Capture, Captured, ColumnOrigin, ConsoleCommand, ConsoleReply, Dropped,
@@ -63,7 +66,9 @@ pub use crate::{
     },
     server::{BoundProxy, Proxy, ShutdownHandle},
     session::SessionView,
-    strata_cache::{build_query_cache, CacheSettings, StrataCache, StrataCacheBuilder},
+    strata_cache::{
+        build_query_cache, CacheSettings, EmbedderChoice, SemanticSettings, StrataCache, StrataCacheBuilder,
+    },
     tls::{SslMode, TlsFiles},
 };
 pub use strata::{CatalogConfig, CatalogConfigBuilder, Invalidation, TestOnlySessionTrust};

@@ -28,6 +28,14 @@ fn main() -> anyhow::Result<()> {
         // Follows the WAL for the proxy's whole life; dropping it stops the stream.
         let mut wal_invalidator = None;
         let builder = if cache.enabled {
+            match &cache.semantic {
+                Some(s) => tracing::info!(
+                    embedder = %s.embedder.describe(),
+                    threshold = s.threshold.unwrap_or(strata_l3::CosineSimilarity::DEFAULT_THRESHOLD.get()),
+                    "semantic tier on: reads with the semantic hint or of semantic tables that miss may be answered by a similar question's result"
+                ),
+                None => tracing::info!("semantic tier off (--semantic-model DIR or [semantic] turn it on)"),
+            }
             let query_cache = strata_proxy::build_query_cache(&cache).await?;
             let registry = query_cache.registry().clone();
             let mut strata = strata_proxy::StrataCache::builder(query_cache).with_invalidation(invalidation);

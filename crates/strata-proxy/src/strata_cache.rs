@@ -7,6 +7,7 @@
 //! it did to the session's state and what it invalidates. The proxy reads no SQL itself.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,12 +39,137 @@ pub struct CacheSettings {
     pub custom_settings: Vec<String>,
     /// Key-level invalidation on or off, over the `[cache]` table's `key_level` (default on).
     pub key_level: Option<bool>,
+    /// The semantic tier, when on (`[semantic]`, `--semantic-model`).
+    pub semantic: Option<SemanticSettings>,
+}
+
+/// The embedder of the semantic tier.
+#[derive(Clone, PartialEq)]
+pub enum EmbedderChoice {
+    /// all-MiniLM-L6-v2 run in-process from a directory holding `config.json`, `tokenizer.json`
+    /// and `model.safetensors` (the `minilm` feature).
+    MiniLm(PathBuf),
+    /// Hashed word and character n-grams: lexical, no model, no service.
+    NGrams,
+    /// An embedding service: `api` is `openai` or `ollama`.
+    Http {
+        /// Its URL.
+        url: String,
+        /// `openai` or `ollama`.
+        api: String,
+        /// The model name sent.
+        model: String,
+        /// The length of its vectors.
+        dimension: usize,
+        /// Sent as a bearer token.
+        api_key: Option<String>,
+    },
+}
+
+impl fmt::Debug for EmbedderChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl EmbedderChoice {
+    /// What the startup line says.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::MiniLm(dir) => format!("all-MiniLM-L6-v2 in-process from {}", dir.display()),
+            Self::NGrams => "hashed n-grams (lexical)".to_owned(),
+            Self::Http { url, api, model, dimension, api_key } => format!(
+                "{api} embeddings service {url}, model {model}, {dimension} dimensions{}",
+                if api_key.is_some() { ", with an API key" } else { "" }
+            ),
+        }
+    }
+
+    fn build(&self) -> Result<Arc<dyn strata_l3::Embedder>, Error> {
+        match self {
+            #[cfg(feature = "minilm")]
+            Self::MiniLm(dir) => {
+                let model = strata_l3::MiniLmEmbedder::load(dir).map_err(|e| {
+                    Error::config(format!("cannot load the semantic model from {}: {e}", dir.display()))
+                })?;
+                Ok(Arc::new(model))
+            }
+            #[cfg(not(feature = "minilm"))]
+            Self::MiniLm(_) => Err(Error::config(
+                "this strata-proxy was built without the `minilm` feature: rebuild with --features minilm, or choose embedder = \"ngrams\" or \"http\" in [semantic]",
+            )),
+            Self::NGrams => Ok(Arc::new(strata_l3::LocalEmbedder::default())),
+            Self::Http { url, api, model, dimension, api_key } => {
+                let api = match api.as_str() {
+                    "openai" => strata_l3::EmbeddingApi::OpenAi,
+                    "ollama" => strata_l3::EmbeddingApi::Ollama,
+                    other => {
+                        return Err(Error::config(format!(
+                            "[semantic] api must be openai or ollama, not {other:?}"
+                        )))
+                    }
+                };
+                let mut builder = strata_l3::HttpEmbedder::builder(url, api, model, *dimension);
+                if let Some(key) = api_key {
+                    builder = builder.with_api_key(key.clone());
+                }
+                let embedder =
+                    builder.build().map_err(|e| Error::config(format!("invalid [semantic] embedder: {e}")))?;
+                Ok(Arc::new(embedder))
+            }
+        }
+    }
+}
+
+/// The semantic tier's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SemanticSettings {
+    /// Its embedder.
+    pub embedder: EmbedderChoice,
+    /// The similarity above which a stored question's result may answer; the tier's default
+    /// (0.80) when unset.
+    pub threshold: Option<f32>,
+    /// Most entries held (default 100 000).
+    pub max_entries: Option<usize>,
+    /// Most bytes held (default 256 MiB).
+    pub max_bytes: Option<u64>,
+    /// How long a lookup waits for the embedder before it is a miss, in milliseconds (default 200).
+    pub embed_deadline_ms: Option<u64>,
+}
+
+impl SemanticSettings {
+    /// The tier these settings describe (loading the model, if any).
+    pub fn build_tier(&self) -> Result<strata_l3::SemanticTier, Error> {
+        let mut builder = strata_l3::SemanticTier::builder().with_embedder(self.embedder.build()?);
+        if let Some(t) = self.threshold {
+            let t = strata_l3::CosineSimilarity::new(t)
+                .map_err(|e| Error::config(format!("invalid [semantic] threshold: {e}")))?;
+            builder = builder.with_threshold(t);
+        }
+        if let Some(n) = self.max_entries {
+            builder = builder.with_max_entries(n);
+        }
+        if let Some(n) = self.max_bytes {
+            builder = builder.with_max_bytes(n);
+        }
+        if let Some(ms) = self.embed_deadline_ms {
+            builder = builder.with_embed_deadline(Duration::from_millis(ms));
+        }
+        builder.build().map_err(|e| Error::config(format!("invalid [semantic] settings: {e}")))
+    }
 }
 
 impl Default for CacheSettings {
     /// Caching on, embedded tiers, the `[cache]` defaults.
     fn default() -> Self {
-        Self { table: None, redis: None, enabled: true, custom_settings: Vec::new(), key_level: None }
+        Self {
+            table: None,
+            redis: None,
+            enabled: true,
+            custom_settings: Vec::new(),
+            key_level: None,
+            semantic: None,
+        }
     }
 }
 
@@ -55,6 +181,7 @@ impl fmt::Debug for CacheSettings {
             .field("enabled", &self.enabled)
             .field("custom_settings", &self.custom_settings)
             .field("key_level", &self.key_level)
+            .field("semantic", &self.semantic)
             .finish()
     }
 }
@@ -77,8 +204,15 @@ pub async fn build_query_cache(settings: &CacheSettings) -> Result<QueryCache, E
     if let Some(on) = settings.key_level {
         config.key_level = on;
     }
+    let semantic = settings.semantic.as_ref().map(SemanticSettings::build_tier).transpose()?;
+    let with_l3 = |builder: strata::QueryCacheBuilder| match semantic {
+        Some(tier) => builder.with_l3(tier),
+        None => builder,
+    };
     let Some(url) = &settings.redis else {
-        return config.build().map_err(|e| Error::config(e.to_string()));
+        return with_l3(config.to_builder().map_err(|e| Error::config(e.to_string()))?)
+            .build()
+            .map_err(|e| Error::config(e.to_string()));
     };
     let mut l2 = config.l2.take().unwrap_or_default();
     l2.storage = strata_l2::StorageConfig::Redis { url: url.clone(), key_prefix: "strata:l2:".to_owned() };
@@ -91,9 +225,7 @@ pub async fn build_query_cache(settings: &CacheSettings) -> Result<QueryCache, E
         .build()
         .await
         .map_err(|e| Error::config(format!("invalid redis settings for shared table versions: {e}")))?;
-    config
-        .to_builder()
-        .map_err(|e| Error::config(e.to_string()))?
+    with_l3(config.to_builder().map_err(|e| Error::config(e.to_string()))?)
         .with_version_store(Arc::new(versions))
         .build()
         .map_err(|e| Error::config(e.to_string()))

@@ -103,14 +103,19 @@ impl StrataCache {
                     Some(t) => QueryCacheConfig::from_toml(&t.to_string()).map_err(|e| e.to_string())?,
                     None => QueryCacheConfig::default(),
                 };
-                let ttls: Vec<(String, Duration)> = config
-                    .tables
-                    .iter()
-                    .filter_map(|(t, c)| Some((t.clone(), Duration::from_millis(c.ttl_ms?))))
-                    .collect();
-                let excluded: Vec<String> =
-                    config.tables.iter().filter(|(_, c)| !c.cache).map(|(t, _)| t.clone()).collect();
-                cache.set_table_rules(Duration::from_millis(config.default_ttl_ms), &ttls, &excluded);
+                let named = |keep: fn(&strata::TableConfig) -> bool| -> Vec<String> {
+                    config.tables.iter().filter(|(_, c)| keep(c)).map(|(t, _)| t.clone()).collect()
+                };
+                cache.set_table_rules(&strata::TableRuleSet {
+                    default_ttl: Duration::from_millis(config.default_ttl_ms),
+                    ttls: config
+                        .tables
+                        .iter()
+                        .filter_map(|(t, c)| Some((t.clone(), Duration::from_millis(c.ttl_ms?))))
+                        .collect(),
+                    excluded: named(|c| !c.cache),
+                    semantic: named(|c| c.semantic),
+                });
                 let mut reply = self.settings();
                 reply.rows.push(vec![
                     text("note"),
@@ -125,7 +130,7 @@ impl StrataCache {
     /// The cache's settings in force, as `setting, value` rows.
     fn settings(&self) -> ConsoleReply {
         let cache = self.query_cache();
-        let (default_ttl, ttls, excluded) = cache.table_rules();
+        let strata::TableRuleSet { default_ttl, ttls, excluded, semantic } = cache.table_rules();
         let tiers: Vec<String> = cache.tier_stats().into_iter().map(|(name, _)| name).collect();
         let rows = vec![
             vec![text("cache.tiers"), Some(tiers.join(", "))],
@@ -137,6 +142,7 @@ impl StrataCache {
                 ),
             ],
             vec![text("cache.excluded_tables"), Some(excluded.join(", "))],
+            vec![text("cache.semantic_tables"), Some(semantic.join(", "))],
             vec![text("cache.custom_settings"), Some(self.sessions().custom_settings().join(", "))],
         ];
         ConsoleReply::table(&["setting", "value"], rows)

@@ -529,6 +529,21 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The rules a cache applies per table, which a running cache may replace
+/// ([`QueryCache::set_table_rules`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TableRuleSet {
+    /// The TTL of results whose statement has no hint and reads no table with its own TTL.
+    pub default_ttl: Duration,
+    /// Per-table TTLs (the shortest applies when a result reads several).
+    pub ttls: Vec<(String, Duration)>,
+    /// Tables whose readers are never cached.
+    pub excluded: Vec<String>,
+    /// Tables whose readers go through the semantic tier (when there is one) as if they carried
+    /// the `semantic` hint.
+    pub semantic: Vec<String>,
+}
+
 /// Whether a result found by similarity was filled under the versions current now: the semantic
 /// tier matches by meaning, not by key, so a write another instance made (which this process's
 /// semantic tier never heard of) must still make the old result unservable.
@@ -719,28 +734,35 @@ impl QueryCache {
         self.invalidate(&WriteEffect::Tables(vec![TableName::new(table)])).await
     }
 
-    /// The table rules in force: the default TTL, per-table TTLs and excluded tables (version
-    /// units), sorted.
-    pub fn table_rules(&self) -> (Duration, Vec<(String, Duration)>, Vec<String>) {
+    /// The table rules in force (table names as version units, sorted).
+    pub fn table_rules(&self) -> TableRuleSet {
         let rules =
             self.shared.policy.rules.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let names = |set: &HashSet<TableName>| {
+            let mut v: Vec<String> = set.iter().map(|t| t.as_str().to_owned()).collect();
+            v.sort();
+            v
+        };
         let mut ttls: Vec<(String, Duration)> =
             rules.table_ttls.iter().map(|(t, d)| (t.as_str().to_owned(), *d)).collect();
         ttls.sort();
-        let mut excluded: Vec<String> = rules.excluded.iter().map(|t| t.as_str().to_owned()).collect();
-        excluded.sort();
-        (rules.default_ttl, ttls, excluded)
+        TableRuleSet {
+            default_ttl: rules.default_ttl,
+            ttls,
+            excluded: names(&rules.excluded),
+            semantic: names(&rules.semantic),
+        }
     }
 
-    /// Replaces the table rules of a running cache: the default TTL, per-table TTLs and excluded
-    /// tables. Lookups plan under them from now on; results already cached keep their TTL, and
-    /// a newly excluded table's results are no longer served.
-    pub fn set_table_rules(&self, default_ttl: Duration, ttls: &[(String, Duration)], excluded: &[String]) {
-        let unit = |name: &str| version_unit(&TableName::new(name.to_ascii_lowercase()));
+    /// Replaces the table rules of a running cache. Lookups plan under them from now on; results
+    /// already cached keep their TTL, and a newly excluded table's results are no longer served.
+    pub fn set_table_rules(&self, rules: &TableRuleSet) {
+        let unit = |name: &String| version_unit(&TableName::new(name.to_ascii_lowercase()));
         let rules = crate::policy::TableRules {
-            default_ttl,
-            table_ttls: ttls.iter().map(|(t, d)| (unit(t), *d)).collect(),
-            excluded: excluded.iter().map(|t| unit(t)).collect(),
+            default_ttl: rules.default_ttl,
+            table_ttls: rules.ttls.iter().map(|(t, d)| (unit(t), *d)).collect(),
+            excluded: rules.excluded.iter().map(unit).collect(),
+            semantic: rules.semantic.iter().map(unit).collect(),
         };
         *self.shared.policy.rules.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
             Arc::new(rules);

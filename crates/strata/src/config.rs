@@ -29,6 +29,7 @@ pub struct QueryCacheBuilder {
     default_ttl: Duration,
     table_ttls: Vec<(String, Duration)>,
     excluded: Vec<String>,
+    semantic_tables: Vec<String>,
     max_result_bytes: u64,
     soft_ttl_ratio: f64,
     ttl_jitter_ratio: f64,
@@ -50,6 +51,7 @@ impl Default for QueryCacheBuilder {
             default_ttl: Duration::from_secs(60),
             table_ttls: Vec::new(),
             excluded: Vec::new(),
+            semantic_tables: Vec::new(),
             max_result_bytes: 1 << 20,
             soft_ttl_ratio: 1.0,
             ttl_jitter_ratio: 0.1,
@@ -128,6 +130,15 @@ impl QueryCacheBuilder {
     #[must_use]
     pub fn with_table_ttl(mut self, table: impl Into<String>, ttl: Duration) -> Self {
         self.table_ttls.push((table.into(), ttl));
+        self
+    }
+
+    /// Sends reads of `table` through the semantic tier (with [`with_l3`](Self::with_l3)) as if
+    /// they carried the `semantic` hint: after an exact miss, a similar enough question's result
+    /// may answer, under the tier's guards. Default: none (the hint only).
+    #[must_use]
+    pub fn with_semantic_table(mut self, table: impl Into<String>) -> Self {
+        self.semantic_tables.push(table.into());
         self
     }
 
@@ -243,6 +254,7 @@ impl QueryCacheBuilder {
                 default_ttl: self.default_ttl,
                 table_ttls: self.table_ttls.iter().map(|(t, ttl)| (unit(t), *ttl)).collect::<HashMap<_, _>>(),
                 excluded: self.excluded.iter().map(|t| unit(t)).collect(),
+                semantic: self.semantic_tables.iter().map(|t| unit(t)).collect(),
             })),
             max_result_bytes: self.max_result_bytes,
             soft_ttl_ratio: self.soft_ttl_ratio,
@@ -358,11 +370,13 @@ pub struct TableConfig {
     pub ttl_ms: Option<u64>,
     /// `false` never caches statements that read it.
     pub cache: bool,
+    /// `true` sends its readers through the semantic tier as if they had the `semantic` hint.
+    pub semantic: bool,
 }
 
 impl Default for TableConfig {
     fn default() -> Self {
-        Self { ttl_ms: None, cache: true }
+        Self { ttl_ms: None, cache: true, semantic: false }
     }
 }
 
@@ -429,6 +443,9 @@ impl QueryCacheConfig {
             }
             if !rules.cache {
                 builder = builder.with_excluded_table(table.clone());
+            }
+            if rules.semantic {
+                builder = builder.with_semantic_table(table.clone());
             }
         }
         Ok(builder)

@@ -69,7 +69,7 @@ pub use crate::wal::{WalConfig, WalConfigBuilder, WalInvalidator};
 pub use crate::{
     cache::{
         Answer, Bypass, BypassReason, Explanation, FillOutcome, FillTicket, Hit, Loaded, Lookup, QueryCache,
-        Source, TierRole,
+        Source, TableRuleSet, TierRole,
     },
     config::{L1Config, QueryCacheBuilder, QueryCacheConfig, TableConfig},
     error::{Error, ErrorKind},

@@ -68,6 +68,8 @@ pub(crate) struct TableRules {
     pub(crate) default_ttl: Duration,
     pub(crate) table_ttls: HashMap<TableName, Duration>,
     pub(crate) excluded: HashSet<TableName>,
+    /// Tables whose readers go through the semantic tier without the hint.
+    pub(crate) semantic: HashSet<TableName>,
 }
 
 /// The cache-wide rules: the table rules, and the rest fixed when the cache is built.
@@ -203,7 +205,8 @@ impl Policy {
         let ttl = analysis.hints().ttl().unwrap_or_else(|| {
             units.iter().filter_map(|u| rules.table_ttls.get(u)).min().copied().unwrap_or(rules.default_ttl)
         });
-        let semantic = analysis.hints().semantic().then(|| semantic_plan(&analysis, &units));
+        let semantic = (analysis.hints().semantic() || units.iter().any(|u| rules.semantic.contains(u)))
+            .then(|| semantic_plan(&analysis, &units));
         let keyed = if semantic.is_some() || !self.key_level {
             Vec::new()
         } else {
@@ -240,6 +243,7 @@ mod tests {
                     (TableName::new("users"), Duration::from_secs(30)),
                 ]),
                 excluded: HashSet::from([TableName::new("audit_log")]),
+                semantic: HashSet::new(),
             })),
             max_result_bytes: 1 << 20,
             soft_ttl_ratio: 0.8,

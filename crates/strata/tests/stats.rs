@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use strata::{KeyScope, Lookup, QueryCache, Request, SettingsDigest, WriteEffect};
+use strata::{KeyScope, Lookup, QueryCache, Request, SettingsDigest, TableRuleSet, WriteEffect};
 use strata_core::TableName;
 use strata_l1::HotTier;
 
@@ -74,12 +74,19 @@ async fn explain_says_where_a_result_is_and_table_rules_change_while_running() {
     assert_eq!(cache.cached_in(&req).await.as_deref(), Some("l1"));
     assert_eq!(cache.explain(&req).ttl, Duration::from_secs(60));
 
-    cache.set_table_rules(Duration::from_secs(5), &[("orders".to_owned(), Duration::from_secs(2))], &[]);
+    let rules = |ttls: Vec<(String, Duration)>, excluded: Vec<String>| TableRuleSet {
+        default_ttl: Duration::from_secs(5),
+        ttls,
+        excluded,
+        semantic: Vec::new(),
+    };
+    cache.set_table_rules(&rules(vec![("orders".to_owned(), Duration::from_secs(2))], vec![]));
     assert_eq!(cache.explain(&req).ttl, Duration::from_secs(2));
-    cache.set_table_rules(Duration::from_secs(5), &[], &["Orders".to_owned()]);
+    assert_eq!(cache.table_rules().ttls, vec![("orders".to_owned(), Duration::from_secs(2))]);
+    cache.set_table_rules(&rules(vec![], vec!["Orders".to_owned()]));
     assert!(cache.explain(&req).verdict.is_err());
     assert_eq!(look(&cache, sql).await, "bypass", "an excluded table's result is no longer served");
     cache.invalidate_table("orders").await.unwrap();
-    cache.set_table_rules(Duration::from_secs(5), &[], &[]);
+    cache.set_table_rules(&rules(vec![], vec![]));
     assert_eq!(look(&cache, sql).await, "miss", "FLUSH of one table");
 }

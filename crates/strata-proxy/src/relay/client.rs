@@ -890,23 +890,6 @@ fn next_client_frame(buf: &mut BytesMut, max: usize) -> Result<Option<(u8, Bytes
     Ok(Some((tag, buf.split_to(len + 1).freeze())))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn client_frames_are_bounded_and_checked() {
-        let mut buf = BytesMut::from(&b"Q\0\0\0\x09abcd\0Q\0\0"[..]);
-        let (tag, msg) = next_client_frame(&mut buf, 1024).ok().flatten().unwrap_or((0, Bytes::new()));
-        assert_eq!((tag, &msg[..]), (b'Q', &b"Q\0\0\0\x09abcd\0"[..]));
-        assert!(matches!(next_client_frame(&mut buf, 1024), Ok(None)));
-        let mut short = BytesMut::from(&b"Q\0\0\0\x02"[..]);
-        assert!(next_client_frame(&mut short, 1024).is_err());
-        let mut big = BytesMut::from(&b"d\0\x10\0\0"[..]);
-        assert!(next_client_frame(&mut big, 1024).is_err());
-    }
-}
-
 /// On a session where the client's TLS ends at the proxy and the upstream's is under another
 /// certificate, refuses a SASLInitialResponse that uses SCRAM channel binding (`-PLUS`) or says
 /// the client could (gs2 flag `y`): the binding the client computes names the proxy's certificate,
@@ -929,4 +912,21 @@ fn screen_auth(msg: &[u8]) -> Result<(), ClientEnd> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_frames_are_bounded_and_checked() {
+        let mut buf = BytesMut::from(&b"Q\0\0\0\x09abcd\0Q\0\0"[..]);
+        let (tag, msg) = next_client_frame(&mut buf, 1024).ok().flatten().unwrap_or((0, Bytes::new()));
+        assert_eq!((tag, &msg[..]), (b'Q', &b"Q\0\0\0\x09abcd\0"[..]));
+        assert!(matches!(next_client_frame(&mut buf, 1024), Ok(None)));
+        let mut short = BytesMut::from(&b"Q\0\0\0\x02"[..]);
+        assert!(next_client_frame(&mut short, 1024).is_err());
+        let mut big = BytesMut::from(&b"d\0\x10\0\0"[..]);
+        assert!(next_client_frame(&mut big, 1024).is_err());
+    }
 }

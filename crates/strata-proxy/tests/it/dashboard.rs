@@ -14,7 +14,7 @@ use std::{
 use serde::de::{DeserializeOwned, Visitor};
 use strata::{L1Config, QueryCacheConfig, TableConfig};
 use strata_l2::WarmTierConfig;
-use strata_proxy::{Args, FileConfig};
+use strata_proxy::{Args, FileConfig, SemanticFileConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{admin, connect, dead_port, fresh_database, pg};
@@ -491,7 +491,8 @@ fn the_example_config_loads_and_states_the_built_in_defaults() {
     // own settings are compared in `config.rs`, where the builder's fields can be read.
     let with_file = |args: Args| Args { config: Some(path.clone()), ..args };
     let shown = |args: &Args| {
-        let settings = args.cache_settings().map(|s| (s.redis, s.enabled, s.custom_settings, s.key_level));
+        let settings =
+            args.cache_settings().map(|s| (s.redis, s.enabled, s.custom_settings, s.key_level, s.semantic));
         format!(
             "{:?}\n{:?}\n{:?}",
             settings.map_err(|e| e.to_string()),
@@ -527,6 +528,7 @@ fn the_example_config_shows_every_option() {
         ("cache.l2", fields_of::<WarmTierConfig>()),
         ("cache.l2.storage", storage),
         ("cache.tables.*", fields_of::<TableConfig>()),
+        ("semantic", fields_of::<SemanticFileConfig>()),
     ];
     let mut problems = Vec::new();
     for (section, fields) in &sections {

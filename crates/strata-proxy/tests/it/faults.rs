@@ -62,7 +62,12 @@ async fn upstream_vanishing_mid_session_gives_08006() {
         let _ = s.read(&mut buf).await;
         drop(s);
     });
-    let proxy = start_proxy(|b| b.with_upstream(format!("postgres://127.0.0.1:{port}"))).await;
+    // The fake server speaks no TLS negotiation.
+    let proxy = start_proxy(|b| {
+        b.with_upstream(format!("postgres://127.0.0.1:{port}"))
+            .with_upstream_sslmode(strata_proxy::SslMode::Disable)
+    })
+    .await;
     let (mut c, _) = RawClient::startup(proxy.port(), "postgres", "postgres").await;
     let msgs = c.query("SELECT 1").await;
     let (tag, body) = msgs.first().cloned().expect("an error message");

@@ -12,6 +12,7 @@ mod leaks;
 mod pipelining;
 mod redis_down;
 mod seam;
+mod semantic;
 mod sessions;
 mod support;
 mod tls;

@@ -279,22 +279,26 @@ async fn a_bind_with_an_unknown_format_code_gets_postgres_error_and_the_session_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_ssl_request_is_refused_as_postgres_refuses_it() {
+    // PostgreSQL (ProcessStartupPacket) answers one SSLRequest and one GSSENCRequest, and takes a
+    // second of either for an unknown protocol version (0A000). The harness PostgreSQL now
+    // answers S and G (it has TLS and GSSAPI built in), so it cannot show the second request in
+    // plain text; the proxy without a certificate answers N to both.
     let proxy = start_proxy(|b| b).await;
+    let ssl = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    let gss = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30];
     let mut answers = Vec::new();
-    for port in [pg().port(), proxy.port()] {
+    for (port, request) in [(proxy.port(), gss), (proxy.port(), ssl)] {
         let mut c = RawClient::connect(port).await;
-        let ssl = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
         let mut first = [0u8; 1];
-        c.send(&ssl).await;
+        c.send(&request).await;
         tokio::io::AsyncReadExt::read_exact(&mut c.stream, &mut first).await.expect("first answer");
         assert_eq!(&first, b"N", "port {port}");
-        c.send(&ssl).await;
+        c.send(&request).await;
         let refused = c.read_msg().await.expect("an error, then the end");
         assert_eq!(refused.0, b'E', "port {port}");
         answers.push(sqlstate(&refused.1));
     }
-    assert_eq!(answers[0], answers[1]);
-    assert_eq!(answers[1], "0A000");
+    assert_eq!(answers, ["0A000", "0A000"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,206 @@
+//! The semantic tier through the proxy: rephrased questions with the `semantic` hint answered from
+//! L3 in both protocols, under its guards (another literal, another tenant's scope), made
+//! unreachable by a write, and tables marked `semantic = true` without the hint.
+
+use std::sync::Arc;
+
+use strata_proxy::{build_query_cache, CacheSettings, EmbedderChoice, SemanticSettings, StrataCache};
+
+use crate::support::*;
+
+async fn semantic_proxy(
+    embedder: EmbedderChoice,
+    table: Option<toml::Table>,
+) -> (TestProxy, Arc<StrataCache>) {
+    let settings = CacheSettings {
+        table,
+        semantic: Some(SemanticSettings {
+            embedder,
+            threshold: None,
+            max_entries: None,
+            max_bytes: None,
+            embed_deadline_ms: Some(5_000),
+        }),
+        ..CacheSettings::default()
+    };
+    let cache = Arc::new(
+        StrataCache::new(build_query_cache(&settings).await.unwrap_or_else(|e| panic!("cache: {e}")))
+            .unwrap_or_else(|e| panic!("strata cache: {e}")),
+    );
+    let proxy = start_proxy(|b| b.with_cache(cache.clone())).await;
+    (proxy, cache)
+}
+
+fn l3(cache: &StrataCache) -> strata_core::TierStats {
+    cache
+        .query_cache()
+        .tier_stats()
+        .into_iter()
+        .find(|(name, _)| name == "l3")
+        .map(|(_, s)| s)
+        .unwrap_or_default()
+}
+
+fn l3_hits(cache: &StrataCache) -> u64 {
+    l3(cache).hits
+}
+
+/// The semantic tier stores in the background after a fill (it embeds the text first): waits
+/// until it holds `n` results in all.
+async fn stored(cache: &StrataCache, n: u64) {
+    for _ in 0..200 {
+        if l3(cache).inserts >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("the semantic tier did not store {n} results: {:?}", l3(cache));
+}
+
+async fn setup(db: &str) {
+    fresh_database(db).await;
+    admin(db)
+        .await
+        .batch_execute(
+            "CREATE TABLE faq (id int PRIMARY KEY, topic text, answer text);
+             INSERT INTO faq VALUES (1, 'refunds', 'within 30 days'), (2, 'shipping', 'two days'),
+                                    (3, 'returns', 'free returns');",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The rows of a simple query, as text.
+async fn ask(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    let mut rows = Vec::new();
+    for m in client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")) {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            rows.push(r.get(0).unwrap_or_default().to_owned());
+        }
+    }
+    rows
+}
+
+/// A question with the hint, its SQL written in one of three ways (`form`): the exact key is the
+/// normalized statement, not the intent comment, so another form is an exact miss.
+fn hinted(intent: &str, topic: &str, form: u8) -> String {
+    let condition = match form {
+        0 => format!("topic = '{topic}'"),
+        1 => format!("'{topic}' = topic"),
+        _ => format!("topic IN ('{topic}')"),
+    };
+    format!(r#"/* strata: semantic, intent="{intent}" */ SELECT answer FROM faq WHERE {condition}"#)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rephrased_questions_are_answered_from_l3_in_both_protocols_under_the_guards() {
+    let db = "strata_semantic_ngrams";
+    setup(db).await;
+    let (proxy, cache) = semantic_proxy(EmbedderChoice::NGrams, None).await;
+    let c = connect(proxy.port(), "postgres", db, None).await.unwrap_or_else(|e| panic!("{e}"));
+
+    // Simple protocol: the first question fills, a reworded one (same words: n-grams are
+    // lexical) with the same literal is answered by L3.
+    let first = hinted("what is the refund policy for damaged items", "refunds", 0);
+    assert_eq!(ask(&c, &first).await, ["within 30 days"]);
+    stored(&cache, 1).await;
+    let before = l3_hits(&cache);
+    let reworded = hinted("the refund policy for damaged items: what is it?", "refunds", 1);
+    assert_eq!(ask(&c, &reworded).await, ["within 30 days"]);
+    assert_eq!(
+        l3_hits(&cache),
+        before + 1,
+        "the reworded question was not answered from L3: {:?}",
+        l3(&cache)
+    );
+
+    // Another literal is never served a neighbour's answer.
+    let other = hinted("what is the refund policy for damaged items?", "returns", 1);
+    assert_eq!(ask(&c, &other).await, ["free returns"]);
+    assert_eq!(l3_hits(&cache), before + 1, "a question with another literal was served from L3");
+
+    // A write makes the semantic entries of the table unreachable like any other.
+    c.batch_execute("UPDATE faq SET answer = 'within 60 days' WHERE topic = 'refunds'")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let again = hinted("what's the refund policy for damaged items", "refunds", 1);
+    assert_eq!(ask(&c, &again).await, ["within 60 days"], "a stale semantic answer after a write");
+
+    // Extended protocol: the bound parameter is the literal the guard compares.
+    let sql = r#"/* strata: semantic, intent="how long does shipping take" */ SELECT answer FROM faq WHERE topic = $1"#;
+    let inserts = l3(&cache).inserts;
+    let row = c.query_one(sql, &[&"shipping"]).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(row.get::<_, String>(0), "two days");
+    stored(&cache, inserts + 1).await;
+    let before = l3_hits(&cache);
+    let sql2 = r#"/* strata: semantic, intent="shipping: how long does it take" */ SELECT answer FROM faq WHERE $1 = topic"#;
+    let row = c.query_one(sql2, &[&"shipping"]).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(row.get::<_, String>(0), "two days");
+    assert_eq!(l3_hits(&cache), before + 1, "the reworded prepared question was not answered from L3");
+    let row = c.query_one(sql2, &[&"returns"]).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(row.get::<_, String>(0), "free returns", "another bound literal");
+
+    // Another role is another scope: nothing crosses.
+    admin(db)
+        .await
+        .batch_execute(
+            "DROP ROLE IF EXISTS strata_sem_reader; CREATE ROLE strata_sem_reader LOGIN;
+             GRANT SELECT ON faq TO strata_sem_reader;",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let reader = connect(proxy.port(), "strata_sem_reader", db, None).await.unwrap_or_else(|e| panic!("{e}"));
+    let before = l3_hits(&cache);
+    assert_eq!(ask(&reader, &reworded).await, ["within 60 days"]);
+    assert_eq!(l3_hits(&cache), before, "another role was answered from the first role's entries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_marked_semantic_needs_no_hint() {
+    let db = "strata_semantic_table";
+    setup(db).await;
+    let table: toml::Table =
+        toml::from_str("[tables.faq]\nsemantic = true\n").unwrap_or_else(|e| panic!("{e}"));
+    let (proxy, cache) = semantic_proxy(EmbedderChoice::NGrams, Some(table)).await;
+    let c = connect(proxy.port(), "postgres", db, None).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        ask(&c, "SELECT answer FROM faq WHERE topic = 'refunds' ORDER BY id").await,
+        ["within 30 days"]
+    );
+    stored(&cache, 1).await;
+    let before = l3_hits(&cache);
+    // The same question written another way (another normalized text, so an exact miss).
+    assert_eq!(
+        ask(&c, "SELECT answer FROM faq WHERE 'refunds' = topic ORDER BY id").await,
+        ["within 30 days"]
+    );
+    assert_eq!(l3_hits(&cache), before + 1, "a read of a semantic table was not answered from L3");
+    assert_eq!(ask(&c, "SELECT answer FROM faq WHERE topic = 'shipping' ORDER BY id").await, ["two days"]);
+    assert_eq!(l3_hits(&cache), before + 1, "another literal");
+}
+
+/// With the real model, paraphrases that share few words are answered too.
+#[cfg(feature = "minilm")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paraphrases_are_answered_with_the_local_model() {
+    let dir = std::env::var("STRATA_TEST_MINILM_DIR")
+        .unwrap_or_else(|_| panic!("STRATA_TEST_MINILM_DIR is unset: run `cargo xtask test`"));
+    let db = "strata_semantic_minilm";
+    setup(db).await;
+    let (proxy, cache) = semantic_proxy(EmbedderChoice::MiniLm(dir.into()), None).await;
+    let c = connect(proxy.port(), "postgres", db, None).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        ask(&c, &hinted("how do I get my money back for a broken product", "refunds", 0)).await,
+        ["within 30 days"]
+    );
+    stored(&cache, 1).await;
+    let before = l3_hits(&cache);
+    assert_eq!(
+        ask(&c, &hinted("what is the process to obtain a refund for a damaged item", "refunds", 1)).await,
+        ["within 30 days"]
+    );
+    assert_eq!(l3_hits(&cache), before + 1, "a paraphrase was not answered from L3 with the model");
+    // A question about something else is not.
+    assert_eq!(ask(&c, &hinted("how long does delivery take", "refunds", 2)).await, ["within 30 days"]);
+    assert_eq!(l3_hits(&cache), before + 1, "an unrelated question was answered from L3");
+}
