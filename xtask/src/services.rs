@@ -227,6 +227,12 @@ host all all ::1/128 trust
 host replication all ::1/128 trust
 ";
 
+/// Lines before [`PG_HBA`] on a server with TLS: `strata_tls_only` gets in over TLS only.
+const PG_HBA_TLS_ONLY: &str = "\
+hostssl all strata_tls_only 127.0.0.1/32 trust
+host all strata_tls_only 127.0.0.1/32 reject
+";
+
 /// The test defaults appended to `postgresql.conf` (before a caller's extra lines, which win).
 /// `wal_level = logical` and room for slots and senders let tests decode the WAL through
 /// temporary logical slots, one or more per test binary running at once.
@@ -285,7 +291,9 @@ impl Postgres {
             pg.dir.display()
         );
         append(&data.join("postgresql.conf"), &conf)?;
-        std::fs::write(data.join("pg_hba.conf"), PG_HBA).context("writing pg_hba.conf")?;
+        // With TLS, one role may log in over TLS only, as on a server that requires it.
+        let hba = if tls { format!("{PG_HBA_TLS_ONLY}{PG_HBA}") } else { PG_HBA.to_owned() };
+        std::fs::write(data.join("pg_hba.conf"), hba).context("writing pg_hba.conf")?;
         let log = pg.dir.join("postgres.log");
         let out = pg
             .command("pg_ctl")

@@ -11,6 +11,7 @@ use crate::{
     error::Error,
     server::Proxy,
     strata_cache::{CacheSettings, EmbedderChoice, SemanticSettings},
+    tls::{SslMode, UpstreamTls},
 };
 
 /// A caching PostgreSQL proxy: point clients at it instead of PostgreSQL.
@@ -276,6 +277,15 @@ impl Args {
                 let upstream = Upstream::parse(&upstream)?;
                 let mut b =
                     CatalogConfig::builder().with_upstream(upstream.host(), upstream.port()).with_user(user);
+                // The catalog connection takes the same way as the sessions' upstream leg.
+                let mode: SslMode = match self.upstream_sslmode.clone().or(file.upstream_sslmode) {
+                    Some(m) => m.parse()?,
+                    None => SslMode::default(),
+                };
+                let root = self.upstream_sslrootcert.clone().or(file.upstream_sslrootcert);
+                if let Some(config) = UpstreamTls::new(mode, root.as_deref())?.client_config {
+                    b = b.with_tls(strata::PgTls::new(config, mode != SslMode::Prefer));
+                }
                 if let Some(p) = password {
                     b = b.with_password(p);
                 }

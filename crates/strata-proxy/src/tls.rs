@@ -204,6 +204,8 @@ impl fmt::Display for SslMode {
 pub(crate) struct UpstreamTls {
     pub(crate) mode: SslMode,
     pub(crate) connector: Option<tokio_rustls::TlsConnector>,
+    /// The same configuration, for the catalog reader's own connections.
+    pub(crate) client_config: Option<Arc<ClientConfig>>,
 }
 
 impl fmt::Debug for UpstreamTls {
@@ -217,7 +219,7 @@ impl UpstreamTls {
     /// Mozilla roots (libpq's `sslrootcert=system`). The verifying modes need one.
     pub(crate) fn new(mode: SslMode, root_cert: Option<&Path>) -> Result<Self, Error> {
         if mode == SslMode::Disable {
-            return Ok(Self { mode, connector: None });
+            return Ok(Self { mode, connector: None, client_config: None });
         }
         let roots = match root_cert {
             Some(p) if p == Path::new("system") => {
@@ -252,7 +254,12 @@ impl UpstreamTls {
         };
         let mut config = builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth();
         config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
-        Ok(Self { mode, connector: Some(tokio_rustls::TlsConnector::from(Arc::new(config))) })
+        let config = Arc::new(config);
+        Ok(Self {
+            mode,
+            connector: Some(tokio_rustls::TlsConnector::from(config.clone())),
+            client_config: Some(config),
+        })
     }
 }
 

@@ -50,6 +50,7 @@ pub struct CatalogConfig {
     databases: Vec<String>,
     refresh_interval: Duration,
     timeout: Duration,
+    tls: Option<crate::pg_tls::PgTls>,
 }
 
 impl CatalogConfig {
@@ -98,6 +99,7 @@ pub struct CatalogConfigBuilder {
     databases: Vec<String>,
     refresh_interval: Option<Duration>,
     timeout: Option<Duration>,
+    tls: Option<crate::pg_tls::PgTls>,
 }
 
 impl fmt::Debug for CatalogConfigBuilder {
@@ -114,6 +116,13 @@ impl fmt::Debug for CatalogConfigBuilder {
 }
 
 impl CatalogConfigBuilder {
+    /// TLS for the catalog connection (what `tls` verifies; required or preferred). Default:
+    /// none (plain TCP; a host that is a socket directory never uses TLS).
+    pub fn with_tls(mut self, tls: crate::pg_tls::PgTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// The upstream server's host and port. Required.
     pub fn with_upstream(mut self, host: impl Into<String>, port: u16) -> Self {
         self.upstream = Some((host.into(), port));
@@ -178,7 +187,16 @@ impl CatalogConfigBuilder {
                 databases.push(d);
             }
         }
-        Ok(CatalogConfig { host, port, user, password: self.password, databases, refresh_interval, timeout })
+        Ok(CatalogConfig {
+            host,
+            port,
+            user,
+            password: self.password,
+            databases,
+            refresh_interval,
+            timeout,
+            tls: self.tls,
+        })
     }
 }
 
@@ -680,17 +698,22 @@ async fn read(
         if let Some(p) = &config.password {
             pg.password(p);
         }
-        let (client, connection) =
-            match tokio::time::timeout(config.timeout, pg.connect(tokio_postgres::NoTls)).await {
-                Ok(Ok(pair)) => pair,
-                Ok(Err(e)) => return Err(failed("cannot connect", e)),
-                Err(_) => return Err(ReadError::Failed("connecting timed out".to_owned())),
-            };
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "strata: catalog connection ended");
+        let connected = match config.tls.as_ref().filter(|_| !config.host.starts_with('/')) {
+            Some(tls) => {
+                pg.ssl_mode(if tls.required {
+                    tokio_postgres::config::SslMode::Require
+                } else {
+                    tokio_postgres::config::SslMode::Prefer
+                });
+                connect_with(&pg, crate::pg_tls::MakeRustls(tls.config.clone()), config.timeout).await
             }
-        });
+            None => connect_with(&pg, tokio_postgres::NoTls, config.timeout).await,
+        };
+        let client = match connected {
+            Ok(client) => client,
+            Err(Some(e)) => return Err(failed("cannot connect", e)),
+            Err(None) => return Err(ReadError::Failed("connecting timed out".to_owned())),
+        };
         clients.insert(database.to_owned(), client);
     }
     let Some(client) = clients.get(database) else {
@@ -793,6 +816,31 @@ fn install(inner: &Inner, state: &mut State) {
     if union != state.installed {
         inner.cache.set_relations(relations_of(&union));
         state.installed = union;
+    }
+}
+
+/// Connects with `tls` within `timeout`, the connection driven by a task of its own; `None` as
+/// the error when the time ran out.
+async fn connect_with<T>(
+    pg: &tokio_postgres::Config,
+    tls: T,
+    timeout: Duration,
+) -> Result<tokio_postgres::Client, Option<tokio_postgres::Error>>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    match tokio::time::timeout(timeout, pg.connect(tls)).await {
+        Ok(Ok((client, connection))) => {
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "strata: catalog connection ended");
+                }
+            });
+            Ok(client)
+        }
+        Ok(Err(e)) => Err(Some(e)),
+        Err(_) => Err(None),
     }
 }
 

@@ -52,6 +52,8 @@ mod error;
 mod flight;
 mod keys;
 mod metrics;
+#[cfg(feature = "catalog")]
+mod pg_tls;
 mod policy;
 mod redis_versions;
 mod relations;
@@ -64,6 +66,8 @@ mod wal;
 
 #[cfg(feature = "catalog")]
 pub use crate::catalog::{CatalogConfig, CatalogConfigBuilder};
+#[cfg(feature = "catalog")]
+pub use crate::pg_tls::PgTls;
 #[cfg(feature = "wal")]
 pub use crate::wal::{WalConfig, WalConfigBuilder, WalInvalidator};
 pub use crate::{

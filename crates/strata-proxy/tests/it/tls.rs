@@ -696,3 +696,67 @@ async fn sighup_reloads_the_certificate_without_a_restart() {
     assert!(child.try_wait().unwrap_or_else(|e| panic!("{e}")).is_none(), "SIGHUP ended the proxy");
     let _ = child.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_reader_follows_the_upstream_sslmode_to_a_server_that_requires_tls() {
+    // `strata_tls_only` may log in over TLS only (the harness's pg_hba), as on a managed server.
+    crate::support::admin("postgres")
+        .await
+        .batch_execute(
+            "DO $$ BEGIN
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'strata_tls_only') THEN
+                 CREATE ROLE strata_tls_only LOGIN;
+               END IF;
+             END $$;",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let read = |mode: &'static str| {
+        let args = strata_proxy::Args {
+            upstream: Some(format!("postgres://{}:{}", pg().host(), pg().port())),
+            catalog_user: Some("strata_tls_only".to_owned()),
+            catalog_databases: Some(vec!["postgres".to_owned()]),
+            upstream_sslmode: Some(mode.to_owned()),
+            upstream_sslrootcert: Some(pg_tls("root.crt")),
+            ..strata_proxy::Args::default()
+        };
+        async move {
+            let invalidation = args.invalidation().unwrap_or_else(|e| panic!("{mode}: {e}"));
+            let settings = strata_proxy::CacheSettings::default();
+            let query_cache =
+                strata_proxy::build_query_cache(&settings).await.unwrap_or_else(|e| panic!("{e}"));
+            let cache = strata_proxy::StrataCache::builder(query_cache)
+                .with_invalidation(invalidation)
+                .build()
+                .unwrap_or_else(|e| panic!("{e}"));
+            cache.wait_for_catalog(Duration::from_secs(5)).await
+        }
+    };
+    for mode in ["prefer", "require", "verify-full"] {
+        assert!(read(mode).await, "the catalog was not read over TLS with upstream sslmode {mode}");
+    }
+    assert!(!read("disable").await, "a plain catalog connection got past a TLS-only rule");
+
+    // SCRAM over TLS: the server offers SCRAM-SHA-256-PLUS, and the catalog connection binds to
+    // the server's certificate (a wrong or missing tls-server-end-point fails the login).
+    password_roles().await;
+    let config = strata_proxy::CatalogConfig::builder()
+        .with_upstream(pg().host(), pg().port())
+        .with_user("strata_scram")
+        .with_password("scram-secret")
+        .with_database("postgres")
+        .with_tls(strata::PgTls::new(Rustls::verifying(&pg_tls("root.crt")).0, true))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let query_cache = strata_proxy::build_query_cache(&strata_proxy::CacheSettings::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cache = strata_proxy::StrataCache::builder(query_cache)
+        .with_invalidation(strata_proxy::Invalidation::Catalog(config))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        cache.wait_for_catalog(Duration::from_secs(5)).await,
+        "the catalog was not read with SCRAM and channel binding over TLS"
+    );
+}
