@@ -610,7 +610,18 @@ async fn run_session(
                     finish_in_flight(&session, &s2c, drain).await;
                     s2c.abort();
                 }
-                Some(ClientEnd::Closed | ClientEnd::Terminated | ClientEnd::ClientWrite) | None => {
+                Some(ClientEnd::Terminated) => {
+                    // The Terminate went upstream after everything the client sent: PostgreSQL
+                    // answers what came before it, then closes. Those answers still reach the
+                    // client (one that pipelined a query and its goodbye reads them, as it would
+                    // from PostgreSQL), for as long as the drain timeout.
+                    if timeout(drain, &mut s2c).await.is_err() {
+                        session.client_gone.store(true, Ordering::Release);
+                        finish_in_flight(&session, &s2c, drain).await;
+                        s2c.abort();
+                    }
+                }
+                Some(ClientEnd::Closed | ClientEnd::ClientWrite) | None => {
                     session.client_gone.store(true, Ordering::Release);
                     finish_in_flight(&session, &s2c, drain).await;
                     s2c.abort();
@@ -629,10 +640,12 @@ async fn run_session(
                     if let Some((ServerEnd::Read(e), _)) = &end {
                         debug!(session = session_id, error = %e, "upstream read failed");
                     }
-                    if !session.terminated.load(Ordering::Acquire) {
+                    let terminated = session.terminated.load(Ordering::Acquire);
+                    if !terminated {
                         shared.metrics.upstream_lost.inc();
                     }
-                    if fatal_seen {
+                    // After the client's Terminate the server closing is the expected end.
+                    if fatal_seen || terminated {
                         let _ = session.client_out.lock().await.w.shutdown().await;
                     } else {
                         session

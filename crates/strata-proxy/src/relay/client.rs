@@ -177,6 +177,10 @@ impl ClientSide {
                 screen_auth(&msg)?;
             }
             self.out.extend_from_slice(&msg);
+            if tag == b'X' {
+                self.session.terminated.store(true, Ordering::Release);
+                return Ok(Now::Done(Flow::Terminate));
+            }
             return Ok(Now::Done(Flow::Continue));
         }
         match tag {

@@ -275,3 +275,26 @@ async fn clients_that_say_goodbye_are_not_counted_as_lost_upstreams() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_pipelined_with_the_startup_and_terminate_is_answered_before_the_close() {
+    // PostgreSQL answers what came before a Terminate, then closes; so must the proxy, even when
+    // the whole conversation arrives in one write before authentication is over.
+    let proxy = start_proxy(|b| b).await;
+    for _ in 0..20 {
+        let mut c = crate::support::RawClient::connect(proxy.port()).await;
+        let mut bytes = crate::support::startup_packet("postgres", "postgres");
+        bytes.extend_from_slice(&[b'Q', 0, 0, 0, 14]);
+        bytes.extend_from_slice(b"SELECT 42\0");
+        bytes.extend_from_slice(&[b'X', 0, 0, 0, 4]);
+        c.send(&bytes).await;
+        let mut all = Vec::new();
+        while let Some((tag, body)) = c.read_msg().await {
+            all.push((tag, body));
+        }
+        let tags: Vec<u8> = all.iter().map(|(t, _)| *t).collect();
+        assert!(tags.contains(&b'D') && tags.contains(&b'C'), "no answer before the close: {tags:?}");
+        let last = all.last().map(|(_, body)| String::from_utf8_lossy(body).into_owned());
+        assert_eq!(tags.last(), Some(&b'Z'), "{tags:?} {last:?}");
+    }
+}
