@@ -67,7 +67,7 @@ mod wal;
 #[cfg(feature = "catalog")]
 pub use crate::catalog::{CatalogConfig, CatalogConfigBuilder};
 #[cfg(feature = "catalog")]
-pub use crate::pg_tls::PgTls;
+pub use crate::pg_tls::{MakeRustls, PgTls, RustlsConnect, RustlsStream};
 #[cfg(feature = "wal")]
 pub use crate::wal::{WalConfig, WalConfigBuilder, WalInvalidator};
 pub use crate::{

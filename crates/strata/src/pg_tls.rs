@@ -36,13 +36,28 @@ impl std::fmt::Debug for PgTls {
     }
 }
 
-/// The tokio-postgres connector for [`PgTls`].
+/// A tokio-postgres TLS connector over rustls: verification is the `ClientConfig`'s, and the
+/// stream reports SCRAM's `tls-server-end-point` for the server's certificate.
 #[derive(Clone)]
-pub(crate) struct MakeRustls(pub(crate) Arc<ClientConfig>);
+pub struct MakeRustls(pub Arc<ClientConfig>);
 
-pub(crate) struct RustlsConnect(Arc<ClientConfig>, String);
+impl std::fmt::Debug for MakeRustls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MakeRustls").finish_non_exhaustive()
+    }
+}
 
-pub(crate) struct RustlsStream<S>(Box<tokio_rustls::client::TlsStream<S>>);
+/// One connection's TLS handshake (see [`MakeRustls`]).
+pub struct RustlsConnect(Arc<ClientConfig>, String);
+
+/// A TLS stream made by [`MakeRustls`].
+pub struct RustlsStream<S>(Box<tokio_rustls::client::TlsStream<S>>);
+
+impl<S> std::fmt::Debug for RustlsStream<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RustlsStream").finish_non_exhaustive()
+    }
+}
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> MakeTlsConnect<S> for MakeRustls {
     type Stream = RustlsStream<S>;
@@ -50,6 +65,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> MakeTlsConnect<S> for M
     type Error = io::Error;
     fn make_tls_connect(&mut self, domain: &str) -> io::Result<RustlsConnect> {
         Ok(RustlsConnect(self.0.clone(), domain.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for RustlsConnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RustlsConnect").field("server", &self.1).finish_non_exhaustive()
     }
 }
 

@@ -5,12 +5,8 @@
 //! binding, client certificates, a certificate reloaded by SIGHUP, and Unix sockets on both legs.
 
 use std::{
-    future::Future,
-    io,
     path::{Path, PathBuf},
-    pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
     time::Duration,
 };
 
@@ -20,10 +16,9 @@ use rcgen::{
 };
 use strata_proxy::{ProxyBuilder, SslMode};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
-use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 use tokio_rustls::rustls::{crypto::ring, pki_types::ServerName, ClientConfig, RootCertStore};
 
 use crate::sessions::password_roles;
@@ -281,89 +276,27 @@ async fn every_upstream_sslmode_against_a_tls_server() {
     assert!(err.as_deref().is_some_and(|e| e.contains("--upstream-sslrootcert")), "{err:?}");
 }
 
-/// tokio-postgres over rustls: `verify` checks the chain against `roots` (and the name),
-/// otherwise (sslmode=require) anything is accepted. Reports tls-server-end-point for SCRAM.
-#[derive(Clone)]
-struct Rustls(Arc<ClientConfig>);
-
-impl Rustls {
-    fn verifying(root: &Path) -> Self {
-        let pem = std::fs::read(root).unwrap_or_else(|e| panic!("{e}"));
-        let mut roots = RootCertStore::empty();
-        use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            roots.add(cert.unwrap_or_else(|e| panic!("{e}"))).unwrap_or_else(|e| panic!("{e}"));
-        }
-        let config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap_or_else(|e| panic!("{e}"))
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Self(Arc::new(config))
+/// tokio-postgres over rustls (strata's connector, which reports SCRAM's tls-server-end-point),
+/// trusting the roots in one PEM file.
+fn verifying(root: &Path) -> strata::MakeRustls {
+    let pem = std::fs::read(root).unwrap_or_else(|e| panic!("{e}"));
+    let mut roots = RootCertStore::empty();
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap_or_else(|e| panic!("{e}"))).unwrap_or_else(|e| panic!("{e}"));
     }
+    let config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    strata::MakeRustls(Arc::new(config))
 }
 
-struct RustlsConnect(Arc<ClientConfig>, String);
-struct RustlsStream<S>(Box<tokio_rustls::client::TlsStream<S>>);
-
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> MakeTlsConnect<S> for Rustls {
-    type Stream = RustlsStream<S>;
-    type TlsConnect = RustlsConnect;
-    type Error = io::Error;
-    fn make_tls_connect(&mut self, domain: &str) -> io::Result<RustlsConnect> {
-        Ok(RustlsConnect(self.0.clone(), domain.to_owned()))
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> TlsConnect<S> for RustlsConnect {
-    type Stream = RustlsStream<S>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<RustlsStream<S>>> + Send>>;
-    fn connect(self, stream: S) -> Self::Future {
-        Box::pin(async move {
-            let name = ServerName::try_from(self.1).map_err(|e| io::Error::other(e.to_string()))?;
-            let s = tokio_rustls::TlsConnector::from(self.0).connect(name, stream).await?;
-            Ok(RustlsStream(Box::new(s)))
-        })
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for RustlsStream<S> {
-    fn channel_binding(&self) -> ChannelBinding {
-        // The test certificates are ECDSA P-256 with SHA-256: the end point is the SHA-256 of
-        // the leaf (RFC 5929).
-        match self.0.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-            Some(leaf) => ChannelBinding::tls_server_end_point(
-                ::ring::digest::digest(&::ring::digest::SHA256, leaf.as_ref()).as_ref().to_vec(),
-            ),
-            None => ChannelBinding::none(),
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0).poll_shutdown(cx)
-    }
-}
-
-async fn tokio_pg(conninfo: &str, tls: Rustls) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+async fn tokio_pg(
+    conninfo: &str,
+    tls: strata::MakeRustls,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, conn) = tokio_postgres::connect(conninfo, tls).await?;
     tokio::spawn(conn);
     Ok(client)
@@ -380,23 +313,20 @@ async fn tokio_postgres_with_require_and_verify_full() {
         format!("host=localhost port={port} user=postgres dbname=postgres sslmode={mode}")
     };
     for mode in ["require", "prefer"] {
-        let c = tokio_pg(&info(proxy.port(), mode), Rustls::verifying(&ca.root()))
+        let c = tokio_pg(&info(proxy.port(), mode), verifying(&ca.root()))
             .await
             .unwrap_or_else(|e| panic!("{mode}: {e}"));
         let n: i32 = c.query_one("SELECT $1::int + 1", &[&41]).await.unwrap_or_else(|e| panic!("{e}")).get(0);
         assert_eq!(n, 42);
     }
     // A cancel over TLS (SSLRequest, handshake, then the CancelRequest) reaches the backend.
-    let c = tokio_pg(&info(proxy.port(), "require"), Rustls::verifying(&ca.root()))
+    let c = tokio_pg(&info(proxy.port(), "require"), verifying(&ca.root()))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let token = c.cancel_token();
     let sleeper = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(30)").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    token
-        .cancel_query(Rustls::verifying(&ca.root()))
-        .await
-        .unwrap_or_else(|e| panic!("cancel over TLS: {e}"));
+    token.cancel_query(verifying(&ca.root())).await.unwrap_or_else(|e| panic!("cancel over TLS: {e}"));
     let err = tokio::time::timeout(Duration::from_secs(10), sleeper)
         .await
         .unwrap_or_else(|_| panic!("the cancel sent over TLS did not reach the server"))
@@ -404,14 +334,14 @@ async fn tokio_postgres_with_require_and_verify_full() {
         .expect_err("cancelled");
     assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
     // A client trusting another CA fails the handshake.
-    let err = tokio_pg(&info(proxy.port(), "require"), Rustls::verifying(&other.root()))
+    let err = tokio_pg(&info(proxy.port(), "require"), verifying(&other.root()))
         .await
         .err()
         .map(|e| format!("{e:?}"));
     assert!(err.as_deref().is_some_and(|e| e.contains("UnknownIssuer")), "{err:?}");
     // An expired certificate fails it too.
     let expired = start_proxy(|b| b.with_tls(&old_crt, &old_key)).await;
-    let err = tokio_pg(&info(expired.port(), "require"), Rustls::verifying(&ca.root()))
+    let err = tokio_pg(&info(expired.port(), "require"), verifying(&ca.root()))
         .await
         .err()
         .map(|e| format!("{e:?}"));
@@ -526,7 +456,7 @@ async fn scram_channel_binding_works_end_to_end_or_is_refused_clearly() {
             "host=localhost port={} {user} password=scram-secret sslmode=require channel_binding=require",
             same.port()
         ),
-        Rustls::verifying(&pg_tls("root.crt")),
+        verifying(&pg_tls("root.crt")),
     )
     .await
     .unwrap_or_else(|e| panic!("tokio-postgres with channel binding: {e}"));
@@ -650,7 +580,7 @@ async fn sighup_reloads_the_certificate_without_a_restart() {
         tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.ok()?;
         let mut s = [0u8; 1];
         tcp.read_exact(&mut s).await.ok()?;
-        let tls = Rustls::verifying(&ca.root());
+        let tls = verifying(&ca.root());
         let name = ServerName::try_from("localhost").ok()?;
         let stream = tokio_rustls::TlsConnector::from(tls.0).connect(name, tcp).await.ok()?;
         stream.get_ref().1.peer_certificates()?.first().map(|c| c.as_ref().to_vec())
@@ -745,7 +675,7 @@ async fn the_catalog_reader_follows_the_upstream_sslmode_to_a_server_that_requir
         .with_user("strata_scram")
         .with_password("scram-secret")
         .with_database("postgres")
-        .with_tls(strata::PgTls::new(Rustls::verifying(&pg_tls("root.crt")).0, true))
+        .with_tls(strata::PgTls::new(verifying(&pg_tls("root.crt")).0, true))
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
     let query_cache = strata_proxy::build_query_cache(&strata_proxy::CacheSettings::default())
