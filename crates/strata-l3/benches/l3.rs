@@ -1,5 +1,6 @@
 //! L3 benchmarks: hybrid/HNSW lookups against an exact scan of the same vectors, sustained
-//! inserts at 100k entries with lookup latency, and the local embedder's cost per text.
+//! inserts at 100k entries with lookup latency, and the cost of embedding a question with the
+//! local n-gram embedder and with the all-MiniLM-L6-v2 model (feature `minilm`).
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -140,5 +141,71 @@ fn embedder(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, embedder, lookups_and_inserts);
+/// One short question through the model, the way the tier asks for it (`Embedder::embed`, so
+/// the hop to a blocking thread is included), and a batch of 16.
+#[cfg(feature = "minilm")]
+fn minilm_embedder(c: &mut Criterion) {
+    use strata_l3::{Embedder, MiniLmEmbedder};
+    let Some(dir) = common::minilm_dir() else {
+        println!(
+            "minilm_embedder: skipped: STRATA_TEST_MINILM_DIR is not set (`cargo xtask bench` provides it)"
+        );
+        return;
+    };
+    let model = MiniLmEmbedder::load(&dir).unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()));
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap_or_else(|e| panic!("{e}"));
+    let mut rng = Rng::new(45);
+    let texts: Vec<String> = (0..256).map(|_| common::question(&mut rng)).collect();
+    let embed = |text: &str| runtime.block_on(model.embed(&[text])).unwrap_or_else(|e| panic!("{e}"));
+    let tokens: usize = texts.iter().map(|t| model.token_ids(t).len()).sum();
+    let ngram = LocalEmbedder::default();
+    let ngram_times: Vec<Duration> = texts
+        .iter()
+        .map(|t| {
+            let started = Instant::now();
+            black_box(ngram.embed_one(t));
+            started.elapsed()
+        })
+        .collect();
+    for t in texts.iter().take(16) {
+        black_box(embed(t));
+    }
+    let times: Vec<Duration> = texts
+        .iter()
+        .map(|t| {
+            let started = Instant::now();
+            black_box(embed(t));
+            started.elapsed()
+        })
+        .collect();
+    let (p50, p99) = (percentile(times.clone(), 0.5), percentile(times, 0.99));
+    println!(
+        "RATIO minilm_embedder/embed_one: p50 {p50:.2?}, p99 {p99:.2?} per question ({:.1} tokens on average; goal p50 <= 5 ms); \
+         n-gram embedder p50 {:.2?}",
+        tokens as f64 / texts.len() as f64,
+        percentile(ngram_times, 0.5),
+    );
+
+    let mut group = c.benchmark_group("minilm_embedder");
+    group.sample_size(30).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
+    let mut i = 0;
+    group.bench_function("embed_one", |b| {
+        b.iter(|| {
+            i = (i + 1) % texts.len();
+            black_box(embed(&texts[i]))
+        })
+    });
+    let batch: Vec<&str> = texts.iter().take(16).map(String::as_str).collect();
+    group.bench_function("embed_batch_16", |b| {
+        b.iter(|| black_box(runtime.block_on(model.embed(&batch)).unwrap_or_else(|e| panic!("{e}"))))
+    });
+    group.finish();
+}
+
+#[cfg(not(feature = "minilm"))]
+fn minilm_embedder(_: &mut Criterion) {
+    println!("minilm_embedder: skipped: built without the `minilm` feature");
+}
+
+criterion_group!(benches, embedder, minilm_embedder, lookups_and_inserts);
 criterion_main!(benches);

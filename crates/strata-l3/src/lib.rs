@@ -18,7 +18,8 @@
 //! - [`Embedder`]: an object-safe async trait. [`LocalEmbedder`] (the default) hashes words and
 //!   character n-grams, with no model and no network; [`HttpEmbedder`] calls an OpenAI-compatible
 //!   `/v1/embeddings` or Ollama `/api/embed` endpoint, over `http://` or `https://`, with a
-//!   timeout, batching and a cache.
+//!   timeout, batching and a cache. `MiniLmEmbedder` (feature `minilm`) runs the
+//!   all-MiniLM-L6-v2 sentence-embedding model in process, on the CPU, from local files.
 //!   An embedder failure or a missed deadline is a miss, never an error.
 //! - [`VectorIndex`] / [`IndexConfig`]: the hybrid index of each partition: an exact scan below a
 //!   size, an HNSW graph above it. Graphs are built with hnsw_rs (cosine over unit vectors) by a
@@ -75,6 +76,11 @@
 //!   webpki-roots plus the roots given to `HttpEmbedderBuilder::with_root_certificate_pem`.
 //!   Without it the crate has no TLS dependency and an `https://` URL is a configuration error;
 //!   a local `http://` Ollama works either way.
+//! - `minilm` (off by default): `MiniLmEmbedder`, a BERT forward pass written here on plain
+//!   `f32` slices (no ML framework; the `multiversion` crate picks AVX2/FMA or NEON kernels at run
+//!   time) with its own WordPiece tokenizer (`unicode-normalization`, `unicode_categories`).
+//!   It reads `config.json`, `tokenizer.json` and `model.safetensors` from a directory the
+//!   application provides; nothing is downloaded.
 
 mod embed;
 mod error;
@@ -82,6 +88,8 @@ mod flat;
 mod guard;
 mod http;
 mod index;
+#[cfg(feature = "minilm")]
+mod minilm;
 mod similarity;
 mod tier;
 #[cfg(feature = "https")]
@@ -98,6 +106,9 @@ pub use crate::{
         Indexing, Maintenance, SemanticHit, SemanticRequest, SemanticStats, SemanticTier, SemanticTierBuilder,
     },
 };
+
+#[cfg(feature = "minilm")]
+pub use crate::minilm::MiniLmEmbedder;
 
 #[cfg(test)]
 mod tests {
@@ -128,5 +139,7 @@ mod tests {
         assert_send_sync_debug::<Error>();
         assert_send_sync_debug::<ErrorKind>();
         assert_send_sync_debug::<std::sync::Arc<dyn Embedder>>();
+        #[cfg(feature = "minilm")]
+        assert_send_sync_debug::<MiniLmEmbedder>();
     }
 }

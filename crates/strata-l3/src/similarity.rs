@@ -34,6 +34,13 @@ impl CosineSimilarity {
         }
     }
 
+    /// A constant threshold; `value` must be within `0.0..=1.0` (checked when the constant is
+    /// evaluated).
+    pub(crate) const fn from_const(value: f32) -> Self {
+        assert!(value >= 0.0 && value <= 1.0, "a similarity is within 0..=1");
+        Self(value)
+    }
+
     /// The similarity of two dot products, clamped into range (rounding can leave `1.0000001`).
     pub(crate) fn from_dot(dot: f32) -> Self {
         if dot.is_nan() {

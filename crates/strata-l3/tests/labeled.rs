@@ -6,7 +6,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use expect_test::expect;
 use strata_core::{CacheKey, CachedResult, KeyScope, ManualClock, PutOutcome, SettingsDigest, TableName};
-use strata_l3::{Guards, Indexing, Literal, SemanticRequest, SemanticTier};
+use strata_l3::{
+    CosineSimilarity, Embedder, Guards, Indexing, Literal, LocalEmbedder, SemanticRequest, SemanticTier,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Category {
@@ -331,8 +333,9 @@ fn tables(names: &[&str]) -> Vec<TableName> {
     names.iter().map(|n| TableName::new(*n)).collect()
 }
 
-/// Runs every case on a fresh tier with `guards`; returns, per category, (cases, hits, best similarity seen).
-fn run(guards: Guards) -> Vec<Row> {
+/// Runs every case on a fresh tier with `guards`, `embedder` and `threshold`; returns, per
+/// category, (cases, hits, the similarity and texts of each hit).
+fn run(guards: Guards, embedder: Arc<dyn Embedder>, threshold: CosineSimilarity) -> Vec<Row> {
     let rt =
         tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap_or_else(|e| panic!("{e}"));
     let clock = Arc::new(ManualClock::fixed());
@@ -340,6 +343,8 @@ fn run(guards: Guards) -> Vec<Row> {
     for case in cases() {
         let tier = SemanticTier::builder()
             .with_guards(guards)
+            .with_embedder(embedder.clone())
+            .with_threshold(threshold)
             .with_clock(clock.clone())
             .with_indexing(Indexing::Manual)
             .build()
@@ -410,7 +415,7 @@ fn labeled_set_has_at_least_100_pairs() {
 
 #[test]
 fn default_guards_serve_no_false_hit_and_most_paraphrases() {
-    let rows = run(Guards::all());
+    let rows = run(Guards::all(), Arc::new(LocalEmbedder::default()), CosineSimilarity::DEFAULT_THRESHOLD);
     let shown = table(&rows);
     println!("{shown}");
     for (cat, _, hits, sims) in &rows {
@@ -435,7 +440,7 @@ fn default_guards_serve_no_false_hit_and_most_paraphrases() {
 #[test]
 fn without_guards_similarity_alone_serves_false_hits() {
     // Not a target: shows what the guards prevent. Scope is never optional, so tenants stay apart.
-    let rows = run(Guards::none());
+    let rows = run(Guards::none(), Arc::new(LocalEmbedder::default()), CosineSimilarity::DEFAULT_THRESHOLD);
     let shown = table(&rows);
     println!("{shown}");
     let tenant = rows.iter().find(|r| r.0 == Category::OtherTenant).map_or(1, |r| r.2);
@@ -452,4 +457,50 @@ fn without_guards_similarity_alone_serves_false_hits() {
         false-hit rate on near-misses: 24/57 = 0.421
     "#]]
     .assert_eq(&shown);
+}
+
+#[cfg(feature = "minilm")]
+mod common;
+
+/// The paraphrase rate of a run.
+#[cfg(feature = "minilm")]
+fn paraphrase_rate(rows: &[Row]) -> f64 {
+    let row = rows.iter().find(|r| r.0 == Category::Paraphrase).unwrap_or_else(|| panic!("no paraphrases"));
+    row.2 as f64 / row.1 as f64
+}
+
+#[cfg(feature = "minilm")]
+#[test]
+fn the_model_serves_more_paraphrases_than_ngrams_and_no_false_hit() {
+    use strata_l3::MiniLmEmbedder;
+    let ngrams = run(Guards::all(), Arc::new(LocalEmbedder::default()), CosineSimilarity::DEFAULT_THRESHOLD);
+    let model: Arc<dyn Embedder> = Arc::new(common::minilm().clone());
+    let rows = run(Guards::all(), model, MiniLmEmbedder::RECOMMENDED_THRESHOLD);
+    let shown = table(&rows);
+    println!("{shown}");
+    for (cat, _, hits, sims) in &rows {
+        if *cat != Category::Paraphrase {
+            assert_eq!(*hits, 0, "false hits in {cat:?}: {sims:?}");
+        }
+    }
+    let (model_rate, ngram_rate) = (paraphrase_rate(&rows), paraphrase_rate(&ngrams));
+    println!("paraphrase hit rate: model {model_rate:.3}, n-grams {ngram_rate:.3}");
+    assert!(model_rate > ngram_rate, "model {model_rate:.3} is not above n-grams {ngram_rate:.3}");
+}
+
+/// Every case's similarity under the model, without guards (scope aside), sorted; for choosing
+/// `MiniLmEmbedder::RECOMMENDED_THRESHOLD`.
+#[cfg(feature = "minilm")]
+#[test]
+fn model_similarities_by_category() {
+    let model: Arc<dyn Embedder> = Arc::new(common::minilm().clone());
+    let everything = CosineSimilarity::new(0.0).unwrap_or_else(|e| panic!("{e}"));
+    let rows = run(Guards::none(), model, everything);
+    for (cat, _, _, sims) in &rows {
+        let mut sims = sims.clone();
+        sims.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for (sim, stored, asked) in sims {
+            println!("{cat:?} {sim:.4} {stored:?} / {asked:?}");
+        }
+    }
 }

@@ -1,5 +1,31 @@
-//! Shared test data: a seeded generator, a Gaussian mixture, near-duplicates and a question corpus.
+//! Shared test data: a seeded generator, a Gaussian mixture, near-duplicates, a question corpus,
+//! and the all-MiniLM-L6-v2 model files.
 #![allow(dead_code, unreachable_pub)]
+
+use std::path::PathBuf;
+
+/// The all-MiniLM-L6-v2 directory that `cargo xtask test` (and `cargo xtask bench`) fetches into
+/// `target/strata-models/` and exports as `STRATA_TEST_MINILM_DIR`, if it is set.
+pub fn minilm_dir() -> Option<PathBuf> {
+    std::env::var_os("STRATA_TEST_MINILM_DIR").map(PathBuf::from)
+}
+
+/// The model, loaded once per test binary; panics saying what to run when it is not provided.
+#[cfg(feature = "minilm")]
+pub fn minilm() -> &'static strata_l3::MiniLmEmbedder {
+    static MODEL: std::sync::OnceLock<strata_l3::MiniLmEmbedder> = std::sync::OnceLock::new();
+    MODEL.get_or_init(|| {
+        let dir = minilm_dir().unwrap_or_else(|| {
+            panic!(
+                "STRATA_TEST_MINILM_DIR is not set: run `cargo xtask test`, which fetches all-MiniLM-L6-v2 \
+                 into target/strata-models/ and exports it (or set it to a directory holding config.json, \
+                 tokenizer.json and model.safetensors)"
+            )
+        });
+        strata_l3::MiniLmEmbedder::load(&dir)
+            .unwrap_or_else(|e| panic!("loading the model from {}: {e}", dir.display()))
+    })
+}
 
 /// SplitMix64: small, seeded, good enough for test data.
 pub struct Rng(u64);
