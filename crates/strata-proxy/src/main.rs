@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
             match &cache.semantic {
                 Some(s) => tracing::info!(
                     embedder = %s.embedder.describe(),
-                    threshold = s.threshold.unwrap_or(strata_l3::CosineSimilarity::DEFAULT_THRESHOLD.get()),
+                    threshold = s.threshold(),
                     "semantic tier on: reads with the semantic hint or of semantic tables that miss may be answered by a similar question's result"
                 ),
                 None => tracing::info!("semantic tier off (--semantic-model DIR or [semantic] turn it on)"),

@@ -138,14 +138,24 @@ pub struct SemanticSettings {
 }
 
 impl SemanticSettings {
+    /// The similarity threshold in force: the one set, else the model's own for the model (chosen
+    /// from data), else the tier's default (chosen for n-grams).
+    pub fn threshold(&self) -> f32 {
+        match (self.threshold, &self.embedder) {
+            (Some(t), _) => t,
+            #[cfg(feature = "minilm")]
+            (None, EmbedderChoice::MiniLm(_)) => strata_l3::MiniLmEmbedder::RECOMMENDED_THRESHOLD.get(),
+            (None, _) => strata_l3::CosineSimilarity::DEFAULT_THRESHOLD.get(),
+        }
+    }
+
     /// The tier these settings describe (loading the model, if any).
     pub fn build_tier(&self) -> Result<strata_l3::SemanticTier, Error> {
-        let mut builder = strata_l3::SemanticTier::builder().with_embedder(self.embedder.build()?);
-        if let Some(t) = self.threshold {
-            let t = strata_l3::CosineSimilarity::new(t)
-                .map_err(|e| Error::config(format!("invalid [semantic] threshold: {e}")))?;
-            builder = builder.with_threshold(t);
-        }
+        let threshold = strata_l3::CosineSimilarity::new(self.threshold())
+            .map_err(|e| Error::config(format!("invalid [semantic] threshold: {e}")))?;
+        let mut builder = strata_l3::SemanticTier::builder()
+            .with_embedder(self.embedder.build()?)
+            .with_threshold(threshold);
         if let Some(n) = self.max_entries {
             builder = builder.with_max_entries(n);
         }
