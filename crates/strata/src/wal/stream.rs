@@ -273,6 +273,12 @@ impl Runner {
         let side = Arc::new(side);
         let schema =
             Schema { side: side.clone(), publication: config.publication.clone(), ddl_trigger, timeout };
+        // Read before what it guards: DDL committed after the unseen relations are read, even
+        // before the heartbeats start, changes it.
+        let fingerprint = match schema.fingerprint().await {
+            Ok(f) => f,
+            Err(e) => return Failure::Stream(e),
+        };
         if let Err(e) = schema.install_unstreamed(&self.target).await {
             return Failure::Stream(e);
         }
@@ -296,6 +302,7 @@ impl Runner {
         // Aborted when the session ends, also when the task is aborted.
         let mut emitter = AbortOnDrop(tokio::spawn(emit_heartbeats(
             schema.clone(),
+            fingerprint,
             self.target.clone(),
             config.database.clone(),
             slot.clone(),
@@ -774,9 +781,11 @@ impl Schema {
 
 /// Emits a heartbeat every `interval` until one fails, and every few heartbeats compares the
 /// schema fingerprint: a change (DDL the trigger did not report) reloads the unseen relations and
-/// invalidates everything. Returns why it stopped.
+/// invalidates everything. `fingerprint` was read before the unseen relations were. Returns why
+/// it stopped.
 async fn emit_heartbeats(
     schema: Schema,
+    mut fingerprint: String,
     target: Target,
     database: String,
     slot: String,
@@ -784,10 +793,6 @@ async fn emit_heartbeats(
 ) -> String {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut fingerprint = match schema.fingerprint().await {
-        Ok(f) => f,
-        Err(e) => return e,
-    };
     let mut beats: u32 = 0;
     loop {
         tick.tick().await;
