@@ -57,7 +57,7 @@ impl Config {
             token_types: size("type_vocab_size")?,
             eps: eps as f32,
         };
-        if config.hidden % config.heads != 0 {
+        if !config.hidden.is_multiple_of(config.heads) {
             return Err(bad(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 config.hidden, config.heads
