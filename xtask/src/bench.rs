@@ -14,6 +14,8 @@ pub(crate) fn run(args: &[String], interrupted: &Interrupted) -> Result<ExitCode
     let mut cmd = crate::cargo();
     cmd.args(["bench", "--workspace"]).args(args).stdout(Stdio::piped());
     services.export_to(&mut cmd);
+    // strata-l3's embedding bench runs the local model beside n-grams.
+    cmd.env("STRATA_TEST_MINILM_DIR", crate::models::ensure_minilm()?);
     let mut child = cmd.spawn().context("starting cargo bench")?;
     // Echo the output as it comes and keep the ratio lines each bench prints for the summary.
     let mut ratios = Vec::new();

@@ -4,6 +4,7 @@
 
 mod report;
 mod section;
+pub(crate) mod semantic;
 mod targets;
 pub(crate) mod tls;
 pub(crate) mod wal;
@@ -406,7 +407,7 @@ pub(crate) fn run(args: &[String], interrupted: &Interrupted) -> Result<ExitCode
     if !services::run_interruptibly(build, interrupted)?.success() {
         bail!("building strata-proxy failed");
     }
-    let proxy_binary = target_dir().join("release/strata-proxy");
+    let proxy_binary = crate::target_dir().join("release/strata-proxy");
     let services = Services::start_with(&tools, PG_CONF)?;
     let work = services::scratch_dir("bench-e2e")?;
     let _cleanup = RemoveOnDrop(work.clone());
@@ -454,9 +455,16 @@ pub(crate) fn run(args: &[String], interrupted: &Interrupted) -> Result<ExitCode
             plot: plotted.then_some(png_name.as_str()),
         },
     );
-    // Sections other benches own (`bench wal`) are kept.
+    // Sections other benches own (`bench wal`, `tls`, `semantic`) are kept.
     let kept = std::fs::read_to_string(&options.out)
-        .map(|old| format!("{}{}", wal::kept_section(&old), section::kept(&old, "tls")))
+        .map(|old| {
+            format!(
+                "{}{}{}",
+                wal::kept_section(&old),
+                section::kept(&old, "tls"),
+                section::kept(&old, "semantic")
+            )
+        })
         .unwrap_or_default();
     let text = format!("{text}{kept}");
     std::fs::write(&options.out, &text).with_context(|| format!("writing {}", options.out.display()))?;
@@ -899,12 +907,6 @@ fn psql(port: u16, database: &str, sql: &str) -> Result<String> {
         bail!("psql `{sql}` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::workspace_root().join("target"))
 }
 
 struct RemoveOnDrop(PathBuf);

@@ -6,6 +6,7 @@
 
 mod bench;
 mod e2e;
+mod models;
 mod prereq;
 mod services;
 #[cfg(test)]
@@ -32,6 +33,8 @@ commands:
                    1,000 direct commits/s, and pgbench -N throughput with the stream on and off
   bench tls        pgbench -S through strata-proxy with TLS on the client or upstream leg against
                    plain TCP, and a Unix-socket upstream against TCP, in one run
+  bench semantic   embedding one question with all-MiniLM-L6-v2 and with n-grams, and an answer from
+                   the semantic tier through strata-proxy end to end, with each embedder
   services         start the throwaway servers, print their variables, and wait for Ctrl-C
   proxy [ARGS...]  install prerequisites and run strata-proxy (release build) with ARGS";
 
@@ -56,6 +59,9 @@ fn run() -> Result<ExitCode> {
         "bench" if rest.first().is_some_and(|a| a == "e2e") => e2e::run(&rest[1..], &interrupted),
         "bench" if rest.first().is_some_and(|a| a == "wal") => e2e::wal::run(&rest[1..], &interrupted),
         "bench" if rest.first().is_some_and(|a| a == "tls") => e2e::tls::run(&rest[1..], &interrupted),
+        "bench" if rest.first().is_some_and(|a| a == "semantic") => {
+            e2e::semantic::run(&rest[1..], &interrupted)
+        }
         "bench" => bench::run(&rest, &interrupted),
         "services" => services::hold(&interrupted),
         "proxy" => proxy(&rest, &interrupted),
@@ -71,6 +77,11 @@ fn run() -> Result<ExitCode> {
 pub(crate) fn workspace_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// Cargo's target directory (`CARGO_TARGET_DIR`, else `target/` in the workspace).
+pub(crate) fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
 }
 
 pub(crate) fn cargo() -> Command {
@@ -90,6 +101,8 @@ fn test(args: &[String], interrupted: &services::Interrupted) -> Result<ExitCode
     }
     cmd.args(args);
     running.export_to(&mut cmd);
+    // strata-l3's and the proxy's model tests (built with `minilm` by their own dev-dependency).
+    cmd.env("STRATA_TEST_MINILM_DIR", models::ensure_minilm()?);
     println!("xtask: running {:?}", cmd.get_args().collect::<Vec<_>>());
     let status = services::run_interruptibly(cmd, interrupted)?;
     drop(running);
@@ -137,7 +150,8 @@ fn ci(interrupted: &services::Interrupted) -> Result<ExitCode> {
 fn proxy(args: &[String], interrupted: &services::Interrupted) -> Result<ExitCode> {
     prereq::ensure_build_tools()?;
     let mut cmd = cargo();
-    cmd.args(["run", "--release", "--package", "strata-proxy", "--"]).args(args);
+    // With the local sentence-embedding model, so that `--semantic-model DIR` works.
+    cmd.args(["run", "--release", "--package", "strata-proxy", "--features", "minilm", "--"]).args(args);
     let status = services::run_interruptibly(cmd, interrupted).context("running strata-proxy")?;
     Ok(exit_code(status))
 }

@@ -124,7 +124,7 @@ fn has_libclang() -> bool {
     })
 }
 
-fn find_or_install(binary: &str, package: &str) -> Result<PathBuf> {
+pub(crate) fn find_or_install(binary: &str, package: &str) -> Result<PathBuf> {
     if let Some(path) = find_in_path(binary) {
         return Ok(path);
     }

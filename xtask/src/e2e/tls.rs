@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::targets::{spawn, wait_for_postgres_protocol, Daemon};
-use super::{pgbench_path, psql, section, target_dir, RemoveOnDrop, DATABASE};
+use super::{pgbench_path, psql, section, RemoveOnDrop, DATABASE};
 use crate::services::{self, free_port, make_certificates, Interrupted, Services};
 
 const PG_CONF: &str = "shared_buffers = 512MB\nmax_connections = 300\n";
@@ -77,7 +77,7 @@ pub(crate) fn run(args: &[String], interrupted: &Interrupted) -> Result<ExitCode
     if !services::run_interruptibly(build, interrupted)?.success() {
         bail!("building strata-proxy failed");
     }
-    let binary = target_dir().join("release/strata-proxy");
+    let binary = crate::target_dir().join("release/strata-proxy");
     let services = Services::start_with_tls(&tools, PG_CONF)?;
     let work = services::scratch_dir("bench-tls")?;
     let _cleanup = RemoveOnDrop(work.clone());

@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use super::targets::{spawn, wait_for_postgres_protocol, Daemon};
-use super::{pgbench_path, psql, target_dir, RemoveOnDrop, DATABASE};
+use super::{pgbench_path, psql, RemoveOnDrop, DATABASE};
 use crate::services::{self, free_port, Interrupted, Services};
 
 const PG_CONF: &str = "fsync = on\nsynchronous_commit = on\nfull_page_writes = on\nshared_buffers = 512MB\n";
@@ -43,8 +43,8 @@ pub(crate) fn run(args: &[String], interrupted: &Interrupted) -> Result<ExitCode
     if !services::run_interruptibly(build, interrupted)?.success() {
         bail!("building strata-proxy failed");
     }
-    let binary = target_dir().join("release/strata-proxy");
-    let probe = target_dir().join("release/examples/wal_staleness");
+    let binary = crate::target_dir().join("release/strata-proxy");
+    let probe = crate::target_dir().join("release/examples/wal_staleness");
     let services = Services::start_with(&tools, PG_CONF)?;
     let work = services::scratch_dir("bench-wal")?;
     let _cleanup = RemoveOnDrop(work.clone());
