@@ -49,7 +49,7 @@ fn matmul_kernel<const L: usize, const FMA: bool>(x: &[f32], w: &[f32], k: usize
 }
 
 /// The outputs of weight rows `j..` taken `C` at a time against four input rows at a time (then
-/// the leftover rows one by one): the weight rows stay in L1 while every input row passes them,
+/// the leftover rows two, then one, at a time): the weight rows stay in L1 while every input row passes them,
 /// so the weights are read from memory once. Returns the first weight row not done.
 #[inline(always)]
 fn columns<const C: usize, const L: usize, const FMA: bool>(
@@ -71,6 +71,13 @@ fn columns<const C: usize, const L: usize, const FMA: bool>(
                 out[(i + r) * n + j..(i + r) * n + j + C].copy_from_slice(outputs);
             }
             i += 4;
+        }
+        if i + 2 <= m {
+            let dots = block::<2, C, L, FMA>([row(i), row(i + 1)], ws);
+            for (r, outputs) in dots.iter().enumerate() {
+                out[(i + r) * n + j..(i + r) * n + j + C].copy_from_slice(outputs);
+            }
+            i += 2;
         }
         while i < m {
             let [outputs] = block::<1, C, L, FMA>([row(i)], ws);
@@ -226,9 +233,10 @@ mod tests {
 
     #[test]
     fn matmul_matches_the_naive_product_for_every_shape() {
-        // Shapes that exercise the 4x2 blocks, the leftover rows and column, and a tail that is
+        // Shapes that exercise the 4-row and 2-row blocks, the leftover rows and columns, and a tail that is
         // not a multiple of the lane count.
-        for (m, n, k) in [(1, 1, 1), (4, 2, 8), (5, 3, 13), (9, 7, 32), (3, 5, 384), (13, 4, 37)] {
+        for (m, n, k) in [(1, 1, 1), (4, 2, 8), (5, 3, 13), (9, 7, 32), (3, 5, 384), (13, 4, 37), (6, 9, 40)]
+        {
             let x: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 11) as f32 - 5.0) / 8.0).collect();
             let w: Vec<f32> = (0..n * k).map(|i| ((i * 5 % 13) as f32 - 6.0) / 16.0).collect();
             // The dispatched build, and every kernel variant whichever this CPU picks.
