@@ -147,17 +147,26 @@ pub(crate) fn zipf_share(first: u32) -> f64 {
     head / all
 }
 
-/// The two ways pgbench talks to the server (`-M`).
+/// The ways pgbench talks to the server (`-M`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
     Simple,
+    /// The extended protocol with the unnamed statement: Parse, Bind, Describe, Execute, Sync for
+    /// every request.
+    Extended,
     Prepared,
+}
+
+impl Mode {
+    /// Every protocol, in the order the report shows them.
+    pub(crate) const ALL: [Mode; 3] = [Mode::Simple, Mode::Extended, Mode::Prepared];
 }
 
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Mode::Simple => "simple",
+            Mode::Extended => "extended",
             Mode::Prepared => "prepared",
         })
     }
@@ -510,9 +519,12 @@ struct Bench<'a> {
 impl Bench<'_> {
     fn run_target(&self, target: &Target, runs: &mut Vec<Run>, warm_ups: &mut Vec<WarmUp>) -> Result<()> {
         let select_only = self.options.runs(Workload::SelectOnly);
-        for mode in [Mode::Simple, Mode::Prepared] {
-            // The zipfian reads are `-S`'s statement, so they run right after it, on the same fill.
-            let zipf = self.options.runs(Workload::ZipfMixed) && target.kind().runs_writes_in(mode);
+        for mode in Mode::ALL {
+            // The zipfian reads are `-S`'s statement, so they run right after it, on the same fill
+            // (in the simple and prepared protocols: the extended one adds a select-only row).
+            let zipf = self.options.runs(Workload::ZipfMixed)
+                && mode != Mode::Extended
+                && target.kind().runs_writes_in(mode);
             if !select_only && !zipf {
                 continue;
             }

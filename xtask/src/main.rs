@@ -27,7 +27,7 @@ commands:
   bench [ARGS...]  run every crate's criterion benches against provisioned servers and print a summary
   bench e2e [OPTS] strata-proxy against direct PostgreSQL, PgBouncer and pgpool-II with pgbench;
                    writes BENCHMARKS.md and BENCHMARKS.png (--duration SECS, --warm-up SECS,
-                   --targets direct,pgbouncer,pgpool,strata,strata-redis, --out FILE,
+                   --targets direct,pgbouncer,pgpool,strata-relay,strata,strata-redis, --out FILE,
                    --workload select-only,heavy-read,heavy-mixed,zipf,miss; see bench e2e --help)
   bench wal        commit made directly on PostgreSQL to a miss through a streaming proxy at 100 and
                    1,000 direct commits/s, and pgbench -N throughput with the stream on and off

@@ -113,7 +113,7 @@ fn fmt_tps(t: f64) -> String {
 /// The combinations measured, in the order the tables show them.
 fn combinations() -> Vec<(Workload, Mode, u32)> {
     let mut all = Vec::new();
-    for mode in [Mode::Simple, Mode::Prepared] {
+    for mode in Mode::ALL {
         for clients in [1, 8, 32] {
             all.push((Workload::SelectOnly, mode, clients));
         }
@@ -380,6 +380,7 @@ pub(crate) fn render(
          `memqcache_method = 'shmem'`, `memqcache_total_size = 1024MB`, `memqcache_max_num_cache = 4000000`, \
          `memqcache_expire = 0`, `memqcache_auto_cache_invalidation = on`."
     );
+    let _ = writeln!(w, "- strata-proxy relay only: `{}`", strata_command(TargetKind::StrataRelay));
     let _ = writeln!(w, "- strata-proxy: `{}`", strata_command(TargetKind::Strata));
     let _ = writeln!(w, "- strata-proxy with Redis: `{}`", strata_command(TargetKind::StrataRedis));
     let _ = writeln!(

@@ -18,15 +18,18 @@ pub(crate) enum TargetKind {
     Direct,
     PgBouncer,
     PgPool,
+    /// strata-proxy with `--cache off`: the relay alone.
+    StrataRelay,
     Strata,
     StrataRedis,
 }
 
 impl TargetKind {
-    pub(crate) const ALL: [TargetKind; 5] = [
+    pub(crate) const ALL: [TargetKind; 6] = [
         TargetKind::Direct,
         TargetKind::PgBouncer,
         TargetKind::PgPool,
+        TargetKind::StrataRelay,
         TargetKind::Strata,
         TargetKind::StrataRedis,
     ];
@@ -37,6 +40,7 @@ impl TargetKind {
             TargetKind::Direct => "direct",
             TargetKind::PgBouncer => "pgbouncer",
             TargetKind::PgPool => "pgpool",
+            TargetKind::StrataRelay => "strata-relay",
             TargetKind::Strata => "strata",
             TargetKind::StrataRedis => "strata-redis",
         }
@@ -47,6 +51,7 @@ impl TargetKind {
             TargetKind::Direct => "PostgreSQL direct",
             TargetKind::PgBouncer => "PgBouncer (session)",
             TargetKind::PgPool => "pgpool-II + query cache",
+            TargetKind::StrataRelay => "strata-proxy relay (cache off)",
             TargetKind::Strata => "strata-proxy (embedded L2)",
             TargetKind::StrataRedis => "strata-proxy (Redis L2)",
         }
@@ -58,11 +63,12 @@ impl TargetKind {
     }
 
     /// Whether pgbench's writes run through the target in this protocol: pgpool-II 4.3 in raw
-    /// mode leaves a session in a transaction after an UPDATE in the extended protocol (with or
-    /// without its query cache), and pgbench then aborts the client ("end of script reached
+    /// mode leaves a session in a transaction after an UPDATE in the extended protocol (`-M
+    /// extended` and `-M prepared`, with or without its query cache), and pgbench then aborts the
+    /// client ("end of script reached
     /// without completing the last transaction").
     pub(crate) fn runs_writes_in(self, mode: Mode) -> bool {
-        !(self == TargetKind::PgPool && mode == Mode::Prepared)
+        !(self == TargetKind::PgPool && mode != Mode::Simple)
     }
 }
 
@@ -123,7 +129,7 @@ impl Target {
             TargetKind::Direct => Target { kind, port: pg_port, http_port: None, process: None },
             TargetKind::PgBouncer => start_pgbouncer(tools, bench_tools, pg_port, work)?,
             TargetKind::PgPool => start_pgpool(tools, bench_tools, pg_port, work)?,
-            TargetKind::Strata | TargetKind::StrataRedis => {
+            TargetKind::StrataRelay | TargetKind::Strata | TargetKind::StrataRedis => {
                 let redis = (kind == TargetKind::StrataRedis)
                     .then(|| format!("redis://127.0.0.1:{}/", services.redis_port()));
                 if redis.is_some() {
@@ -178,7 +184,7 @@ impl Target {
                     _ => bail!("unexpected SHOW pool_cache output: {out}"),
                 }
             }
-            TargetKind::Direct | TargetKind::PgBouncer => Ok(None),
+            TargetKind::Direct | TargetKind::PgBouncer | TargetKind::StrataRelay => Ok(None),
         }
     }
 }
@@ -300,6 +306,9 @@ fn start_strata(
         .arg("--config")
         .arg(dir.join("strata.toml"))
         .args(["--catalog-user", "postgres", "--catalog-databases", super::DATABASE, "--log", "warn"]);
+    if kind == TargetKind::StrataRelay {
+        cmd.args(["--cache", "off"]);
+    }
     if let Some(url) = redis {
         cmd.arg("--redis").arg(url);
     }
@@ -309,10 +318,14 @@ fn start_strata(
 
 /// The strata-proxy command line as BENCHMARKS.md shows it.
 pub(crate) fn strata_command(kind: TargetKind) -> String {
-    let redis = if kind == TargetKind::StrataRedis { " --redis redis://127.0.0.1:$REDIS_PORT/" } else { "" };
+    let extra = match kind {
+        TargetKind::StrataRedis => " --redis redis://127.0.0.1:$REDIS_PORT/",
+        TargetKind::StrataRelay => " --cache off",
+        _ => "",
+    };
     format!(
         "strata-proxy --upstream postgres://127.0.0.1:$PG_PORT --listen 127.0.0.1:$PORT --http 127.0.0.1:$HTTP_PORT \
-         --config strata.toml --catalog-user postgres --catalog-databases bench --log warn{redis}"
+         --config strata.toml --catalog-user postgres --catalog-databases bench --log warn{extra}"
     )
 }
 
