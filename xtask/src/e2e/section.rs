@@ -6,6 +6,18 @@ fn markers(name: &str) -> (String, String) {
     (format!("<!-- bench {name}: begin -->"), format!("<!-- bench {name}: end -->"))
 }
 
+/// Prints `section` and writes it as the section `name` of BENCHMARKS.md, keeping the rest.
+pub(crate) fn write(name: &str, section: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    println!("\n{section}");
+    let path = crate::workspace_root().join("BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    std::fs::write(&path, replace(&old, name, section))
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("xtask bench {name}: wrote its section of {}", path.display());
+    Ok(())
+}
+
 /// `text` with the section `name` replaced by `section` (appended when missing).
 pub(crate) fn replace(text: &str, name: &str, section: &str) -> String {
     let (begin, end) = markers(name);

@@ -140,13 +140,7 @@ pub(crate) fn run(args: &[String], interrupted: &Interrupted) -> Result<ExitCode
     }
     drop(running);
     drop(services);
-    let section = report(&rows, started.elapsed());
-    println!("\n{section}");
-    let path = crate::workspace_root().join("BENCHMARKS.md");
-    let old = std::fs::read_to_string(&path).unwrap_or_default();
-    std::fs::write(&path, section::replace(&old, "tls", &section))
-        .with_context(|| format!("writing {}", path.display()))?;
-    println!("xtask bench tls: wrote its section of {}", path.display());
+    section::write("tls", &report(&rows, started.elapsed()))?;
     Ok(ExitCode::SUCCESS)
 }
 
