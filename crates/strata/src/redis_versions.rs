@@ -1105,10 +1105,14 @@ async fn follow(
                 }
             },
             () = shared.wake.notified() => {
+                let had_pending = !shared.mirror_read().pending.is_empty();
                 if let Err(e) = shared.flush_pending().await {
                     return e;
                 }
-                need_resync = true;
+                // A wake-up whose bumps were already flushed on (re)connecting, with the channel in
+                // sequence, needs nothing more: resynchronizing then would only make a store that
+                // just reported itself synchronized bypass for a moment.
+                need_resync = had_pending || !shared.mirror_read().channel_synced;
             },
         }
         if need_resync {
