@@ -126,6 +126,37 @@ pub struct Args {
     /// the clients, fewer threads can mean fewer wake-ups per request; measure before changing.
     #[arg(long, env = "STRATA_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
+    /// How clients get server connections: session (one each, the default) or transaction
+    /// (shared, one transaction at a time; the proxy then authenticates clients itself).
+    #[arg(long, env = "STRATA_POOL_MODE")]
+    pub pool_mode: Option<String>,
+    /// Transaction pooling: server connections per database, user and startup parameters [default: 20].
+    #[arg(long, env = "STRATA_POOL_SIZE")]
+    pub pool_size: Option<usize>,
+    /// Transaction pooling: idle server connections kept open per pool [default: 0].
+    #[arg(long, env = "STRATA_POOL_MIN_IDLE")]
+    pub pool_min_idle: Option<usize>,
+    /// Transaction pooling: how long a request waits for a server connection, ms [default: 60000].
+    #[arg(long, env = "STRATA_POOL_TIMEOUT_MS")]
+    pub pool_timeout_ms: Option<u64>,
+    /// Transaction pooling: clients connected at most [default: 10000].
+    #[arg(long, env = "STRATA_MAX_CLIENT_CONN")]
+    pub max_client_conn: Option<usize>,
+    /// Transaction pooling: idle server connections unused this long close, ms [default: 600000].
+    #[arg(long, env = "STRATA_SERVER_IDLE_TIMEOUT_MS")]
+    pub server_idle_timeout_ms: Option<u64>,
+    /// Transaction pooling: server connections this old close when next idle, ms [default: 3600000].
+    #[arg(long, env = "STRATA_SERVER_LIFETIME_MS")]
+    pub server_lifetime_ms: Option<u64>,
+    /// Transaction pooling: scram-sha-256, md5 or trust (local use only) [default: scram-sha-256].
+    #[arg(long, env = "STRATA_AUTH_TYPE")]
+    pub auth_type: Option<String>,
+    /// Transaction pooling: users and passwords, PgBouncer's userlist.txt format.
+    #[arg(long, env = "STRATA_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Transaction pooling: prepared statements kept per server connection [default: 200].
+    #[arg(long, env = "STRATA_MAX_PREPARED_STATEMENTS")]
+    pub max_prepared_statements: Option<usize>,
 }
 
 /// The semantic tier's settings from `--semantic-model` over the `[semantic]` table; `None` when
@@ -378,6 +409,37 @@ impl Args {
         }
         if let Some(root) = self.upstream_sslrootcert.clone().or(file.upstream_sslrootcert) {
             b = b.with_upstream_sslrootcert(root);
+        }
+        let pool = file.pool.clone().unwrap_or_default();
+        if let Some(mode) = self.pool_mode.clone().or(pool.mode) {
+            b = b.with_pool_mode(mode.parse().map_err(Error::config)?);
+        }
+        if let Some(n) = self.pool_size.or(pool.size) {
+            b = b.with_pool_size(n);
+        }
+        if let Some(n) = self.pool_min_idle.or(pool.min_idle) {
+            b = b.with_pool_min_idle(n);
+        }
+        if let Some(ms) = self.pool_timeout_ms.or(pool.timeout_ms) {
+            b = b.with_pool_timeout(Duration::from_millis(ms));
+        }
+        if let Some(n) = self.max_client_conn.or(pool.max_client_conn) {
+            b = b.with_max_client_conn(n);
+        }
+        if let Some(ms) = self.server_idle_timeout_ms.or(pool.server_idle_timeout_ms) {
+            b = b.with_server_idle_timeout(Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.server_lifetime_ms.or(pool.server_lifetime_ms) {
+            b = b.with_server_lifetime(Duration::from_millis(ms));
+        }
+        if let Some(auth) = self.auth_type.clone().or(pool.auth_type) {
+            b = b.with_auth_type(auth.parse().map_err(Error::config)?);
+        }
+        if let Some(path) = self.auth_file.clone().or(pool.auth_file) {
+            b = b.with_auth_file(path);
+        }
+        if let Some(n) = self.max_prepared_statements.or(pool.max_prepared_statements) {
+            b = b.with_max_prepared_statements(n);
         }
         if let Some(path) = &self.config {
             b = b.with_config_file(path.clone());

@@ -11,7 +11,9 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
+    auth::{AuthType, UserList},
     error::Error,
+    pool::{PoolMode, PoolSettings},
     seam::{PassThrough, RequestCache},
     server::Proxy,
     tls::{ClientTls, SslMode, TlsFiles, UpstreamTls},
@@ -161,6 +163,77 @@ pub(crate) struct ProxyConfig {
     pub(crate) unix_socket_dir: Option<PathBuf>,
     /// The upstream leg's TLS.
     pub(crate) upstream_tls: UpstreamTls,
+    /// Transaction pooling's settings; `None` in session mode.
+    pub(crate) pooling: Option<PoolSettings>,
+}
+
+/// The pooling options as given (validated into [`PoolSettings`] by `build`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PoolOptions {
+    mode: PoolMode,
+    size: usize,
+    min_idle: usize,
+    timeout: Duration,
+    max_client_conn: usize,
+    server_idle_timeout: Duration,
+    server_lifetime: Duration,
+    auth_type: AuthType,
+    auth_file: Option<PathBuf>,
+    max_prepared_statements: usize,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            mode: PoolMode::Session,
+            size: 20,
+            min_idle: 0,
+            timeout: Duration::from_secs(60),
+            max_client_conn: 10_000,
+            server_idle_timeout: Duration::from_secs(600),
+            server_lifetime: Duration::from_secs(3600),
+            auth_type: AuthType::ScramSha256,
+            auth_file: None,
+            max_prepared_statements: 200,
+        }
+    }
+}
+
+impl PoolOptions {
+    fn settings(&self) -> Result<Option<PoolSettings>, Error> {
+        if self.mode == PoolMode::Session {
+            return Ok(None);
+        }
+        if self.size == 0 {
+            return Err(Error::config("pool_size must be at least 1"));
+        }
+        if self.timeout.is_zero() {
+            return Err(Error::config("pool_timeout must be positive"));
+        }
+        let users = match &self.auth_file {
+            Some(path) => Some(Arc::new(
+                UserList::load(path).map_err(|e| Error::config(format!("auth_file {}: {e}", path.display())))?,
+            )),
+            None if self.auth_type != AuthType::Trust => {
+                return Err(Error::config(format!(
+                    "transaction pooling with auth_type {} needs an auth_file of users and passwords (the proxy authenticates clients and logs in to PostgreSQL itself)",
+                    self.auth_type
+                )))
+            }
+            None => None,
+        };
+        Ok(Some(PoolSettings {
+            size: self.size,
+            min_idle: self.min_idle.min(self.size),
+            timeout: self.timeout,
+            max_client_conn: self.max_client_conn.max(1),
+            server_idle_timeout: self.server_idle_timeout,
+            server_lifetime: self.server_lifetime,
+            auth_type: self.auth_type,
+            users,
+            max_prepared_statements: self.max_prepared_statements.max(1),
+        }))
+    }
 }
 
 /// Builds a [`Proxy`].
@@ -186,6 +259,7 @@ pub struct ProxyBuilder {
     unix_socket_dir: Option<PathBuf>,
     upstream_sslmode: SslMode,
     upstream_sslrootcert: Option<PathBuf>,
+    pool: PoolOptions,
     cache: Arc<dyn RequestCache>,
     registry: Option<prometheus::Registry>,
 }
@@ -221,6 +295,7 @@ impl Default for ProxyBuilder {
             unix_socket_dir: None,
             upstream_sslmode: SslMode::default(),
             upstream_sslrootcert: None,
+            pool: PoolOptions::default(),
             cache: Arc::new(PassThrough),
             registry: None,
         }
@@ -391,6 +466,86 @@ impl ProxyBuilder {
         self
     }
 
+    /// How clients get server connections. [`PoolMode::Transaction`] shares a few per database,
+    /// user and startup parameters, linked for one transaction at a time, and authenticates
+    /// clients itself (see [`with_auth_type`](Self::with_auth_type)). Default:
+    /// [`PoolMode::Session`] (one server connection per client, authentication relayed).
+    #[must_use]
+    pub fn with_pool_mode(mut self, mode: PoolMode) -> Self {
+        self.pool.mode = mode;
+        self
+    }
+
+    /// Transaction pooling: server connections per pool at most. Default 20.
+    #[must_use]
+    pub fn with_pool_size(mut self, size: usize) -> Self {
+        self.pool.size = size;
+        self
+    }
+
+    /// Transaction pooling: idle server connections kept open per pool once a client has logged
+    /// in to it. Default 0.
+    #[must_use]
+    pub fn with_pool_min_idle(mut self, n: usize) -> Self {
+        self.pool.min_idle = n;
+        self
+    }
+
+    /// Transaction pooling: how long a request waits for a server connection before it fails
+    /// with SQLSTATE 53300. Default 60 s.
+    #[must_use]
+    pub fn with_pool_timeout(mut self, timeout: Duration) -> Self {
+        self.pool.timeout = timeout;
+        self
+    }
+
+    /// Transaction pooling: clients connected at most; more are refused with SQLSTATE 53300.
+    /// Default 10,000.
+    #[must_use]
+    pub fn with_max_client_conn(mut self, n: usize) -> Self {
+        self.pool.max_client_conn = n;
+        self
+    }
+
+    /// Transaction pooling: an idle server connection unused this long is closed. Default 600 s.
+    #[must_use]
+    pub fn with_server_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.pool.server_idle_timeout = timeout;
+        self
+    }
+
+    /// Transaction pooling: a server connection this old is closed when next idle. Default 3600 s.
+    #[must_use]
+    pub fn with_server_lifetime(mut self, lifetime: Duration) -> Self {
+        self.pool.server_lifetime = lifetime;
+        self
+    }
+
+    /// Transaction pooling: how the proxy authenticates clients. `trust` is for local use only.
+    /// Default [`AuthType::ScramSha256`].
+    #[must_use]
+    pub fn with_auth_type(mut self, auth: AuthType) -> Self {
+        self.pool.auth_type = auth;
+        self
+    }
+
+    /// Transaction pooling: the users and their passwords (PgBouncer's `userlist.txt` format:
+    /// `"user" "password"`, the password in plain text, as `md5...` or as a SCRAM verifier).
+    /// Required unless the auth type is `trust`. Default: none.
+    #[must_use]
+    pub fn with_auth_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.pool.auth_file = Some(path.into());
+        self
+    }
+
+    /// Transaction pooling: protocol-level prepared statements kept per server connection (the
+    /// least recently used are closed). Default 200.
+    #[must_use]
+    pub fn with_max_prepared_statements(mut self, n: usize) -> Self {
+        self.pool.max_prepared_statements = n;
+        self
+    }
+
     /// Validates the settings.
     pub fn build(self) -> Result<Proxy, Error> {
         let upstream = Upstream::parse(
@@ -448,6 +603,7 @@ impl ProxyBuilder {
             tls_required: self.tls_required,
             unix_socket_dir: self.unix_socket_dir,
             upstream_tls: UpstreamTls::new(self.upstream_sslmode, self.upstream_sslrootcert.as_deref())?,
+            pooling: self.pool.settings()?,
         };
         Proxy::new(config, self.cache, self.registry.unwrap_or_default())
     }
@@ -503,6 +659,13 @@ fn parse_addr(what: &str, s: &str) -> Result<SocketAddr, Error> {
 /// unix_socket_dir = "/var/run/strata"     # also listen on .s.PGSQL.<port> there
 /// upstream_sslmode = "prefer"             # disable | prefer | require | verify-ca | verify-full
 /// upstream_sslrootcert = "root.crt"       # or "system"
+///
+/// [pool]    # transaction pooling; without this table each client has its own server connection
+/// mode = "transaction"                    # or "session" (the default)
+/// size = 20                               # server connections per database, user, parameters
+/// timeout_ms = 60000                      # a request waits this long for one (then 53300)
+/// auth_type = "scram-sha-256"             # or "md5", "trust" (local use only)
+/// auth_file = "userlist.txt"              # "user" "password" lines, as PgBouncer's
 ///
 /// [cache]   # handed to the query cache's own configuration
 /// key_level = true                        # key-level invalidation (--key-level)
@@ -573,6 +736,8 @@ pub struct FileConfig {
     pub upstream_sslmode: Option<String>,
     /// Roots (PEM) for upstream `verify-ca`/`verify-full`, or `"system"`.
     pub upstream_sslrootcert: Option<PathBuf>,
+    /// Transaction pooling (`[pool]`; session mode without it).
+    pub pool: Option<PoolFileConfig>,
     /// The query cache's settings, passed through to it.
     pub cache: Option<toml::Table>,
     /// The semantic tier (off without this table or `--semantic-model`).
@@ -607,6 +772,32 @@ pub struct SemanticFileConfig {
     pub max_bytes: Option<u64>,
     /// How long a lookup waits for the embedder before it is a miss, in ms (default 200).
     pub embed_deadline_ms: Option<u64>,
+}
+
+/// The `[pool]` table: how clients get server connections.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolFileConfig {
+    /// `"session"` (default) or `"transaction"`.
+    pub mode: Option<String>,
+    /// Server connections per pool at most (default 20).
+    pub size: Option<usize>,
+    /// Idle server connections kept per pool (default 0).
+    pub min_idle: Option<usize>,
+    /// How long a request waits for a server connection, in ms (default 60000).
+    pub timeout_ms: Option<u64>,
+    /// Clients connected at most (default 10000).
+    pub max_client_conn: Option<usize>,
+    /// Idle server connections unused this long close, in ms (default 600000).
+    pub server_idle_timeout_ms: Option<u64>,
+    /// Server connections this old close when next idle, in ms (default 3600000).
+    pub server_lifetime_ms: Option<u64>,
+    /// `"scram-sha-256"` (default), `"md5"` or `"trust"` (local use only).
+    pub auth_type: Option<String>,
+    /// Users and passwords, PgBouncer's userlist.txt format.
+    pub auth_file: Option<PathBuf>,
+    /// Protocol-level prepared statements kept per server connection (default 200).
+    pub max_prepared_statements: Option<usize>,
 }
 
 impl FileConfig {
@@ -678,6 +869,7 @@ mod tests {
                 unix_socket_dir,
                 upstream_sslmode,
                 upstream_sslrootcert,
+                pool,
                 // Not file options: the binary plugs in the cache and the cache's registry, and
                 // the file's own path.
                 cache: _,
@@ -689,7 +881,7 @@ mod tests {
                 (max_message_bytes, max_result_bytes, max_recording_bytes),
                 (connect_timeout, startup_timeout, shutdown_grace, drain_timeout),
                 (tls_cert, tls_key, tls_client_ca, tls_required, unix_socket_dir),
-                (upstream_sslmode, upstream_sslrootcert),
+                (upstream_sslmode, upstream_sslrootcert, pool),
             )
         };
         let (from_file, file_log) = resolve(Some(example));

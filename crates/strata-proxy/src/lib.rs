@@ -36,12 +36,14 @@
 //! # }
 //! ```
 
+mod auth;
 mod cli;
 mod config;
 mod console;
 mod error;
 mod http;
 mod metrics;
+mod pool;
 mod protocol;
 mod relay;
 mod seam;
@@ -53,12 +55,14 @@ mod tls;
 mod transport;
 
 pub use crate::{
+    auth::AuthType,
     cli::Args,
     config::{
-        FileConfig, ProxyBuilder, SemanticFileConfig, Upstream, DEFAULT_HTTP, DEFAULT_LISTEN,
+        FileConfig, PoolFileConfig, ProxyBuilder, SemanticFileConfig, Upstream, DEFAULT_HTTP, DEFAULT_LISTEN,
         DEFAULT_UPSTREAM,
     },
     error::{Error, ErrorKind},
+    pool::PoolMode,
     seam::{
         Bind, CacheMode, Capture, Captured, ColumnOrigin, ConsoleCommand, ConsoleReply, Dropped,
         ExtendedMessage, Fill, Format, Lookup, NotCacheable, PassThrough, PreparedStatement, Request,

@@ -1,6 +1,6 @@
 //! The proxy's Prometheus metrics, registered in the registry it serves on `/metrics`.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::error::Error;
 
@@ -25,6 +25,117 @@ pub(crate) struct Metrics {
     /// outcome (`ok`, `failed`, `no_alpn`, `refused`).
     pub(crate) tls_handshakes: IntCounterVec,
     pub(crate) channel_binding_refused: IntCounter,
+    pub(crate) pool: PoolMetrics,
+}
+
+/// Transaction pooling's series.
+#[derive(Debug, Clone)]
+pub(crate) struct PoolMetrics {
+    /// Clients connected in transaction mode.
+    pub(crate) clients: IntGauge,
+    /// Clients refused because `max_client_conn` were connected.
+    pub(crate) clients_refused: IntCounter,
+    /// Server connections idle in a pool and linked to a client.
+    pub(crate) servers_idle: IntGauge,
+    pub(crate) servers_active: IntGauge,
+    /// Server connections a client was linked to (one per transaction or request).
+    pub(crate) checkouts: IntCounter,
+    /// Requests refused because no server connection came free within the pool timeout.
+    pub(crate) wait_timeouts: IntCounter,
+    /// Clients pinned to their server connection, by what their session kept.
+    pub(crate) pinned: IntCounterVec,
+    /// Session states read back before a server connection was shared again, by outcome.
+    pub(crate) state_checks: IntCounterVec,
+    /// Server connections closed, by why.
+    pub(crate) servers_closed: IntCounterVec,
+}
+
+fn vec<T: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: T,
+    name: &str,
+) -> Result<T, Error> {
+    registry
+        .register(Box::new(metric.clone()))
+        .map_err(|e| Error::config(format!("cannot register {name}")).with_source(e))?;
+    Ok(metric)
+}
+
+impl PoolMetrics {
+    fn new(registry: &Registry) -> Result<Self, Error> {
+        let bad = |e: prometheus::Error| Error::config("bad metric").with_source(e);
+        let servers = vec(
+            registry,
+            IntGaugeVec::new(
+                Opts::new("strata_proxy_pool_servers", "Pooled server connections by state (idle, active)"),
+                &["state"],
+            )
+            .map_err(bad)?,
+            "strata_proxy_pool_servers",
+        )?;
+        let clients = vec(
+            registry,
+            IntGauge::new("strata_proxy_pool_clients", "Clients connected in transaction pooling mode")
+                .map_err(bad)?,
+            "strata_proxy_pool_clients",
+        )?;
+        Ok(Self {
+            clients,
+            clients_refused: counter(
+                registry,
+                "strata_proxy_pool_clients_refused_total",
+                "Clients refused because max_client_conn clients were connected",
+            )?,
+            servers_idle: servers.with_label_values(&["idle"]),
+            servers_active: servers.with_label_values(&["active"]),
+            checkouts: counter(
+                registry,
+                "strata_proxy_pool_checkouts_total",
+                "Server connections linked to a client for a transaction or request",
+            )?,
+            wait_timeouts: counter(
+                registry,
+                "strata_proxy_pool_wait_timeouts_total",
+                "Requests refused because no server connection came free within the pool timeout",
+            )?,
+            pinned: vec(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "strata_proxy_pool_pinned_total",
+                        "Clients pinned to one server connection, by the session state they kept",
+                    ),
+                    &["reason"],
+                )
+                .map_err(bad)?,
+                "strata_proxy_pool_pinned_total",
+            )?,
+            state_checks: vec(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "strata_proxy_pool_state_checks_total",
+                        "Session states read back before a server connection was shared again, by outcome",
+                    ),
+                    &["outcome"],
+                )
+                .map_err(bad)?,
+                "strata_proxy_pool_state_checks_total",
+            )?,
+            servers_closed: vec(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "strata_proxy_pool_servers_closed_total",
+                        "Pooled server connections closed, by why",
+                    ),
+                    &["reason"],
+                )
+                .map_err(bad)?,
+                "strata_proxy_pool_servers_closed_total",
+            )?,
+        })
+    }
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> Result<IntCounter, Error> {
@@ -73,6 +184,7 @@ impl Metrics {
             .register(Box::new(tls_handshakes.clone()))
             .map_err(|e| Error::config("cannot register strata_proxy_tls_handshakes_total").with_source(e))?;
         Ok(Self {
+            pool: PoolMetrics::new(registry)?,
             tls_handshakes,
             channel_binding_refused: counter(
                 registry,

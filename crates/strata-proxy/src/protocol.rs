@@ -5,7 +5,6 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// Protocol version 3.0 as sent in a startup message.
-#[cfg(test)]
 pub(crate) const PROTOCOL_3_0: u32 = 196_608;
 /// The request code of an SSLRequest.
 pub(crate) const SSL_REQUEST: u32 = 80_877_103;
@@ -103,6 +102,11 @@ impl<'a> Reader<'a> {
     pub(crate) fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
+
+    /// Bytes not read yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len()
+    }
 }
 
 /// Client encodings whose multibyte characters may hold bytes that look like ASCII (a quote, a
@@ -164,12 +168,15 @@ pub(crate) fn parse_startup(version: u32, body: &[u8]) -> Result<StartupParams, 
 pub(crate) enum Severity {
     /// The session ends after this error.
     Fatal,
+    /// The request fails; the session goes on.
+    Error,
 }
 
 /// Encodes an ErrorResponse with the given severity, SQLSTATE and message.
 pub(crate) fn error_response(severity: Severity, code: &str, message: &str) -> Bytes {
     let sev = match severity {
         Severity::Fatal => "FATAL",
+        Severity::Error => "ERROR",
     };
     let mut body = BytesMut::new();
     for (field, value) in [(b'S', sev), (b'V', sev), (b'C', code), (b'M', message)] {

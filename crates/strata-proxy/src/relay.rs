@@ -68,6 +68,8 @@ pub(crate) struct Shared {
     pub(crate) cancel_keys: Mutex<HashSet<(u32, u32)>>,
     pub(crate) next_session_id: AtomicU64,
     pub(crate) shutdown: watch::Receiver<ShutdownLevel>,
+    /// The pools, in transaction pooling mode.
+    pub(crate) pools: Option<Arc<crate::pool::Pools>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -106,15 +108,30 @@ pub(crate) async fn serve_client(shared: Arc<Shared>, stream: Stream) {
         }
     };
     let client_tls = stream.is_tls();
+    let console = params.get("database") == Some(crate::console::CONSOLE_DATABASE)
+        && !shared.config.admin_users.is_empty();
+    let mut stream = stream;
+    let pooled = match &shared.pools {
+        Some(pools) if !console => {
+            match crate::pool::start_client(&shared, pools, &params, &mut stream).await {
+                Some(p) => Some(p),
+                None => return,
+            }
+        }
+        _ => None,
+    };
     let (rd, wr) = stream.into_split();
-    if params.get("database") == Some(crate::console::CONSOLE_DATABASE)
-        && !shared.config.admin_users.is_empty()
-    {
+    if console {
         crate::console::serve(shared, params, client_tls, rd, wr).await;
         return;
     }
     shared.metrics.sessions_active.inc();
-    run_session(&shared, params, raw, client_tls, rd, wr).await;
+    let (upstream, client) = match pooled {
+        Some((pipe, client)) => (Some(pipe), Some(client)),
+        None => (None, None),
+    };
+    run_session(&shared, params, raw, client_tls, rd, wr, upstream).await;
+    drop(client);
     shared.metrics.sessions_active.dec();
 }
 
@@ -276,6 +293,24 @@ async fn forward_cancel(shared: &Shared, packet: Bytes) {
     if !lock(&shared.cancel_keys).contains(&key) {
         debug!(pid = key.0, "cancel request for an unknown backend ignored");
         return;
+    }
+    let mut packet = packet;
+    if let Some(pools) = &shared.pools {
+        // A pooled client's key is the proxy's: the cancel goes to the server connection the
+        // client holds now, and nowhere when it holds none (another client's query runs there).
+        match pools.cancel_route(key) {
+            Some(Some((pid, secret))) => {
+                let mut p = packet.to_vec();
+                p[8..12].copy_from_slice(&pid.to_be_bytes());
+                p[12..16].copy_from_slice(&secret.to_be_bytes());
+                packet = Bytes::from(p);
+            }
+            Some(None) => {
+                debug!("cancel request for a pooled client holding no server connection dropped");
+                return;
+            }
+            None => {}
+        }
     }
     shared.metrics.cancel_requests.inc();
     // The same way a session connects, TLS mode included: a server accepting only TLS refuses a
@@ -475,9 +510,14 @@ async fn run_session(
     client_tls: bool,
     client_rd: ReadHalf,
     mut client_wr: WriteHalf,
+    pooled: Option<Stream>,
 ) {
     let upstream = &shared.config.upstream;
-    let mut up = match connect_upstream(&shared.config).await {
+    let connected = match pooled {
+        Some(pipe) => Ok(pipe),
+        None => connect_upstream(&shared.config).await,
+    };
+    let mut up = match connected {
         Ok(s) => s,
         Err(ConnectError(why)) => {
             shared.metrics.upstream_connect_errors.inc();

@@ -85,7 +85,13 @@ impl Proxy {
         check_channel_binding(&self.config).await;
         let (shutdown_tx, shutdown_rx) = watch::channel(ShutdownLevel::Running);
         let recording_budget = Arc::new(crate::relay::RecordingBudget::new(self.config.max_recording_bytes));
+        let pools = self
+            .config
+            .pooling
+            .clone()
+            .map(|settings| Arc::new(crate::pool::Pools::new(settings, self.metrics.pool.clone())));
         let shared = Arc::new(Shared {
+            pools,
             config: self.config,
             cache: self.cache,
             metrics: self.metrics,
@@ -234,6 +240,20 @@ impl BoundProxy {
             info!(mode = %shared.config.upstream_tls.mode, "upstream TLS verifies no certificate in this mode: use verify-full with --upstream-sslrootcert where the network is not trusted");
         }
         let reload = shared.config.tls.clone().map(|tls| tokio::spawn(reload_on_sighup(tls)));
+        let maintain = shared.pools.as_ref().map(|pools| {
+            info!(
+                pool_size = pools.settings.size,
+                auth_type = %pools.settings.auth_type,
+                "transaction pooling: clients share server connections; the proxy authenticates them"
+            );
+            let (pools, shared) = (pools.clone(), shared.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    pools.maintain(&shared.config).await;
+                }
+            })
+        });
         let mut rx = shutdown.0.subscribe();
         let http_task = http.map(|l| tokio::spawn(http::serve(l, registry, rx.clone())));
         let mut sessions = JoinSet::new();
@@ -271,6 +291,9 @@ impl BoundProxy {
         drop(unix);
         if let Some(r) = reload {
             r.abort();
+        }
+        if let Some(m) = maintain {
+            m.abort();
         }
         info!(sessions = sessions.len(), "shutting down; waiting for sessions to finish");
         while sessions.join_next().await.is_some() {}

@@ -35,6 +35,9 @@ pub(crate) enum Stream {
     Accepted(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// TLS to the upstream server.
     Connected(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// An in-process pipe to a pooled client's link (`pool::run_link`), standing in for the
+    /// upstream in transaction pooling.
+    Pipe(tokio::io::DuplexStream),
 }
 
 macro_rules! each {
@@ -45,6 +48,7 @@ macro_rules! each {
             Self::Unix($s) => $e,
             Self::Accepted($s) => $e,
             Self::Connected($s) => $e,
+            Self::Pipe($s) => $e,
         }
     };
 }

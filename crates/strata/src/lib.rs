@@ -55,6 +55,7 @@ mod metrics;
 #[cfg(feature = "catalog")]
 mod pg_tls;
 mod policy;
+mod pooling;
 mod redis_versions;
 mod relations;
 mod request;
@@ -78,6 +79,7 @@ pub use crate::{
     config::{L1Config, QueryCacheBuilder, QueryCacheConfig, TableConfig},
     error::{Error, ErrorKind},
     keys::Returned,
+    pooling::{StateDifference, StateWatch},
     redis_versions::{RedisVersions, RedisVersionsBuilder, VersionStats},
     relations::{KeyColumn, KeyKind, KeySource, Relations, RelationsBuilder},
     request::{Param, Request},

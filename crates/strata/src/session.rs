@@ -834,7 +834,7 @@ impl SettingNames {
         self.overflowed.load(Ordering::Acquire)
     }
 
-    fn snapshot(&self) -> (u64, Arc<BTreeSet<String>>) {
+    pub(crate) fn snapshot(&self) -> (u64, Arc<BTreeSet<String>>) {
         let names = self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         (self.generation(), names.clone())
     }
@@ -921,7 +921,7 @@ pub(crate) fn setting_like_words(text: &str) -> impl Iterator<Item = &str> + '_ 
     })
 }
 
-fn is_setting_name(word: &str) -> bool {
+pub(crate) fn is_setting_name(word: &str) -> bool {
     let mut parts = word.split('.');
     let mut count = 0;
     let ok = parts.all(|p| {

@@ -10,6 +10,7 @@ mod faults;
 mod keys;
 mod leaks;
 mod pipelining;
+mod pooling;
 mod redis_down;
 mod seam;
 mod semantic;

@@ -1,0 +1,787 @@
+//! One pooled client's link to the server connections: the far end of the pipe its relay writes
+//! to as if it were PostgreSQL. It answers the startup itself, checks a server connection out
+//! for each transaction, renames protocol-level prepared statements so clients sharing a
+//! connection never collide (and prepares them again on whichever connection runs them), reads
+//! the session state back before a connection is shared again, and keeps a client whose session
+//! kept state on its own connection.
+
+use std::{collections::HashMap, collections::VecDeque, sync::Arc};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf as PipeRead, WriteHalf as PipeWrite};
+use tracing::{debug, info};
+
+use super::{data_row, take_message, Checkout, CheckoutError, LinkCancel, Pool, Pools};
+use crate::{
+    protocol::{error_fields, error_response, frame, Reader, Severity},
+    relay::Shared,
+};
+
+/// Buffered bytes in either direction past which the link stops reading more.
+const HIGH_WATER: usize = 256 * 1024;
+
+/// A client statement and the name it has on server connections.
+struct Statement {
+    server_name: String,
+    /// The Parse message under the server name, sent again on a connection that lacks it.
+    parse: Bytes,
+    /// Whether running it may change the session's state.
+    may_change: bool,
+}
+
+/// What the server owes for a message sent, in order.
+enum Expect {
+    /// A ParseComplete; `injected` ones are the link's own and never reach the client.
+    Parse { name: Option<String>, injected: bool, key: Option<Bytes> },
+    /// A CloseComplete.
+    Close { injected: bool },
+    /// A ReadyForQuery; `check` for the link's own state read.
+    Sync { check: bool },
+}
+
+struct Link {
+    shared: Arc<Shared>,
+    pools: Arc<Pools>,
+    pool: Arc<Pool>,
+    client: u64,
+    cancel: Arc<LinkCancel>,
+    linked: Option<Checkout>,
+    /// Why the client keeps its connection, while it does.
+    pinned: Option<strata::StateDifference>,
+    statements: HashMap<Vec<u8>, Statement>,
+    unnamed: Option<Statement>,
+    unnamed_generation: u64,
+    next_statement: u64,
+    expect: VecDeque<Expect>,
+    /// Query, Sync and FunctionCall messages sent and not yet answered by ReadyForQuery.
+    pending_syncs: usize,
+    /// Extended-protocol messages sent since the last Sync (their statement is mid-flight).
+    since_sync: bool,
+    /// The server's transaction status at its last ReadyForQuery.
+    status: u8,
+    /// The session's state must be read before the connection is shared again.
+    needs_check: bool,
+    /// Rows of the state read in flight.
+    check_rows: Vec<Vec<Option<Bytes>>>,
+    check_failed: bool,
+    /// The connection must not be shared again (a statement's plan went stale after DDL).
+    close_after: bool,
+    from_client: BytesMut,
+    to_client: BytesMut,
+    to_server: BytesMut,
+    /// After a failed checkout: the error the current request gets at its Sync.
+    refusing: Option<Bytes>,
+}
+
+enum Event {
+    ClientRead(std::io::Result<usize>),
+    ServerRead(std::io::Result<usize>),
+    ServerWrote(std::io::Result<usize>),
+    ClientWrote(std::io::Result<usize>),
+}
+
+enum End {
+    /// The client left (Terminate or closed pipe).
+    Client,
+    /// The server connection failed; the client was told.
+    Server,
+}
+
+/// Serves one pooled client until it leaves.
+pub(crate) async fn run_link(
+    shared: Arc<Shared>,
+    pools: Arc<Pools>,
+    pool: Arc<Pool>,
+    client: u64,
+    client_key: (u32, u32),
+    cancel: Arc<LinkCancel>,
+    pipe: DuplexStream,
+) {
+    let (mut rd, mut wr) = tokio::io::split(pipe);
+    // The relay sends the client's startup message first: the pool has its own.
+    let mut len = [0u8; 4];
+    if rd.read_exact(&mut len).await.is_err() {
+        return;
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    let mut rest = vec![0u8; len.saturating_sub(4)];
+    if rd.read_exact(&mut rest).await.is_err() {
+        return;
+    }
+    let parameters = match pool.parameters(&shared.config, &pools).await {
+        Ok(p) => p,
+        Err(e) => {
+            let (code, message) = e.describe(pools.settings.size);
+            let _ = wr.write_all(&error_response(Severity::Fatal, &code, &message)).await;
+            let _ = wr.shutdown().await;
+            return;
+        }
+    };
+    let mut hello = BytesMut::with_capacity(512);
+    hello.extend_from_slice(&frame(b'R', &0i32.to_be_bytes()));
+    for (name, value) in parameters.iter() {
+        let mut body = Vec::with_capacity(name.len() + value.len() + 2);
+        body.extend_from_slice(name.as_bytes());
+        body.push(0);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+        hello.extend_from_slice(&frame(b'S', &body));
+    }
+    let mut key = Vec::with_capacity(8);
+    key.extend_from_slice(&client_key.0.to_be_bytes());
+    key.extend_from_slice(&client_key.1.to_be_bytes());
+    hello.extend_from_slice(&frame(b'K', &key));
+    hello.extend_from_slice(&frame(b'Z', b"I"));
+    if wr.write_all(&hello).await.is_err() {
+        return;
+    }
+    let mut link = Link {
+        shared,
+        pools,
+        pool,
+        client,
+        cancel,
+        linked: None,
+        pinned: None,
+        statements: HashMap::new(),
+        unnamed: None,
+        unnamed_generation: 0,
+        next_statement: 0,
+        expect: VecDeque::new(),
+        pending_syncs: 0,
+        since_sync: false,
+        status: b'I',
+        needs_check: false,
+        check_rows: Vec::new(),
+        check_failed: false,
+        close_after: false,
+        from_client: BytesMut::with_capacity(8192),
+        to_client: BytesMut::with_capacity(8192),
+        to_server: BytesMut::with_capacity(8192),
+        refusing: None,
+    };
+    let end = link.run(&mut rd, &mut wr).await;
+    link.finish(end, &mut wr).await;
+}
+
+impl Link {
+    async fn run(&mut self, rd: &mut PipeRead<DuplexStream>, wr: &mut PipeWrite<DuplexStream>) -> End {
+        let max = self.shared.config.max_message_bytes + 5;
+        loop {
+            // Whole client messages first: each may need a server connection.
+            loop {
+                let message = match take_message(&mut self.from_client, max) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        debug!(error = %e, "bad message from the relay");
+                        return End::Client;
+                    }
+                };
+                let Some((tag, message)) = message else { break };
+                if tag == b'X' {
+                    return End::Client;
+                }
+                if self.refusing.is_some() {
+                    self.refuse(tag);
+                    continue;
+                }
+                if self.linked.is_none() && self.answer_locally(tag, &message) {
+                    continue;
+                }
+                if self.linked.is_none() {
+                    // Answers already read go out before waiting for a connection.
+                    if wr.write_all(&self.to_client).await.is_err() {
+                        return End::Client;
+                    }
+                    self.to_client.clear();
+                    match self.pool.checkout(&self.shared.config, &self.pools).await {
+                        Ok(c) => self.link(c),
+                        Err(e) => {
+                            self.refused(&e);
+                            self.refuse(tag);
+                            continue;
+                        }
+                    }
+                }
+                self.client_message(tag, message);
+            }
+            if self.settle() {
+                continue;
+            }
+            let event = {
+                let Link { linked, from_client, to_client, to_server, .. } = self;
+                match linked {
+                    Some(checkout) => {
+                        let server = checkout.server();
+                        tokio::select! {
+                            r = rd.read_buf(from_client), if from_client.len() < HIGH_WATER && to_server.len() < HIGH_WATER => Event::ClientRead(r),
+                            r = server.rd.read_buf(&mut server.rbuf), if to_client.len() < HIGH_WATER => Event::ServerRead(r),
+                            r = server.wr.write(to_server), if !to_server.is_empty() => Event::ServerWrote(r),
+                            r = wr.write(to_client), if !to_client.is_empty() => Event::ClientWrote(r),
+                        }
+                    }
+                    None => {
+                        tokio::select! {
+                            r = rd.read_buf(from_client) => Event::ClientRead(r),
+                            r = wr.write(to_client), if !to_client.is_empty() => Event::ClientWrote(r),
+                        }
+                    }
+                }
+            };
+            match event {
+                Event::ClientRead(Ok(0) | Err(_)) => return End::Client,
+                Event::ClientRead(Ok(_)) => {}
+                Event::ClientWrote(Ok(n)) if n > 0 => {
+                    let _ = self.to_client.split_to(n);
+                }
+                Event::ClientWrote(_) => return End::Client,
+                Event::ServerWrote(Ok(n)) if n > 0 => {
+                    let _ = self.to_server.split_to(n);
+                    if self.to_server.is_empty() {
+                        if let Some(c) = &mut self.linked {
+                            // TLS may hold the bytes otherwise.
+                            if c.server().wr.flush().await.is_err() {
+                                return self.server_lost("strata-proxy lost the server connection");
+                            }
+                        }
+                    }
+                }
+                Event::ServerWrote(_) => return self.server_lost("strata-proxy lost the server connection"),
+                Event::ServerRead(Ok(0) | Err(_)) => {
+                    return self.server_lost("strata-proxy lost the server connection unexpectedly")
+                }
+                Event::ServerRead(Ok(_)) => {
+                    if let Err(e) = self.server_messages() {
+                        return self.server_lost(&format!("strata-proxy: server protocol error: {e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn link(&mut self, mut checkout: Checkout) {
+        let server = checkout.server();
+        *super::lock(&self.cancel.server) = Some(server.key);
+        self.status = b'I';
+        self.linked = Some(checkout);
+    }
+
+    fn unlink(&mut self) -> Option<Checkout> {
+        *super::lock(&self.cancel.server) = None;
+        self.linked.take()
+    }
+
+    /// Records why a checkout failed: the current request gets this error at its end.
+    fn refused(&mut self, e: &CheckoutError) {
+        let (code, message) = e.describe(self.pools.settings.size);
+        info!(client = self.client, error = %message, "request refused: no server connection");
+        self.refusing = Some(error_response(Severity::Error, &code, &message));
+    }
+
+    /// Drops a message of a refused request; its Query or Sync gets the error and ReadyForQuery.
+    fn refuse(&mut self, tag: u8) {
+        if matches!(tag, b'Q' | b'S' | b'F') {
+            if let Some(error) = self.refusing.take() {
+                self.to_client.extend_from_slice(&error);
+            }
+            self.to_client.extend_from_slice(&frame(b'Z', b"I"));
+        }
+    }
+
+    /// Releases, checks or keeps the linked connection when the server is at rest. Returns
+    /// whether it did something that calls for another turn before waiting.
+    fn settle(&mut self) -> bool {
+        let at_rest = self.linked.is_some()
+            && self.pending_syncs == 0
+            && !self.since_sync
+            && self.status == b'I'
+            && self.expect.is_empty()
+            && self.to_server.is_empty();
+        if !at_rest {
+            return false;
+        }
+        if self.needs_check {
+            self.needs_check = false;
+            self.check_rows.clear();
+            self.check_failed = false;
+            let sql = self.pools.watch.state_query();
+            let mut body = Vec::with_capacity(sql.len() + 1);
+            body.extend_from_slice(sql.as_bytes());
+            body.push(0);
+            self.to_server.extend_from_slice(&frame(b'Q', &body));
+            self.expect.push_back(Expect::Sync { check: true });
+            if let Some(c) = &mut self.linked {
+                c.server().unnamed = None;
+            }
+            return false;
+        }
+        if self.pinned.is_some() {
+            return false;
+        }
+        if let Some(checkout) = self.unlink() {
+            if self.close_after {
+                self.close_after = false;
+                checkout.close("stale_plan", &self.pools);
+            } else {
+                checkout.release(&self.pools);
+            }
+        }
+        false
+    }
+
+    fn server_lost(&mut self, message: &str) -> End {
+        self.to_client.extend_from_slice(&error_response(Severity::Fatal, "08006", message));
+        if let Some(c) = self.unlink() {
+            c.close("lost", &self.pools);
+        }
+        End::Server
+    }
+
+    async fn finish(&mut self, end: End, wr: &mut PipeWrite<DuplexStream>) {
+        if let End::Server = end {
+            let _ = wr.write_all(&self.to_client).await;
+            let _ = wr.shutdown().await;
+            return;
+        }
+        let clean = self.pending_syncs == 0
+            && !self.since_sync
+            && self.status == b'I'
+            && self.expect.is_empty()
+            && !self.needs_check
+            && self.pinned.is_none();
+        if let Some(checkout) = self.unlink() {
+            if clean && !self.close_after {
+                checkout.release(&self.pools);
+            } else {
+                // Mid-transaction, or its state not shareable: closing rolls it back and
+                // takes the state with it.
+                checkout.close("client_left", &self.pools);
+            }
+        }
+        let _ = wr.shutdown().await;
+    }
+
+    /// Answers, without a server connection, what needs none outside a transaction: a Parse of
+    /// a text with parameter types this pool's server connections already accepted (it is
+    /// prepared on whichever connection later runs it; an error it would now give comes with
+    /// that Bind), a Close of a statement, a Flush, and a Sync with nothing before it. Drivers
+    /// that prepare synchronously (pgbench `-M prepared` runs many clients on one thread)
+    /// would otherwise wait for a connection another of their own clients holds.
+    fn answer_locally(&mut self, tag: u8, message: &Bytes) -> bool {
+        match tag {
+            b'S' => {
+                self.to_client.extend_from_slice(&frame(b'Z', b"I"));
+                true
+            }
+            b'H' => true,
+            b'C' => {
+                let mut r = Reader::new(&message[5..], "Close");
+                if let (Ok(b'S'), Ok(name)) = (r.u8(), r.cbytes()) {
+                    if name.is_empty() {
+                        self.unnamed = None;
+                    } else {
+                        self.statements.remove(name);
+                    }
+                }
+                // Portals do not outlive a transaction; closing a missing name is no error.
+                self.to_client.extend_from_slice(&frame(b'3', &[]));
+                true
+            }
+            b'P' => {
+                let mut r = Reader::new(&message[5..], "Parse");
+                let (Ok(name), Ok(sql)) = (r.cbytes(), r.cbytes()) else { return false };
+                let rest_at = message.len() - r.remaining();
+                let key = message.slice(rest_at - sql.len() - 1..);
+                if self.statements.contains_key(name) || !self.pool.knows_parse(&key) {
+                    return false;
+                }
+                let may_change = self.pools.watch.may_change_session(sql);
+                if name.is_empty() {
+                    self.unnamed_generation += 1;
+                    self.unnamed =
+                        Some(Statement { server_name: String::new(), parse: message.clone(), may_change });
+                } else {
+                    let server_name = format!("strata_{}_{}", self.client, self.next_statement);
+                    self.next_statement += 1;
+                    let parse = rename_parse(message, &server_name, rest_at, sql);
+                    self.statements.insert(name.to_vec(), Statement { server_name, parse, may_change });
+                }
+                self.to_client.extend_from_slice(&frame(b'1', &[]));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Sends one client message to the linked server, renaming statements as needed.
+    fn client_message(&mut self, tag: u8, message: Bytes) {
+        match tag {
+            b'Q' => {
+                let sql = cstr_body(&message);
+                self.needs_check |= self.pools.watch.may_change_session(sql);
+                self.pending_syncs += 1;
+                self.since_sync = false;
+                self.expect.push_back(Expect::Sync { check: false });
+                if let Some(c) = &mut self.linked {
+                    // A simple query replaces the unnamed statement.
+                    c.server().unnamed = None;
+                }
+                self.to_server.extend_from_slice(&message);
+            }
+            b'S' => {
+                self.pending_syncs += 1;
+                self.since_sync = false;
+                self.expect.push_back(Expect::Sync { check: false });
+                self.to_server.extend_from_slice(&message);
+            }
+            b'F' => {
+                self.needs_check = true;
+                self.pending_syncs += 1;
+                self.since_sync = false;
+                self.expect.push_back(Expect::Sync { check: false });
+                self.to_server.extend_from_slice(&message);
+            }
+            b'P' => {
+                self.since_sync = true;
+                self.parse(message);
+            }
+            b'B' | b'D' => {
+                self.since_sync = true;
+                self.bind_or_describe(tag, message);
+            }
+            b'C' => {
+                self.since_sync = true;
+                self.close(message);
+            }
+            b'E' | b'H' => {
+                self.since_sync = true;
+                self.to_server.extend_from_slice(&message);
+            }
+            // COPY data belongs to the request already counted; anything else the server judges.
+            _ => self.to_server.extend_from_slice(&message),
+        }
+    }
+
+    fn parse(&mut self, message: Bytes) {
+        let mut r = Reader::new(&message[5..], "Parse");
+        let (Ok(name), Ok(sql)) = (r.cbytes(), r.cbytes()) else {
+            // Malformed: the server says so.
+            self.expect.push_back(Expect::Parse { name: None, injected: false, key: None });
+            self.to_server.extend_from_slice(&message);
+            return;
+        };
+        let rest_at = message.len() - r.remaining();
+        let may_change = self.pools.watch.may_change_session(sql);
+        if name.is_empty() {
+            self.unnamed_generation += 1;
+            self.unnamed = Some(Statement { server_name: String::new(), parse: message.clone(), may_change });
+            let (client, generation) = (self.client, self.unnamed_generation);
+            if let Some(c) = &mut self.linked {
+                c.server().unnamed = Some((client, generation));
+            }
+            let key = message.slice(rest_at - sql.len() - 1..);
+            self.expect.push_back(Expect::Parse { name: None, injected: false, key: Some(key) });
+            self.to_server.extend_from_slice(&message);
+            return;
+        }
+        if let Some(existing) = self.statements.get(name) {
+            // PostgreSQL refuses a second Parse of a name in use: make sure the server has the
+            // first, so that it does.
+            let server_name = existing.server_name.clone();
+            self.ensure_prepared(name);
+            let renamed = rename_parse(&message, &server_name, rest_at, sql);
+            self.expect.push_back(Expect::Parse { name: None, injected: false, key: None });
+            self.to_server.extend_from_slice(&renamed);
+            return;
+        }
+        let server_name = format!("strata_{}_{}", self.client, self.next_statement);
+        self.next_statement += 1;
+        let renamed = rename_parse(&message, &server_name, rest_at, sql);
+        if let Some(c) = &mut self.linked {
+            let server = c.server();
+            server.tick += 1;
+            server.prepared.insert(server_name.clone(), server.tick);
+        }
+        self.expect.push_back(Expect::Parse {
+            name: Some(server_name.clone()),
+            injected: false,
+            key: Some(message.slice(rest_at - sql.len() - 1..)),
+        });
+        self.to_server.extend_from_slice(&renamed);
+        self.statements.insert(name.to_vec(), Statement { server_name, parse: renamed, may_change });
+        self.evict();
+    }
+
+    /// Prepares a client statement on the linked server if it lacks it (the ParseComplete goes
+    /// nowhere).
+    fn ensure_prepared(&mut self, name: &[u8]) {
+        let Some(statement) = self.statements.get(name) else { return };
+        let Some(c) = &mut self.linked else { return };
+        let server = c.server();
+        server.tick += 1;
+        let tick = server.tick;
+        if let Some(used) = server.prepared.get_mut(&statement.server_name) {
+            *used = tick;
+            return;
+        }
+        server.prepared.insert(statement.server_name.clone(), tick);
+        self.expect.push_back(Expect::Parse {
+            name: Some(statement.server_name.clone()),
+            injected: true,
+            key: None,
+        });
+        self.to_server.extend_from_slice(&statement.parse);
+        self.evict();
+    }
+
+    /// Closes the least recently used statements of the linked server past the limit.
+    fn evict(&mut self) {
+        let limit = self.pools.settings.max_prepared_statements.max(1);
+        let Some(c) = &mut self.linked else { return };
+        let server = c.server();
+        while server.prepared.len() > limit {
+            let Some(oldest) = server.prepared.iter().min_by_key(|(_, t)| **t).map(|(n, _)| n.clone()) else {
+                break;
+            };
+            server.prepared.remove(&oldest);
+            let mut body = Vec::with_capacity(oldest.len() + 2);
+            body.push(b'S');
+            body.extend_from_slice(oldest.as_bytes());
+            body.push(0);
+            self.to_server.extend_from_slice(&frame(b'C', &body));
+            self.expect.push_back(Expect::Close { injected: true });
+        }
+    }
+
+    fn bind_or_describe(&mut self, tag: u8, message: Bytes) {
+        let mut r = Reader::new(&message[5..], "Bind");
+        let statement = if tag == b'B' {
+            let (Ok(_portal), Ok(statement)) = (r.cbytes(), r.cbytes()) else {
+                self.to_server.extend_from_slice(&message);
+                return;
+            };
+            statement
+        } else {
+            match (r.u8(), r.cbytes()) {
+                (Ok(b'S'), Ok(statement)) => statement,
+                _ => {
+                    self.to_server.extend_from_slice(&message);
+                    return;
+                }
+            }
+        };
+        if statement.is_empty() {
+            let generation = (self.client, self.unnamed_generation);
+            if let Some(unnamed) = &self.unnamed {
+                if tag == b'B' {
+                    self.needs_check |= unnamed.may_change;
+                }
+                if let Some(c) = &mut self.linked {
+                    let server = c.server();
+                    if server.unnamed != Some(generation) {
+                        server.unnamed = Some(generation);
+                        self.expect.push_back(Expect::Parse { name: None, injected: true, key: None });
+                        self.to_server.extend_from_slice(&unnamed.parse);
+                    }
+                }
+            } else if tag == b'B' {
+                self.needs_check = true;
+            }
+            self.to_server.extend_from_slice(&message);
+            return;
+        }
+        let Some(known) = self.statements.get(statement) else {
+            // Unknown to us (the server says so), or SQL-level prepared (that pins anyway).
+            self.needs_check |= tag == b'B';
+            self.to_server.extend_from_slice(&message);
+            return;
+        };
+        if tag == b'B' {
+            self.needs_check |= known.may_change;
+        }
+        let server_name = known.server_name.clone();
+        self.ensure_prepared(statement);
+        let statement_end = message.len() - r.remaining();
+        let statement_start = statement_end - statement.len() - 1;
+        let mut body = Vec::with_capacity(message.len() + 16);
+        body.extend_from_slice(&message[5..statement_start]);
+        body.extend_from_slice(server_name.as_bytes());
+        body.push(0);
+        body.extend_from_slice(&message[statement_end..]);
+        self.to_server.extend_from_slice(&frame(tag, &body));
+    }
+
+    fn close(&mut self, message: Bytes) {
+        let mut r = Reader::new(&message[5..], "Close");
+        self.expect.push_back(Expect::Close { injected: false });
+        match (r.u8(), r.cbytes()) {
+            (Ok(b'S'), Ok(name)) if !name.is_empty() => {
+                let Some(statement) = self.statements.remove(name) else {
+                    self.to_server.extend_from_slice(&message);
+                    return;
+                };
+                if let Some(c) = &mut self.linked {
+                    c.server().prepared.remove(&statement.server_name);
+                }
+                let mut body = Vec::with_capacity(statement.server_name.len() + 2);
+                body.push(b'S');
+                body.extend_from_slice(statement.server_name.as_bytes());
+                body.push(0);
+                self.to_server.extend_from_slice(&frame(b'C', &body));
+            }
+            (Ok(b'S'), Ok(_)) => {
+                self.unnamed = None;
+                if let Some(c) = &mut self.linked {
+                    c.server().unnamed = None;
+                }
+                self.to_server.extend_from_slice(&message);
+            }
+            _ => self.to_server.extend_from_slice(&message),
+        }
+    }
+
+    /// Handles the whole messages the server sent.
+    fn server_messages(&mut self) -> Result<(), String> {
+        loop {
+            let Some(c) = &mut self.linked else { return Ok(()) };
+            let Some((tag, message)) = take_message(&mut c.server().rbuf, usize::MAX >> 2)? else {
+                return Ok(());
+            };
+            if matches!(self.expect.front(), Some(Expect::Sync { check: true })) {
+                self.check_message(tag, &message)?;
+                continue;
+            }
+            match tag {
+                b'1' => match self.expect.pop_front() {
+                    Some(Expect::Parse { injected, key, .. }) => {
+                        if let Some(key) = key {
+                            self.pool.learn_parse(key);
+                        }
+                        if !injected {
+                            self.to_client.extend_from_slice(&message);
+                        }
+                    }
+                    _ => return Err("an unexpected ParseComplete".to_owned()),
+                },
+                b'3' => match self.expect.pop_front() {
+                    Some(Expect::Close { injected }) => {
+                        if !injected {
+                            self.to_client.extend_from_slice(&message);
+                        }
+                    }
+                    _ => return Err("an unexpected CloseComplete".to_owned()),
+                },
+                b'Z' => {
+                    self.ready(&message)?;
+                    self.to_client.extend_from_slice(&message);
+                }
+                b'S' => {
+                    // A reported setting changed: the session's state is read before sharing.
+                    self.needs_check = true;
+                    self.to_client.extend_from_slice(&message);
+                }
+                b'E' => {
+                    let (code, text) = error_fields(&message[5..]);
+                    if code.as_deref() == Some("0A000")
+                        && text
+                            .as_deref()
+                            .is_some_and(|t| t.contains("cached plan must not change result type"))
+                    {
+                        // Statements prepared before a schema change: this connection's go.
+                        self.close_after = true;
+                    }
+                    self.to_client.extend_from_slice(&message);
+                }
+                _ => self.to_client.extend_from_slice(&message),
+            }
+        }
+    }
+
+    /// A ReadyForQuery: what was owed up to the Sync is settled (messages skipped after an
+    /// error owe nothing, and statements they would have prepared do not exist).
+    fn ready(&mut self, message: &[u8]) -> Result<(), String> {
+        let status = *message.get(5).ok_or("a short ReadyForQuery")?;
+        loop {
+            match self.expect.pop_front() {
+                Some(Expect::Sync { .. }) => break,
+                Some(Expect::Parse { name, .. }) => {
+                    if let Some(c) = &mut self.linked {
+                        let server = c.server();
+                        match name {
+                            Some(n) => {
+                                server.prepared.remove(&n);
+                            }
+                            None => server.unnamed = None,
+                        }
+                    }
+                }
+                Some(Expect::Close { .. }) => {}
+                None => return Err("an unexpected ReadyForQuery".to_owned()),
+            }
+        }
+        self.pending_syncs = self.pending_syncs.saturating_sub(1);
+        self.status = status;
+        Ok(())
+    }
+
+    /// A message answering the link's own state read.
+    fn check_message(&mut self, tag: u8, message: &[u8]) -> Result<(), String> {
+        match tag {
+            b'D' => self.check_rows.push(data_row(message)?),
+            b'E' => self.check_failed = true,
+            b'Z' => {
+                self.expect.pop_front();
+                self.status = *message.get(5).ok_or("a short ReadyForQuery")?;
+                let rows = std::mem::take(&mut self.check_rows);
+                let outcome = match &mut self.linked {
+                    Some(c) if !self.check_failed => self.pools.watch.same_state(&c.server().baseline, &rows),
+                    _ => Err(strata::StateDifference::Unreadable),
+                };
+                let metrics = self.pools.metrics();
+                match outcome {
+                    Ok(()) => {
+                        metrics.state_checks.with_label_values(&["same"]).inc();
+                        if self.pinned.take().is_some() {
+                            debug!(
+                                client = self.client,
+                                "session state undone: the client is no longer pinned"
+                            );
+                        }
+                    }
+                    Err(difference) => {
+                        metrics.state_checks.with_label_values(&["differs"]).inc();
+                        if self.pinned.is_none() {
+                            metrics.pinned.with_label_values(&[difference.as_str()]).inc();
+                            debug!(
+                                client = self.client,
+                                reason = difference.as_str(),
+                                "client pinned to its server connection"
+                            );
+                        }
+                        self.pinned = Some(difference);
+                    }
+                }
+            }
+            // Row descriptions, command tags, notices and parameter reports of the read itself.
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The text of a message whose body is one C string (Query).
+fn cstr_body(message: &[u8]) -> &[u8] {
+    let body = message.get(5..).unwrap_or_default();
+    body.split(|b| *b == 0).next().unwrap_or_default()
+}
+
+/// A Parse message with another statement name.
+fn rename_parse(message: &[u8], name: &str, rest_at: usize, sql: &[u8]) -> Bytes {
+    let mut body = Vec::with_capacity(message.len() + name.len());
+    body.extend_from_slice(name.as_bytes());
+    body.push(0);
+    body.extend_from_slice(sql);
+    body.push(0);
+    body.extend_from_slice(&message[rest_at..]);
+    frame(b'P', &body)
+}

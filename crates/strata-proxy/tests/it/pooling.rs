@@ -1,0 +1,357 @@
+//! Transaction pooling: many clients over a few server connections, state that never leaks from
+//! one client to another, clients pinned while their session keeps state, prepared statements on
+//! whichever connection runs them, the pool running out, a server connection killed, the
+//! proxy's own authentication, cancel routing, and cache hits that need no server connection.
+
+use std::{sync::Arc, time::Duration};
+
+use strata_proxy::{build_query_cache, AuthType, CacheSettings, PoolMode, ProxyBuilder, StrataCache};
+use tokio_postgres::{Client, NoTls};
+
+use crate::{differential::pgbench, support::*};
+
+fn pooled(size: usize) -> impl FnOnce(ProxyBuilder) -> ProxyBuilder {
+    move |b| {
+        b.with_pool_mode(PoolMode::Transaction)
+            .with_pool_size(size)
+            .with_auth_type(AuthType::Trust)
+            .with_pool_timeout(Duration::from_secs(20))
+    }
+}
+
+async fn client(port: u16, db: &str) -> Client {
+    connect(port, "postgres", db, None).await.expect("connect through the pooling proxy")
+}
+
+/// Backends connected to `db` other than this test's own direct admin connection.
+async fn backends(db: &str) -> i64 {
+    admin("postgres")
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'",
+            &[&db],
+        )
+        .await
+        .expect("count backends")
+        .get(0)
+}
+
+async fn text(c: &Client, sql: &str) -> String {
+    c.simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_owned()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_clients_share_ten_server_connections() {
+    let db = "strata_pool_thousand";
+    fresh_database(db).await;
+    admin(db).await.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g").await.expect("setup");
+    let proxy = start_proxy(pooled(10)).await;
+    let port = proxy.port();
+    let mut clients = Vec::new();
+    for _ in 0..1000 {
+        clients.push(client(port, db).await);
+    }
+    let clients = Arc::new(clients);
+    let mut tasks = Vec::new();
+    for worker in 0..50usize {
+        let clients = clients.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (worker..1000).step_by(50) {
+                let c = &clients[i];
+                let id = (i % 100) as i32 + 1;
+                // Extended protocol with a named statement, then a simple query, then a transaction.
+                let row = c.query_one("SELECT v FROM t WHERE id = $1", &[&id]).await.expect("select");
+                assert_eq!(row.get::<_, String>(0), format!("v{id}"));
+                let n = text(c, "SELECT count(*) FROM t").await;
+                assert_eq!(n, "100");
+                c.batch_execute("BEGIN; SELECT 1; COMMIT").await.expect("transaction");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("worker");
+    }
+    let n = backends(db).await;
+    assert!(n <= 10, "{n} server connections for 1,000 clients with a pool of 10");
+    assert!(n >= 1);
+    drop(clients);
+    proxy.shutdown.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_never_leak_and_a_client_keeps_its_own() {
+    let db = "strata_pool_state";
+    fresh_database(db).await;
+    admin(db).await.batch_execute("CREATE SCHEMA other").await.expect("schema");
+    let proxy = start_proxy(pooled(2)).await;
+    let a = client(proxy.port(), db).await;
+    let b = client(proxy.port(), db).await;
+    let default_path = text(&b, "SHOW search_path").await;
+    a.batch_execute("SET search_path = other; SET statement_timeout = '7s'").await.expect("set");
+    for _ in 0..20 {
+        // The other client never sees the SET, whichever connection it gets.
+        assert_eq!(text(&b, "SHOW search_path").await, default_path);
+        assert_eq!(text(&b, "SHOW statement_timeout").await, "0");
+        // The client that set it keeps it.
+        assert_eq!(text(&a, "SHOW search_path").await, "other");
+        assert_eq!(text(&a, "SHOW statement_timeout").await, "7s");
+    }
+    // Undone, the client can share again; SET LOCAL and set_config(.., true) never stick.
+    a.batch_execute("RESET ALL").await.expect("reset");
+    a.batch_execute(
+        "BEGIN; SET LOCAL search_path = other; SELECT set_config('app.tenant', '42', true); COMMIT",
+    )
+    .await
+    .expect("local");
+    for _ in 0..10 {
+        assert_eq!(text(&b, "SHOW search_path").await, default_path);
+        assert_eq!(text(&a, "SHOW search_path").await, default_path);
+        let tenant =
+            text(&b, "SELECT coalesce(nullif(current_setting('app.tenant', true), ''), 'unset')").await;
+        assert_eq!(tenant, "unset");
+    }
+    // A role change stays with its client.
+    admin(db)
+        .await
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE strata_pool_role; EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+        )
+        .await
+        .expect("role");
+    a.batch_execute("SET ROLE strata_pool_role").await.expect("set role");
+    for _ in 0..10 {
+        assert_eq!(text(&b, "SELECT current_user").await, "postgres");
+        assert_eq!(text(&a, "SELECT current_user").await, "strata_pool_role");
+    }
+    proxy.shutdown.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_pins_the_client_to_its_connection() {
+    let db = "strata_pool_pins";
+    fresh_database(db).await;
+    // Three clients end up pinned (temporary table, PREPARE, LISTEN): the others share the rest.
+    let proxy = start_proxy(pooled(5)).await;
+    let port = proxy.port();
+    let other = client(port, db).await;
+    // Temporary table: the client keeps finding it, nobody else sees it.
+    let a = client(port, db).await;
+    a.batch_execute("CREATE TEMP TABLE mine (x int); INSERT INTO mine VALUES (1)").await.expect("temp");
+    for _ in 0..5 {
+        assert_eq!(text(&a, "SELECT count(*) FROM mine").await, "1");
+        assert!(other.simple_query("SELECT count(*) FROM pg_temp.mine").await.is_err());
+    }
+    // Session advisory lock: held until unlocked, on the same backend.
+    let b = client(port, db).await;
+    let pid = text(&b, "SELECT pg_backend_pid()").await;
+    assert_eq!(text(&b, "SELECT pg_advisory_lock(4242)").await, "");
+    for _ in 0..5 {
+        assert_eq!(text(&b, "SELECT pg_backend_pid()").await, pid);
+        assert_eq!(text(&other, "SELECT pg_try_advisory_lock(4242)").await, "f");
+    }
+    assert_eq!(text(&b, "SELECT pg_advisory_unlock(4242)").await, "t");
+    // SQL PREPARE: the statement stays usable.
+    let c = client(port, db).await;
+    c.batch_execute("PREPARE p(int) AS SELECT $1 * 2").await.expect("prepare");
+    for _ in 0..5 {
+        assert_eq!(text(&c, "EXECUTE p(21)").await, "42");
+        assert!(other.simple_query("EXECUTE p(1)").await.is_err());
+    }
+    // LISTEN: notifications reach the listener.
+    let (listener, mut connection) =
+        tokio_postgres::connect(&conn_string(port, "postgres", db, None), NoTls).await.expect("listener");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                    let _ = tx.send(n.payload().to_owned());
+                }
+                Some(Ok(_)) => {}
+                _ => break,
+            }
+        }
+    });
+    listener.batch_execute("LISTEN pool_channel").await.expect("listen");
+    other.batch_execute("NOTIFY pool_channel, 'hello'").await.expect("notify");
+    listener.batch_execute("SELECT 1").await.expect("poll");
+    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("notification in time");
+    assert_eq!(got.as_deref(), Some("hello"));
+    proxy.shutdown.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_follow_their_client_across_connections() {
+    let db = "strata_pool_prepared";
+    fresh_database(db).await;
+    admin(db).await.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT g, g * 10 FROM generate_series(1, 50) g").await.expect("setup");
+    let proxy = start_proxy(pooled(3)).await;
+    let mut tasks = Vec::new();
+    for n in 0..12i32 {
+        let port = proxy.port();
+        tasks.push(tokio::spawn(async move {
+            let c = client(port, db).await;
+            let by_id = c.prepare("SELECT v FROM t WHERE id = $1").await.expect("prepare");
+            let plus = c.prepare("SELECT $1::int + $2::int").await.expect("prepare");
+            for i in 1..=40i32 {
+                let id = (i + n) % 50 + 1;
+                let v: i32 = c.query_one(&by_id, &[&id]).await.expect("by id").get(0);
+                assert_eq!(v, id * 10);
+                let s: i32 = c.query_one(&plus, &[&i, &n]).await.expect("plus").get(0);
+                assert_eq!(s, i + n);
+            }
+            // Closing a statement and preparing the same text again works.
+            drop(plus);
+            let again = c.prepare("SELECT $1::int + $2::int").await.expect("prepare again");
+            let s: i32 = c.query_one(&again, &[&1i32, &2i32]).await.expect("again").get(0);
+            assert_eq!(s, 3);
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client");
+    }
+    assert!(backends(db).await <= 3);
+    proxy.shutdown.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_runs_in_transaction_mode_in_every_protocol() {
+    let db = "strata_pool_pgbench";
+    fresh_database(db).await;
+    pgbench(pg().port(), db, &["-i", "-s", "1", "-q"]).await;
+    let proxy = start_proxy(pooled(4)).await;
+    for mode in ["simple", "extended", "prepared"] {
+        let out = pgbench(proxy.port(), db, &["-M", mode, "-c", "16", "-j", "2", "-t", "100", "-n"]).await;
+        assert!(out.contains("number of failed transactions: 0"), "{mode}:\n{out}");
+        let out =
+            pgbench(proxy.port(), db, &["-M", mode, "-S", "-c", "16", "-j", "2", "-t", "200", "-n"]).await;
+        assert!(out.contains("number of failed transactions: 0"), "{mode} -S:\n{out}");
+    }
+    assert!(backends(db).await <= 4);
+    proxy.shutdown.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_pool_times_out_with_53300_then_recovers() {
+    let db = "strata_pool_exhausted";
+    fresh_database(db).await;
+    let proxy = start_proxy(|b| pooled(1)(b).with_pool_timeout(Duration::from_millis(300))).await;
+    let holder = client(proxy.port(), db).await;
+    let waiter = client(proxy.port(), db).await;
+    holder.batch_execute("BEGIN; SELECT 1").await.expect("begin");
+    let err = must_fail(waiter.simple_query("SELECT 1").await, "a query with the pool held");
+    assert_eq!(err.code().map(|c| c.code()), Some("53300"), "{err}");
+    // The waiter's session is intact.
+    holder.batch_execute("COMMIT").await.expect("commit");
+    assert_eq!(text(&waiter, "SELECT 2").await, "2");
+    proxy.shutdown.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_connection_killed_mid_transaction_fails_only_its_client() {
+    let db = "strata_pool_killed";
+    fresh_database(db).await;
+    let proxy = start_proxy(pooled(2)).await;
+    let victim = client(proxy.port(), db).await;
+    victim.batch_execute("BEGIN").await.expect("begin");
+    let pid: i32 = victim.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
+    admin("postgres").await.query_one("SELECT pg_terminate_backend($1)", &[&pid]).await.expect("terminate");
+    assert!(victim.simple_query("SELECT 1").await.is_err(), "the killed transaction's client gets an error");
+    // Others, and new clients, go on.
+    for _ in 0..5 {
+        let c = client(proxy.port(), db).await;
+        assert_eq!(text(&c, "SELECT 3").await, "3");
+    }
+    proxy.shutdown.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_authenticates_clients_and_logs_in_with_scram() {
+    crate::sessions::password_roles().await;
+    let dir = std::env::temp_dir().join(format!("strata-pool-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("userlist.txt");
+    std::fs::write(&file, "\"strata_scram\" \"scram-secret\"\n\"postgres\" \"pg-secret\"\n")
+        .expect("userlist");
+    for auth in [AuthType::ScramSha256, AuthType::Md5] {
+        let file = file.clone();
+        let proxy = start_proxy(move |b| pooled(2)(b).with_auth_type(auth).with_auth_file(file)).await;
+        // strata_scram's upstream login needs SCRAM (the harness's pg_hba): the proxy does it.
+        let c = connect(proxy.port(), "strata_scram", "postgres", Some("scram-secret"))
+            .await
+            .expect("right password");
+        assert_eq!(text(&c, "SELECT current_user").await, "strata_scram");
+        let err = must_fail(
+            connect(proxy.port(), "strata_scram", "postgres", Some("nope")).await,
+            "wrong password",
+        );
+        assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
+        let err = must_fail(connect(proxy.port(), "nobody", "postgres", Some("x")).await, "unknown user");
+        assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
+        proxy.shutdown.shutdown();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_the_query_of_the_client_that_asked() {
+    let db = "strata_pool_cancel";
+    fresh_database(db).await;
+    let proxy = start_proxy(pooled(2)).await;
+    let victim = client(proxy.port(), db).await;
+    let bystander = client(proxy.port(), db).await;
+    let token = victim.cancel_token();
+    let sleeper = tokio::spawn(async move { victim.simple_query("SELECT pg_sleep(20)").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    token.cancel_query(NoTls).await.expect("send cancel");
+    let result = tokio::time::timeout(Duration::from_secs(10), sleeper)
+        .await
+        .expect("cancelled in time")
+        .expect("task");
+    let err = must_fail(result, "a cancelled sleep");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
+    assert_eq!(text(&bystander, "SELECT 4").await, "4");
+    proxy.shutdown.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_hits_need_no_server_connection() {
+    let db = "strata_pool_hits";
+    fresh_database(db).await;
+    admin(db)
+        .await
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'one')")
+        .await
+        .expect("setup");
+    let settings = CacheSettings::default();
+    let cache =
+        Arc::new(StrataCache::new(build_query_cache(&settings).await.expect("cache")).expect("strata cache"));
+    let proxy =
+        start_proxy(|b| pooled(1)(b).with_pool_timeout(Duration::from_millis(500)).with_cache(cache.clone()))
+            .await;
+    let reader = client(proxy.port(), db).await;
+    for _ in 0..3 {
+        assert_eq!(text(&reader, "SELECT v FROM t WHERE id = 1").await, "one");
+    }
+    // The only server connection is held by another client's transaction.
+    let holder = client(proxy.port(), db).await;
+    holder.batch_execute("BEGIN; SELECT 1").await.expect("hold");
+    for _ in 0..20 {
+        assert_eq!(
+            text(&reader, "SELECT v FROM t WHERE id = 1").await,
+            "one",
+            "a hit while the pool is exhausted"
+        );
+    }
+    // A miss has to wait, and times out.
+    assert!(reader.simple_query("SELECT v FROM t WHERE id = 2").await.is_err());
+    holder.batch_execute("COMMIT").await.expect("release");
+    proxy.shutdown.shutdown();
+}
