@@ -214,7 +214,8 @@ impl Link {
                     Some(checkout) => {
                         let server = checkout.server();
                         tokio::select! {
-                            r = rd.read_buf(from_client), if from_client.len() < HIGH_WATER && to_server.len() < HIGH_WATER => Event::ClientRead(r),
+                            // A message larger than the high-water mark is read whole before it goes on.
+                            r = rd.read_buf(from_client), if to_server.len() < HIGH_WATER => Event::ClientRead(r),
                             r = server.rd.read_buf(&mut server.rbuf), if to_client.len() < HIGH_WATER => Event::ServerRead(r),
                             r = server.wr.write(to_server), if !to_server.is_empty() => Event::ServerWrote(r),
                             r = wr.write(to_client), if !to_client.is_empty() => Event::ClientWrote(r),

@@ -355,3 +355,20 @@ async fn cache_hits_need_no_server_connection() {
     holder.batch_execute("COMMIT").await.expect("release");
     proxy.shutdown.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_statements_and_results_pass_through_a_pooled_connection() {
+    let db = "strata_pool_large";
+    fresh_database(db).await;
+    let proxy = start_proxy(pooled(1)).await;
+    let c = client(proxy.port(), db).await;
+    // A 3 MB statement and a 3 MB result, both far over the link's buffers.
+    let big = "x".repeat(3 << 20);
+    let sql = format!("SELECT length('{big}')");
+    assert_eq!(text(&c, &sql).await, (3 << 20).to_string());
+    let row = c.query_one("SELECT repeat('y', $1)", &[&(3i32 << 20)]).await.expect("large result");
+    assert_eq!(row.get::<_, String>(0).len(), 3 << 20);
+    let other = client(proxy.port(), db).await;
+    assert_eq!(text(&other, "SELECT 5").await, "5");
+    proxy.shutdown.shutdown();
+}
