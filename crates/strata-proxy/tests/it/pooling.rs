@@ -372,3 +372,84 @@ async fn large_statements_and_results_pass_through_a_pooled_connection() {
     assert_eq!(text(&other, "SELECT 5").await, "5");
     proxy.shutdown.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_output_through_the_caching_pool_equals_postgresql() {
+    let db = "strata_pool_psql";
+    fresh_database(db).await;
+    let settings = CacheSettings::default();
+    let cache =
+        Arc::new(StrataCache::new(build_query_cache(&settings).await.expect("cache")).expect("strata cache"));
+    let proxy = start_proxy(|b| pooled(2)(b).with_cache(cache.clone())).await;
+    let direct = crate::differential::psql(pg().port(), db, crate::differential::PSQL_SCRIPT).await;
+    let pooled_out = crate::differential::psql(proxy.port(), db, crate::differential::PSQL_SCRIPT).await;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert_eq!(text(&pooled_out.stdout), text(&direct.stdout));
+    assert_eq!(text(&pooled_out.stderr), text(&direct.stderr));
+    proxy.shutdown.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_on_shared_connections_see_only_their_rows_and_fresh_writes() {
+    let db = "strata_pool_tenants";
+    fresh_database(db).await;
+    admin(db)
+        .await
+        .batch_execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'strata_pool_app') THEN CREATE ROLE strata_pool_app LOGIN; END IF; END $$;
+             CREATE TABLE docs (id int PRIMARY KEY, tenant text, body text);
+             INSERT INTO docs VALUES (1, 'a', 'a-doc'), (2, 'b', 'b-doc');
+             ALTER TABLE docs ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY by_tenant ON docs USING (tenant = current_setting('app.tenant', true));
+             GRANT SELECT, UPDATE ON docs TO strata_pool_app;",
+        )
+        .await
+        .expect("setup");
+    let settings = CacheSettings::default();
+    let cache =
+        Arc::new(StrataCache::new(build_query_cache(&settings).await.expect("cache")).expect("strata cache"));
+    let proxy = start_proxy(|b| pooled(2)(b).with_cache(cache.clone())).await;
+    let port = proxy.port();
+    let read = |tenant: &'static str| async move {
+        let c = connect(port, "strata_pool_app", db, None).await.expect("connect");
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            let rows = c
+                .simple_query(&format!(
+                    "BEGIN; SET LOCAL app.tenant = '{tenant}'; SELECT string_agg(body, ',' ORDER BY id) FROM docs; COMMIT"
+                ))
+                .await
+                .expect("tenant read");
+            for m in rows {
+                if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                    seen.push(r.get(0).unwrap_or("none").to_owned());
+                }
+            }
+        }
+        seen
+    };
+    let (a, b) = tokio::join!(read("a"), read("b"));
+    assert!(a.iter().all(|v| v == "a-doc"), "{a:?}");
+    assert!(b.iter().all(|v| v == "b-doc"), "{b:?}");
+    // A session-level tenant pins its client; the other client still sees nothing of it.
+    let pinned = connect(port, "strata_pool_app", db, None).await.expect("connect");
+    pinned.batch_execute("SET app.tenant = 'a'").await.expect("set tenant");
+    let other = connect(port, "strata_pool_app", db, None).await.expect("connect");
+    for _ in 0..5 {
+        assert_eq!(text(&pinned, "SELECT string_agg(body, ',') FROM docs").await, "a-doc");
+        assert_eq!(text(&other, "SELECT coalesce(string_agg(body, ','), 'none') FROM docs").await, "none");
+    }
+    // Writes through the pool are read back fresh by another client.
+    pinned.batch_execute("UPDATE docs SET body = 'a-doc-2' WHERE id = 1").await.expect("update");
+    let reader = connect(port, "strata_pool_app", db, None).await.expect("connect");
+    let fresh = reader
+        .simple_query("BEGIN; SET LOCAL app.tenant = 'a'; SELECT body FROM docs WHERE id = 1; COMMIT")
+        .await
+        .expect("read");
+    let body = fresh.into_iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(body.as_deref(), Some("a-doc-2"));
+    proxy.shutdown.shutdown();
+}
