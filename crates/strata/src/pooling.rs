@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use strata_normalizer::{Normalizer, NormalizerConfig, WriteEffect};
+use strata_normalizer::{DiscardTarget, Normalizer, NormalizerConfig, SessionEffect, WriteEffect};
 
 use crate::session::{is_setting_name, SettingNames};
 
@@ -92,6 +92,14 @@ impl StateWatch {
             self.names.learn_from_text(&String::from_utf8_lossy(sql));
         }
         may
+    }
+
+    /// Whether `sql` drops every prepared statement of the session, protocol-level ones
+    /// included (`DISCARD ALL`, `DEALLOCATE ALL`), so a pool must forget what it prepared there.
+    pub fn drops_all_prepared(&self, sql: &[u8]) -> bool {
+        self.normalizer.analyze_bytes(sql).session_effects().any(|e| {
+            matches!(e, SessionEffect::Discard(DiscardTarget::All) | SessionEffect::Deallocate(None))
+        })
     }
 
     /// The query reading a session's state: role and session user, every setting `pg_settings`
@@ -225,5 +233,9 @@ mod tests {
             assert!(watch.may_change_session(sql.as_bytes()), "{sql}");
         }
         assert!(watch.may_change_session(b"SELECT '\xe9'"), "not UTF-8");
+        assert!(watch.drops_all_prepared(b"DISCARD ALL"));
+        assert!(watch.drops_all_prepared(b"DEALLOCATE ALL"));
+        assert!(!watch.drops_all_prepared(b"DEALLOCATE p"));
+        assert!(!watch.drops_all_prepared(b"DISCARD TEMP"));
     }
 }

@@ -27,6 +27,8 @@ struct Statement {
     parse: Bytes,
     /// Whether running it may change the session's state.
     may_change: bool,
+    /// Whether running it drops every prepared statement (`DISCARD ALL`, `DEALLOCATE ALL`).
+    drops_all: bool,
 }
 
 /// What the server owes for a message sent, in order.
@@ -71,6 +73,8 @@ struct Link {
     to_server: BytesMut,
     /// After a failed checkout: the error the current request gets at its Sync.
     refusing: Option<Bytes>,
+    /// A Bind of a statement dropping every prepared statement is being sent.
+    forget_prepared_on_server: bool,
 }
 
 enum Event {
@@ -159,6 +163,7 @@ pub(crate) async fn run_link(
         to_client: BytesMut::with_capacity(8192),
         to_server: BytesMut::with_capacity(8192),
         refusing: None,
+        forget_prepared_on_server: false,
     };
     let end = link.run(&mut rd, &mut wr).await;
     link.finish(end, &mut wr).await;
@@ -397,15 +402,21 @@ impl Link {
                     return false;
                 }
                 let may_change = self.pools.watch.may_change_session(sql);
+                let drops_all = self.pools.watch.drops_all_prepared(sql);
                 if name.is_empty() {
                     self.unnamed_generation += 1;
-                    self.unnamed =
-                        Some(Statement { server_name: String::new(), parse: message.clone(), may_change });
+                    self.unnamed = Some(Statement {
+                        server_name: String::new(),
+                        parse: message.clone(),
+                        may_change,
+                        drops_all,
+                    });
                 } else {
                     let server_name = format!("strata_{}_{}", self.client, self.next_statement);
                     self.next_statement += 1;
                     let parse = rename_parse(message, &server_name, rest_at, sql);
-                    self.statements.insert(name.to_vec(), Statement { server_name, parse, may_change });
+                    self.statements
+                        .insert(name.to_vec(), Statement { server_name, parse, may_change, drops_all });
                 }
                 self.to_client.extend_from_slice(&frame(b'1', &[]));
                 true
@@ -420,6 +431,15 @@ impl Link {
             b'Q' => {
                 let sql = cstr_body(&message);
                 self.needs_check |= self.pools.watch.may_change_session(sql);
+                if self.pools.watch.drops_all_prepared(sql) {
+                    // The client's statements go, and so does everything prepared on this
+                    // connection (other clients' too: they are prepared again where needed).
+                    self.statements.clear();
+                    self.unnamed = None;
+                    if let Some(c) = &mut self.linked {
+                        c.server().prepared.clear();
+                    }
+                }
                 self.pending_syncs += 1;
                 self.since_sync = false;
                 self.expect.push_back(Expect::Sync { check: false });
@@ -473,9 +493,11 @@ impl Link {
         };
         let rest_at = message.len() - r.remaining();
         let may_change = self.pools.watch.may_change_session(sql);
+        let drops_all = self.pools.watch.drops_all_prepared(sql);
         if name.is_empty() {
             self.unnamed_generation += 1;
-            self.unnamed = Some(Statement { server_name: String::new(), parse: message.clone(), may_change });
+            self.unnamed =
+                Some(Statement { server_name: String::new(), parse: message.clone(), may_change, drops_all });
             let (client, generation) = (self.client, self.unnamed_generation);
             if let Some(c) = &mut self.linked {
                 c.server().unnamed = Some((client, generation));
@@ -509,7 +531,8 @@ impl Link {
             key: Some(message.slice(rest_at - sql.len() - 1..)),
         });
         self.to_server.extend_from_slice(&renamed);
-        self.statements.insert(name.to_vec(), Statement { server_name, parse: renamed, may_change });
+        self.statements
+            .insert(name.to_vec(), Statement { server_name, parse: renamed, may_change, drops_all });
         self.evict();
     }
 
@@ -576,6 +599,9 @@ impl Link {
             if let Some(unnamed) = &self.unnamed {
                 if tag == b'B' {
                     self.needs_check |= unnamed.may_change;
+                    if unnamed.drops_all {
+                        self.forget_prepared_on_server = true;
+                    }
                 }
                 if let Some(c) = &mut self.linked {
                     let server = c.server();
@@ -589,6 +615,7 @@ impl Link {
                 self.needs_check = true;
             }
             self.to_server.extend_from_slice(&message);
+            self.forget_if_dropped();
             return;
         }
         let Some(known) = self.statements.get(statement) else {
@@ -599,6 +626,9 @@ impl Link {
         };
         if tag == b'B' {
             self.needs_check |= known.may_change;
+            if known.drops_all {
+                self.forget_prepared_on_server = true;
+            }
         }
         let server_name = known.server_name.clone();
         self.ensure_prepared(statement);
@@ -610,6 +640,20 @@ impl Link {
         body.push(0);
         body.extend_from_slice(&message[statement_end..]);
         self.to_server.extend_from_slice(&frame(tag, &body));
+        self.forget_if_dropped();
+    }
+
+    /// After a Bind of `DISCARD ALL` or `DEALLOCATE ALL` went out: nothing prepared on this
+    /// connection can be counted on (the client's own statements stay known to the link, which
+    /// prepares them again where needed).
+    fn forget_if_dropped(&mut self) {
+        if std::mem::take(&mut self.forget_prepared_on_server) {
+            if let Some(c) = &mut self.linked {
+                let server = c.server();
+                server.prepared.clear();
+                server.unnamed = None;
+            }
+        }
     }
 
     fn close(&mut self, message: Bytes) {

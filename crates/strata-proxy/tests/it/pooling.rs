@@ -453,3 +453,23 @@ async fn tenants_on_shared_connections_see_only_their_rows_and_fresh_writes() {
     assert_eq!(body.as_deref(), Some("a-doc-2"));
     proxy.shutdown.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discard_all_by_one_client_leaves_the_others_statements_working() {
+    let db = "strata_pool_discard";
+    fresh_database(db).await;
+    let proxy = start_proxy(pooled(1)).await;
+    let a = client(proxy.port(), db).await;
+    let b = client(proxy.port(), db).await;
+    let sa = a.prepare("SELECT $1::int + 1").await.expect("prepare a");
+    let sb = b.prepare("SELECT $1::int + 2").await.expect("prepare b");
+    assert_eq!(a.query_one(&sa, &[&1i32]).await.expect("a").get::<_, i32>(0), 2);
+    // On the one shared connection, DISCARD ALL drops b's statement too: it is prepared again.
+    b.batch_execute("DISCARD ALL").await.expect("discard");
+    assert_eq!(a.query_one(&sa, &[&1i32]).await.expect("a after discard").get::<_, i32>(0), 2);
+    // b's own statement is gone for b, as PostgreSQL says after DISCARD ALL.
+    assert!(b.query_one(&sb, &[&1i32]).await.is_err());
+    let sb = b.prepare("SELECT $1::int + 2").await.expect("prepare b again");
+    assert_eq!(b.query_one(&sb, &[&1i32]).await.expect("b").get::<_, i32>(0), 3);
+    proxy.shutdown.shutdown();
+}
