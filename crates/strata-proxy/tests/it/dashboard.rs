@@ -14,7 +14,7 @@ use std::{
 use serde::de::{DeserializeOwned, Visitor};
 use strata::{L1Config, QueryCacheConfig, TableConfig};
 use strata_l2::WarmTierConfig;
-use strata_proxy::{Args, FileConfig, SemanticFileConfig};
+use strata_proxy::{Args, FileConfig, PoolFileConfig, SemanticFileConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{admin, connect, dead_port, fresh_database, pg};
@@ -529,6 +529,7 @@ fn the_example_config_shows_every_option() {
         ("cache.l2.storage", storage),
         ("cache.tables.*", fields_of::<TableConfig>()),
         ("semantic", fields_of::<SemanticFileConfig>()),
+        ("pool", fields_of::<PoolFileConfig>()),
     ];
     let mut problems = Vec::new();
     for (section, fields) in &sections {
