@@ -612,7 +612,8 @@ async fn read_state<S: AsyncRead + AsyncWrite + Unpin>(
         match tag {
             b'D' => rows.push(data_row(&frame)?),
             b'E' => {
-                let (code, message) = crate::protocol::error_fields(&frame[5..]);
+                let (code, _) = crate::protocol::error_fields(&frame[5..]);
+                let message = crate::protocol::error_message(&frame[5..]);
                 error = Some(format!("{}: {}", code.unwrap_or_default(), message.unwrap_or_default()));
             }
             b'Z' => break,

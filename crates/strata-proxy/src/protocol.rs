@@ -236,6 +236,21 @@ pub(crate) fn error_fields(body: &[u8]) -> (Option<String>, Option<String>) {
     (code, severity)
 }
 
+/// The message (`M` field) of an ErrorResponse/NoticeResponse body.
+pub(crate) fn error_message(body: &[u8]) -> Option<String> {
+    let mut r = Reader::new(body, "error");
+    while let Ok(field) = r.u8() {
+        if field == 0 {
+            break;
+        }
+        let Ok(value) = r.cstr() else { break };
+        if field == b'M' {
+            return Some(value);
+        }
+    }
+    None
+}
+
 /// An AuthenticationSASL offer without `SCRAM-SHA-256-PLUS`, or `None` for any other message.
 ///
 /// A client on a plain connection to the proxy cannot bind to a TLS channel, and libpq takes a
