@@ -13,7 +13,7 @@ use ring::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use crate::{
-    protocol::{error_fields, frame, Reader},
+    protocol::{error_fields, error_message, frame, Reader},
     transport::send,
 };
 
@@ -902,17 +902,7 @@ fn password_message(password: &[u8]) -> bytes::Bytes {
 /// The server's ErrorResponse as a login error: its SQLSTATE and message.
 fn server_error(body: &[u8]) -> LoginError {
     let (code, _severity) = error_fields(body);
-    let mut message = None;
-    let mut r = Reader::new(body, "error");
-    while let Ok(field) = r.u8() {
-        if field == 0 {
-            break;
-        }
-        let Ok(value) = r.cstr() else { break };
-        if field == b'M' {
-            message = Some(value);
-        }
-    }
+    let message = error_message(body);
     LoginError::new(
         code.as_deref().unwrap_or(CONNECTION_FAILURE),
         message.unwrap_or_else(|| "the upstream refused the login".to_owned()),
