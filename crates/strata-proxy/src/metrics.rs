@@ -46,6 +46,9 @@ pub(crate) struct PoolMetrics {
     pub(crate) pinned: IntCounterVec,
     /// Session states read back before a server connection was shared again, by outcome.
     pub(crate) state_checks: IntCounterVec,
+    /// Server connections brought to a client's settings and role before its transaction, by
+    /// outcome (`ok`, `failed`: the client's session ended).
+    pub(crate) replays: IntCounterVec,
     /// Server connections closed, by why.
     pub(crate) servers_closed: IntCounterVec,
 }
@@ -121,6 +124,18 @@ impl PoolMetrics {
                 )
                 .map_err(bad)?,
                 "strata_proxy_pool_state_checks_total",
+            )?,
+            replays: vec(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "strata_proxy_pool_state_replays_total",
+                        "Server connections brought to a client's settings and role before its transaction, by outcome",
+                    ),
+                    &["outcome"],
+                )
+                .map_err(bad)?,
+                "strata_proxy_pool_state_replays_total",
             )?,
             servers_closed: vec(
                 registry,

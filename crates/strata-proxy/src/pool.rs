@@ -348,6 +348,8 @@ pub(crate) struct Server {
     pub(crate) tick: u64,
     /// Whose unnamed statement it holds now: (client, that client's Parse generation).
     pub(crate) unnamed: Option<(u64, u64)>,
+    /// The settings and role it holds away from its opening state, as last read or replayed.
+    pub(crate) applied: Arc<strata::SessionSettings>,
 }
 
 /// A server connection linked to a client, with the pool permit it holds.
@@ -434,7 +436,7 @@ impl Pool {
         if let Some(p) = lock(&self.parameters).clone() {
             return Ok(p);
         }
-        let checkout = self.checkout(config, pools).await?;
+        let checkout = self.checkout(config, pools, &strata::SessionSettings::default()).await?;
         checkout.release(pools);
         lock(&self.parameters).clone().ok_or_else(|| {
             CheckoutError::Failed(
@@ -444,12 +446,14 @@ impl Pool {
         })
     }
 
-    /// Links a server connection: an idle one of this pool that is still alive, else a new one
-    /// while the pool has room, else the first to come free within the pool timeout.
+    /// Links a server connection: an idle one of this pool that is still alive (the most
+    /// recently used one already holding `wanted` settings, else the most recently used), else a
+    /// new one while the pool has room, else the first to come free within the pool timeout.
     pub(crate) async fn checkout(
         self: &Arc<Self>,
         config: &ProxyConfig,
         pools: &Pools,
+        wanted: &strata::SessionSettings,
     ) -> Result<Checkout, CheckoutError> {
         let wait = pools.settings.timeout;
         let permit = match timeout(wait, self.permits.clone().acquire_owned()).await {
@@ -461,7 +465,13 @@ impl Pool {
         };
         pools.metrics.checkouts.inc();
         loop {
-            let candidate = lock(&self.idle).pop();
+            let candidate = {
+                let mut idle = lock(&self.idle);
+                match idle.iter().rposition(|s| *s.applied == *wanted) {
+                    Some(i) => Some(idle.remove(i)),
+                    None => idle.pop(),
+                }
+            };
             let Some(mut server) = candidate else { break };
             pools.metrics.servers_idle.dec();
             if pools.expired(&server, Instant::now()) {
@@ -524,6 +534,7 @@ impl Pool {
             prepared: HashMap::new(),
             tick: 0,
             unnamed: None,
+            applied: Arc::default(),
         })
     }
 }

@@ -24,6 +24,8 @@ pub struct StateWatch {
     normalizer: Normalizer,
     /// Custom setting names (`app.tenant`) seen in any statement: the state read covers them.
     names: SettingNames,
+    /// Setting names (and `role`) a replay failed on: a session holding them is pinned.
+    refused: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for StateWatch {
@@ -73,7 +75,11 @@ impl StateDifference {
 impl StateWatch {
     /// A watch with the normalizer's default configuration.
     pub fn new() -> Self {
-        Self { normalizer: Normalizer::new(NormalizerConfig::default()), names: SettingNames::default() }
+        Self {
+            normalizer: Normalizer::new(NormalizerConfig::default()),
+            names: SettingNames::default(),
+            refused: Default::default(),
+        }
     }
 
     /// Whether running `sql` (as the client sent it) may leave the session's state changed.
@@ -110,7 +116,8 @@ impl StateWatch {
         let mut sql = String::from(
             "SELECT 'r'::text, pg_catalog.current_user()::text, pg_catalog.session_user()::text \
              UNION ALL SELECT 's', s.name, s.setting FROM pg_catalog.pg_settings s \
-               WHERE s.source OPERATOR(pg_catalog.<>) 'default' OR s.setting IS DISTINCT FROM s.boot_val \
+               WHERE (s.source OPERATOR(pg_catalog.<>) 'default' OR s.setting IS DISTINCT FROM s.boot_val) \
+               AND s.context OPERATOR(pg_catalog.=) ANY ('{user,superuser}') \
              UNION ALL SELECT 't', NULL, pg_catalog.count(*)::text FROM pg_catalog.pg_class t \
                WHERE t.relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema() \
              UNION ALL SELECT 'p', p.name, NULL FROM pg_catalog.pg_prepared_statements p WHERE p.from_sql \
@@ -134,39 +141,175 @@ impl StateWatch {
 
     /// Compares a state read after a client's transaction with the one read when the server
     /// connection was opened (rows of [`state_query`](StateWatch::state_query), three text
-    /// columns each). A custom setting that is empty or absent counts as unset: a placeholder
-    /// left by `SET LOCAL` reads as an empty string for the rest of the connection's life, and no
+    /// columns each) and returns the settings and role the client's session holds away from a
+    /// fresh connection's: what another connection must be brought to before it runs this
+    /// client's next transaction ([`replay_query`](StateWatch::replay_query)). Anything else that
+    /// differs (temporary relations, SQL prepared statements, holdable cursors, channels,
+    /// advisory locks, another session user), and settings that cannot be replayed faithfully
+    /// (a value or name outside ASCII, whose bytes depend on the client encoding in force; a
+    /// setting reset to a value only a fresh session has; a name a replay failed on before),
+    /// is the error: the client keeps its connection.
+    ///
+    /// A custom setting that is empty or absent counts as unset: a placeholder left by
+    /// `SET LOCAL` reads as an empty string for the rest of the connection's life, and no
     /// statement can remove it (every pooler shares such connections; the difference is only
     /// visible to `current_setting(name, true)`, as `''` instead of `NULL`).
+    pub fn settings_between(
+        &self,
+        opened: &[Vec<Option<Bytes>>],
+        now: &[Vec<Option<Bytes>>],
+    ) -> Result<SessionSettings, StateDifference> {
+        let (a, b) = (state_map(opened)?, state_map(now)?);
+        let role = |m: &BTreeMap<StateKey, Option<Bytes>>| {
+            m.iter().find(|(k, _)| k.0 == b'r').map(|(k, v)| (k.1.clone(), v.clone()))
+        };
+        let (Some((user_then, session_then)), Some((user_now, session_now))) = (role(&a), role(&b)) else {
+            return Err(StateDifference::Unreadable);
+        };
+        if session_then != session_now {
+            return Err(StateDifference::Role);
+        }
+        let refused = self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let replayable = |name: &str, value: &str| {
+            name.is_ascii()
+                && value.is_ascii()
+                && !refused.contains(name)
+                && !name.eq_ignore_ascii_case("role")
+        };
+        let mut wanted = SessionSettings::default();
+        if user_then != user_now {
+            let user = user_now.as_deref().and_then(|u| std::str::from_utf8(u).ok());
+            match user {
+                Some(user) if user.is_ascii() => wanted.role = Some(user.to_owned()),
+                _ => return Err(StateDifference::Role),
+            }
+        }
+        for key in a.keys().chain(b.keys()) {
+            if key.0 == b'r' {
+                continue;
+            }
+            let (mine, theirs) = (a.get(key), b.get(key));
+            let custom = key.0 == b'c';
+            let unset =
+                |v: Option<&Option<Bytes>>| v.is_none_or(|v| v.as_deref().is_none_or(<[u8]>::is_empty));
+            if (custom && unset(mine) && unset(theirs)) || mine == theirs {
+                continue;
+            }
+            let difference = match key.0 {
+                b's' | b'c' => StateDifference::Setting,
+                b't' => return Err(StateDifference::TemporaryObject),
+                b'p' => return Err(StateDifference::SqlPrepared),
+                b'h' => return Err(StateDifference::HoldableCursor),
+                b'l' => return Err(StateDifference::Listen),
+                b'a' => return Err(StateDifference::AdvisoryLock),
+                _ => return Err(StateDifference::Unreadable),
+            };
+            // Only a value the session has now can be set again; a custom setting emptied
+            // counts as unset and needs no value.
+            let name = key.1.as_deref().and_then(|n| std::str::from_utf8(n).ok());
+            let value = theirs.and_then(|v| v.as_deref()).and_then(|v| std::str::from_utf8(v).ok());
+            match (name, value) {
+                (Some(name), Some(value)) if replayable(name, value) && !(custom && value.is_empty()) => {
+                    wanted.settings.insert(name.to_owned(), value.to_owned());
+                }
+                _ => return Err(difference),
+            }
+        }
+        Ok(wanted)
+    }
+
+    /// Compares two state reads as [`settings_between`](StateWatch::settings_between) does and
+    /// succeeds only when nothing differs.
     pub fn same_state(
         &self,
         opened: &[Vec<Option<Bytes>>],
         now: &[Vec<Option<Bytes>>],
     ) -> Result<(), StateDifference> {
-        let (a, b) = (state_map(opened)?, state_map(now)?);
-        for key in a.keys().chain(b.keys()) {
-            let (mine, theirs) = (a.get(key), b.get(key));
-            let custom = key.0 == b'c';
-            let unset =
-                |v: Option<&Option<Bytes>>| v.is_none_or(|v| v.as_deref().is_none_or(<[u8]>::is_empty));
-            if custom && unset(mine) && unset(theirs) {
-                continue;
-            }
-            if mine != theirs {
-                return Err(match key.0 {
-                    b'r' => StateDifference::Role,
-                    b's' | b'c' => StateDifference::Setting,
-                    b't' => StateDifference::TemporaryObject,
-                    b'p' => StateDifference::SqlPrepared,
-                    b'h' => StateDifference::HoldableCursor,
-                    b'l' => StateDifference::Listen,
-                    b'a' => StateDifference::AdvisoryLock,
-                    _ => StateDifference::Unreadable,
-                });
-            }
+        let wanted = self.settings_between(opened, now)?;
+        match (wanted.role.is_some(), wanted.settings.is_empty()) {
+            (false, true) => Ok(()),
+            (true, _) => Err(StateDifference::Role),
+            (false, false) => Err(StateDifference::Setting),
         }
-        Ok(())
     }
+
+    /// One simple-query text that brings a server connection from any replayable state to
+    /// `wanted` and reads its state back, for [`settings_between`](StateWatch::settings_between)
+    /// against the connection's opening state to confirm: the role reset, every setting reset
+    /// to the session's defaults (what the login and the role's and database's defaults gave),
+    /// each wanted setting set for the session, the wanted role set last (a setting only the
+    /// session user may change is set before it), then the state query. Values are
+    /// dollar-quoted, so no `standard_conforming_strings` changes their meaning. The result
+    /// sets before the state read's own come from `set_config`.
+    pub fn replay_query(&self, wanted: &SessionSettings) -> String {
+        let mut sql = String::from("RESET ROLE; RESET ALL; ");
+        if !wanted.settings.is_empty() {
+            sql.push_str("SELECT pg_catalog.set_config(w.n, w.v, false) FROM (VALUES ");
+            for (i, (name, value)) in wanted.settings.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push('(');
+                sql.push_str(&dollar_quoted(name));
+                sql.push_str(", ");
+                sql.push_str(&dollar_quoted(value));
+                sql.push(')');
+            }
+            sql.push_str(") AS w(n, v); ");
+        }
+        if let Some(role) = &wanted.role {
+            sql.push_str("SELECT pg_catalog.set_config('role', ");
+            sql.push_str(&dollar_quoted(role));
+            sql.push_str(", false); ");
+        }
+        sql.push_str(&self.state_query());
+        sql
+    }
+
+    /// Remembers that bringing a connection to these settings failed or did not give them, so
+    /// a session holding any of them keeps its own connection from now on. The role is not
+    /// remembered: setting a role fails for that role (dropped, membership revoked), not for
+    /// every role.
+    pub fn refuse_replay(&self, wanted: &SessionSettings) {
+        let mut refused = self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        refused.extend(wanted.settings.keys().cloned());
+    }
+}
+
+/// The settings and role a client's session holds away from a fresh server connection of its
+/// pool ([`StateWatch::settings_between`]); empty for a session that changed neither.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionSettings {
+    settings: BTreeMap<String, String>,
+    role: Option<String>,
+}
+
+impl SessionSettings {
+    /// Whether the session is as a fresh connection's.
+    pub fn is_empty(&self) -> bool {
+        self.settings.is_empty() && self.role.is_none()
+    }
+
+    /// The setting names, then `role` when the role was changed: for logs.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.settings.keys().map(String::as_str).collect();
+        if self.role.is_some() {
+            names.push("role");
+        }
+        names
+    }
+}
+
+/// `text` as a dollar-quoted literal whose tag does not occur in it.
+fn dollar_quoted(text: &str) -> String {
+    let mut tag = String::from("$s$");
+    let mut n = 0u32;
+    // The first occurrence of the tag after the opening one must be the closing one.
+    while format!("{text}{tag}").find(&tag) != Some(text.len()) {
+        n += 1;
+        tag = format!("$s{n}$");
+    }
+    format!("{tag}{text}{tag}")
 }
 
 type StateKey = (u8, Option<Bytes>);
@@ -181,7 +324,7 @@ fn state_map(rows: &[Vec<Option<Bytes>>]) -> Result<BTreeMap<StateKey, Option<By
         };
         map.insert((kind, name.clone()), value.clone());
     }
-    if !map.keys().any(|(k, _)| *k == b'r') {
+    if map.keys().filter(|(k, _)| *k == b'r').count() != 1 {
         return Err(StateDifference::Unreadable);
     }
     Ok(map)
@@ -237,5 +380,92 @@ mod tests {
         assert!(watch.drops_all_prepared(b"DEALLOCATE ALL"));
         assert!(!watch.drops_all_prepared(b"DEALLOCATE p"));
         assert!(!watch.drops_all_prepared(b"DISCARD TEMP"));
+    }
+
+    fn rows(rows: &[(&str, Option<&str>, Option<&str>)]) -> Vec<Vec<Option<Bytes>>> {
+        rows.iter()
+            .map(|(k, n, v)| {
+                vec![
+                    Some(Bytes::copy_from_slice(k.as_bytes())),
+                    n.map(|n| Bytes::copy_from_slice(n.as_bytes())),
+                    v.map(|v| Bytes::copy_from_slice(v.as_bytes())),
+                ]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn settings_and_role_are_replayed_and_the_rest_pins() {
+        let watch = StateWatch::new();
+        let opened = rows(&[
+            ("r", Some("app"), Some("app")),
+            ("s", Some("DateStyle"), Some("ISO, MDY")),
+            ("t", None, Some("0")),
+            ("c", Some("app.tenant"), None),
+        ]);
+        assert_eq!(watch.settings_between(&opened, &opened), Ok(SessionSettings::default()));
+        let now = rows(&[
+            ("r", Some("reader"), Some("app")),
+            ("s", Some("DateStyle"), Some("German, DMY")),
+            ("s", Some("work_mem"), Some("8192")),
+            ("t", None, Some("0")),
+            ("c", Some("app.tenant"), Some("7")),
+            ("c", Some("app.other"), Some("")),
+        ]);
+        let wanted = watch.settings_between(&opened, &now).expect("replayable");
+        assert_eq!(wanted.names(), ["DateStyle", "app.tenant", "work_mem", "role"]);
+        let sql = watch.replay_query(&wanted);
+        assert!(sql.starts_with("RESET ROLE; RESET ALL; SELECT pg_catalog.set_config(w.n, w.v, false) FROM (VALUES ($s$DateStyle$s$, $s$German, DMY$s$), "), "{sql}");
+        assert!(
+            sql.contains("SELECT pg_catalog.set_config('role', $s$reader$s$, false); SELECT 'r'"),
+            "{sql}"
+        );
+        assert_eq!(watch.same_state(&opened, &now), Err(StateDifference::Role));
+
+        let other_session = rows(&[("r", Some("app"), Some("admin")), ("t", None, Some("0"))]);
+        assert_eq!(watch.settings_between(&opened, &other_session), Err(StateDifference::Role));
+        let temp = rows(&[
+            ("r", Some("app"), Some("app")),
+            ("s", Some("DateStyle"), Some("ISO, MDY")),
+            ("t", None, Some("1")),
+        ]);
+        assert_eq!(watch.settings_between(&opened, &temp), Err(StateDifference::TemporaryObject));
+        let latin = rows(&[
+            ("r", Some("app"), Some("app")),
+            ("s", Some("DateStyle"), Some("ISO, MDY")),
+            ("t", None, Some("0")),
+            ("s", Some("application_name"), Some("caf\u{e9}")),
+        ]);
+        assert_eq!(watch.settings_between(&opened, &latin), Err(StateDifference::Setting));
+        let gone = rows(&[("r", Some("app"), Some("app")), ("t", None, Some("0"))]);
+        assert_eq!(watch.settings_between(&opened, &gone), Err(StateDifference::Setting));
+
+        watch.refuse_replay(&wanted);
+        assert_eq!(watch.settings_between(&opened, &now), Err(StateDifference::Setting));
+        assert!(watch
+            .settings_between(
+                &opened,
+                &rows(&[
+                    ("r", Some("app"), Some("app")),
+                    ("s", Some("DateStyle"), Some("ISO, MDY")),
+                    ("t", None, Some("0")),
+                    ("s", Some("statement_timeout"), Some("5"))
+                ])
+            )
+            .is_ok());
+        assert_eq!(watch.settings_between(&rows(&[]), &opened), Err(StateDifference::Unreadable));
+    }
+
+    #[test]
+    fn dollar_quotes_never_end_early() {
+        for text in ["", "plain", "$s$", "a$s", "$s1$ and $s$", "ends with $", "$"] {
+            let quoted = dollar_quoted(text);
+            let tag_end = quoted[1..].find('$').expect("tag") + 2;
+            let tag = &quoted[..tag_end];
+            assert!(quoted.ends_with(tag), "{quoted}");
+            let inner = &quoted[tag_end..quoted.len() - tag.len()];
+            assert_eq!(inner, text);
+            assert!(!format!("{inner}{tag}")[..inner.len() + tag.len() - 1].contains(tag), "{quoted}");
+        }
     }
 }

@@ -66,6 +66,8 @@ struct Link {
     /// Rows of the state read in flight.
     check_rows: Vec<Vec<Option<Bytes>>>,
     check_failed: bool,
+    /// The server's message for the first error of the read in flight.
+    check_error: Option<String>,
     /// The connection must not be shared again (a statement's plan went stale after DDL).
     close_after: bool,
     from_client: BytesMut,
@@ -75,6 +77,15 @@ struct Link {
     refusing: Option<Bytes>,
     /// A Bind of a statement dropping every prepared statement is being sent.
     forget_prepared_on_server: bool,
+    /// The settings and role this client's session holds away from a fresh connection's: any
+    /// connection it is linked to is brought to them first.
+    wanted: Arc<strata::SessionSettings>,
+    /// The settings the linked connection is being brought to; the client's messages wait.
+    replaying: Option<Arc<strata::SessionSettings>>,
+    /// The client message that caused the checkout, sent once the replay is confirmed.
+    held: Option<(u8, Bytes)>,
+    /// Why the client's session cannot go on (a replay failed).
+    fatal: Option<String>,
 }
 
 enum Event {
@@ -158,12 +169,17 @@ pub(crate) async fn run_link(
         needs_check: false,
         check_rows: Vec::new(),
         check_failed: false,
+        check_error: None,
         close_after: false,
         from_client: BytesMut::with_capacity(8192),
         to_client: BytesMut::with_capacity(8192),
         to_server: BytesMut::with_capacity(8192),
         refusing: None,
         forget_prepared_on_server: false,
+        wanted: Arc::default(),
+        replaying: None,
+        held: None,
+        fatal: None,
     };
     let end = link.run(&mut rd, &mut wr).await;
     link.finish(end, &mut wr).await;
@@ -173,8 +189,16 @@ impl Link {
     async fn run(&mut self, rd: &mut PipeRead<DuplexStream>, wr: &mut PipeWrite<DuplexStream>) -> End {
         let max = self.shared.config.max_message_bytes + 5;
         loop {
-            // Whole client messages first: each may need a server connection.
+            // Whole client messages first: each may need a server connection. While a
+            // connection is being brought to the session's settings, they wait.
             loop {
+                if self.replaying.is_some() {
+                    break;
+                }
+                if let Some((tag, message)) = self.held.take() {
+                    self.client_message(tag, message);
+                    continue;
+                }
                 let message = match take_message(&mut self.from_client, max) {
                     Ok(m) => m,
                     Err(e) => {
@@ -199,7 +223,7 @@ impl Link {
                         return End::Client;
                     }
                     self.to_client.clear();
-                    match self.pool.checkout(&self.shared.config, &self.pools).await {
+                    match self.pool.checkout(&self.shared.config, &self.pools, &self.wanted).await {
                         Ok(c) => self.link(c),
                         Err(e) => {
                             self.refused(&e);
@@ -208,19 +232,24 @@ impl Link {
                         }
                     }
                 }
+                if self.replaying.is_some() {
+                    self.held = Some((tag, message));
+                    break;
+                }
                 self.client_message(tag, message);
             }
             if self.settle() {
                 continue;
             }
             let event = {
-                let Link { linked, from_client, to_client, to_server, .. } = self;
+                let Link { linked, from_client, to_client, to_server, replaying, .. } = self;
+                let replaying = replaying.is_some();
                 match linked {
                     Some(checkout) => {
                         let server = checkout.server();
                         tokio::select! {
                             // A message larger than the high-water mark is read whole before it goes on.
-                            r = rd.read_buf(from_client), if to_server.len() < HIGH_WATER => Event::ClientRead(r),
+                            r = rd.read_buf(from_client), if to_server.len() < HIGH_WATER && !replaying => Event::ClientRead(r),
                             r = server.rd.read_buf(&mut server.rbuf), if to_client.len() < HIGH_WATER => Event::ServerRead(r),
                             r = server.wr.write(to_server), if !to_server.is_empty() => Event::ServerWrote(r),
                             r = wr.write(to_client), if !to_client.is_empty() => Event::ClientWrote(r),
@@ -258,6 +287,9 @@ impl Link {
                 }
                 Event::ServerRead(Ok(_)) => {
                     if let Err(e) = self.server_messages() {
+                        if let Some(message) = self.fatal.take() {
+                            return self.server_failed(&message, "replay_failed");
+                        }
                         return self.server_lost(&format!("strata-proxy: server protocol error: {e}"));
                     }
                 }
@@ -265,9 +297,26 @@ impl Link {
         }
     }
 
+    /// Takes a checked-out connection; one holding other settings than the client's session
+    /// is brought to them first (one round trip, confirmed by reading the state back before any
+    /// message of the client goes out).
     fn link(&mut self, mut checkout: Checkout) {
         let server = checkout.server();
         *super::lock(&self.cancel.server) = Some(server.key);
+        if *server.applied != *self.wanted {
+            let sql = self.pools.watch.replay_query(&self.wanted);
+            let mut body = Vec::with_capacity(sql.len() + 1);
+            body.extend_from_slice(sql.as_bytes());
+            body.push(0);
+            self.to_server.extend_from_slice(&frame(b'Q', &body));
+            self.expect.push_back(Expect::Sync { check: true });
+            self.check_rows.clear();
+            self.check_failed = false;
+            self.check_error = None;
+            // A simple query replaces the unnamed statement.
+            server.unnamed = None;
+            self.replaying = Some(self.wanted.clone());
+        }
         self.status = b'I';
         self.linked = Some(checkout);
     }
@@ -310,6 +359,7 @@ impl Link {
             self.needs_check = false;
             self.check_rows.clear();
             self.check_failed = false;
+            self.check_error = None;
             let sql = self.pools.watch.state_query();
             let mut body = Vec::with_capacity(sql.len() + 1);
             body.extend_from_slice(sql.as_bytes());
@@ -336,9 +386,14 @@ impl Link {
     }
 
     fn server_lost(&mut self, message: &str) -> End {
+        self.server_failed(message, "lost")
+    }
+
+    /// Ends the client's session with a FATAL error and closes its connection.
+    fn server_failed(&mut self, message: &str, reason: &'static str) -> End {
         self.to_client.extend_from_slice(&error_response(Severity::Fatal, "08006", message));
         if let Some(c) = self.unlink() {
-            c.close("lost", &self.pools);
+            c.close(reason, &self.pools);
         }
         End::Server
     }
@@ -772,20 +827,61 @@ impl Link {
     /// A message answering the link's own state read.
     fn check_message(&mut self, tag: u8, message: &[u8]) -> Result<(), String> {
         match tag {
+            // A replay's set_config results come before the state read's rows.
+            b'T' => self.check_rows.clear(),
             b'D' => self.check_rows.push(data_row(message)?),
-            b'E' => self.check_failed = true,
+            b'E' => {
+                if self.check_error.is_none() {
+                    self.check_error = crate::protocol::error_message(&message[5..]);
+                }
+                self.check_failed = true;
+            }
             b'Z' => {
                 self.expect.pop_front();
                 self.status = *message.get(5).ok_or("a short ReadyForQuery")?;
                 let rows = std::mem::take(&mut self.check_rows);
                 let outcome = match &mut self.linked {
-                    Some(c) if !self.check_failed => self.pools.watch.same_state(&c.server().baseline, &rows),
+                    Some(c) if !self.check_failed => {
+                        self.pools.watch.settings_between(&c.server().baseline, &rows)
+                    }
                     _ => Err(strata::StateDifference::Unreadable),
                 };
+                let error = self.check_error.take();
                 let metrics = self.pools.metrics();
+                if let Some(target) = self.replaying.take() {
+                    return match outcome {
+                        Ok(got) if got == *target && self.status == b'I' => {
+                            metrics.replays.with_label_values(&["ok"]).inc();
+                            if let Some(c) = &mut self.linked {
+                                c.server().applied = target;
+                            }
+                            Ok(())
+                        }
+                        _ => {
+                            metrics.replays.with_label_values(&["failed"]).inc();
+                            self.pools.watch.refuse_replay(&target);
+                            let names = target.names().join(", ");
+                            let why = error.unwrap_or_else(|| "the settings read back differ".to_owned());
+                            info!(client = self.client, settings = %names, error = %why, "session settings could not be replayed");
+                            self.fatal = Some(format!(
+                                "strata-proxy could not bring a pooled server connection to this session's settings ({names}): {why}"
+                            ));
+                            Err("replay failed".to_owned())
+                        }
+                    };
+                }
                 match outcome {
-                    Ok(()) => {
-                        metrics.state_checks.with_label_values(&["same"]).inc();
+                    Ok(wanted) => {
+                        metrics
+                            .state_checks
+                            .with_label_values(&[if wanted.is_empty() { "same" } else { "replayable" }])
+                            .inc();
+                        if *self.wanted != wanted {
+                            self.wanted = Arc::new(wanted);
+                        }
+                        if let Some(c) = &mut self.linked {
+                            c.server().applied = self.wanted.clone();
+                        }
                         if self.pinned.take().is_some() {
                             debug!(
                                 client = self.client,

@@ -135,6 +135,85 @@ async fn settings_never_leak_and_a_client_keeps_its_own() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_and_roles_are_replayed_on_one_shared_connection() {
+    let db = "strata_pool_replay";
+    fresh_database(db).await;
+    admin(db)
+        .await
+        .batch_execute(
+            "CREATE SCHEMA other;
+             DO $$ BEGIN CREATE ROLE strata_replay_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             DO $$ BEGIN CREATE ROLE strata_replay_gone; EXCEPTION WHEN duplicate_object THEN NULL; END $$;",
+        )
+        .await
+        .expect("setup");
+    // One server connection and a short pool timeout: a client pinned by its settings would
+    // make the other's requests fail with 53300.
+    let proxy = start_proxy(|b| pooled(1)(b).with_pool_timeout(Duration::from_secs(3))).await;
+    let port = proxy.port();
+    let a = client(port, db).await;
+    let b = client(port, db).await;
+    let c = client(port, db).await;
+    let pid = text(&c, "SELECT pg_backend_pid()").await;
+    let default_path = text(&c, "SHOW search_path").await;
+    a.batch_execute(
+        "SET search_path = other, public; SET statement_timeout = '7s'; SET app.tenant = 'a'; \
+         SET DateStyle = 'German, DMY'; SET ROLE strata_replay_reader",
+    )
+    .await
+    .expect("a sets");
+    b.batch_execute("SET work_mem = '9MB'; SELECT set_config('app.tenant', 'it''s $s$ b', false)")
+        .await
+        .expect("b sets");
+    for _ in 0..10 {
+        assert_eq!(text(&a, "SHOW search_path").await, "other, public");
+        assert_eq!(text(&a, "SHOW statement_timeout").await, "7s");
+        assert_eq!(text(&a, "SELECT current_setting('app.tenant')").await, "a");
+        assert_eq!(text(&a, "SELECT '2026-12-06'::date::text").await, "06.12.2026");
+        assert_eq!(text(&a, "SELECT current_user").await, "strata_replay_reader");
+        assert_eq!(text(&b, "SHOW work_mem").await, "9MB");
+        assert_eq!(text(&b, "SELECT current_setting('app.tenant')").await, "it's $s$ b");
+        assert_eq!(text(&b, "SHOW statement_timeout").await, "0");
+        assert_eq!(text(&b, "SELECT current_user").await, "postgres");
+        assert_eq!(text(&c, "SHOW search_path").await, default_path);
+        assert_eq!(text(&c, "SHOW work_mem").await, "4MB");
+        assert_eq!(text(&c, "SELECT '2026-12-06'::date::text").await, "2026-12-06");
+        assert_eq!(
+            text(&c, "SELECT coalesce(nullif(current_setting('app.tenant', true), ''), 'unset')").await,
+            "unset"
+        );
+        // Every client ran on the one server connection.
+        assert_eq!(text(&a, "SELECT pg_backend_pid()").await, pid);
+        assert_eq!(text(&b, "SELECT pg_backend_pid()").await, pid);
+    }
+    // Inside a transaction the replayed state holds, and a client's change made there is kept.
+    let rows = a
+        .simple_query("BEGIN; SET statement_timeout = '8s'; SELECT current_setting('app.tenant'); COMMIT")
+        .await
+        .expect("transaction");
+    assert!(rows
+        .iter()
+        .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("a"))));
+    assert_eq!(text(&c, "SHOW statement_timeout").await, "0");
+    assert_eq!(text(&a, "SHOW statement_timeout").await, "8s");
+    // RESET ALL and RESET ROLE bring a client back to the fresh state.
+    b.batch_execute("RESET ALL").await.expect("reset");
+    assert_eq!(text(&b, "SHOW work_mem").await, "4MB");
+    // A role that cannot be set again (dropped meanwhile) ends that session with an error
+    // that says so; nobody else is affected, and nothing runs with the wrong role.
+    let d = client(port, db).await;
+    d.batch_execute("SET ROLE strata_replay_gone").await.expect("set role");
+    assert_eq!(text(&c, "SELECT current_user").await, "postgres");
+    admin(db).await.batch_execute("DROP ROLE strata_replay_gone").await.expect("drop role");
+    let err = d.simple_query("SELECT current_user").await.expect_err("the role is gone");
+    let message = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_else(|| err.to_string());
+    assert!(message.contains("could not bring a pooled server connection"), "{message}");
+    assert_eq!(text(&c, "SELECT current_user").await, "postgres");
+    assert_eq!(text(&a, "SELECT current_user").await, "strata_replay_reader");
+    proxy.shutdown.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_state_pins_the_client_to_its_connection() {
     let db = "strata_pool_pins";
     fresh_database(db).await;
