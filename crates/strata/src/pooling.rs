@@ -108,6 +108,21 @@ impl StateWatch {
         })
     }
 
+    /// The statement name a text made of one `DEALLOCATE [PREPARE] name` drops (as the server
+    /// reads it: an unquoted name folded to lower case); `None` for anything else. A pool that
+    /// renames protocol-level statements rewrites it to the name it gave the statement.
+    pub fn deallocates(&self, sql: &[u8]) -> Option<String> {
+        let analysis = self.normalizer.analyze_bytes(sql);
+        if analysis.statements().len() != 1 {
+            return None;
+        }
+        let mut effects = analysis.session_effects();
+        match (effects.next(), effects.next()) {
+            (Some(SessionEffect::Deallocate(Some(name))), None) => Some(name.to_string()),
+            _ => None,
+        }
+    }
+
     /// The query reading a session's state: role and session user, every setting `pg_settings`
     /// shows away from its built-in default, each custom setting name seen so far, temporary
     /// relations, SQL-level prepared statements, holdable cursors, channels listened to and
@@ -380,6 +395,12 @@ mod tests {
         assert!(watch.drops_all_prepared(b"DEALLOCATE ALL"));
         assert!(!watch.drops_all_prepared(b"DEALLOCATE p"));
         assert!(!watch.drops_all_prepared(b"DISCARD TEMP"));
+        assert_eq!(watch.deallocates(b"DEALLOCATE _pg3_0").as_deref(), Some("_pg3_0"));
+        assert_eq!(watch.deallocates(b"deallocate prepare \"S_1\"").as_deref(), Some("S_1"));
+        assert_eq!(watch.deallocates(b"DEALLOCATE Foo").as_deref(), Some("foo"));
+        assert_eq!(watch.deallocates(b"DEALLOCATE ALL"), None);
+        assert_eq!(watch.deallocates(b"DEALLOCATE a; DEALLOCATE b"), None);
+        assert_eq!(watch.deallocates(b"SELECT 1"), None);
     }
 
     fn rows(rows: &[(&str, Option<&str>, Option<&str>)]) -> Vec<Vec<Option<Bytes>>> {

@@ -435,6 +435,17 @@ impl Link {
                 true
             }
             b'H' => true,
+            b'Q' => {
+                let sql = cstr_body(message);
+                match self.deallocate(sql, true) {
+                    Deallocate::Local => {
+                        self.to_client.extend_from_slice(&frame(b'C', b"DEALLOCATE\0"));
+                        self.to_client.extend_from_slice(&frame(b'Z', b"I"));
+                        true
+                    }
+                    _ => false,
+                }
+            }
             b'C' => {
                 let mut r = Reader::new(&message[5..], "Close");
                 if let (Ok(b'S'), Ok(name)) = (r.u8(), r.cbytes()) {
@@ -485,6 +496,25 @@ impl Link {
         match tag {
             b'Q' => {
                 let sql = cstr_body(&message);
+                match self.deallocate(sql, true) {
+                    Deallocate::NotOurs => {}
+                    Deallocate::Local => {
+                        self.to_client.extend_from_slice(&frame(b'C', b"DEALLOCATE\0"));
+                        self.to_client.extend_from_slice(&frame(b'Z', &[self.status]));
+                        return;
+                    }
+                    Deallocate::Rewritten(renamed) => {
+                        // The statement under the name the server knows it by.
+                        self.pending_syncs += 1;
+                        self.since_sync = false;
+                        self.expect.push_back(Expect::Sync { check: false });
+                        if let Some(c) = &mut self.linked {
+                            c.server().unnamed = None;
+                        }
+                        self.to_server.extend_from_slice(&frame(b'Q', &renamed));
+                        return;
+                    }
+                }
                 self.needs_check |= self.pools.watch.may_change_session(sql);
                 if self.pools.watch.drops_all_prepared(sql) {
                     // The client's statements go, and so does everything prepared on this
@@ -547,21 +577,24 @@ impl Link {
             return;
         };
         let rest_at = message.len() - r.remaining();
+        if name.is_empty() {
+            if let Deallocate::Rewritten(renamed) = self.deallocate(sql, false) {
+                // `DEALLOCATE name` as an unnamed statement: under the name the server knows.
+                let mut body = Vec::with_capacity(message.len() + 32);
+                body.push(0);
+                body.extend_from_slice(&renamed);
+                body.extend_from_slice(&message[rest_at..]);
+                let message = frame(b'P', &body);
+                let sql_len = renamed.len() - 1;
+                return self.parse_unnamed(message, 5 + 1 + sql_len + 1, sql_len, false, false);
+            }
+            let may_change = self.pools.watch.may_change_session(sql);
+            let drops_all = self.pools.watch.drops_all_prepared(sql);
+            let sql_len = sql.len();
+            return self.parse_unnamed(message, rest_at, sql_len, may_change, drops_all);
+        }
         let may_change = self.pools.watch.may_change_session(sql);
         let drops_all = self.pools.watch.drops_all_prepared(sql);
-        if name.is_empty() {
-            self.unnamed_generation += 1;
-            self.unnamed =
-                Some(Statement { server_name: String::new(), parse: message.clone(), may_change, drops_all });
-            let (client, generation) = (self.client, self.unnamed_generation);
-            if let Some(c) = &mut self.linked {
-                c.server().unnamed = Some((client, generation));
-            }
-            let key = message.slice(rest_at - sql.len() - 1..);
-            self.expect.push_back(Expect::Parse { name: None, injected: false, key: Some(key) });
-            self.to_server.extend_from_slice(&message);
-            return;
-        }
         if let Some(existing) = self.statements.get(name) {
             // PostgreSQL refuses a second Parse of a name in use: make sure the server has the
             // first, so that it does.
@@ -589,6 +622,59 @@ impl Link {
         self.statements
             .insert(name.to_vec(), Statement { server_name, parse: renamed, may_change, drops_all });
         self.evict();
+    }
+
+    /// Sends a Parse of the unnamed statement (`rest_at`: where the parameter types start in the
+    /// message; `sql_len`: the text's length before it).
+    fn parse_unnamed(
+        &mut self,
+        message: Bytes,
+        rest_at: usize,
+        sql_len: usize,
+        may_change: bool,
+        drops_all: bool,
+    ) {
+        self.unnamed_generation += 1;
+        self.unnamed =
+            Some(Statement { server_name: String::new(), parse: message.clone(), may_change, drops_all });
+        let (client, generation) = (self.client, self.unnamed_generation);
+        if let Some(c) = &mut self.linked {
+            c.server().unnamed = Some((client, generation));
+        }
+        let key = message.slice(rest_at - sql_len - 1..);
+        self.expect.push_back(Expect::Parse { name: None, injected: false, key: Some(key) });
+        self.to_server.extend_from_slice(&message);
+    }
+
+    /// A text of one `DEALLOCATE name` naming one of the client's protocol-level statements:
+    /// the server knows it under the link's name. Rewritten to that name when the linked server
+    /// has it (or, in the extended protocol, once it is prepared there again); answered by the
+    /// link when no server has to be asked (no connection, or nothing in flight on it);
+    /// otherwise left to the server.
+    fn deallocate(&mut self, sql: &[u8], simple: bool) -> Deallocate {
+        if self.statements.is_empty() {
+            return Deallocate::NotOurs;
+        }
+        let Some(name) = self.pools.watch.deallocates(sql) else { return Deallocate::NotOurs };
+        let Some(statement) = self.statements.get(name.as_bytes()) else { return Deallocate::NotOurs };
+        let server_name = statement.server_name.clone();
+        let at_rest = self.expect.is_empty() && self.to_server.is_empty() && self.status != b'E';
+        let on_server = self.linked.as_mut().map(|c| c.server().prepared.contains_key(&server_name));
+        let outcome = match on_server {
+            Some(true) => Deallocate::Rewritten(deallocate_text(&server_name)),
+            Some(false) if !simple => {
+                self.ensure_prepared(name.as_bytes());
+                Deallocate::Rewritten(deallocate_text(&server_name))
+            }
+            Some(false) if at_rest => Deallocate::Local,
+            None => Deallocate::Local,
+            Some(false) => return Deallocate::NotOurs,
+        };
+        self.statements.remove(name.as_bytes());
+        if let Some(c) = &mut self.linked {
+            c.server().prepared.remove(&server_name);
+        }
+        outcome
     }
 
     /// Prepares a client statement on the linked server if it lacks it (the ParseComplete goes
@@ -908,6 +994,21 @@ impl Link {
         }
         Ok(())
     }
+}
+
+/// What becomes of a client's `DEALLOCATE name`.
+enum Deallocate {
+    /// Not one of the client's protocol-level statements (or it must go as it is).
+    NotOurs,
+    /// The link answers it.
+    Local,
+    /// This text (NUL-terminated) goes to the server instead.
+    Rewritten(Vec<u8>),
+}
+
+/// `DEALLOCATE "name"` for a name the link made (letters, digits, underscores), NUL-terminated.
+fn deallocate_text(server_name: &str) -> Vec<u8> {
+    format!("DEALLOCATE \"{server_name}\"\0").into_bytes()
 }
 
 /// The text of a message whose body is one C string (Query).

@@ -552,3 +552,87 @@ async fn discard_all_by_one_client_leaves_the_others_statements_working() {
     assert_eq!(b.query_one(&sb, &[&1i32]).await.expect("b").get::<_, i32>(0), 3);
     proxy.shutdown.shutdown();
 }
+
+/// Parse of a named statement, then Sync; the tags of the answer.
+async fn prepare_named(c: &mut RawClient, name: &str, sql: &str) -> Vec<u8> {
+    let mut parse = cstr(name);
+    parse.extend(cstr(sql));
+    parse.extend_from_slice(&0i16.to_be_bytes());
+    let mut bytes = message(b'P', &parse);
+    bytes.extend(message(b'S', &[]));
+    c.send(&bytes).await;
+    c.read_until_ready().await.into_iter().map(|m| m.0).collect()
+}
+
+/// Bind of a named statement with one text parameter, Execute, Sync: the first column of the
+/// row, or the SQLSTATE of the error.
+async fn run_named(c: &mut RawClient, name: &str, param: &str) -> Result<String, String> {
+    let mut bind = cstr("");
+    bind.extend(cstr(name));
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    bind.extend_from_slice(&1i16.to_be_bytes());
+    bind.extend_from_slice(&(param.len() as i32).to_be_bytes());
+    bind.extend_from_slice(param.as_bytes());
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    let mut execute = cstr("");
+    execute.extend_from_slice(&0i32.to_be_bytes());
+    let mut bytes = message(b'B', &bind);
+    bytes.extend(message(b'E', &execute));
+    bytes.extend(message(b'S', &[]));
+    c.send(&bytes).await;
+    let answer = c.read_until_ready().await;
+    if let Some((_, body)) = answer.iter().find(|m| m.0 == b'E') {
+        return Err(sqlstate(body));
+    }
+    let row = answer.iter().find(|m| m.0 == b'D').ok_or_else(|| format!("no row in {answer:?}"))?;
+    let len = i32::from_be_bytes([row.1[2], row.1[3], row.1[4], row.1[5]]) as usize;
+    Ok(String::from_utf8_lossy(&row.1[6..6 + len]).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deallocate_by_name_drops_the_clients_protocol_statement() {
+    let db = "strata_pool_deallocate";
+    fresh_database(db).await;
+    let proxy = start_proxy(pooled(2)).await;
+    let port = proxy.port();
+    let (mut a, _) = RawClient::startup(port, "postgres", db).await;
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(client(port, db).await);
+    }
+    for (name, n) in [("first", 1), ("second", 2), ("third", 3)] {
+        let tags = prepare_named(&mut a, name, &format!("SELECT ($1::int + {n})::text")).await;
+        assert_eq!(tags, [b'1', b'Z'], "{name}");
+    }
+    assert_eq!(run_named(&mut a, "first", "1").await, Ok("2".to_owned()));
+    // Other clients move the connections around, so a name lands on a connection that may or
+    // may not have the statement.
+    for c in &others {
+        assert_eq!(text(c, "SELECT 1").await, "1");
+    }
+    // libpq's PQexec: a simple query.
+    let answer = a.query("DEALLOCATE first").await;
+    assert_eq!(answer.iter().map(|m| m.0).collect::<Vec<_>>(), [b'C', b'Z'], "{answer:?}");
+    assert_eq!(answer[0].1, b"DEALLOCATE\0");
+    // psycopg 3's form: an unnamed statement in the extended protocol.
+    let mut bytes = parse_bind_execute("DEALLOCATE PREPARE second", &[]);
+    bytes.extend(message(b'S', &[]));
+    a.send(&bytes).await;
+    let answer = a.read_until_ready().await;
+    assert!(answer.iter().any(|m| m.0 == b'C' && m.1 == b"DEALLOCATE\0"), "{answer:?}");
+    assert!(!answer.iter().any(|m| m.0 == b'E'), "{answer:?}");
+    assert_eq!(run_named(&mut a, "first", "1").await, Err("26000".to_owned()));
+    assert_eq!(run_named(&mut a, "second", "1").await, Err("26000".to_owned()));
+    // The others are untouched, a name nobody prepared still gets the server's error, and a
+    // dropped name can be prepared again.
+    assert_eq!(run_named(&mut a, "third", "1").await, Ok("4".to_owned()));
+    let answer = a.query("DEALLOCATE never_prepared").await;
+    assert!(answer.iter().any(|m| m.0 == b'E' && sqlstate(&m.1) == "26000"), "{answer:?}");
+    for c in &others {
+        assert_eq!(text(c, "SELECT 2").await, "2");
+    }
+    assert_eq!(prepare_named(&mut a, "first", "SELECT ($1::int * 10)::text").await, [b'1', b'Z']);
+    assert_eq!(run_named(&mut a, "first", "3").await, Ok("30".to_owned()));
+    assert_eq!(run_named(&mut a, "third", "2").await, Ok("5".to_owned()));
+    proxy.shutdown.shutdown();
+}
