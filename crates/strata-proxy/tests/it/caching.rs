@@ -10,10 +10,25 @@ use crate::support::*;
 
 /// A proxy with the cache on (L1 and the embedded L2), and the cache to read counters from.
 async fn caching_proxy() -> (TestProxy, Arc<StrataCache>) {
+    caching_proxy_in(None).await
+}
+
+/// A caching proxy, in transaction pooling mode over `pool` server connections when given.
+async fn caching_proxy_in(pool: Option<usize>) -> (TestProxy, Arc<StrataCache>) {
     let settings = CacheSettings::default();
     let cache =
         Arc::new(StrataCache::new(build_query_cache(&settings).await.expect("cache")).expect("strata cache"));
-    let proxy = start_proxy(|b| b.with_cache(cache.clone())).await;
+    let proxy = start_proxy(|b| {
+        let b = b.with_cache(cache.clone());
+        match pool {
+            Some(size) => b
+                .with_pool_mode(strata_proxy::PoolMode::Transaction)
+                .with_pool_size(size)
+                .with_auth_type(strata_proxy::AuthType::Trust),
+            None => b,
+        }
+    })
+    .await;
     (proxy, cache)
 }
 
@@ -141,14 +156,24 @@ async fn simple_value(c: &tokio_postgres::Client) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_client_reads_its_own_and_others_committed_writes_and_rollbacks_change_nothing() {
-    let db = "strata_cache_ryw";
+    read_your_writes("strata_cache_ryw", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_holds_in_transaction_pooling() {
+    // Two server connections for two clients: each request or transaction takes whichever is
+    // free (one client's open transaction holds one, so the other's reads still run).
+    read_your_writes("strata_cache_ryw_pooled", Some(2)).await;
+}
+
+async fn read_your_writes(db: &str, pool: Option<usize>) {
     fresh_database(db).await;
     admin(db)
         .await
         .batch_execute("CREATE TABLE kv (k int PRIMARY KEY, v text); INSERT INTO kv VALUES (1, 'v0')")
         .await
         .unwrap();
-    let (proxy, cache) = caching_proxy().await;
+    let (proxy, cache) = caching_proxy_in(pool).await;
     let a = connect(proxy.port(), "postgres", db, None).await.unwrap();
     let mut b = connect(proxy.port(), "postgres", db, None).await.unwrap();
 
@@ -189,7 +214,17 @@ async fn every_client_reads_its_own_and_others_committed_writes_and_rollbacks_ch
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_roles_and_search_paths_never_see_each_others_rows_also_from_cache() {
-    let db = "strata_cache_isolation";
+    isolation("strata_cache_isolation", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_roles_and_search_paths_stay_apart_in_transaction_pooling() {
+    // Two server connections per pool for four sessions of one user with their own settings:
+    // each transaction runs on a connection brought to its session's settings.
+    isolation("strata_cache_isolation_pooled", Some(2)).await;
+}
+
+async fn isolation(db: &str, pool: Option<usize>) {
     fresh_database(db).await;
     let a = admin(db).await;
     a.batch_execute(
@@ -211,7 +246,7 @@ async fn tenants_roles_and_search_paths_never_see_each_others_rows_also_from_cac
     )
     .await
     .unwrap();
-    let (proxy, cache) = caching_proxy().await;
+    let (proxy, cache) = caching_proxy_in(pool).await;
     let tenant_a = connect(proxy.port(), "strata_tenant_app", db, None).await.unwrap();
     let tenant_b = connect(proxy.port(), "strata_tenant_app", db, None).await.unwrap();
     tenant_a.batch_execute("SET app.tenant_id = 'a'").await.unwrap();

@@ -8,7 +8,10 @@ use std::{sync::Arc, time::Duration};
 use strata_proxy::{build_query_cache, AuthType, CacheSettings, PoolMode, ProxyBuilder, StrataCache};
 use tokio_postgres::{Client, NoTls};
 
-use crate::{differential::pgbench, support::*};
+use crate::{
+    differential::{extended_workload, pgbench, transaction_workload},
+    support::*,
+};
 
 fn pooled(size: usize) -> impl FnOnce(ProxyBuilder) -> ProxyBuilder {
     move |b| {
@@ -634,5 +637,74 @@ async fn deallocate_by_name_drops_the_clients_protocol_statement() {
     assert_eq!(prepare_named(&mut a, "first", "SELECT ($1::int * 10)::text").await, [b'1', b'Z']);
     assert_eq!(run_named(&mut a, "first", "3").await, Ok("30".to_owned()));
     assert_eq!(run_named(&mut a, "third", "2").await, Ok("5".to_owned()));
+    proxy.shutdown.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_and_simple_protocol_answers_equal_postgresqls_in_transaction_pooling() {
+    let db = "strata_pool_differential";
+    fresh_database(db).await;
+    let settings = CacheSettings::default();
+    let cache =
+        Arc::new(StrataCache::new(build_query_cache(&settings).await.expect("cache")).expect("strata cache"));
+    let proxy = start_proxy(|b| pooled(2)(b).with_cache(cache.clone())).await;
+    // Clients that keep moving the two connections between the workload's transactions.
+    let movers: Vec<Client> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(client(proxy.port(), db).await);
+        }
+        v
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for c in &movers {
+                    c.batch_execute("SET work_mem = '5MB'; SELECT 1").await.expect("mover");
+                }
+            }
+        })
+    };
+    let mut direct = connect(pg().port(), "postgres", db, None).await.expect("direct");
+    let mut pooled_client = client(proxy.port(), db).await;
+    let want = extended_workload(&direct).await;
+    let got = extended_workload(&pooled_client).await;
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "statement {i} differs");
+    }
+    let want = transaction_workload(&mut direct).await;
+    let got = transaction_workload(&mut pooled_client).await;
+    assert_eq!(got, want);
+    let script = [
+        ("SELECT 1 AS one, 'two'::text AS two", b'I'),
+        ("BEGIN", b'T'),
+        ("SELECT generate_series(1, 3)", b'T'),
+        ("SELECT 1/0", b'E'),
+        ("SELECT 1", b'E'),
+        ("ROLLBACK", b'I'),
+        ("BEGIN; SELECT 1; COMMIT", b'I'),
+        ("BEGIN; SELECT 1", b'T'),
+        ("COMMIT", b'I'),
+        ("", b'I'),
+        ("SHOW work_mem", b'I'),
+    ];
+    let (mut direct, _) = RawClient::startup(pg().port(), "postgres", db).await;
+    let (mut proxied, startup) = RawClient::startup(proxy.port(), "postgres", db).await;
+    assert!(startup.iter().any(|(t, _)| *t == b'K'), "BackendKeyData");
+    for (sql, status) in script {
+        let want = direct.query(sql).await;
+        let got = proxied.query(sql).await;
+        assert_eq!(got, want, "response to {sql:?}");
+        assert_eq!(
+            got.last().map(|(t, b)| (*t, b.clone())),
+            Some((b'Z', vec![status])),
+            "status after {sql:?}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churn.await.expect("churn");
     proxy.shutdown.shutdown();
 }
