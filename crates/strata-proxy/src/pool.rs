@@ -541,9 +541,16 @@ impl Pool {
 
 /// Whether an idle connection is still open and silent (a server that ended it sent an error
 /// and closed; anything to read on an idle connection means it is unusable). One poll, no wait.
+/// (A zero timeout would wait for the timer's next tick, about a millisecond, on every checkout.)
 async fn alive(server: &mut Server) -> bool {
     let mut probe = [0u8; 1];
-    timeout(Duration::ZERO, server.rd.read(&mut probe)).await.is_err()
+    std::future::poll_fn(|cx| {
+        let mut buf = tokio::io::ReadBuf::new(&mut probe);
+        // Pending: nothing to read, the connection is open. Anything else (bytes, end of
+        // stream, an error) makes it unusable.
+        std::task::Poll::Ready(std::pin::Pin::new(&mut server.rd).poll_read(cx, &mut buf).is_pending())
+    })
+    .await
 }
 
 /// A StartupMessage for protocol 3.0 with these parameters.
