@@ -2,6 +2,7 @@
 //! query cache, driven by the same pgbench workloads in one run on one machine, written to
 //! BENCHMARKS.md with a plot.
 
+pub(crate) mod pool;
 mod report;
 mod section;
 pub(crate) mod semantic;
@@ -464,13 +465,14 @@ pub(crate) fn run(args: &[String], interrupted: &Interrupted) -> Result<ExitCode
             plot: plotted.then_some(png_name.as_str()),
         },
     );
-    // Sections other benches own (`bench wal`, `tls`, `semantic`) are kept.
+    // Sections other benches own (`bench wal`, `tls`, `pool`, `semantic`) are kept.
     let kept = std::fs::read_to_string(&options.out)
         .map(|old| {
             format!(
-                "{}{}{}",
+                "{}{}{}{}",
                 wal::kept_section(&old),
                 section::kept(&old, "tls"),
+                section::kept(&old, "pool"),
                 section::kept(&old, "semantic")
             )
         })

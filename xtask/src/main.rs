@@ -33,6 +33,8 @@ commands:
                    1,000 direct commits/s, and pgbench -N throughput with the stream on and off
   bench tls        pgbench -S through strata-proxy with TLS on the client or upstream leg against
                    plain TCP, and a Unix-socket upstream against TCP, in one run
+  bench pool       transaction pooling: strata-proxy (relay and cache) against PgBouncer's transaction
+                   mode and direct PostgreSQL, pgbench -S and zipfian reads at 100 and 1,000 clients
   bench semantic   embedding one question with all-MiniLM-L6-v2 and with n-grams, and an answer from
                    the semantic tier through strata-proxy end to end, with each embedder
   services         start the throwaway servers, print their variables, and wait for Ctrl-C
@@ -59,6 +61,7 @@ fn run() -> Result<ExitCode> {
         "bench" if rest.first().is_some_and(|a| a == "e2e") => e2e::run(&rest[1..], &interrupted),
         "bench" if rest.first().is_some_and(|a| a == "wal") => e2e::wal::run(&rest[1..], &interrupted),
         "bench" if rest.first().is_some_and(|a| a == "tls") => e2e::tls::run(&rest[1..], &interrupted),
+        "bench" if rest.first().is_some_and(|a| a == "pool") => e2e::pool::run(&rest[1..], &interrupted),
         "bench" if rest.first().is_some_and(|a| a == "semantic") => {
             e2e::semantic::run(&rest[1..], &interrupted)
         }
