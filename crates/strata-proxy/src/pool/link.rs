@@ -29,6 +29,18 @@ struct Statement {
     may_change: bool,
     /// Whether running it drops every prepared statement (`DISCARD ALL`, `DEALLOCATE ALL`).
     drops_all: bool,
+    /// Its result's shape (column names and types) when a server first described it: where it
+    /// is prepared again, the new preparation must give the same, as PostgreSQL's own check
+    /// of a prepared statement's result type would ("cached plan must not change result type").
+    shape: Option<Bytes>,
+    /// A later preparation gave another shape: every Bind of it fails as PostgreSQL's would.
+    stale: bool,
+}
+
+impl Statement {
+    fn new(server_name: String, parse: Bytes, may_change: bool, drops_all: bool) -> Self {
+        Self { server_name, parse, may_change, drops_all, shape: None, stale: false }
+    }
 }
 
 /// What the server owes for a message sent, in order.
@@ -37,6 +49,9 @@ enum Expect {
     Parse { name: Option<String>, injected: bool, key: Option<Bytes> },
     /// A CloseComplete.
     Close { injected: bool },
+    /// ParameterDescription then RowDescription or NoData of the link's own Describe of a
+    /// client statement: its shape is recorded, or (`verify`) compared with the one recorded.
+    Describe { statement: Vec<u8>, verify: bool },
     /// A ReadyForQuery; `check` for the link's own state read.
     Sync { check: bool },
 }
@@ -86,6 +101,11 @@ struct Link {
     held: Option<(u8, Bytes)>,
     /// Why the client's session cannot go on (a replay failed).
     fatal: Option<String>,
+    /// A statement prepared again is being described before the client's Bind goes out.
+    verifying: bool,
+    /// Binds of stale statements sent as Binds of a missing statement: their errors become
+    /// "cached plan must not change result type".
+    stale_errors: usize,
 }
 
 enum Event {
@@ -180,6 +200,8 @@ pub(crate) async fn run_link(
         replaying: None,
         held: None,
         fatal: None,
+        verifying: false,
+        stale_errors: 0,
     };
     let end = link.run(&mut rd, &mut wr).await;
     link.finish(end, &mut wr).await;
@@ -192,7 +214,7 @@ impl Link {
             // Whole client messages first: each may need a server connection. While a
             // connection is being brought to the session's settings, they wait.
             loop {
-                if self.replaying.is_some() {
+                if self.waiting() {
                     break;
                 }
                 if let Some((tag, message)) = self.held.take() {
@@ -232,7 +254,7 @@ impl Link {
                         }
                     }
                 }
-                if self.replaying.is_some() {
+                if self.waiting() {
                     self.held = Some((tag, message));
                     break;
                 }
@@ -242,8 +264,8 @@ impl Link {
                 continue;
             }
             let event = {
-                let Link { linked, from_client, to_client, to_server, replaying, .. } = self;
-                let replaying = replaying.is_some();
+                let replaying = self.waiting();
+                let Link { linked, from_client, to_client, to_server, .. } = self;
                 match linked {
                     Some(checkout) => {
                         let server = checkout.server();
@@ -295,6 +317,11 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// Whether the client's messages wait for the link's own exchange with the server.
+    fn waiting(&self) -> bool {
+        self.replaying.is_some() || self.verifying
     }
 
     /// Takes a checked-out connection; one holding other settings than the client's session
@@ -471,18 +498,14 @@ impl Link {
                 let drops_all = self.pools.watch.drops_all_prepared(sql);
                 if name.is_empty() {
                     self.unnamed_generation += 1;
-                    self.unnamed = Some(Statement {
-                        server_name: String::new(),
-                        parse: message.clone(),
-                        may_change,
-                        drops_all,
-                    });
+                    self.unnamed =
+                        Some(Statement::new(String::new(), message.clone(), may_change, drops_all));
                 } else {
                     let server_name = format!("strata_{}_{}", self.client, self.next_statement);
                     self.next_statement += 1;
                     let parse = rename_parse(message, &server_name, rest_at, sql);
                     self.statements
-                        .insert(name.to_vec(), Statement { server_name, parse, may_change, drops_all });
+                        .insert(name.to_vec(), Statement::new(server_name, parse, may_change, drops_all));
                 }
                 self.to_client.extend_from_slice(&frame(b'1', &[]));
                 true
@@ -599,7 +622,7 @@ impl Link {
             // PostgreSQL refuses a second Parse of a name in use: make sure the server has the
             // first, so that it does.
             let server_name = existing.server_name.clone();
-            self.ensure_prepared(name);
+            self.ensure_prepared(name, false);
             let renamed = rename_parse(&message, &server_name, rest_at, sql);
             self.expect.push_back(Expect::Parse { name: None, injected: false, key: None });
             self.to_server.extend_from_slice(&renamed);
@@ -619,8 +642,8 @@ impl Link {
             key: Some(message.slice(rest_at - sql.len() - 1..)),
         });
         self.to_server.extend_from_slice(&renamed);
-        self.statements
-            .insert(name.to_vec(), Statement { server_name, parse: renamed, may_change, drops_all });
+        self.describe(name.to_vec(), &server_name, false);
+        self.statements.insert(name.to_vec(), Statement::new(server_name, renamed, may_change, drops_all));
         self.evict();
     }
 
@@ -635,8 +658,7 @@ impl Link {
         drops_all: bool,
     ) {
         self.unnamed_generation += 1;
-        self.unnamed =
-            Some(Statement { server_name: String::new(), parse: message.clone(), may_change, drops_all });
+        self.unnamed = Some(Statement::new(String::new(), message.clone(), may_change, drops_all));
         let (client, generation) = (self.client, self.unnamed_generation);
         if let Some(c) = &mut self.linked {
             c.server().unnamed = Some((client, generation));
@@ -663,7 +685,7 @@ impl Link {
         let outcome = match on_server {
             Some(true) => Deallocate::Rewritten(deallocate_text(&server_name)),
             Some(false) if !simple => {
-                self.ensure_prepared(name.as_bytes());
+                self.ensure_prepared(name.as_bytes(), false);
                 Deallocate::Rewritten(deallocate_text(&server_name))
             }
             Some(false) if at_rest => Deallocate::Local,
@@ -678,9 +700,12 @@ impl Link {
     }
 
     /// Prepares a client statement on the linked server if it lacks it (the ParseComplete goes
-    /// nowhere).
-    fn ensure_prepared(&mut self, name: &[u8]) {
+    /// nowhere), and describes it there: the first time to record its result's shape, later
+    /// (when `verify`) to compare the new preparation's shape with it before the client's
+    /// message goes out ([`waiting`](Link::waiting) until the answer is in).
+    fn ensure_prepared(&mut self, name: &[u8], verify: bool) {
         let Some(statement) = self.statements.get(name) else { return };
+        let recorded = statement.shape.is_some();
         let Some(c) = &mut self.linked else { return };
         let server = c.server();
         server.tick += 1;
@@ -690,13 +715,29 @@ impl Link {
             return;
         }
         server.prepared.insert(statement.server_name.clone(), tick);
-        self.expect.push_back(Expect::Parse {
-            name: Some(statement.server_name.clone()),
-            injected: true,
-            key: None,
-        });
+        let server_name = statement.server_name.clone();
+        self.expect.push_back(Expect::Parse { name: Some(server_name.clone()), injected: true, key: None });
         self.to_server.extend_from_slice(&statement.parse);
+        if !recorded || verify {
+            self.describe(name.to_vec(), &server_name, recorded);
+        }
         self.evict();
+    }
+
+    /// Describes a client statement right after its Parse (the answers go nowhere): records its
+    /// shape, or with `verify` compares it and holds the client's messages until then.
+    fn describe(&mut self, statement: Vec<u8>, server_name: &str, verify: bool) {
+        let mut body = Vec::with_capacity(server_name.len() + 2);
+        body.push(b'S');
+        body.extend_from_slice(server_name.as_bytes());
+        body.push(0);
+        self.to_server.extend_from_slice(&frame(b'D', &body));
+        self.expect.push_back(Expect::Describe { statement, verify });
+        if verify {
+            // The answer now, not at the client's Sync.
+            self.to_server.extend_from_slice(&frame(b'H', &[]));
+            self.verifying = true;
+        }
     }
 
     /// Closes the least recently used statements of the linked server past the limit.
@@ -765,6 +806,21 @@ impl Link {
             self.to_server.extend_from_slice(&message);
             return;
         };
+        if tag == b'B' && known.stale {
+            // As PostgreSQL answers a Bind of a statement whose result type changed: the Bind of
+            // a statement that does not exist fails and skips to the Sync, and its error is
+            // replaced on the way back.
+            let mut body = Vec::with_capacity(message.len());
+            let statement_end = message.len() - r.remaining();
+            let statement_start = statement_end - statement.len() - 1;
+            body.extend_from_slice(&message[5..statement_start]);
+            body.extend_from_slice(STALE_STATEMENT.as_bytes());
+            body.push(0);
+            body.extend_from_slice(&message[statement_end..]);
+            self.to_server.extend_from_slice(&frame(tag, &body));
+            self.stale_errors += 1;
+            return;
+        }
         if tag == b'B' {
             self.needs_check |= known.may_change;
             if known.drops_all {
@@ -772,7 +828,12 @@ impl Link {
             }
         }
         let server_name = known.server_name.clone();
-        self.ensure_prepared(statement);
+        self.ensure_prepared(statement, true);
+        if self.verifying {
+            // Sent once the new preparation is found to have the statement's shape.
+            self.held = Some((tag, message));
+            return;
+        }
         let statement_end = message.len() - r.remaining();
         let statement_start = statement_end - statement.len() - 1;
         let mut body = Vec::with_capacity(message.len() + 16);
@@ -837,6 +898,29 @@ impl Link {
                 self.check_message(tag, &message)?;
                 continue;
             }
+            if matches!(self.expect.front(), Some(Expect::Describe { .. })) {
+                match tag {
+                    b't' => continue,
+                    b'T' | b'n' => {
+                        if let Some(Expect::Describe { statement, verify }) = self.expect.pop_front() {
+                            self.described(&statement, verify, shape_of(tag, &message)?);
+                        }
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            if tag == b'E'
+                && self.verifying
+                && matches!(
+                    self.expect.front(),
+                    Some(Expect::Describe { .. } | Expect::Parse { injected: true, .. })
+                )
+            {
+                // The new preparation (or a message before it) failed: the server skips to
+                // the client's Sync, so nothing is left to wait for.
+                self.verifying = false;
+            }
             match tag {
                 b'1' => match self.expect.pop_front() {
                     Some(Expect::Parse { injected, key, .. }) => {
@@ -865,6 +949,16 @@ impl Link {
                     // A reported setting changed: the session's state is read before sharing.
                     self.needs_check = true;
                     self.to_client.extend_from_slice(&message);
+                }
+                b'E' if self.stale_errors > 0
+                    && error_fields(&message[5..]).0.as_deref() == Some("26000") =>
+                {
+                    self.stale_errors -= 1;
+                    self.to_client.extend_from_slice(&error_response(
+                        Severity::Error,
+                        "0A000",
+                        "cached plan must not change result type",
+                    ));
                 }
                 b'E' => {
                     let (code, text) = error_fields(&message[5..]);
@@ -902,12 +996,34 @@ impl Link {
                     }
                 }
                 Some(Expect::Close { .. }) => {}
+                Some(Expect::Describe { verify, .. }) => {
+                    if verify {
+                        self.verifying = false;
+                    }
+                }
                 None => return Err("an unexpected ReadyForQuery".to_owned()),
             }
         }
         self.pending_syncs = self.pending_syncs.saturating_sub(1);
         self.status = status;
         Ok(())
+    }
+
+    /// The link's own Describe of a client statement was answered with `shape`.
+    fn described(&mut self, statement: &[u8], verify: bool, shape: Bytes) {
+        if verify {
+            self.verifying = false;
+        }
+        let client = self.client;
+        let Some(known) = self.statements.get_mut(statement) else { return };
+        match &known.shape {
+            None => known.shape = Some(shape),
+            Some(recorded) if *recorded != shape => {
+                info!(client, "a statement prepared again has another result shape: its Binds fail as PostgreSQL's would");
+                known.stale = true;
+            }
+            Some(_) => {}
+        }
     }
 
     /// A message answering the link's own state read.
@@ -994,6 +1110,36 @@ impl Link {
         }
         Ok(())
     }
+}
+
+/// A statement name the link never prepares: a Bind of it fails with 26000.
+const STALE_STATEMENT: &str = "strata_stale_statement";
+
+/// What PostgreSQL compares when it revalidates a prepared statement's result: each column's
+/// name, type, length and modifier, in order (RowDescription without the source table, column
+/// number and format), or no result (NoData).
+fn shape_of(tag: u8, message: &[u8]) -> Result<Bytes, String> {
+    if tag == b'n' {
+        return Ok(Bytes::from_static(b"n"));
+    }
+    let mut r = Reader::new(message.get(5..).unwrap_or_default(), "RowDescription");
+    let fields = r.i16().map_err(|e| e.0)?;
+    let mut shape = Vec::with_capacity(message.len());
+    shape.push(b'T');
+    for _ in 0..fields {
+        let name = r.cbytes().map_err(|e| e.0)?;
+        shape.extend_from_slice(name);
+        shape.push(0);
+        let (_table, _column) = (r.i32().map_err(|e| e.0)?, r.i16().map_err(|e| e.0)?);
+        let ty = r.i32().map_err(|e| e.0)?;
+        let len = r.i16().map_err(|e| e.0)?;
+        let modifier = r.i32().map_err(|e| e.0)?;
+        let _format = r.i16().map_err(|e| e.0)?;
+        shape.extend_from_slice(&ty.to_be_bytes());
+        shape.extend_from_slice(&len.to_be_bytes());
+        shape.extend_from_slice(&modifier.to_be_bytes());
+    }
+    Ok(Bytes::from(shape))
 }
 
 /// What becomes of a client's `DEALLOCATE name`.

@@ -708,3 +708,68 @@ async fn extended_and_simple_protocol_answers_equal_postgresqls_in_transaction_p
     churn.await.expect("churn");
     proxy.shutdown.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_whose_result_type_changed_fails_on_every_connection_as_on_postgresql() {
+    let db = "strata_pool_shape";
+    fresh_database(db).await;
+    admin(db)
+        .await
+        .batch_execute(
+            "CREATE TABLE shape_t (a int PRIMARY KEY, b text); INSERT INTO shape_t VALUES (1, '10'), (2, '20');
+             CREATE TABLE steady (a int PRIMARY KEY, b text); INSERT INTO steady VALUES (1, 'x');",
+        )
+        .await
+        .expect("setup");
+    let proxy = start_proxy(pooled(3)).await;
+    let movers = [client(proxy.port(), db).await, client(proxy.port(), db).await];
+    let pooled_client = client(proxy.port(), db).await;
+    let direct = connect(pg().port(), "postgres", db, None).await.expect("direct");
+    let mut statements = Vec::new();
+    for c in [&direct, &pooled_client] {
+        let changing = c.prepare("SELECT * FROM shape_t ORDER BY a").await.expect("prepare");
+        let steady = c.prepare("SELECT b FROM steady WHERE a = $1").await.expect("prepare");
+        assert_eq!(c.query(&changing, &[]).await.expect("before").len(), 2);
+        statements.push((changing, steady));
+    }
+    // The pooled client's statements get prepared on every connection of the pool.
+    for _ in 0..6 {
+        for m in &movers {
+            m.batch_execute("BEGIN; SELECT pg_sleep(0.01); COMMIT").await.expect("mover");
+        }
+        let (changing, steady) = &statements[1];
+        assert_eq!(pooled_client.query(changing, &[]).await.expect("before DDL").len(), 2);
+        assert_eq!(pooled_client.query_one(steady, &[&1i32]).await.expect("steady").get::<_, String>(0), "x");
+    }
+    admin(db)
+        .await
+        .batch_execute("ALTER TABLE shape_t ALTER COLUMN b TYPE int USING b::int; CREATE INDEX ON steady (b)")
+        .await
+        .expect("DDL");
+    for (c, (changing, steady), who) in
+        [(&direct, &statements[0], "direct"), (&pooled_client, &statements[1], "pooled")]
+    {
+        for round in 0..6 {
+            // Other clients hold connections now and then, so the statement runs on different
+            // connections: one that had it prepared before the DDL, or one preparing it anew.
+            let hold = movers[round % 2].batch_execute("BEGIN; SELECT pg_sleep(0.02); COMMIT");
+            let (result, held) = tokio::join!(c.query(changing, &[]), hold);
+            held.expect("mover");
+            let err = result.expect_err(&format!("{who}, round {round}: the result type changed"));
+            assert_eq!(err.code().map(|c| c.code()), Some("0A000"), "{who}, round {round}: {err}");
+            let message = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+            assert_eq!(message, "cached plan must not change result type", "{who}");
+            // A statement whose result did not change goes on working.
+            assert_eq!(
+                c.query_one(steady, &[&1i32]).await.expect("steady").get::<_, String>(0),
+                "x",
+                "{who}"
+            );
+        }
+        // Prepared again by the client, the new shape is served.
+        let again = c.prepare("SELECT * FROM shape_t ORDER BY a").await.expect("prepare again");
+        let rows = c.query(&again, &[]).await.expect("after re-prepare");
+        assert_eq!(rows[1].get::<_, i32>(1), 20, "{who}");
+    }
+    proxy.shutdown.shutdown();
+}
