@@ -456,12 +456,16 @@ impl Pool {
         wanted: &strata::SessionSettings,
     ) -> Result<Checkout, CheckoutError> {
         let wait = pools.settings.timeout;
-        let permit = match timeout(wait, self.permits.clone().acquire_owned()).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(_)) | Err(_) => {
-                pools.metrics.wait_timeouts.inc();
-                return Err(CheckoutError::Timeout(wait));
-            }
+        // A free permit needs no timer.
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => match timeout(wait, self.permits.clone().acquire_owned()).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) | Err(_) => {
+                    pools.metrics.wait_timeouts.inc();
+                    return Err(CheckoutError::Timeout(wait));
+                }
+            },
         };
         pools.metrics.checkouts.inc();
         loop {
