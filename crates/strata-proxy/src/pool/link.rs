@@ -5,7 +5,7 @@
 //! the session state back before a connection is shared again, and keeps a client whose session
 //! kept state on its own connection.
 
-use std::{collections::HashMap, collections::VecDeque, sync::Arc};
+use std::{collections::HashMap, collections::VecDeque, future::Future, sync::Arc, task::Poll};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf as PipeRead, WriteHalf as PipeWrite};
@@ -103,6 +103,9 @@ struct Link {
     fatal: Option<String>,
     /// A statement prepared again is being described before the client's Bind goes out.
     verifying: bool,
+    /// Answers the link made itself wait for the server's first answer, to go out with it in
+    /// one write (a Parse answered before the connection was linked, then its Bind and Sync).
+    hold_local: bool,
     /// Binds of stale statements sent as Binds of a missing statement: their errors become
     /// "cached plan must not change result type".
     stale_errors: usize,
@@ -201,6 +204,7 @@ pub(crate) async fn run_link(
         held: None,
         fatal: None,
         verifying: false,
+        hold_local: false,
         stale_errors: 0,
     };
     let end = link.run(&mut rd, &mut wr).await;
@@ -240,12 +244,29 @@ impl Link {
                     continue;
                 }
                 if self.linked.is_none() {
-                    // Answers already read go out before waiting for a connection.
-                    if wr.write_all(&self.to_client).await.is_err() {
-                        return End::Client;
-                    }
-                    self.to_client.clear();
-                    match self.pool.checkout(&self.shared.config, &self.pools, &self.wanted).await {
+                    let checkout = {
+                        let mut checkout = std::pin::pin!(self.pool.checkout(
+                            &self.shared.config,
+                            &self.pools,
+                            &self.wanted
+                        ));
+                        match std::future::poll_fn(|cx| Poll::Ready(checkout.as_mut().poll(cx))).await {
+                            Poll::Ready(c) => {
+                                self.hold_local = !self.to_client.is_empty();
+                                c
+                            }
+                            Poll::Pending => {
+                                // Answers already made go out before waiting for a connection
+                                // (with one at hand, they go with the server's, in one write).
+                                if wr.write_all(&self.to_client).await.is_err() {
+                                    return End::Client;
+                                }
+                                self.to_client.clear();
+                                checkout.await
+                            }
+                        }
+                    };
+                    match checkout {
                         Ok(c) => self.link(c),
                         Err(e) => {
                             self.refused(&e);
@@ -260,11 +281,16 @@ impl Link {
                 }
                 self.client_message(tag, message);
             }
+            if self.hold_local && self.pending_syncs == 0 {
+                // Nothing sent is sure to be answered: the answers go now.
+                self.hold_local = false;
+            }
             if self.settle() {
                 continue;
             }
             let event = {
                 let replaying = self.waiting();
+                let hold = self.hold_local;
                 let Link { linked, from_client, to_client, to_server, .. } = self;
                 match linked {
                     Some(checkout) => {
@@ -274,7 +300,7 @@ impl Link {
                             r = rd.read_buf(from_client), if to_server.len() < HIGH_WATER && !replaying => Event::ClientRead(r),
                             r = server.rd.read_buf(&mut server.rbuf), if to_client.len() < HIGH_WATER => Event::ServerRead(r),
                             r = server.wr.write(to_server), if !to_server.is_empty() => Event::ServerWrote(r),
-                            r = wr.write(to_client), if !to_client.is_empty() => Event::ClientWrote(r),
+                            r = wr.write(to_client), if !to_client.is_empty() && !hold => Event::ClientWrote(r),
                         }
                     }
                     None => {
@@ -308,6 +334,7 @@ impl Link {
                     return self.server_lost("strata-proxy lost the server connection unexpectedly")
                 }
                 Event::ServerRead(Ok(_)) => {
+                    self.hold_local = false;
                     if let Err(e) = self.server_messages() {
                         if let Some(message) = self.fatal.take() {
                             return self.server_failed(&message, "replay_failed");
@@ -349,6 +376,7 @@ impl Link {
     }
 
     fn unlink(&mut self) -> Option<Checkout> {
+        self.hold_local = false;
         *super::lock(&self.cancel.server) = None;
         self.linked.take()
     }
@@ -1105,6 +1133,9 @@ impl Link {
                     }
                 }
             }
+            // A notification is the listening client's, whenever it comes (the server delivers
+            // one that committed while the read ran before the read's ReadyForQuery).
+            b'A' => self.to_client.extend_from_slice(message),
             // Row descriptions, command tags, notices and parameter reports of the read itself.
             _ => {}
         }

@@ -773,3 +773,33 @@ async fn a_statement_whose_result_type_changed_fails_on_every_connection_as_on_p
     }
     proxy.shutdown.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_committed_while_the_pool_reads_state_reaches_the_listener() {
+    let db = "strata_pool_notify";
+    fresh_database(db).await;
+    let proxy = start_proxy(pooled(3)).await;
+    let other = client(proxy.port(), db).await;
+    let (listener, mut connection) =
+        tokio_postgres::connect(&conn_string(proxy.port(), "postgres", db, None), NoTls)
+            .await
+            .expect("listener");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    // Each LISTEN makes the pool read the session's state; the NOTIFY right after commits while
+    // that read may still run on the listener's connection.
+    for i in 0..20 {
+        listener.batch_execute(&format!("LISTEN ch_{i}")).await.expect("listen");
+        other.batch_execute(&format!("NOTIFY ch_{i}, '{i}'")).await.expect("notify");
+        listener.batch_execute("SELECT 1").await.expect("poll");
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        assert_eq!(got.ok().flatten().as_deref(), Some(i.to_string().as_str()), "notification {i}");
+    }
+    proxy.shutdown.shutdown();
+}
