@@ -369,9 +369,17 @@ impl FillTicket {
         };
         match (stores, tokio::runtime::Handle::try_current()) {
             (Stores::HotAwaited, Ok(runtime)) => {
-                // Counted as stored: the task was handed a result to store.
-                runtime.spawn(rest.instrument(tracing::trace_span!("strata::fill_detached")));
-                stored = true;
+                // Stores that finish at once (an embedded tier) finish here; the rest (a
+                // networked tier waiting on its server) go on in a task of their own. Counted as
+                // stored: the task was handed a result to store.
+                let mut rest = Box::pin(rest);
+                match std::future::poll_fn(|cx| std::task::Poll::Ready(std::future::Future::poll(rest.as_mut(), cx))).await {
+                    std::task::Poll::Ready(done) => stored |= done,
+                    std::task::Poll::Pending => {
+                        runtime.spawn(rest.instrument(tracing::trace_span!("strata::fill_detached")));
+                        stored = true;
+                    }
+                }
             }
             _ => stored |= rest.await,
         }
