@@ -373,7 +373,11 @@ impl FillTicket {
                 // networked tier waiting on its server) go on in a task of their own. Counted as
                 // stored: the task was handed a result to store.
                 let mut rest = Box::pin(rest);
-                match std::future::poll_fn(|cx| std::task::Poll::Ready(std::future::Future::poll(rest.as_mut(), cx))).await {
+                match std::future::poll_fn(|cx| {
+                    std::task::Poll::Ready(std::future::Future::poll(rest.as_mut(), cx))
+                })
+                .await
+                {
                     std::task::Poll::Ready(done) => stored |= done,
                     std::task::Poll::Pending => {
                         runtime.spawn(rest.instrument(tracing::trace_span!("strata::fill_detached")));
