@@ -803,3 +803,63 @@ async fn a_notification_committed_while_the_pool_reads_state_reaches_the_listene
     }
     proxy.shutdown.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holdable_cursors_and_session_authorization_pin_their_client() {
+    let db = "strata_pool_pins_more";
+    fresh_database(db).await;
+    admin(db)
+        .await
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE strata_pool_authz; EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+        )
+        .await
+        .expect("role");
+    let proxy = start_proxy(pooled(3)).await;
+    let port = proxy.port();
+    let others = [client(port, db).await, client(port, db).await];
+    // A cursor WITH HOLD outlives its transaction: the client keeps fetching from it.
+    let a = client(port, db).await;
+    a.batch_execute("DECLARE c CURSOR WITH HOLD FOR SELECT g FROM generate_series(1, 6) g")
+        .await
+        .expect("declare");
+    let pid = text(&a, "SELECT pg_backend_pid()").await;
+    for round in 0..3 {
+        for o in &others {
+            assert!(o.simple_query("FETCH 1 FROM c").await.is_err(), "another client sees the cursor");
+            o.batch_execute("BEGIN; SELECT pg_sleep(0.01); COMMIT").await.expect("other");
+        }
+        let rows = a.simple_query("FETCH 2 FROM c").await.expect("fetch");
+        let got: Vec<String> = rows
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, [(round * 2 + 1).to_string(), (round * 2 + 2).to_string()]);
+        assert_eq!(text(&a, "SELECT pg_backend_pid()").await, pid, "pinned to its connection");
+    }
+    a.batch_execute("CLOSE c").await.expect("close");
+    // SET SESSION AUTHORIZATION changes the session user: only that client runs as it.
+    let b = client(port, db).await;
+    b.batch_execute("SET SESSION AUTHORIZATION strata_pool_authz").await.expect("authz");
+    let pid = text(&b, "SELECT pg_backend_pid()").await;
+    for _ in 0..5 {
+        for o in &others {
+            assert_eq!(text(o, "SELECT session_user || '/' || current_user").await, "postgres/postgres");
+            o.batch_execute("BEGIN; SELECT pg_sleep(0.01); COMMIT").await.expect("other");
+        }
+        assert_eq!(
+            text(&b, "SELECT session_user || '/' || current_user").await,
+            "strata_pool_authz/strata_pool_authz"
+        );
+        assert_eq!(text(&b, "SELECT pg_backend_pid()").await, pid, "pinned to its connection");
+    }
+    // Undone, the client shares connections again (and still sees the right user).
+    b.batch_execute("RESET SESSION AUTHORIZATION").await.expect("reset");
+    for _ in 0..3 {
+        assert_eq!(text(&b, "SELECT session_user").await, "postgres");
+    }
+    proxy.shutdown.shutdown();
+}
