@@ -124,7 +124,9 @@ impl StateWatch {
     }
 
     /// The query reading a session's state: role and session user, every setting `pg_settings`
-    /// shows away from its built-in default, each custom setting name seen so far, temporary
+    /// shows away from its built-in default that a session can set (not the `transaction_*`
+    /// ones, which each transaction takes from the `default_transaction_*` settings and which
+    /// cannot be set once a transaction has read anything), each custom setting name seen so far, temporary
     /// relations, SQL-level prepared statements, holdable cursors, channels listened to and
     /// session advisory locks. Every name is qualified, so no `search_path` can redirect it.
     pub fn state_query(&self) -> String {
@@ -133,6 +135,7 @@ impl StateWatch {
              UNION ALL SELECT 's', s.name, s.setting FROM pg_catalog.pg_settings s \
                WHERE (s.source OPERATOR(pg_catalog.<>) 'default' OR s.setting IS DISTINCT FROM s.boot_val) \
                AND s.context OPERATOR(pg_catalog.=) ANY ('{user,superuser}') \
+               AND s.name OPERATOR(pg_catalog.<>) ALL ('{transaction_isolation,transaction_read_only,transaction_deferrable}') \
              UNION ALL SELECT 't', NULL, pg_catalog.count(*)::text FROM pg_catalog.pg_class t \
                WHERE t.relnamespace OPERATOR(pg_catalog.=) pg_catalog.pg_my_temp_schema() \
              UNION ALL SELECT 'p', p.name, NULL FROM pg_catalog.pg_prepared_statements p WHERE p.from_sql \

@@ -199,6 +199,17 @@ async fn settings_and_roles_are_replayed_on_one_shared_connection() {
         .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("a"))));
     assert_eq!(text(&c, "SHOW statement_timeout").await, "0");
     assert_eq!(text(&a, "SHOW statement_timeout").await, "8s");
+    // Session characteristics replay as their default_transaction_* settings (the
+    // transaction_* ones follow from them in each transaction).
+    b.batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY")
+        .await
+        .expect("characteristics");
+    for _ in 0..5 {
+        assert_eq!(text(&b, "SHOW transaction_isolation").await, "serializable");
+        assert_eq!(text(&b, "SHOW transaction_read_only").await, "on");
+        assert_eq!(text(&c, "SHOW transaction_isolation").await, "read committed");
+        assert_eq!(text(&a, "SHOW transaction_read_only").await, "off");
+    }
     // RESET ALL and RESET ROLE bring a client back to the fresh state.
     b.batch_execute("RESET ALL").await.expect("reset");
     assert_eq!(text(&b, "SHOW work_mem").await, "4MB");
