@@ -177,11 +177,29 @@ impl Pools {
 
     /// The pool serving a client with these startup parameters; the credential the client's
     /// authentication gave (if any) becomes the pool's login.
-    pub(crate) fn pool_for(&self, params: &StartupParams, credential: Credential) -> Arc<Pool> {
+    /// The pool of the client's database, user and startup parameters, except an
+    /// `application_name` the server would take as it is (printable ASCII, at most 63 bytes):
+    /// clients that differ only in it share a pool, and the link sets it as one of the client's
+    /// settings. Returns it then.
+    pub(crate) fn pool_for(
+        &self,
+        params: &StartupParams,
+        credential: Credential,
+    ) -> (Arc<Pool>, Option<String>) {
         let user = params.get("user").unwrap_or_default().to_owned();
         let database = params.get("database").filter(|d| !d.is_empty()).unwrap_or(&user).to_owned();
-        let mut rest: Vec<(String, String)> =
-            params.params.iter().filter(|(k, _)| k != "user" && k != "database").cloned().collect();
+        let application_name = params
+            .get("application_name")
+            .filter(|n| n.len() < 64 && n.bytes().all(|b| (0x20..0x7f).contains(&b)))
+            .map(str::to_owned);
+        let mut rest: Vec<(String, String)> = params
+            .params
+            .iter()
+            .filter(|(k, _)| {
+                k != "user" && k != "database" && !(k == "application_name" && application_name.is_some())
+            })
+            .cloned()
+            .collect();
         rest.sort();
         let mut key = vec![("user".to_owned(), user.clone()), ("database".to_owned(), database)];
         key.extend(rest);
@@ -205,7 +223,7 @@ impl Pools {
         if !matches!(credential, Credential::None) {
             *lock(&pool.credential) = credential;
         }
-        pool
+        (pool, application_name)
     }
 
     /// Registers a new client's cancel route; returns the key the client is given.
@@ -693,9 +711,10 @@ pub(crate) async fn start_client(
         }
     };
     let credential = Credential::from_auth(secret, &auth);
-    let pool = pools.pool_for(params, credential);
+    let (pool, application_name) = pools.pool_for(params, credential);
     let (key, route, client) = pools.register_link();
     let (near, far) = tokio::io::duplex(64 * 1024);
-    tokio::spawn(run_link(shared.clone(), pools.clone(), pool, client, key, route, far));
+    let new = link::NewClient { id: client, key, cancel: route, application_name };
+    tokio::spawn(run_link(shared.clone(), pools.clone(), pool, new, far));
     Some((crate::transport::Stream::Pipe(near), PooledClient { pools: pools.clone(), key, _slot: slot }))
 }

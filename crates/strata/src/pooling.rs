@@ -303,6 +303,14 @@ pub struct SessionSettings {
 }
 
 impl SessionSettings {
+    /// A session that differs from a fresh connection's in one setting, as read back (the
+    /// value must be the one `pg_settings` shows once set).
+    pub fn with_setting(name: &str, value: &str) -> Self {
+        let mut settings = BTreeMap::new();
+        settings.insert(name.to_owned(), value.to_owned());
+        Self { settings, role: None }
+    }
+
     /// Whether the session is as a fresh connection's.
     pub fn is_empty(&self) -> bool {
         self.settings.is_empty() && self.role.is_none()

@@ -125,16 +125,25 @@ enum End {
     Server,
 }
 
+/// Who a new pooled client is to its link.
+pub(crate) struct NewClient {
+    pub(crate) id: u64,
+    /// The cancel key the proxy gives it.
+    pub(crate) key: (u32, u32),
+    pub(crate) cancel: Arc<LinkCancel>,
+    /// Its `application_name`, when its pool's connections log in without it.
+    pub(crate) application_name: Option<String>,
+}
+
 /// Serves one pooled client until it leaves.
 pub(crate) async fn run_link(
     shared: Arc<Shared>,
     pools: Arc<Pools>,
     pool: Arc<Pool>,
-    client: u64,
-    client_key: (u32, u32),
-    cancel: Arc<LinkCancel>,
+    new: NewClient,
     pipe: DuplexStream,
 ) {
+    let NewClient { id: client, key: client_key, cancel, application_name } = new;
     let (mut rd, mut wr) = tokio::io::split(pipe);
     // The relay sends the client's startup message first: the pool has its own.
     let mut len = [0u8; 4];
@@ -155,9 +164,17 @@ pub(crate) async fn run_link(
             return;
         }
     };
+    // The client's application_name is its own setting on the pool's connections (they log in
+    // without one): it is told its own, and connections are brought to it like any setting.
+    let mut wanted = strata::SessionSettings::default();
     let mut hello = BytesMut::with_capacity(512);
     hello.extend_from_slice(&frame(b'R', &0i32.to_be_bytes()));
     for (name, value) in parameters.iter() {
+        let own = application_name.as_deref().filter(|_| name == "application_name");
+        if let Some(own) = own.filter(|own| *own != value.as_str()) {
+            wanted = strata::SessionSettings::with_setting("application_name", own);
+        }
+        let value = own.unwrap_or(value.as_str());
         let mut body = Vec::with_capacity(name.len() + value.len() + 2);
         body.extend_from_slice(name.as_bytes());
         body.push(0);
@@ -199,7 +216,7 @@ pub(crate) async fn run_link(
         to_server: BytesMut::with_capacity(8192),
         refusing: None,
         forget_prepared_on_server: false,
-        wanted: Arc::default(),
+        wanted: Arc::new(wanted),
         replaying: None,
         held: None,
         fatal: None,

@@ -874,3 +874,60 @@ async fn holdable_cursors_and_session_authorization_pin_their_client() {
     }
     proxy.shutdown.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_with_different_application_names_share_one_pool_and_keep_their_names() {
+    let db = "strata_pool_appname";
+    fresh_database(db).await;
+    let proxy = start_proxy(pooled(3)).await;
+    let mut clients = Vec::new();
+    for i in 0..24 {
+        // A few names, some clients with none (tokio-postgres sends none by default).
+        let name = (i % 4 != 3).then(|| format!("app_{}", i % 4));
+        let mut conn = conn_string(proxy.port(), "postgres", db, None);
+        if let Some(n) = &name {
+            conn.push_str(&format!(" application_name={n}"));
+        }
+        let (c, connection) = tokio_postgres::connect(&conn, NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        clients.push((c, name.unwrap_or_default()));
+    }
+    let clients = Arc::new(clients);
+    let mut tasks = Vec::new();
+    for worker in 0..6usize {
+        let clients = clients.clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..3 {
+                for (c, name) in clients.iter().skip(worker).step_by(6) {
+                    // What the server records for the session running the query, and what the
+                    // session shows, are the client's own name, whichever connection runs it.
+                    let row = c
+                        .query_one(
+                            "SELECT current_setting('application_name'), \
+                             (SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid())",
+                            &[],
+                        )
+                        .await
+                        .expect("read");
+                    assert_eq!(row.get::<_, String>(0), *name, "round {round}");
+                    assert_eq!(row.get::<_, String>(1), *name, "round {round}");
+                    c.batch_execute("BEGIN; SELECT pg_sleep(0.005); COMMIT").await.expect("transaction");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("worker");
+    }
+    let n = backends(db).await;
+    assert!((1..=3).contains(&n), "{n} server connections for four application names with a pool of 3");
+    // A client changing its name keeps the new one, and the others keep theirs.
+    let (first, _) = &clients[0];
+    first.batch_execute("SET application_name = 'renamed'").await.expect("rename");
+    for (c, name) in clients.iter().skip(1).take(5) {
+        assert_eq!(text(c, "SHOW application_name").await, *name);
+        assert_eq!(text(first, "SHOW application_name").await, "renamed");
+    }
+    drop(clients);
+    proxy.shutdown.shutdown();
+}
