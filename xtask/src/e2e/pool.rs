@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::targets::{spawn, wait_for_postgres_protocol, Daemon};
+use super::targets::{spawn, spawn_pgbouncer, wait_for_postgres_protocol, Daemon};
 use super::{pgbench_path, psql, section, Mode, RemoveOnDrop, ACCOUNTS, DATABASE, SCALE, ZIPF_SKEW};
-use crate::services::{self, as_service_user, free_port, give_to_service_user, Interrupted, Services};
+use crate::services::{self, free_port, Interrupted, Services};
 
 /// 1,000 direct clients need 1,000 backends (and room for the sampling connection).
 const PG_CONF: &str = "shared_buffers = 1GB\nmax_connections = 1200\n";
@@ -388,27 +388,12 @@ fn start_pgbouncer(
     pg_port: u16,
     work: &Path,
 ) -> Result<Started> {
-    let dir = work.join("pgbouncer");
-    std::fs::create_dir_all(&dir)?;
-    let port = free_port()?;
-    // With auth_type trust the user must still be in auth_file.
-    let ini = format!(
-        "[databases]\n* = host=127.0.0.1 port={pg_port}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
-         listen_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {d}/userlist.txt\n\
-         pool_mode = transaction\nmax_client_conn = {MAX_CLIENT_CONN}\ndefault_pool_size = {POOL_SIZE}\n\
-         ignore_startup_parameters = extra_float_digits\nlog_connections = 0\nlog_disconnections = 0\n",
-        d = dir.display()
+    let settings = format!(
+        "pool_mode = transaction\nmax_client_conn = {MAX_CLIENT_CONN}\ndefault_pool_size = {POOL_SIZE}\n\
+         ignore_startup_parameters = extra_float_digits\nlog_connections = 0\nlog_disconnections = 0\n"
     );
-    std::fs::write(dir.join("pgbouncer.ini"), ini)?;
-    std::fs::write(dir.join("userlist.txt"), "\"postgres\" \"\"\n")?;
-    give_to_service_user(tools, &dir)?;
-    // runuser's PAM session puts the soft open-files limit back to 1024, too few for 2,000
-    // clients: a shell raises it to the hard limit first.
-    let mut cmd = as_service_user(tools, Path::new("/bin/sh"));
-    cmd.args(["-c", "ulimit -n \"$(ulimit -Hn)\" && exec \"$0\" \"$@\""]).arg(pgbouncer);
-    cmd.arg(dir.join("pgbouncer.ini"));
-    let log = dir.join("pgbouncer.log");
-    let daemon = Some(spawn(cmd, log.clone(), "TERM")?);
+    let (port, daemon, log) = spawn_pgbouncer(tools, pgbouncer, pg_port, work, &settings, true)?;
+    let daemon = Some(daemon);
     wait_for_postgres_protocol(port, &daemon)?;
     Ok((port, daemon.map(|d| (d, log))))
 }

@@ -232,23 +232,48 @@ pub(super) fn spawn(mut cmd: Command, log: PathBuf, stop_signal: &'static str) -
 }
 
 fn start_pgbouncer(tools: &Tools, bench: &BenchTools, pg_port: u16, work: &Path) -> Result<Target> {
+    let settings = "pool_mode = session\nmax_client_conn = 500\ndefault_pool_size = 100\n\
+                    ignore_startup_parameters = extra_float_digits\n";
+    let (port, daemon, _) = spawn_pgbouncer(tools, &bench.pgbouncer, pg_port, work, settings, false)?;
+    Ok(Target { kind: TargetKind::PgBouncer, port, http_port: None, process: Some(daemon) })
+}
+
+/// Starts PgBouncer as the service user in `work/pgbouncer`, every database on the PostgreSQL at
+/// `pg_port`, trust authentication for `postgres`, and `settings` (ini lines) for the rest;
+/// `raise_file_limit` lifts the soft open-files limit to the hard one first (runuser's PAM
+/// session puts it back to 1024, too few for thousands of clients). Returns its port, the
+/// process and its log.
+pub(super) fn spawn_pgbouncer(
+    tools: &Tools,
+    pgbouncer: &Path,
+    pg_port: u16,
+    work: &Path,
+    settings: &str,
+    raise_file_limit: bool,
+) -> Result<(u16, Daemon, PathBuf)> {
     let dir = work.join("pgbouncer");
     std::fs::create_dir_all(&dir)?;
     let port = free_port()?;
+    // With auth_type trust the user must still be in auth_file.
     let ini = format!(
         "[databases]\n* = host=127.0.0.1 port={pg_port}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
-         listen_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {d}/userlist.txt\n\
-         pool_mode = session\nmax_client_conn = 500\ndefault_pool_size = 100\n\
-ignore_startup_parameters = extra_float_digits\n",
+         listen_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {d}/userlist.txt\n{settings}",
         d = dir.display()
     );
     std::fs::write(dir.join("pgbouncer.ini"), ini)?;
     std::fs::write(dir.join("userlist.txt"), "\"postgres\" \"\"\n")?;
     give_to_service_user(tools, &dir)?;
-    let mut cmd = as_service_user(tools, &bench.pgbouncer);
+    let mut cmd = if raise_file_limit {
+        let mut cmd = as_service_user(tools, Path::new("/bin/sh"));
+        cmd.args(["-c", "ulimit -n \"$(ulimit -Hn)\" && exec \"$0\" \"$@\""]).arg(pgbouncer);
+        cmd
+    } else {
+        as_service_user(tools, pgbouncer)
+    };
     cmd.arg(dir.join("pgbouncer.ini"));
-    let daemon = spawn(cmd, dir.join("pgbouncer.log"), "TERM")?;
-    Ok(Target { kind: TargetKind::PgBouncer, port, http_port: None, process: Some(daemon) })
+    let log = dir.join("pgbouncer.log");
+    let daemon = spawn(cmd, log.clone(), "TERM")?;
+    Ok((port, daemon, log))
 }
 
 fn start_pgpool(tools: &Tools, bench: &BenchTools, pg_port: u16, work: &Path) -> Result<Target> {
