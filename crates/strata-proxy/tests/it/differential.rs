@@ -217,6 +217,17 @@ async fn tokio_postgres_extended_protocol_gives_identical_results() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_protocol_responses_are_byte_identical_and_report_transaction_status() {
     let proxy = start_proxy(|b| b).await;
+    let (mut direct, _) = RawClient::startup(pg().port(), "postgres", "postgres").await;
+    let (mut proxied, startup) = RawClient::startup(proxy.port(), "postgres", "postgres").await;
+    assert!(startup.iter().any(|(t, _)| *t == b'K'), "BackendKeyData relayed");
+    assert!(startup.iter().any(|(t, _)| *t == b'S'), "ParameterStatus relayed");
+    simple_answers_match(&mut direct, &mut proxied, &["SHOW server_version_num"]).await;
+}
+
+/// Sends a script of simple queries (a transaction, an error inside one, a multi-statement
+/// text, an empty query, then `extra`) to PostgreSQL directly and through the proxy: every
+/// response must be byte-identical, with the expected transaction status.
+pub(crate) async fn simple_answers_match(direct: &mut RawClient, proxied: &mut RawClient, extra: &[&str]) {
     let script = [
         ("SELECT 1 AS one, 'two'::text AS two", b'I'),
         ("BEGIN", b'T'),
@@ -228,12 +239,8 @@ async fn simple_protocol_responses_are_byte_identical_and_report_transaction_sta
         ("BEGIN; SELECT 1", b'T'),
         ("COMMIT", b'I'),
         ("", b'I'),
-        ("SHOW server_version_num", b'I'),
     ];
-    let (mut direct, _) = RawClient::startup(pg().port(), "postgres", "postgres").await;
-    let (mut proxied, startup) = RawClient::startup(proxy.port(), "postgres", "postgres").await;
-    assert!(startup.iter().any(|(t, _)| *t == b'K'), "BackendKeyData relayed");
-    assert!(startup.iter().any(|(t, _)| *t == b'S'), "ParameterStatus relayed");
+    let script = script.into_iter().chain(extra.iter().map(|sql| (*sql, b'I')));
     for (sql, status) in script {
         let want = direct.query(sql).await;
         let got = proxied.query(sql).await;
