@@ -79,7 +79,7 @@ pub use crate::{
     config::{L1Config, QueryCacheBuilder, QueryCacheConfig, TableConfig},
     error::{Error, ErrorKind},
     keys::Returned,
-    pooling::{SessionSettings, StateDifference, StateWatch},
+    pooling::{Judgement, SessionSettings, StateDifference, StateWatch},
     redis_versions::{RedisVersions, RedisVersionsBuilder, VersionStats},
     relations::{KeyColumn, KeyKind, KeySource, Relations, RelationsBuilder},
     request::{Param, Request},

@@ -82,45 +82,49 @@ impl StateWatch {
         }
     }
 
-    /// Whether running `sql` (as the client sent it) may leave the session's state changed.
-    /// Text that does not parse, is not UTF-8 or is too large to analyze may. Custom setting
-    /// names in the text are remembered for [`state_query`](StateWatch::state_query).
-    pub fn may_change_session(&self, sql: &[u8]) -> bool {
+    /// What `sql` (as the client sent it) tells a pool, from one analysis of the text.
+    /// Custom setting names in a text that may change the session are remembered for
+    /// [`state_query`](StateWatch::state_query).
+    pub fn judge(&self, sql: &[u8]) -> Judgement {
         let analysis = self.normalizer.analyze_bytes(sql);
-        let may = !analysis.leaves_session_alone()
+        let may_change_session = !analysis.leaves_session_alone()
             || !matches!(analysis.writes(), WriteEffect::Nothing)
             || analysis
                 .statements()
                 .iter()
                 .flat_map(|s| s.functions())
                 .any(|f| holds_past_the_transaction(f));
-        if may {
+        if may_change_session {
             self.names.learn_from_text(&String::from_utf8_lossy(sql));
         }
-        may
-    }
-
-    /// Whether `sql` drops every prepared statement of the session, protocol-level ones
-    /// included (`DISCARD ALL`, `DEALLOCATE ALL`), so a pool must forget what it prepared there.
-    pub fn drops_all_prepared(&self, sql: &[u8]) -> bool {
-        self.normalizer.analyze_bytes(sql).session_effects().any(|e| {
+        let drops_all_prepared = analysis.session_effects().any(|e| {
             matches!(e, SessionEffect::Discard(DiscardTarget::All) | SessionEffect::Deallocate(None))
-        })
+        });
+        let deallocates = if analysis.statements().len() == 1 {
+            let mut effects = analysis.session_effects();
+            match (effects.next(), effects.next()) {
+                (Some(SessionEffect::Deallocate(Some(name))), None) => Some(name.to_string()),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        Judgement { may_change_session, drops_all_prepared, deallocates }
     }
 
-    /// The statement name a text made of one `DEALLOCATE [PREPARE] name` drops (as the server
-    /// reads it: an unquoted name folded to lower case); `None` for anything else. A pool that
-    /// renames protocol-level statements rewrites it to the name it gave the statement.
+    /// Whether running `sql` may leave the session's state changed ([`Judgement`]).
+    pub fn may_change_session(&self, sql: &[u8]) -> bool {
+        self.judge(sql).may_change_session
+    }
+
+    /// Whether `sql` drops every prepared statement of the session ([`Judgement`]).
+    pub fn drops_all_prepared(&self, sql: &[u8]) -> bool {
+        self.judge(sql).drops_all_prepared
+    }
+
+    /// The statement name a text of one `DEALLOCATE name` drops ([`Judgement`]).
     pub fn deallocates(&self, sql: &[u8]) -> Option<String> {
-        let analysis = self.normalizer.analyze_bytes(sql);
-        if analysis.statements().len() != 1 {
-            return None;
-        }
-        let mut effects = analysis.session_effects();
-        match (effects.next(), effects.next()) {
-            (Some(SessionEffect::Deallocate(Some(name))), None) => Some(name.to_string()),
-            _ => None,
-        }
+        self.judge(sql).deallocates
     }
 
     /// The query reading a session's state: role and session user, every setting `pg_settings`
@@ -292,6 +296,25 @@ impl StateWatch {
         let mut refused = self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         refused.extend(wanted.settings.keys().cloned());
     }
+}
+
+/// What a statement's text tells a pool ([`StateWatch::judge`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Judgement {
+    /// Running it may leave the session's state changed. `false` means the text shows no
+    /// session effect (no `SET`, `RESET`, role change, `set_config`, `PREPARE`, `LISTEN`,
+    /// temporary object, cursor `WITH HOLD`, session advisory lock, `DO`, `CALL`, call of a
+    /// function outside the known builtins, ...) and writes nothing (a write may fire a trigger
+    /// that runs any code). Text that does not parse, is not UTF-8 or is too large to analyze
+    /// may.
+    pub may_change_session: bool,
+    /// It drops every prepared statement of the session, protocol-level ones included
+    /// (`DISCARD ALL`, `DEALLOCATE ALL`), so a pool must forget what it prepared there.
+    pub drops_all_prepared: bool,
+    /// The statement name a text made of one `DEALLOCATE [PREPARE] name` drops (as the server
+    /// reads it: an unquoted name folded to lower case): a pool that renames protocol-level
+    /// statements rewrites it to the name it gave the statement.
+    pub deallocates: Option<String>,
 }
 
 /// The settings and role a client's session holds away from a fresh server connection of its

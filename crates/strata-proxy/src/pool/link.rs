@@ -507,9 +507,9 @@ impl Link {
                 true
             }
             b'H' => true,
-            b'Q' => {
-                let sql = cstr_body(message);
-                match self.deallocate(sql, true) {
+            b'Q' if !self.statements.is_empty() => {
+                let judged = self.pools.watch.judge(cstr_body(message));
+                match self.deallocate(judged.deallocates.as_deref(), true) {
                     Deallocate::Local => {
                         self.to_client.extend_from_slice(&frame(b'C', b"DEALLOCATE\0"));
                         self.to_client.extend_from_slice(&frame(b'Z', b"I"));
@@ -539,8 +539,8 @@ impl Link {
                 if self.statements.contains_key(name) || !self.pool.knows_parse(&key) {
                     return false;
                 }
-                let may_change = self.pools.watch.may_change_session(sql);
-                let drops_all = self.pools.watch.drops_all_prepared(sql);
+                let judged = self.pools.watch.judge(sql);
+                let (may_change, drops_all) = (judged.may_change_session, judged.drops_all_prepared);
                 if name.is_empty() {
                     self.unnamed_generation += 1;
                     self.unnamed =
@@ -563,8 +563,8 @@ impl Link {
     fn client_message(&mut self, tag: u8, message: Bytes) {
         match tag {
             b'Q' => {
-                let sql = cstr_body(&message);
-                match self.deallocate(sql, true) {
+                let judged = self.pools.watch.judge(cstr_body(&message));
+                match self.deallocate(judged.deallocates.as_deref(), true) {
                     Deallocate::NotOurs => {}
                     Deallocate::Local => {
                         self.to_client.extend_from_slice(&frame(b'C', b"DEALLOCATE\0"));
@@ -583,8 +583,8 @@ impl Link {
                         return;
                     }
                 }
-                self.needs_check |= self.pools.watch.may_change_session(sql);
-                if self.pools.watch.drops_all_prepared(sql) {
+                self.needs_check |= judged.may_change_session;
+                if judged.drops_all_prepared {
                     // The client's statements go, and so does everything prepared on this
                     // connection (other clients' too: they are prepared again where needed).
                     self.statements.clear();
@@ -645,8 +645,10 @@ impl Link {
             return;
         };
         let rest_at = message.len() - r.remaining();
+        let judged = self.pools.watch.judge(sql);
+        let (may_change, drops_all) = (judged.may_change_session, judged.drops_all_prepared);
         if name.is_empty() {
-            if let Deallocate::Rewritten(renamed) = self.deallocate(sql, false) {
+            if let Deallocate::Rewritten(renamed) = self.deallocate(judged.deallocates.as_deref(), false) {
                 // `DEALLOCATE name` as an unnamed statement: under the name the server knows.
                 let mut body = Vec::with_capacity(message.len() + 32);
                 body.push(0);
@@ -656,13 +658,9 @@ impl Link {
                 let sql_len = renamed.len() - 1;
                 return self.parse_unnamed(message, 5 + 1 + sql_len + 1, sql_len, false, false);
             }
-            let may_change = self.pools.watch.may_change_session(sql);
-            let drops_all = self.pools.watch.drops_all_prepared(sql);
             let sql_len = sql.len();
             return self.parse_unnamed(message, rest_at, sql_len, may_change, drops_all);
         }
-        let may_change = self.pools.watch.may_change_session(sql);
-        let drops_all = self.pools.watch.drops_all_prepared(sql);
         if let Some(existing) = self.statements.get(name) {
             // PostgreSQL refuses a second Parse of a name in use: make sure the server has the
             // first, so that it does.
@@ -713,16 +711,14 @@ impl Link {
         self.to_server.extend_from_slice(&message);
     }
 
-    /// A text of one `DEALLOCATE name` naming one of the client's protocol-level statements:
+    /// A text of one `DEALLOCATE name` (`name`, as judged) naming one of the client's
+    /// protocol-level statements:
     /// the server knows it under the link's name. Rewritten to that name when the linked server
     /// has it (or, in the extended protocol, once it is prepared there again); answered by the
     /// link when no server has to be asked (no connection, or nothing in flight on it);
     /// otherwise left to the server.
-    fn deallocate(&mut self, sql: &[u8], simple: bool) -> Deallocate {
-        if self.statements.is_empty() {
-            return Deallocate::NotOurs;
-        }
-        let Some(name) = self.pools.watch.deallocates(sql) else { return Deallocate::NotOurs };
+    fn deallocate(&mut self, name: Option<&str>, simple: bool) -> Deallocate {
+        let Some(name) = name else { return Deallocate::NotOurs };
         let Some(statement) = self.statements.get(name.as_bytes()) else { return Deallocate::NotOurs };
         let server_name = statement.server_name.clone();
         let at_rest = self.expect.is_empty() && self.to_server.is_empty() && self.status != b'E';
