@@ -122,8 +122,9 @@ pub struct Args {
     /// Root certificates (PEM) for upstream verify-ca and verify-full; "system" for the Mozilla roots.
     #[arg(long, env = "STRATA_UPSTREAM_SSLROOTCERT")]
     pub upstream_sslrootcert: Option<PathBuf>,
-    /// Threads serving sessions [default: one per core]. On a host shared with PostgreSQL and
-    /// the clients, fewer threads can mean fewer wake-ups per request; measure before changing.
+    /// Threads serving sessions, each a single-threaded runtime that keeps a session's work on
+    /// one thread [default: one per core]. On a host shared with PostgreSQL and the clients,
+    /// fewer threads can mean fewer wake-ups per request; measure before changing.
     #[arg(long, env = "STRATA_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
     /// How clients get server connections: session (one each, the default) or transaction
@@ -352,6 +353,9 @@ impl Args {
             None => FileConfig::default(),
         };
         let mut b = Proxy::builder();
+        if let Some(threads) = self.worker_threads {
+            b = b.with_session_threads(usize::from(threads));
+        }
         b = b.with_upstream(
             self.upstream.clone().or(file.upstream).unwrap_or_else(|| DEFAULT_UPSTREAM.to_owned()),
         );

@@ -149,6 +149,9 @@ pub(crate) struct ProxyConfig {
     pub(crate) shutdown_grace: Duration,
     pub(crate) drain_timeout: Duration,
     pub(crate) max_recording_bytes: usize,
+    /// Threads whose own single-threaded runtimes serve sessions (a session's tasks and sockets
+    /// stay on one); 0 serves them on the runtime that runs the proxy.
+    pub(crate) session_threads: usize,
     /// Users who may open the admin console (the virtual database `strata`); none turns it off.
     pub(crate) admin_users: Vec<String>,
     /// The database an admin's password is checked on.
@@ -249,6 +252,7 @@ pub struct ProxyBuilder {
     shutdown_grace: Duration,
     drain_timeout: Duration,
     max_recording_bytes: u64,
+    session_threads: Option<usize>,
     admin_users: Vec<String>,
     admin_auth_database: String,
     config_file: Option<std::path::PathBuf>,
@@ -285,6 +289,7 @@ impl Default for ProxyBuilder {
             shutdown_grace: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             max_recording_bytes: 256 << 20,
+            session_threads: None,
             admin_users: Vec::new(),
             admin_auth_database: "postgres".to_owned(),
             config_file: None,
@@ -378,6 +383,15 @@ impl ProxyBuilder {
     /// relayed unrecorded. Default 256 MiB.
     pub fn with_max_recording_bytes(mut self, bytes: u64) -> Self {
         self.max_recording_bytes = bytes;
+        self
+    }
+
+    /// How many threads serve sessions, each with its own single-threaded runtime [default: one
+    /// per core]. A session's two directions, its sockets and what it spawns stay on the thread
+    /// it was given (the one serving the fewest sessions), so a request wakes no other thread.
+    /// 0 serves sessions as tasks of the runtime that runs the proxy instead.
+    pub fn with_session_threads(mut self, threads: usize) -> Self {
+        self.session_threads = Some(threads);
         self
     }
 
@@ -596,6 +610,9 @@ impl ProxyBuilder {
             shutdown_grace: self.shutdown_grace,
             drain_timeout: self.drain_timeout,
             max_recording_bytes: usize::try_from(self.max_recording_bytes).unwrap_or(usize::MAX),
+            session_threads: self.session_threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            }),
             admin_users: self.admin_users,
             admin_auth_database: self.admin_auth_database,
             config_file: self.config_file,
@@ -871,7 +888,8 @@ mod tests {
                 upstream_sslrootcert,
                 pool,
                 // Not file options: the binary plugs in the cache and the cache's registry, and
-                // the file's own path.
+                // the file's own path; session threads come from --worker-threads only.
+                session_threads: _,
                 cache: _,
                 registry: _,
                 config_file: _,

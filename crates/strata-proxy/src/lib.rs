@@ -51,6 +51,7 @@ mod server;
 mod session;
 mod strata_cache;
 mod strata_console;
+mod threads;
 mod tls;
 mod transport;
 

@@ -19,11 +19,10 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = args.worker_threads {
-        runtime.worker_threads(usize::from(threads));
-    }
-    let runtime = runtime.enable_all().build().context("cannot start tokio")?;
+    // Sessions run on their own threads (`--worker-threads`); this runtime accepts clients and
+    // runs what outlives a session (metrics, pool upkeep, the WAL stream, Redis connections).
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start tokio")?;
     runtime.block_on(async move {
         // Follows the WAL for the proxy's whole life; dropping it stops the stream.
         let mut wal_invalidator = None;

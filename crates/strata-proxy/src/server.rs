@@ -18,6 +18,7 @@ use crate::{
     metrics::Metrics,
     relay::{serve_client, Shared},
     seam::RequestCache,
+    threads::{Handoff, SessionThreads},
     transport::Stream,
 };
 
@@ -254,6 +255,15 @@ impl BoundProxy {
                 }
             })
         });
+        let threads = match shared.config.session_threads {
+            0 => None,
+            n => {
+                Some(SessionThreads::start(n).map_err(|e| Error::io("cannot start the session threads", e))?)
+            }
+        };
+        if let Some(t) = &threads {
+            info!(threads = t.len(), "sessions run on their own threads, one runtime each");
+        }
         let mut rx = shutdown.0.subscribe();
         let http_task = http.map(|l| tokio::spawn(http::serve(l, registry, rx.clone())));
         let mut sessions = JoinSet::new();
@@ -262,7 +272,7 @@ impl BoundProxy {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _peer)) => {
                         let _ = stream.set_nodelay(true);
-                        sessions.spawn(serve_client(shared.clone(), Stream::Tcp(stream)));
+                        spawn_session(&mut sessions, threads.as_ref(), &shared, Stream::Tcp(stream));
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
@@ -271,9 +281,7 @@ impl BoundProxy {
                     }
                 },
                 accepted = accept_unix(unix.as_ref()) => match accepted {
-                    Ok(stream) => {
-                        sessions.spawn(serve_client(shared.clone(), stream));
-                    }
+                    Ok(stream) => spawn_session(&mut sessions, threads.as_ref(), &shared, stream),
                     Err(e) => {
                         warn!(error = %e, "accept on the unix socket failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -297,12 +305,46 @@ impl BoundProxy {
         }
         info!(sessions = sessions.len(), "shutting down; waiting for sessions to finish");
         while sessions.join_next().await.is_some() {}
+        drop(threads);
         if let Some(t) = http_task {
             t.abort();
         }
         info!("strata-proxy stopped");
         Ok(())
     }
+}
+
+/// Starts serving an accepted client: on the session thread serving the fewest sessions, or
+/// on this runtime without session threads.
+fn spawn_session(
+    sessions: &mut JoinSet<()>,
+    threads: Option<&SessionThreads>,
+    shared: &Arc<Shared>,
+    stream: Stream,
+) {
+    let shared = shared.clone();
+    let Some(threads) = threads else {
+        sessions.spawn(serve_client(shared, stream));
+        return;
+    };
+    let handoff = match Handoff::take(stream) {
+        Ok(h) => h,
+        Err(e) => {
+            warn!(error = %e, "cannot hand an accepted connection to a session thread");
+            return;
+        }
+    };
+    let (thread, placed) = threads.place();
+    sessions.spawn_on(
+        async move {
+            let _placed = placed;
+            match handoff.arrive() {
+                Ok(stream) => serve_client(shared, stream).await,
+                Err(e) => warn!(error = %e, "cannot register an accepted connection on its session thread"),
+            }
+        },
+        thread,
+    );
 }
 
 /// A Unix socket being listened on; the file goes when it is dropped.
