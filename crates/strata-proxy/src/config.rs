@@ -388,7 +388,8 @@ impl ProxyBuilder {
 
     /// How many threads serve sessions, each with its own single-threaded runtime [default: one
     /// per core]. A session's two directions, its sockets and what it spawns stay on the thread
-    /// it was given (the one serving the fewest sessions), so a request wakes no other thread.
+    /// it was given (the one serving the fewest sessions), so in session mode a relayed request
+    /// wakes no other thread (a pooled server connection is polled by the thread that opened it).
     /// 0 serves sessions as tasks of the runtime that runs the proxy instead.
     pub fn with_session_threads(mut self, threads: usize) -> Self {
         self.session_threads = Some(threads);

@@ -6,9 +6,12 @@
 //! poller saw the event, and every such hand-over wakes a parked thread (a futex and a context
 //! switch) and keeps the scheduler's bookkeeping (clock reads, its poll-time average) busy per
 //! batch. Here a session's two directions, its sockets, its link to a pooled server connection
-//! and what its cache spawns stay on the thread the session was given: a request wakes no other
-//! thread of the proxy, as in PgBouncer's single event loop, while several threads still use
-//! several cores. A new session goes to the thread serving the fewest.
+//! and what its cache spawns stay on the thread the session was given: in session mode a relayed
+//! request wakes no other thread of the proxy, as in PgBouncer's single event loop, while several
+//! threads still use several cores. Not everything is local: a pooled server connection is polled
+//! by the thread that opened it (or the main runtime, for connections its upkeep opened), and a
+//! Redis L2 is reached through connections on the main runtime. A new session goes to the thread
+//! serving the fewest.
 
 use std::{
     io,
