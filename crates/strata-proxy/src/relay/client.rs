@@ -183,6 +183,9 @@ impl ClientSide {
             }
             return Ok(Now::Done(Flow::Continue));
         }
+        if !self.active {
+            return Ok(Now::Done(self.pass_through(tag, &msg)));
+        }
         match tag {
             b'Q' => return Ok(Now::Query(msg)),
             b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S' => {
@@ -209,6 +212,46 @@ impl ClientSide {
             }
         }
         Ok(Now::Done(Flow::Continue))
+    }
+
+    /// Without a cache, a message goes upstream as it came: nothing is decoded (PostgreSQL
+    /// answers malformed ones itself), only where requests begin and end is kept (a Query, a
+    /// FunctionCall, an extended batch through its Sync each wait for one ReadyForQuery), so
+    /// the session's idle and in-flight tracking stays exact.
+    fn pass_through(&mut self, tag: u8, msg: &[u8]) -> Flow {
+        let metrics = &self.session.shared.metrics;
+        let mut flow = Flow::Continue;
+        match tag {
+            b'Q' => {
+                metrics.requests_simple.inc();
+                // Inside an unfinished extended batch, one ReadyForQuery answers both.
+                if self.open.take().is_none() {
+                    self.push_closed_opt(None, None);
+                }
+            }
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' if self.open.is_none() => {
+                self.open = Some(OpenBatch { forwarding: true, ..OpenBatch::default() });
+                self.push_closed_opt(None, None);
+            }
+            b'S' => {
+                metrics.requests_extended.inc();
+                if self.open.take().is_none() {
+                    self.push_closed_opt(None, None);
+                }
+            }
+            b'F' => {
+                metrics.requests_function.inc();
+                self.push_closed_opt(None, None);
+            }
+            b'X' => {
+                self.session.terminated.store(true, Ordering::Release);
+                flow = Flow::Terminate;
+            }
+            // CopyData, CopyDone, CopyFail and anything else belong to the request in flight.
+            _ => {}
+        }
+        self.out.extend_from_slice(msg);
+        flow
     }
 
     async fn on_query(&mut self, msg: Bytes) -> Result<(), ClientEnd> {

@@ -294,7 +294,8 @@ fn on_message(
                         }
                     }
                     match tag {
-                        b'C' => {
+                        // Only a cache reads the tags (`complete`).
+                        b'C' if session.cache.is_some() => {
                             let tag_text = Reader::new(body, "CommandComplete").cstr().unwrap_or_default();
                             e.tags.push(tag_text);
                         }
@@ -318,7 +319,7 @@ fn on_message(
                                 }
                             }
                         }
-                        b'2' | b'T' | b'n' | b'I' => {}
+                        b'C' | b'2' | b'T' | b'n' | b'I' => {}
                         _ => e.mark(NotCacheable::Unexpected),
                     }
                 }
