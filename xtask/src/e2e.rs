@@ -53,15 +53,20 @@ pub(crate) enum Workload {
     ZipfMixed,
     /// A point select whose parameters never repeat: every request misses every cache.
     Miss,
+    /// `-S`'s point select on an account drawn from the zipfian distribution, 100% reads, from a
+    /// cold start: a caching target is started afresh for each protocol and measured without a
+    /// warm-up, so its cache fills during the run.
+    ZipfRead,
 }
 
 impl Workload {
-    pub(crate) const ALL: [Workload; 5] = [
+    pub(crate) const ALL: [Workload; 6] = [
         Workload::SelectOnly,
         Workload::HeavyRead,
         Workload::HeavyMixed,
         Workload::ZipfMixed,
         Workload::Miss,
+        Workload::ZipfRead,
     ];
 
     /// The name `--workload` takes.
@@ -72,6 +77,7 @@ impl Workload {
             Workload::HeavyMixed => "heavy-mixed",
             Workload::ZipfMixed => "zipf",
             Workload::Miss => "miss",
+            Workload::ZipfRead => "zipf-read",
         }
     }
 
@@ -82,6 +88,7 @@ impl Workload {
             Workload::HeavyMixed => "heavy read, 90/10 read/write",
             Workload::ZipfMixed => "zipfian point reads, 10% updates",
             Workload::Miss => "cache miss (no parameter repeats)",
+            Workload::ZipfRead => "zipfian point reads from a cold start",
         }
     }
 
@@ -100,7 +107,7 @@ impl Workload {
                 reads: ZIPF_CHECKED,
                 what: "accounts",
             }),
-            Workload::SelectOnly | Workload::HeavyRead | Workload::Miss => None,
+            Workload::SelectOnly | Workload::HeavyRead | Workload::Miss | Workload::ZipfRead => None,
         }
     }
 
@@ -122,6 +129,7 @@ impl Workload {
                 format!("{}@1", script("zipf_write.sql")),
             ],
             Workload::Miss => vec!["-f".into(), script("miss.sql")],
+            Workload::ZipfRead => vec!["-f".into(), script("zipf_read.sql")],
         }
     }
 }
@@ -438,7 +446,14 @@ pub(crate) fn run(args: &[String], interrupted: &Interrupted) -> Result<ExitCode
     let mut runs = Vec::new();
     let mut warm_ups = Vec::new();
     for &kind in &options.targets {
-        let target = Target::start(kind, &tools, &bench_tools, &services, &proxy_binary, &work)?;
+        let start = || Target::start(kind, &tools, &bench_tools, &services, &proxy_binary, &work);
+        if options.runs(Workload::ZipfRead) {
+            bench.run_cold(kind, &start, &mut runs)?;
+        }
+        if !bench.runs_warm() {
+            continue;
+        }
+        let target = start()?;
         println!("xtask bench e2e: target {} on port {}", kind.label(), target.port());
         bench.run_target(&target, &mut runs, &mut warm_ups)?;
         drop(target);
@@ -519,6 +534,37 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
+    /// Whether any workload besides the cold-start one is to run.
+    fn runs_warm(&self) -> bool {
+        self.options.workloads.iter().any(|w| *w != Workload::ZipfRead)
+    }
+
+    /// The zipfian reads from a cold start, 8 clients, each protocol: a caching target is
+    /// started afresh for each (its cache empty), and no run warms it first.
+    fn run_cold(
+        &self,
+        kind: TargetKind,
+        start: &dyn Fn() -> Result<Target>,
+        runs: &mut Vec<Run>,
+    ) -> Result<()> {
+        let mut shared = None;
+        for mode in Mode::ALL {
+            let fresh;
+            let target = if kind.caches() {
+                fresh = start()?;
+                &fresh
+            } else {
+                if shared.is_none() {
+                    shared = Some(start()?);
+                }
+                shared.as_ref().context("the target started")?
+            };
+            println!("xtask bench e2e: target {} on port {}, cold, {mode}", kind.label(), target.port());
+            runs.push(self.measure(target, Workload::ZipfRead, mode, 8, false)?);
+        }
+        Ok(())
+    }
+
     fn run_target(&self, target: &Target, runs: &mut Vec<Run>, warm_ups: &mut Vec<WarmUp>) -> Result<()> {
         let select_only = self.options.runs(Workload::SelectOnly);
         for mode in Mode::ALL {
@@ -558,7 +604,7 @@ impl Bench<'_> {
             runs.push(self.measure_mixed(target, Workload::HeavyMixed, HEAVY_MODE)?);
         }
         if self.options.runs(Workload::Miss) {
-            for mode in [Mode::Simple, Mode::Prepared] {
+            for mode in Mode::ALL {
                 runs.push(self.measure(target, Workload::Miss, mode, 8, true)?);
             }
         }
