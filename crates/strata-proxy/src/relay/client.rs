@@ -184,6 +184,7 @@ impl ClientSide {
             return Ok(Now::Done(Flow::Continue));
         }
         if !self.active {
+            check_shape(tag, &msg[5..]).map_err(ClientEnd::Malformed)?;
             return Ok(Now::Done(self.pass_through(tag, &msg)));
         }
         match tag {
@@ -902,6 +903,50 @@ fn read_formats(r: &mut Reader<'_>) -> Result<Option<Vec<Format>>, Malformed> {
         }
     }
     Ok(known.then_some(out))
+}
+
+/// Checks, without decoding into anything, that a message the relay passes through has the
+/// shape the decoder (`decode_extended`, `on_query`) would accept: a malformed one ends the
+/// session with 08P01 whether or not a cache runs.
+fn check_shape(tag: u8, body: &[u8]) -> Result<(), Malformed> {
+    let mut r = Reader::new(body, "message");
+    match tag {
+        b'Q' => {
+            r.cbytes()?;
+        }
+        b'P' => {
+            r.cbytes()?;
+            r.cbytes()?;
+            let n = r.count()?;
+            r.take(n * 4)?;
+        }
+        b'B' => {
+            r.cbytes()?;
+            r.cbytes()?;
+            let n = r.count()?;
+            r.take(n * 2)?;
+            for _ in 0..r.count()? {
+                let len = r.i32()?;
+                if len > 0 {
+                    r.take(len as usize)?;
+                }
+            }
+            let n = r.count()?;
+            r.take(n * 2)?;
+        }
+        b'D' | b'C' => {
+            if !matches!(r.u8()?, b'S' | b'P') {
+                return Err(Malformed::new("invalid DESCRIBE/CLOSE message subtype"));
+            }
+            r.cbytes()?;
+        }
+        b'E' => {
+            r.cbytes()?;
+            r.u32()?;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// SQL-level statements that drop protocol-level prepared statements.
