@@ -215,8 +215,8 @@ impl ClientSide {
         Ok(Now::Done(Flow::Continue))
     }
 
-    /// Without a cache, a message goes upstream as it came: nothing is decoded (PostgreSQL
-    /// answers malformed ones itself), only where requests begin and end is kept (a Query, a
+    /// Without a cache, a message goes upstream as it came: nothing is decoded (its shape was
+    /// checked by `check_shape`), only where requests begin and end is kept (a Query, a
     /// FunctionCall, an extended batch through its Sync each wait for one ReadyForQuery), so
     /// the session's idle and in-flight tracking stays exact.
     fn pass_through(&mut self, tag: u8, msg: &[u8]) -> Flow {
