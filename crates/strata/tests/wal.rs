@@ -379,6 +379,20 @@ async fn own_database(admin: &Client, names: &str) -> (String, Client) {
 
 async fn drop_database(admin: &Client, names: &str, db: &str) {
     drop_publication(admin, names).await;
+    // The invalidator's slot is temporary: it goes when its walsender exits, which happens a
+    // little after the walsender is told to end. DROP DATABASE refuses (55006) while a slot in
+    // the database is active, so wait for the slot to go first.
+    for _ in 0..200 {
+        let active: i64 = admin
+            .query_one("SELECT count(*) FROM pg_replication_slots WHERE database = $1", &[&db])
+            .await
+            .unwrap()
+            .get(0);
+        if active == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await.unwrap();
 }
 
