@@ -143,15 +143,55 @@ pub(crate) fn display_unit(unit: &TableName) -> String {
 
 /// The table-wide unit: bumped by writes whose keys are unknown, read by every key-level reader.
 pub(crate) fn wide_unit(table: &TableName) -> TableName {
-    TableName::new(format!("{}\0w", table.as_str()))
+    unit_name(table, "\0w", None)
 }
 
 fn slot_unit(table: &TableName, slot: u64) -> TableName {
-    TableName::new(format!("{}\0s\0{slot}", table.as_str()))
+    unit_name(table, "\0s\0", Some((false, slot)))
 }
 
 fn bucket_unit(table: &TableName, bucket: i64) -> TableName {
-    TableName::new(format!("{}\0b\0{bucket}", table.as_str()))
+    unit_name(table, "\0b\0", Some((bucket < 0, bucket.unsigned_abs())))
+}
+
+/// `table`, `tag`, then the number (sign, magnitude) in decimal if any, as one name, built with
+/// one allocation and no formatting machinery: every key-level lookup names a few of these.
+fn unit_name(table: &TableName, tag: &str, number: Option<(bool, u64)>) -> TableName {
+    let mut digits = [0u8; 21];
+    let mut at = digits.len();
+    if let Some((negative, mut n)) = number {
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        if negative {
+            at -= 1;
+            digits[at] = b'-';
+        }
+    }
+    let number = &digits[at..];
+    let len = table.as_str().len() + tag.len() + number.len();
+    let mut name = [0u8; 160];
+    if len > name.len() {
+        let mut long = String::with_capacity(len);
+        long.push_str(table.as_str());
+        long.push_str(tag);
+        long.extend(number.iter().map(|&b| char::from(b)));
+        return TableName::new(long);
+    }
+    let (t, rest) = name.split_at_mut(table.as_str().len());
+    t.copy_from_slice(table.as_str().as_bytes());
+    rest[..tag.len()].copy_from_slice(tag.as_bytes());
+    rest[tag.len()..tag.len() + number.len()].copy_from_slice(number);
+    // ASCII appended to a str: still UTF-8.
+    match std::str::from_utf8(&name[..len]) {
+        Ok(text) => TableName::new(text),
+        Err(_) => TableName::new(String::from_utf8_lossy(&name[..len]).into_owned()),
+    }
 }
 
 /// The units a committed write to `table` bumps: with its keys known (old and new values of
@@ -186,30 +226,42 @@ pub(crate) enum ReadKeys {
 
 /// The units a key-level read of `table` reads, or `None` when it must stay table-level (too
 /// many values or buckets, a range over a non-integer key).
+#[cfg(test)]
 pub(crate) fn read_units(table: &TableName, keys: &ReadKeys) -> Option<Vec<TableName>> {
-    let mut units = vec![wide_unit(table)];
+    let mut units = Vec::new();
+    push_read_units(table, &wide_unit(table), keys, &mut units).then(|| {
+        units.sort();
+        units.dedup();
+        units
+    })
+}
+
+/// Appends the units of [`read_units`] to `units` (unsorted; `wide` is the table's
+/// [`wide_unit`], which a plan names once), or appends nothing and says `false` where the read
+/// must stay table-level.
+fn push_read_units(table: &TableName, wide: &TableName, keys: &ReadKeys, units: &mut Vec<TableName>) -> bool {
     match keys {
         ReadKeys::Points(values) => {
             if values.is_empty() || values.len() > MAX_POINTS {
-                return None;
+                return false;
             }
+            units.push(wide.clone());
             units.extend(values.iter().map(|v| slot_unit(table, v.slot())));
         }
         ReadKeys::Range(low, high) => {
             if low > high {
                 // Empty: no row can match, but keep it simple and safe.
-                return None;
+                return false;
             }
             let (first, last) = (low.div_euclid(BUCKET_WIDTH), high.div_euclid(BUCKET_WIDTH));
-            if last.checked_sub(first)? >= MAX_BUCKETS {
-                return None;
+            if last.checked_sub(first).is_none_or(|n| n >= MAX_BUCKETS) {
+                return false;
             }
+            units.push(wide.clone());
             units.extend((first..=last).map(|b| bucket_unit(table, b)));
         }
     }
-    units.sort();
-    units.dedup();
-    Some(units)
+    true
 }
 
 /// The keys writes are known to have changed, by table version unit; a written table missing
@@ -259,6 +311,8 @@ impl KeyLedger {
 pub(crate) struct KeyedRead {
     /// The table's version unit.
     pub(crate) unit: TableName,
+    /// Its table-wide unit ([`wide_unit`]).
+    pub(crate) wide: TableName,
     pub(crate) kind: KeyKind,
     /// One restriction per reference to the table; together they cover every row it reads.
     pub(crate) restrictions: Vec<RestrictedValues>,
@@ -291,7 +345,7 @@ pub(crate) fn keyed_reads(
             .map(|r| r.values().clone())
             .collect();
         if !restrictions.is_empty() {
-            keyed.push(KeyedRead { unit, kind: key.kind, restrictions });
+            keyed.push(KeyedRead { wide: wide_unit(&unit), unit, kind: key.kind, restrictions });
         }
     }
     keyed
@@ -519,27 +573,38 @@ pub(crate) fn request_units(
     keyed: &[KeyedRead],
     values: &Values<'_>,
 ) -> (Vec<TableName>, usize) {
-    let mut units: Vec<TableName> = base.to_vec();
+    // Every lookup of a key-level text comes here: one vector for all the units, filled in place.
+    let mut units: Vec<TableName> = Vec::with_capacity(base.len() + 2 * keyed.len() + 2);
     let mut table_level = 0;
-    for read in keyed {
-        let mut extra: Vec<TableName> = Vec::new();
-        let all = read.restrictions.iter().all(|r| {
-            match values.read_keys(read.kind, r).and_then(|keys| read_units(&read.unit, &keys)) {
-                Some(u) => {
-                    extra.extend(u);
-                    true
-                }
-                None => false,
-            }
-        });
+    // The keyed tables whose table unit the units of their keys replace (one bit each; a plan
+    // has few keyed tables, and one past 64 simply keeps its table unit).
+    let mut replaced: u64 = 0;
+    for (i, read) in keyed.iter().enumerate() {
+        let mark = units.len();
+        let all = i < 64
+            && read.restrictions.iter().all(|r| {
+                values
+                    .read_keys(read.kind, r)
+                    .is_some_and(|keys| push_read_units(&read.unit, &read.wide, &keys, &mut units))
+            });
         if all {
-            units.retain(|u| *u != read.unit);
-            units.extend(extra);
+            replaced |= 1 << i;
         } else {
+            units.truncate(mark);
             table_level += 1;
         }
     }
-    units.sort();
+    units.extend(
+        base.iter()
+            .filter(|u| {
+                !keyed
+                    .iter()
+                    .enumerate()
+                    .any(|(i, read)| i < 64 && replaced & (1 << i) != 0 && read.unit == **u)
+            })
+            .cloned(),
+    );
+    units.sort_unstable();
     units.dedup();
     (units, table_level)
 }
@@ -722,6 +787,22 @@ mod tests {
         assert!(read_units(&t(), &ReadKeys::Range(0, MAX_BUCKETS * BUCKET_WIDTH)).is_none());
         assert!(read_units(&t(), &ReadKeys::Range(i64::MIN, i64::MAX)).is_none());
         assert!(read_units(&t(), &ReadKeys::Range(0, MAX_BUCKETS * BUCKET_WIDTH - 1)).is_some());
+    }
+
+    #[test]
+    fn unit_names_are_the_table_a_tag_and_a_decimal_number() {
+        let t = TableName::new("public.t");
+        assert_eq!(wide_unit(&t).as_str(), "public.t\0w");
+        assert_eq!(slot_unit(&t, 0).as_str(), "public.t\0s\00");
+        assert_eq!(slot_unit(&t, u64::MAX).as_str(), format!("public.t\0s\0{}", u64::MAX));
+        assert_eq!(bucket_unit(&t, -1).as_str(), "public.t\0b\0-1");
+        assert_eq!(bucket_unit(&t, i64::MIN).as_str(), format!("public.t\0b\0{}", i64::MIN));
+        assert_eq!(bucket_unit(&t, 1234).as_str(), "public.t\0b\01234");
+        // Longer than the stack buffer, and not ASCII.
+        let long = TableName::new(format!("public.\"{}\"", "é".repeat(100)));
+        assert_eq!(slot_unit(&long, 42).as_str(), format!("{}\0s\042", long.as_str()));
+        assert_eq!(bucket_unit(&long, -7).as_str(), format!("{}\0b\0-7", long.as_str()));
+        assert_eq!(wide_unit(&long).as_str(), format!("{}\0w", long.as_str()));
     }
 
     #[test]
