@@ -309,6 +309,11 @@ impl KeyBuilder {
         &self.buf
     }
 
+    /// The key built so far, copied out (the builder keeps its buffer for reuse).
+    pub fn to_key(&self) -> CacheKey {
+        CacheKey::from_canonical(Bytes::copy_from_slice(&self.buf))
+    }
+
     /// Gives the buffer back for reuse, without building a key.
     pub fn into_buffer(self) -> Vec<u8> {
         self.buf

@@ -124,6 +124,11 @@ impl Hit {
         self.tier.as_str()
     }
 
+    /// [`tier`](Self::tier), as a name that is free to keep.
+    pub fn tier_name(&self) -> &TierName {
+        &self.tier
+    }
+
     /// How old the result is.
     pub fn age(&self) -> Duration {
         self.age
@@ -819,10 +824,14 @@ impl QueryCache {
         let shared = &self.shared;
         let started = shared.metrics.sampled().then(Instant::now);
         let mut first_tier = 0;
+        let mut built = None;
         match self.probe_hot(req, &plan, units) {
             Fast::Skip => {}
             Fast::Unsynchronized => return Step::Done(self.bypass(BypassReason::VersionsUnsynchronized)),
-            Fast::Missed => first_tier = 1,
+            Fast::Missed(key, versions) => {
+                first_tier = 1;
+                built = Some((key, versions));
+            }
             Fast::Found(result) => {
                 let now = shared.clock.now();
                 let age = result.age(now);
@@ -844,11 +853,17 @@ impl QueryCache {
                 // Expired or past its soft TTL: the walk below decides who refreshes.
             }
         }
-        let mut versions = Vec::with_capacity(units.len());
-        if shared.versions.read(units, &mut versions) == VersionView::Unsynchronized {
-            return Step::Done(self.bypass(BypassReason::VersionsUnsynchronized));
-        }
-        let key = build_key(req, &plan.analysis, units, &versions);
+        let (key, versions) = match built {
+            // The versions were read before the query runs, as a fill ticket needs.
+            Some(built) => built,
+            None => {
+                let mut versions = Vec::with_capacity(units.len());
+                if shared.versions.read(units, &mut versions) == VersionView::Unsynchronized {
+                    return Step::Done(self.bypass(BypassReason::VersionsUnsynchronized));
+                }
+                (build_key(req, &plan.analysis, units, &versions), versions)
+            }
+        };
         let seed = if shared.semantic.is_some() { semantic_seed(req, &plan) } else { None };
         let mut pending = Pending {
             plan,
@@ -897,8 +912,8 @@ impl QueryCache {
     }
 
     /// Asks the typed in-process tier in front with the key built in this thread's reused buffer:
-    /// a hit allocates nothing. Versions read here only select the key; a miss reads them again
-    /// for its fill ticket, still before the query runs.
+    /// a hit allocates nothing. A miss takes a copy of the key and of the versions it was built
+    /// with (read before the query runs) for the rest of the lookup and its fill ticket.
     fn probe_hot(&self, req: &Request<'_>, plan: &Plan, units: &[TableName]) -> Fast {
         let shared = &self.shared;
         let Some(hot) = &shared.hot else { return Fast::Skip };
@@ -914,11 +929,12 @@ impl QueryCache {
             let builder = CacheKey::builder_in(std::mem::take(key), req.scope, plan.analysis.key_bytes());
             let builder = key_parts(builder, req, &plan.analysis, units, versions);
             let found = hot.lookup_parts(builder.digest(), builder.canonical());
-            *key = builder.into_buffer();
-            match found {
+            let fast = match found {
                 Some(result) => Fast::Found(result),
-                None => Fast::Missed,
-            }
+                None => Fast::Missed(builder.to_key(), versions.clone()),
+            };
+            *key = builder.into_buffer();
+            fast
         })
     }
 
@@ -1510,7 +1526,9 @@ enum Fast {
     /// The versions cannot be vouched for.
     Unsynchronized,
     Found(CachedResult),
-    Missed,
+    /// Not in the tier in front: the key built and the versions it was built with, for the rest
+    /// of the lookup and the fill ticket.
+    Missed(CacheKey, Vec<u64>),
 }
 
 /// The answer of [`QueryCache::explain`].
