@@ -311,9 +311,16 @@ fn number(b: &[u8], i: usize) -> Option<(usize, i32)> {
         return None;
     }
     let kind = if integer {
-        let digits: String = std::str::from_utf8(&b[i..j]).ok()?.chars().filter(|c| *c != '_').collect();
-        match digits.parse::<u64>() {
-            Ok(v) if v <= i32::MAX as u64 => Token::Iconst,
+        // Decimal digits and separating underscores only (checked above), read without a copy.
+        let mut value: Option<u64> = Some(0);
+        for &c in &b[i..j] {
+            if c != b'_' {
+                value =
+                    value.and_then(|v| v.checked_mul(10)).and_then(|v| v.checked_add(u64::from(c - b'0')));
+            }
+        }
+        match value {
+            Some(v) if v <= i32::MAX as u64 => Token::Iconst,
             _ => Token::Fconst,
         }
     } else {

@@ -124,6 +124,14 @@ pub fn is_time_dependent_input(value: &str) -> bool {
 }
 
 fn integer_type(text: &str) -> (TypeOid, LiteralForm) {
+    // The usual case, plain decimal digits, needs no cleaned copy.
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return match text.parse::<i64>() {
+            Ok(v) if i32::try_from(v).is_ok() => (TypeOid::INT4, LiteralForm::Integer),
+            Ok(_) => (TypeOid::INT8, LiteralForm::Integer),
+            Err(_) => (TypeOid::NUMERIC, LiteralForm::Numeric),
+        };
+    }
     let clean: String = text.chars().filter(|c| *c != '_').collect();
     let lower = clean.to_ascii_lowercase();
     let parsed = if let Some(h) = lower.strip_prefix("0x") {
