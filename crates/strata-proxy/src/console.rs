@@ -37,11 +37,12 @@ const HELP: [(&str, &str); 8] = [
 
 /// Whether a text is `EXPLAIN LAST STATEMENT` (any case and spacing, an optional `;`).
 pub(crate) fn is_explain_last(sql: &str) -> bool {
-    let words: Vec<&str> = sql.trim().trim_end_matches(';').split_whitespace().collect();
-    words.len() == 3
-        && words[0].eq_ignore_ascii_case("explain")
-        && words[1].eq_ignore_ascii_case("last")
-        && words[2].eq_ignore_ascii_case("statement")
+    let mut words = sql.trim().trim_end_matches(';').split_whitespace();
+    // Asked of every simple query: no allocation, and most texts are told apart by the first word.
+    words.next().is_some_and(|w| w.eq_ignore_ascii_case("explain"))
+        && words.next().is_some_and(|w| w.eq_ignore_ascii_case("last"))
+        && words.next().is_some_and(|w| w.eq_ignore_ascii_case("statement"))
+        && words.next().is_none()
 }
 
 /// A console command as typed.
@@ -450,6 +451,9 @@ mod tests {
         assert!(p("SHOW QUERIES extra").is_err());
         assert!(is_explain_last(" explain  LAST statement ; "));
         assert!(!is_explain_last("EXPLAIN SELECT 1"));
+        assert!(!is_explain_last("explain last"));
+        assert!(!is_explain_last("explain last statement now"));
+        assert!(is_explain_last("explain\tlast\nstatement;"));
     }
 
     #[test]

@@ -48,6 +48,11 @@ impl PreparedStatement {
         &self.sql
     }
 
+    /// [`sql`](Self::sql), shared.
+    pub(crate) fn sql_shared(&self) -> &Arc<str> {
+        &self.sql
+    }
+
     /// The parameter type OIDs the client specified (0 = let the server infer).
     pub fn param_types(&self) -> &[u32] {
         &self.param_types

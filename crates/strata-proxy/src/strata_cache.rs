@@ -346,15 +346,78 @@ struct StrataSession {
     last: std::sync::Mutex<LastStatement>,
 }
 
-/// The last statement of a session and what became of it.
+/// The last statement of a session and what became of it. Kept on every request, so it is
+/// kept in parts that cost little to take; `EXPLAIN LAST STATEMENT` renders them.
 #[derive(Debug, Default)]
 struct LastStatement {
-    statement: Option<String>,
+    statement: Option<LastText>,
     destination: &'static str,
-    outcome: String,
-    reason: String,
+    outcome: &'static str,
+    reason: LastReason,
     /// A lookup's outcome waiting for its response: the request's bytes, outcome and reason.
-    pending: Option<(bytes::Bytes, String, String)>,
+    pending: Option<(bytes::Bytes, &'static str, LastReason)>,
+}
+
+/// The text of the last statement.
+#[derive(Debug)]
+enum LastText {
+    /// The one statement of an extended request, shared with its prepared statement.
+    Statement(Arc<str>),
+    /// Anything else, already truncated ([`request_text`]).
+    Text(String),
+}
+
+impl LastText {
+    fn of(request: &Request) -> Self {
+        if let RequestKind::Extended { messages } = request.kind() {
+            let mut executed = messages.iter().filter_map(|m| match m {
+                ExtendedMessage::Execute { statement, .. } => Some(statement.as_deref()),
+                _ => None,
+            });
+            if let (Some(Some(statement)), None) = (executed.next(), executed.next()) {
+                if statement.is_exact() {
+                    return LastText::Statement(statement.sql_shared().clone());
+                }
+            }
+        }
+        LastText::Text(request_text(request))
+    }
+
+    fn render(&self) -> String {
+        match self {
+            LastText::Statement(sql) => truncated(sql.to_string()),
+            LastText::Text(text) => text.clone(),
+        }
+    }
+}
+
+/// Why the last statement went where it went.
+#[derive(Debug, Default)]
+enum LastReason {
+    #[default]
+    Nothing,
+    Static(&'static str),
+    Text(String),
+    ServedBy(strata::TierName),
+    /// A miss's fill: what storing made of it, or why the response was not offered.
+    Filled(Option<strata::FillOutcome>, Option<crate::seam::NotCacheable>),
+}
+
+impl LastReason {
+    fn render(&self) -> String {
+        match self {
+            LastReason::Nothing => String::new(),
+            LastReason::Static(text) => (*text).to_owned(),
+            LastReason::Text(text) => text.clone(),
+            LastReason::ServedBy(tier) => format!("served by {}", tier.as_str()),
+            LastReason::Filled(stored, not_cacheable) => match (stored, not_cacheable) {
+                (Some(strata::FillOutcome::Stored), _) => "the answer was stored".to_owned(),
+                (Some(other), _) => format!("the answer was not stored: {other:?}"),
+                (None, Some(why)) => format!("the answer was not stored: {why:?}"),
+                (None, None) => "the answer was not stored".to_owned(),
+            },
+        }
+    }
 }
 
 /// The most of a statement's text `EXPLAIN LAST STATEMENT` shows.
@@ -362,7 +425,7 @@ const MAX_SHOWN_TEXT: usize = 1_000;
 
 /// A request's SQL, for people (truncated).
 fn request_text(request: &Request) -> String {
-    let mut text = match request.kind() {
+    let text = match request.kind() {
         RequestKind::Simple { sql } => sql.clone(),
         RequestKind::Extended { .. } => executed_statements(request)
             .iter()
@@ -372,6 +435,11 @@ fn request_text(request: &Request) -> String {
         RequestKind::FunctionCall => "(fast-path function call)".to_owned(),
         RequestKind::Undecodable => "(a text the proxy could not read exactly)".to_owned(),
     };
+    truncated(text)
+}
+
+/// `text` cut to [`MAX_SHOWN_TEXT`] bytes (on a character boundary) and marked as cut.
+fn truncated(mut text: String) -> String {
     if text.len() > MAX_SHOWN_TEXT {
         let mut end = MAX_SHOWN_TEXT;
         while !text.is_char_boundary(end) {
@@ -389,8 +457,8 @@ impl StrataSession {
     }
 
     /// A lookup's answer, before the response (if any) comes.
-    fn looked_up(&self, request: &Request, outcome: &str, reason: String) {
-        self.last().pending = Some((request.wire_bytes().clone(), outcome.to_owned(), reason));
+    fn looked_up(&self, request: &Request, outcome: &'static str, reason: LastReason) {
+        self.last().pending = Some((request.wire_bytes().clone(), outcome, reason));
     }
 }
 
@@ -631,11 +699,12 @@ impl RequestSession for StrataSession {
                 return Lookup::Verify(self.session.verification_query());
             }
             ScopeStatus::Unverified => {
-                self.looked_up(request, "bypass", "not cacheable".to_owned());
+                self.looked_up(request, "bypass", LastReason::Static("not cacheable"));
                 return Lookup::Bypass;
             }
             ScopeStatus::Disabled(why) => {
-                self.looked_up(request, "bypass", format!("the session does not use the cache: {why}"));
+                let reason = LastReason::Text(format!("the session does not use the cache: {why}"));
+                self.looked_up(request, "bypass", reason);
                 return Lookup::Bypass;
             }
         };
@@ -643,24 +712,24 @@ impl RequestSession for StrataSession {
             Some(strata::Lookup::Hit(hit)) => {
                 let mut last = self.last();
                 *last = LastStatement {
-                    statement: Some(request_text(request)),
+                    statement: Some(LastText::of(request)),
                     destination: "cache",
-                    outcome: "hit".to_owned(),
-                    reason: format!("served by {}", hit.tier()),
+                    outcome: "hit",
+                    reason: LastReason::ServedBy(hit.tier_name().clone()),
                     pending: None,
                 };
                 Lookup::Hit(hit.payload().clone())
             }
             Some(strata::Lookup::Miss(ticket)) => {
-                self.looked_up(request, "miss", String::new());
+                self.looked_up(request, "miss", LastReason::Nothing);
                 Lookup::Miss(Fill::new(ticket))
             }
             Some(strata::Lookup::Bypass(bypass)) => {
-                self.looked_up(request, "bypass", bypass.reason().to_string());
+                self.looked_up(request, "bypass", LastReason::Text(bypass.reason().to_string()));
                 Lookup::Bypass
             }
             None => {
-                self.looked_up(request, "bypass", "not a batch the cache can answer".to_owned());
+                self.looked_up(request, "bypass", LastReason::Static("not a batch the cache can answer"));
                 Lookup::Bypass
             }
         }
@@ -670,10 +739,10 @@ impl RequestSession for StrataSession {
         let last = self.last();
         let rows = match &last.statement {
             Some(statement) => vec![vec![
-                Some(statement.clone()),
+                Some(statement.render()),
                 Some(last.destination.to_owned()),
-                Some(last.outcome.clone()),
-                Some(last.reason.clone()),
+                Some(last.outcome.to_owned()),
+                Some(last.reason.render()),
             ]],
             None => Vec::new(),
         };
@@ -700,25 +769,20 @@ impl RequestSession for StrataSession {
             let mut last = self.last();
             let pending = last.pending.take().filter(|(wire, _, _)| wire == request.wire_bytes());
             let (outcome, reason) = match pending {
-                Some((_, outcome, _)) if outcome == "miss" => (
-                    outcome,
-                    match (stored, response.summary().not_cacheable()) {
-                        (Some(strata::FillOutcome::Stored), _) => "the answer was stored".to_owned(),
-                        (Some(other), _) => format!("the answer was not stored: {other:?}"),
-                        (None, Some(why)) => format!("the answer was not stored: {why:?}"),
-                        (None, None) => "the answer was not stored".to_owned(),
-                    },
-                ),
+                Some((_, "miss", _)) => {
+                    ("miss", LastReason::Filled(stored, response.summary().not_cacheable()))
+                }
                 Some((_, outcome, reason)) => (outcome, reason),
                 None => (
-                    "not looked up".to_owned(),
-                    "the cache is consulted only outside transaction blocks, with nothing else in \
-                     flight, for requests it could replay"
-                        .to_owned(),
+                    "not looked up",
+                    LastReason::Static(
+                        "the cache is consulted only outside transaction blocks, with nothing else in \
+                         flight, for requests it could replay",
+                    ),
                 ),
             };
             *last = LastStatement {
-                statement: Some(request_text(request)),
+                statement: Some(LastText::of(request)),
                 destination: "upstream",
                 outcome,
                 reason,

@@ -74,7 +74,7 @@ pub use crate::wal::{WalConfig, WalConfigBuilder, WalInvalidator};
 pub use crate::{
     cache::{
         Answer, Bypass, BypassReason, Explanation, FillOutcome, FillTicket, Hit, Loaded, Lookup, QueryCache,
-        Source, TableRuleSet, TierRole,
+        Source, TableRuleSet, TierName, TierRole,
     },
     config::{L1Config, QueryCacheBuilder, QueryCacheConfig, TableConfig},
     error::{Error, ErrorKind},
