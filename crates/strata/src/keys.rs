@@ -792,17 +792,17 @@ mod tests {
     #[test]
     fn unit_names_are_the_table_a_tag_and_a_decimal_number() {
         let t = TableName::new("public.t");
-        assert_eq!(wide_unit(&t).as_str(), "public.t\0w");
-        assert_eq!(slot_unit(&t, 0).as_str(), "public.t\0s\00");
-        assert_eq!(slot_unit(&t, u64::MAX).as_str(), format!("public.t\0s\0{}", u64::MAX));
-        assert_eq!(bucket_unit(&t, -1).as_str(), "public.t\0b\0-1");
-        assert_eq!(bucket_unit(&t, i64::MIN).as_str(), format!("public.t\0b\0{}", i64::MIN));
-        assert_eq!(bucket_unit(&t, 1234).as_str(), "public.t\0b\01234");
+        assert_eq!(wide_unit(&t).as_str(), "public.t\x00w");
+        assert_eq!(slot_unit(&t, 0).as_str(), "public.t\x00s\x000");
+        assert_eq!(slot_unit(&t, u64::MAX).as_str(), format!("public.t\x00s\x00{}", u64::MAX));
+        assert_eq!(bucket_unit(&t, -1).as_str(), "public.t\x00b\x00-1");
+        assert_eq!(bucket_unit(&t, i64::MIN).as_str(), format!("public.t\x00b\x00{}", i64::MIN));
+        assert_eq!(bucket_unit(&t, 1234).as_str(), "public.t\x00b\x001234");
         // Longer than the stack buffer, and not ASCII.
         let long = TableName::new(format!("public.\"{}\"", "é".repeat(100)));
-        assert_eq!(slot_unit(&long, 42).as_str(), format!("{}\0s\042", long.as_str()));
-        assert_eq!(bucket_unit(&long, -7).as_str(), format!("{}\0b\0-7", long.as_str()));
-        assert_eq!(wide_unit(&long).as_str(), format!("{}\0w", long.as_str()));
+        assert_eq!(slot_unit(&long, 42).as_str(), format!("{}\x00s\x0042", long.as_str()));
+        assert_eq!(bucket_unit(&long, -7).as_str(), format!("{}\x00b\x00-7", long.as_str()));
+        assert_eq!(wide_unit(&long).as_str(), format!("{}\x00w", long.as_str()));
     }
 
     #[test]
