@@ -400,6 +400,9 @@ impl RecordingBudget {
     }
 }
 
+/// The first capacity of a [`Recording`].
+const RECORDING_START: usize = 256;
+
 /// A response being recorded; its bytes count against the [`RecordingBudget`] until it is taken
 /// or dropped.
 pub(crate) struct Recording {
@@ -409,7 +412,9 @@ pub(crate) struct Recording {
 
 impl Recording {
     pub(crate) fn new(budget: Arc<RecordingBudget>) -> Self {
-        Self { buf: BytesMut::new(), budget }
+        // Room for a typical short answer (descriptions, a few rows, the tags), so that recording
+        // it does not regrow the buffer message by message.
+        Self { buf: BytesMut::with_capacity(RECORDING_START), budget }
     }
 
     fn extend(&mut self, bytes: &[u8], max: usize) -> Result<(), NotCacheable> {
@@ -428,6 +433,11 @@ impl Recording {
     pub(crate) fn take(mut self) -> Bytes {
         let buf = std::mem::take(&mut self.buf);
         self.budget.used.fetch_sub(buf.len(), Ordering::AcqRel);
+        // A cache keeps these bytes and weighs them by their length: an answer much shorter than
+        // its buffer is copied out, so no cached entry holds memory it is not counted for.
+        if buf.capacity() > 2 * buf.len() {
+            return Bytes::copy_from_slice(&buf);
+        }
         buf.freeze()
     }
 }
