@@ -575,35 +575,23 @@ pub(crate) fn request_units(
 ) -> (Vec<TableName>, usize) {
     // Every lookup of a key-level text comes here: one vector for all the units, filled in place.
     let mut units: Vec<TableName> = Vec::with_capacity(base.len() + 2 * keyed.len() + 2);
+    units.extend_from_slice(base);
     let mut table_level = 0;
-    // The keyed tables whose table unit the units of their keys replace (one bit each; a plan
-    // has few keyed tables, and one past 64 simply keeps its table unit).
-    let mut replaced: u64 = 0;
-    for (i, read) in keyed.iter().enumerate() {
+    for read in keyed {
         let mark = units.len();
-        let all = i < 64
-            && read.restrictions.iter().all(|r| {
-                values
-                    .read_keys(read.kind, r)
-                    .is_some_and(|keys| push_read_units(&read.unit, &read.wide, &keys, &mut units))
-            });
+        let all = read.restrictions.iter().all(|r| {
+            values
+                .read_keys(read.kind, r)
+                .is_some_and(|keys| push_read_units(&read.unit, &read.wide, &keys, &mut units))
+        });
         if all {
-            replaced |= 1 << i;
+            // The units of its keys stand for the table's unit.
+            units.retain(|u| *u != read.unit);
         } else {
             units.truncate(mark);
             table_level += 1;
         }
     }
-    units.extend(
-        base.iter()
-            .filter(|u| {
-                !keyed
-                    .iter()
-                    .enumerate()
-                    .any(|(i, read)| i < 64 && replaced & (1 << i) != 0 && read.unit == **u)
-            })
-            .cloned(),
-    );
     units.sort_unstable();
     units.dedup();
     (units, table_level)
