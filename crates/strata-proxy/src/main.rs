@@ -4,6 +4,10 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use strata_proxy::Args;
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let (builder, log) = args.resolve()?;
