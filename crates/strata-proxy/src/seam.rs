@@ -18,18 +18,35 @@ pub struct PreparedStatement {
     /// The parameter types the server settled on, from its `ParameterDescription` when the
     /// client described the statement.
     server_types: std::sync::OnceLock<Vec<u32>>,
+    /// Set once running the text was found to drop no prepared statement (which depends on the
+    /// text only), so that later executions need not ask the cache again.
+    drops_nothing: std::sync::OnceLock<()>,
 }
 
 impl PreparedStatement {
     pub(crate) fn new(name: String, sql: Arc<str>, param_types: Vec<u32>) -> Self {
-        Self { name, sql, param_types, exact: true, server_types: std::sync::OnceLock::new() }
+        Self {
+            name,
+            sql,
+            param_types,
+            exact: true,
+            server_types: std::sync::OnceLock::new(),
+            drops_nothing: std::sync::OnceLock::new(),
+        }
     }
 
     /// A statement whose text the proxy could not read exactly (not UTF-8, or in a client
     /// encoding whose bytes the parser cannot split): it is never keyed, and running it counts
     /// as an unknown write.
     pub(crate) fn inexact(name: String, sql: Arc<str>, param_types: Vec<u32>) -> Self {
-        Self { name, sql, param_types, exact: false, server_types: std::sync::OnceLock::new() }
+        Self {
+            name,
+            sql,
+            param_types,
+            exact: false,
+            server_types: std::sync::OnceLock::new(),
+            drops_nothing: std::sync::OnceLock::new(),
+        }
     }
 
     /// Whether [`sql`](Self::sql) is exactly the text the client sent; otherwise it is a lossy
@@ -63,6 +80,16 @@ impl PreparedStatement {
     /// binary parameter is read as this type.
     pub fn server_param_types(&self) -> &[u32] {
         self.server_types.get().map_or(&self.param_types, Vec::as_slice)
+    }
+
+    /// Whether running the text was already found to drop no prepared statement.
+    pub(crate) fn drops_nothing(&self) -> bool {
+        self.drops_nothing.get().is_some()
+    }
+
+    /// Records that running the text drops no prepared statement.
+    pub(crate) fn found_to_drop_nothing(&self) {
+        let _ = self.drops_nothing.set(());
     }
 
     /// Records the server's `ParameterDescription` of the statement (the first one counts: a

@@ -43,6 +43,10 @@ enum Now {
     Lookup(HeldBatch),
 }
 
+/// Prepared statements or portals by name. The names are the client's own, and a session's maps
+/// hold only what it created, so a fast hash does here.
+type ByName<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// Initial capacity of a batch's copy of its client bytes.
 const WIRE_START_BYTES: usize = 256;
 
@@ -54,10 +58,10 @@ pub(super) struct ClientSide {
     out: BytesMut,
     active: bool,
     /// Prepared statements as the client sees them.
-    statements: HashMap<String, Arc<PreparedStatement>>,
+    statements: ByName<Arc<PreparedStatement>>,
     /// Prepared statements as the upstream server has them (differ after cache replays).
-    upstream_statements: HashMap<String, Arc<PreparedStatement>>,
-    portals: HashMap<String, Option<Arc<PreparedStatement>>>,
+    upstream_statements: ByName<Arc<PreparedStatement>>,
+    portals: ByName<Option<Arc<PreparedStatement>>>,
     open: Option<OpenBatch>,
     /// Statements the client closed in replayed batches that the server still has; closed
     /// upstream at the start of the next forwarded extended batch.
@@ -88,9 +92,9 @@ impl ClientSide {
             buf: BytesMut::with_capacity(16 * 1024),
             out: BytesMut::with_capacity(16 * 1024),
             active,
-            statements: HashMap::new(),
-            upstream_statements: HashMap::new(),
-            portals: HashMap::new(),
+            statements: ByName::default(),
+            upstream_statements: ByName::default(),
+            portals: ByName::default(),
             open: None,
             orphans: Vec::new(),
             ready: false,
@@ -613,11 +617,17 @@ impl ClientSide {
     /// everything held upstream now, with the fill ticket when there is one.
     async fn probe_held(&mut self, mut open: OpenBatch) -> Result<(), ClientEnd> {
         open.unprobed = false;
-        let mut messages = open.messages.clone();
+        // The probe borrows the batch's messages (plus a Sync) and gives them back: no copy.
+        let mut messages = std::mem::take(&mut open.messages);
         messages.push(ExtendedMessage::Sync);
         let probe = Request::new(RequestKind::Extended { messages }, Bytes::new());
         let probe = if open.duplicate_parse { Request { replayable: false, ..probe } } else { probe };
-        let found = self.lookup(&probe).await?;
+        let found = self.lookup(&probe).await;
+        if let RequestKind::Extended { mut messages } = probe.kind {
+            messages.pop();
+            open.messages = messages;
+        }
+        let found = found?;
         match found {
             Some(Lookup::Hit(bytes)) => {
                 open.probe_hit = Some((bytes, open.messages.len()));
@@ -758,7 +768,17 @@ impl ClientSide {
                 let max_rows = r.u32()?;
                 let statement = self.portals.get(&portal).cloned().flatten();
                 if let Some(s) = &statement {
-                    let dropped = if s.is_exact() { self.dropped(s.sql()) } else { Dropped::All };
+                    let dropped = if !s.is_exact() {
+                        Dropped::All
+                    } else if s.drops_nothing() {
+                        Dropped::Nothing
+                    } else {
+                        let dropped = self.dropped(s.sql());
+                        if dropped == Dropped::Nothing {
+                            s.found_to_drop_nothing();
+                        }
+                        dropped
+                    };
                     if dropped != Dropped::Nothing {
                         apply_dropped(&dropped, &mut self.statements);
                         open.dropped.push(dropped);
@@ -950,7 +970,7 @@ fn check_shape(tag: u8, body: &[u8]) -> Result<(), Malformed> {
 }
 
 /// SQL-level statements that drop protocol-level prepared statements.
-fn apply_dropped(dropped: &Dropped, statements: &mut HashMap<String, Arc<PreparedStatement>>) {
+fn apply_dropped(dropped: &Dropped, statements: &mut ByName<Arc<PreparedStatement>>) {
     match dropped {
         Dropped::Nothing => {}
         Dropped::All => statements.clear(),
