@@ -162,8 +162,10 @@ pub(crate) fn render(
     let _ = writeln!(
         w,
         "Written by `cargo xtask bench e2e` on {} (whole run {:.1} min). Every figure below was measured in \
-         that one run, on one machine, target after target, so ratios compare like with like even on a noisy box. \
-         Rerun it with the same command; the per-crate micro-benchmarks are `cargo xtask bench`.\n",
+         that one run, on one machine, target after target, so ratios compare like with like. On a noisy box a \
+         target's speed still drifts between runs minutes apart: a ratio within 10-20% of 1 can go either way \
+         in another run (the paired rounds below show by how much). Rerun it with the same command; the \
+         per-crate micro-benchmarks are `cargo xtask bench`.\n",
         env.date,
         elapsed.as_secs_f64() / 60.0
     );
