@@ -180,10 +180,20 @@ mod tag {
 
 /// The key of one cached result: a digest for lookup, and the canonical encoding it was computed
 /// from so that tiers can reject a digest collision instead of serving another key's result.
-#[derive(Clone, PartialEq, Eq, Hash)]
+///
+/// Equal keys have equal canonical bytes; `Hash` feeds only the digest, which is already a hash
+/// of them, so a map of keys never hashes a whole statement again.
+#[derive(Clone, PartialEq, Eq)]
 pub struct CacheKey {
     digest: KeyDigest,
     canonical: Bytes,
+}
+
+impl std::hash::Hash for CacheKey {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u128(self.digest.0);
+    }
 }
 
 impl CacheKey {
