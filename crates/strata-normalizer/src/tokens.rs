@@ -120,6 +120,10 @@ pub(crate) fn time_dependent(form: LiteralForm, text: &str) -> Option<String> {
 /// ```
 pub fn is_time_dependent_input(value: &str) -> bool {
     const WORDS: [&str; 4] = ["now", "today", "tomorrow", "yesterday"];
+    // Each word is letters: a value without one, such as a number, names none of them.
+    if !value.bytes().any(|b| b.is_ascii_alphabetic()) {
+        return false;
+    }
     value.split(|c: char| !c.is_ascii_alphanumeric()).any(|w| WORDS.iter().any(|t| w.eq_ignore_ascii_case(t)))
 }
 

@@ -75,9 +75,10 @@ pub(crate) struct TableCounters {
 pub(crate) struct Stats {
     /// Where hits can come from: the tiers, then the semantic tier and single-flight waits.
     tiers: Vec<String>,
-    shapes: Mutex<HashMap<StatementIdentity, Arc<ShapeCounters>>>,
+    shapes: Mutex<HashMap<StatementIdentity, Arc<ShapeCounters>, foldhash::fast::RandomState>>,
     other: Arc<ShapeCounters>,
-    tables: Mutex<HashMap<TableName, TableCounters>>,
+    /// Locked by every fill: foldhash, as table names are short and come from the catalog.
+    tables: Mutex<HashMap<TableName, TableCounters, foldhash::fast::RandomState>>,
     /// Invalidations of everything, and when the last one was.
     everything: Mutex<TableCounters>,
 }
@@ -89,9 +90,9 @@ impl Stats {
         let other = Arc::new(ShapeCounters::new(OTHER_SHAPES.into(), Vec::new(), tiers.len()));
         Self {
             tiers,
-            shapes: Mutex::new(HashMap::new()),
+            shapes: Mutex::new(HashMap::default()),
             other,
-            tables: Mutex::new(HashMap::new()),
+            tables: Mutex::new(HashMap::default()),
             everything: Mutex::new(TableCounters::default()),
         }
     }
