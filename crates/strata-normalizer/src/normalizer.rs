@@ -283,6 +283,19 @@ impl Normalizer {
     /// A text longer than [`NormalizerConfig::max_analyzed_bytes`] is answered at once with
     /// [`NotCacheable::TooLarge`]: no memo, no shape lexer, no parse.
     pub fn analyze(&self, sql: &str) -> Arc<Analysis> {
+        self.analyze_memoizing(sql, true)
+    }
+
+    /// [`Normalizer::analyze`] for a caller that memoizes by text itself (as `strata` memoizes
+    /// its plans): the same answer, but a text answered from the shape memo is not added to the
+    /// text memo. Such a text costs one lexer pass to answer again, and while the caller holds
+    /// it the memo entry would only be a second copy. A text that needed a parse is memoized as
+    /// by `analyze`.
+    pub fn analyze_behind_memo(&self, sql: &str) -> Arc<Analysis> {
+        self.analyze_memoizing(sql, false)
+    }
+
+    fn analyze_memoizing(&self, sql: &str, memoize_shaped: bool) -> Arc<Analysis> {
         let limit = self.config.max_analyzed_bytes;
         if sql.len() > limit {
             // Before the memos too: neither their lexer nor a copy of the text as a key.
@@ -301,7 +314,7 @@ impl Normalizer {
             if let Some(analysis) = shapes.get(lexed.key()).and_then(|s| s.apply(sql, lexed)) {
                 self.shape_hits.fetch_add(1, Ordering::Relaxed);
                 let analysis = Arc::new(analysis);
-                if let Some(memo) = memo {
+                if let Some(memo) = memo.filter(|_| memoize_shaped) {
                     memo.insert(sql.to_owned(), Arc::clone(&analysis));
                 }
                 return analysis;

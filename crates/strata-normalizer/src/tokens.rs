@@ -91,6 +91,17 @@ pub(crate) fn literal(kind: i32, text: &str, prev: Option<i32>) -> Option<(Liter
 /// The special date/time input a literal spells, if its value depends on when it is read
 /// (`'now'`, `'today'`, ...): lower-cased and trimmed.
 pub(crate) fn time_dependent(form: LiteralForm, text: &str) -> Option<String> {
+    // Only strings are read as date/time input: a number, a boolean or a bit string is never
+    // lower-cased into a copy to be looked at.
+    if !matches!(
+        form,
+        LiteralForm::String
+            | LiteralForm::DollarString
+            | LiteralForm::EscapeString
+            | LiteralForm::UnicodeString
+    ) {
+        return None;
+    }
     let v = text.trim().to_ascii_lowercase();
     match form {
         LiteralForm::String | LiteralForm::DollarString => is_time_dependent_input(&v).then_some(v),

@@ -251,6 +251,33 @@ fn fast_path_answers_pgbench_select_without_a_parse() {
 }
 
 #[test]
+fn behind_a_callers_memo_a_shaped_text_is_answered_alike_and_not_memoized_by_text() {
+    let config = NormalizerConfig::builder()
+        .with_memo_capacity(1000)
+        .with_shape_memo_capacity(1000)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let n = Normalizer::new(config);
+    let full = without_memos();
+    let text = |aid: u32| format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};");
+    // Parsed texts are memoized by text, as by `analyze`; the second records the shape.
+    for aid in [1, 2] {
+        assert_eq!(observe(&n.analyze_behind_memo(&text(aid))), observe(&full.analyze(&text(aid))));
+    }
+    assert_eq!((n.memo_len(), n.shape_memo_len()), (2, 1));
+    // Answered from the shape: the same analysis, and the text memo does not grow.
+    for aid in [3, 4, 5] {
+        let before = n.shape_hits();
+        assert_eq!(observe(&n.analyze_behind_memo(&text(aid))), observe(&full.analyze(&text(aid))));
+        assert_eq!(n.shape_hits(), before + 1);
+    }
+    assert_eq!(n.memo_len(), 2);
+    // `analyze` memoizes the same text.
+    n.analyze(&text(6));
+    assert_eq!(n.memo_len(), 3);
+}
+
+#[test]
 fn the_shape_memo_answers_with_the_same_effects() {
     let config = NormalizerConfig::builder()
         .with_memo_capacity(0)

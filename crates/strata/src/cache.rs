@@ -640,7 +640,8 @@ impl QueryCache {
     fn fresh_plan(&self, sql: &str) -> Arc<Plan> {
         let shared = &self.shared;
         let generation = shared.relations_generation.load(std::sync::atomic::Ordering::Acquire);
-        let analysis = shared.normalizer.analyze(sql);
+        // The plan memo below holds the text: the normalizer need not memoize it again.
+        let analysis = shared.normalizer.analyze_behind_memo(sql);
         let relations = self.relations();
         let unstreamed = self.shared.unstreamed.read().unwrap_or_else(|e| e.into_inner()).clone();
         let plan = Arc::new(shared.policy.plan(
