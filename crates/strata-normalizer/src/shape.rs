@@ -131,8 +131,20 @@ fn is_ident_start(c: u8) -> bool {
 }
 
 fn is_ident_cont(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_' || c == b'$'
+    IDENT_CONT[usize::from(c)]
 }
+
+/// `[A-Za-z0-9_$]`, by byte: the lexer's innermost loop runs over every identifier's bytes.
+static IDENT_CONT: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        table[c] = b.is_ascii_alphanumeric() || b == b'_' || b == b'$';
+        c += 1;
+    }
+    table
+};
 
 /// Whether a byte right after a number, parameter or string could glue onto it in a way this
 /// lexer does not model (trailing junk, `1..2`, a non-ASCII identifier).
@@ -447,10 +459,7 @@ pub(crate) fn lex(sql: &str) -> Option<Lexed> {
                 Kind::Other
             }
             c if is_ident_start(c) => {
-                let mut j = i + 1;
-                while b.get(j).is_some_and(|c| is_ident_cont(*c)) {
-                    j += 1;
-                }
+                let j = i + 1 + b[i + 1..].iter().position(|c| !is_ident_cont(*c)).unwrap_or(b.len() - i - 1);
                 if b.get(j).is_some_and(|c| *c >= 0x80) {
                     return None;
                 }
@@ -760,6 +769,16 @@ mod tests {
 
     fn spans(sql: &str) -> Option<Vec<(&str, Kind)>> {
         lex(sql).map(|l| l.toks.iter().map(|t| (&sql[t.start..t.end], t.kind)).collect())
+    }
+
+    #[test]
+    fn the_identifier_table_is_the_identifier_bytes() {
+        for c in 0..=u8::MAX {
+            assert_eq!(is_ident_cont(c), c.is_ascii_alphanumeric() || c == b'_' || c == b'$', "byte {c}");
+        }
+        // An identifier at the very end of the text, and one cut by each kind of byte.
+        assert_eq!(spans("select a_1$"), Some(vec![("select", Kind::Word), ("a_1$", Kind::Word)]));
+        assert_eq!(spans("select ab,c").map(|s| s.len()), Some(4));
     }
 
     #[test]
