@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use smallvec::{smallvec, SmallVec};
 use strata::{
     CacheSession, DiscardTarget, Executed, FillTicket, Invalidation, KeyScope, Param, QueryCache,
     QueryCacheConfig, RedisVersions, ScopeStatus, SessionCache, SessionEffect, TransactionState,
@@ -564,10 +565,10 @@ fn bound_params<'a>(
 
 /// The parameters each statement [`executed_statements`] lists was bound with, where the Bind
 /// of its portal is in the same request (`None` otherwise).
-fn executed_params(request: &Request) -> Vec<Option<Vec<Param<'_>>>> {
-    let RequestKind::Extended { messages } = request.kind() else { return Vec::new() };
-    let mut binds: Vec<&crate::seam::Bind> = Vec::new();
-    let mut out = Vec::new();
+fn executed_params(request: &Request) -> PerExecute<Option<Vec<Param<'_>>>> {
+    let RequestKind::Extended { messages } = request.kind() else { return PerExecute::new() };
+    let mut binds: SmallVec<[&crate::seam::Bind; 2]> = SmallVec::new();
+    let mut out = PerExecute::new();
     for message in messages {
         match message {
             ExtendedMessage::Bind(b) => {
@@ -588,12 +589,15 @@ fn executed_params(request: &Request) -> Vec<Option<Vec<Param<'_>>>> {
     out
 }
 
+/// One item per Execute of a request, inline for the usual one or two.
+type PerExecute<T> = SmallVec<[T; 2]>;
+
 /// The SQL texts a request executed (`None` where the proxy does not know the text).
-fn executed_statements(request: &Request) -> Vec<Option<&str>> {
+fn executed_statements(request: &Request) -> PerExecute<Option<&str>> {
     match request.kind() {
-        RequestKind::Simple { sql } => vec![Some(sql.as_str())],
+        RequestKind::Simple { sql } => smallvec![Some(sql.as_str())],
         // A text the proxy could not read exactly: anything may have run.
-        RequestKind::Undecodable => vec![None],
+        RequestKind::Undecodable => smallvec![None],
         RequestKind::Extended { messages } => messages
             .iter()
             .filter_map(|m| match m {
@@ -604,7 +608,7 @@ fn executed_statements(request: &Request) -> Vec<Option<&str>> {
             })
             .collect(),
         // A fast-path function call may do anything.
-        RequestKind::FunctionCall => vec![None],
+        RequestKind::FunctionCall => smallvec![None],
     }
 }
 
@@ -792,7 +796,7 @@ impl RequestSession for StrataSession {
         let summary = response.summary();
         let statements = executed_statements(request);
         let bound = executed_params(request);
-        let params: Vec<Option<&[Param<'_>]>> = bound.iter().map(Option::as_deref).collect();
+        let params: PerExecute<Option<&[Param<'_>]>> = bound.iter().map(Option::as_deref).collect();
         let executed = Executed::new(
             &statements,
             summary.command_tags(),
@@ -816,7 +820,7 @@ impl RequestSession for StrataSession {
     async fn abandoned(&self, request: Option<&Request>) {
         // Invalidated as if it committed: its writes, and those of the transaction it may have
         // ended.
-        let statements = request.map_or_else(|| vec![None], executed_statements);
+        let statements = request.map_or_else(|| smallvec![None], executed_statements);
         let executed = Executed::new(&statements, &[], false, TransactionState::Idle);
         self.session.executed(executed).await;
     }
