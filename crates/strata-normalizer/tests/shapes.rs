@@ -71,13 +71,18 @@ fn observe(a: &Analysis) -> String {
     out
 }
 
-fn with_shapes() -> Normalizer {
+/// A normalizer whose text memo and shape memo hold this many entries (0: no memo).
+fn with_memos(texts: usize, shapes: usize) -> Normalizer {
     let config = NormalizerConfig::builder()
-        .with_memo_capacity(0)
-        .with_shape_memo_capacity(1_000_000)
+        .with_memo_capacity(texts)
+        .with_shape_memo_capacity(shapes)
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
     Normalizer::new(config)
+}
+
+fn with_shapes() -> Normalizer {
+    with_memos(0, 1_000_000)
 }
 
 /// Analyzes a text twice: a shape is recorded the second time its key is seen.
@@ -87,12 +92,7 @@ fn learn(n: &Normalizer, text: &str) {
 }
 
 fn without_memos() -> Normalizer {
-    let config = NormalizerConfig::builder()
-        .with_memo_capacity(0)
-        .with_shape_memo_capacity(0)
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    Normalizer::new(config)
+    with_memos(0, 0)
 }
 
 /// Replacement values for a literal token, by its scanner kind: first values of the same
@@ -252,12 +252,7 @@ fn fast_path_answers_pgbench_select_without_a_parse() {
 
 #[test]
 fn behind_a_callers_memo_a_shaped_text_is_answered_alike_and_not_memoized_by_text() {
-    let config = NormalizerConfig::builder()
-        .with_memo_capacity(1000)
-        .with_shape_memo_capacity(1000)
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let n = Normalizer::new(config);
+    let n = with_memos(1000, 1000);
     let full = without_memos();
     let text = |aid: u32| format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};");
     // Parsed texts are memoized by text, as by `analyze`; the second records the shape.
@@ -279,12 +274,7 @@ fn behind_a_callers_memo_a_shaped_text_is_answered_alike_and_not_memoized_by_tex
 
 #[test]
 fn the_shape_memo_answers_with_the_same_effects() {
-    let config = NormalizerConfig::builder()
-        .with_memo_capacity(0)
-        .with_shape_memo_capacity(64)
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let n = Normalizer::new(config);
+    let n = with_memos(0, 64);
     for (template, alone) in [
         ("SELECT set_config('app.tenant', '{}', false) FROM t WHERE id = {}", false),
         ("SELECT app.f({}) FROM t WHERE id = {}", false),
@@ -323,12 +313,7 @@ fn literals_the_grammar_checks_do_not_vary() {
 
 #[test]
 fn shape_memo_is_bounded_and_records_a_shape_on_its_second_sighting() {
-    let config = NormalizerConfig::builder()
-        .with_memo_capacity(0)
-        .with_shape_memo_capacity(16)
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let n = Normalizer::new(config);
+    let n = with_memos(0, 16);
     n.analyze("SELECT * FROM t WHERE id = 1");
     assert_eq!(n.shape_memo_len(), 0, "a one-off text records no shape");
     n.analyze("SELECT * FROM t WHERE id = 2");
