@@ -2,26 +2,46 @@
 //! the whole lookup (80 ns measured on this project's kvm-clock VMs, against 60 ns for a hit).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Once;
+use std::sync::{Once, OnceLock};
+use std::thread::Thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use strata_core::Clock;
 
-/// How often the shared ticker refreshes the time.
+/// How often the ticker refreshes the time.
 const TICK: Duration = Duration::from_millis(1);
+/// Ticks in a row with no read after which the ticker sleeps until the next read.
+const IDLE_TICKS: u32 = 100;
 
 /// The system's wall clock, read from a value a background thread refreshes every millisecond.
 ///
 /// Reading it is one atomic load. Expiry decided with it may be late by about a millisecond (more
 /// if the machine is so loaded that the ticker thread is not scheduled), never early by more than
 /// that. If the ticker thread cannot be started, every read falls back to the OS clock.
+///
+/// The ticker sleeps once nothing has read the time for about 100 ms, so that an idle process is
+/// not woken a thousand times a second. While it sleeps, reads take the OS clock, and the first
+/// of them wakes it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CoarseClock;
 
-/// Nanoseconds since the Unix epoch, refreshed by the ticker thread.
-static NANOS_SINCE_EPOCH: AtomicU64 = AtomicU64::new(0);
-/// Set once the ticker thread runs; until then (or if it could not start) reads use the OS clock.
-static TICKING: AtomicBool = AtomicBool::new(false);
+/// The process-wide ticker behind [`CoarseClock`].
+static TICKER: Ticker = Ticker::new();
+
+/// A time refreshed by a thread of its own while it is being read.
+struct Ticker {
+    /// Nanoseconds since the Unix epoch.
+    nanos: AtomicU64,
+    /// Set while the thread refreshes `nanos`; otherwise (before it starts, if it could not
+    /// start, while it sleeps) reads take the OS clock.
+    ticking: AtomicBool,
+    /// A read came since the thread last looked. Written only when clear, so that readers on
+    /// every core share its cache line instead of taking turns owning it.
+    read: AtomicBool,
+    /// Set while the thread sleeps for want of readers; the read that clears it wakes the thread.
+    parked: AtomicBool,
+    thread: OnceLock<Thread>,
+}
 
 fn now_nanos() -> u64 {
     SystemTime::now()
@@ -29,22 +49,81 @@ fn now_nanos() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-fn start_ticker() {
-    static STARTED: Once = Once::new();
-    STARTED.call_once(|| {
-        NANOS_SINCE_EPOCH.store(now_nanos(), Ordering::Relaxed);
-        let spawned = std::thread::Builder::new().name("strata-l1-clock".to_owned()).spawn(|| loop {
-            NANOS_SINCE_EPOCH.store(now_nanos(), Ordering::Relaxed);
+impl Ticker {
+    const fn new() -> Self {
+        Self {
+            nanos: AtomicU64::new(0),
+            ticking: AtomicBool::new(false),
+            read: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
+            thread: OnceLock::new(),
+        }
+    }
+
+    /// Starts the thread; reads take the OS clock until it runs (and forever if it cannot start).
+    fn start(&'static self) {
+        let _ = std::thread::Builder::new().name("strata-l1-clock".to_owned()).spawn(|| self.run());
+    }
+
+    fn run(&self) {
+        // Known before it can sleep, so that a read can always wake it.
+        let _ = self.thread.set(std::thread::current());
+        self.nanos.store(now_nanos(), Ordering::Relaxed);
+        self.ticking.store(true, Ordering::Release);
+        let mut idle = 0;
+        loop {
             std::thread::sleep(TICK);
-        });
-        TICKING.store(spawned.is_ok(), Ordering::Release);
-    });
+            self.nanos.store(now_nanos(), Ordering::Relaxed);
+            if self.read.swap(false, Ordering::Relaxed) {
+                idle = 0;
+                continue;
+            }
+            idle += 1;
+            if idle < IDLE_TICKS {
+                continue;
+            }
+            // Reads take the OS clock from here on; the first to see `parked` wakes the thread.
+            self.ticking.store(false, Ordering::Release);
+            self.parked.store(true, Ordering::Release);
+            while self.parked.load(Ordering::Acquire) {
+                std::thread::park();
+            }
+            // A fresh time before it is read again.
+            self.nanos.store(now_nanos(), Ordering::Relaxed);
+            self.ticking.store(true, Ordering::Release);
+            idle = 0;
+        }
+    }
+
+    #[inline]
+    fn now(&self) -> SystemTime {
+        if self.ticking.load(Ordering::Acquire) {
+            if !self.read.load(Ordering::Relaxed) {
+                self.read.store(true, Ordering::Relaxed);
+            }
+            UNIX_EPOCH + Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
+        } else {
+            self.wake();
+            SystemTime::now()
+        }
+    }
+
+    /// Wakes the thread if it sleeps for want of readers (once: the read that clears `parked`).
+    #[cold]
+    fn wake(&self) {
+        if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::AcqRel) {
+            if let Some(thread) = self.thread.get() {
+                thread.unpark();
+            }
+        }
+    }
 }
 
 impl CoarseClock {
     /// The process-wide coarse clock, starting its ticker thread on first use.
     pub fn new() -> Self {
-        start_ticker();
+        static STARTED: Once = Once::new();
+        STARTED.call_once(|| TICKER.start());
         CoarseClock
     }
 }
@@ -52,11 +131,7 @@ impl CoarseClock {
 impl Clock for CoarseClock {
     #[inline]
     fn now(&self) -> SystemTime {
-        if TICKING.load(Ordering::Acquire) {
-            UNIX_EPOCH + Duration::from_nanos(NANOS_SINCE_EPOCH.load(Ordering::Relaxed))
-        } else {
-            SystemTime::now()
-        }
+        TICKER.now()
     }
 }
 
@@ -76,5 +151,46 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the coarse clock never moved");
             std::thread::yield_now();
         }
+    }
+
+    /// Waits (bounded: a loaded machine ticks late) until `done` holds.
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    #[test]
+    fn a_ticker_read_all_along_keeps_ticking() {
+        let ticker: &'static Ticker = Box::leak(Box::new(Ticker::new()));
+        ticker.start();
+        wait_until("the ticker runs", || ticker.ticking.load(Ordering::Acquire));
+        let until = std::time::Instant::now() + TICK * IDLE_TICKS * 3;
+        while std::time::Instant::now() < until {
+            let _ = ticker.now();
+            assert!(!ticker.parked.load(Ordering::Acquire), "the ticker slept while read");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    #[test]
+    fn an_unread_ticker_sleeps_and_the_next_read_wakes_it_with_a_fresh_time() {
+        let ticker: &'static Ticker = Box::leak(Box::new(Ticker::new()));
+        ticker.start();
+        wait_until("the ticker runs", || ticker.ticking.load(Ordering::Acquire));
+        let _ = ticker.now();
+        wait_until("the unread ticker sleeps", || ticker.parked.load(Ordering::Acquire));
+        assert!(!ticker.ticking.load(Ordering::Acquire));
+
+        // A read while it sleeps takes the OS clock and wakes it.
+        let before = SystemTime::now();
+        assert!(ticker.now() >= before);
+        wait_until("the ticker runs again", || ticker.ticking.load(Ordering::Acquire));
+        assert!(!ticker.parked.load(Ordering::Acquire));
+        let woken = ticker.now();
+        assert!(woken >= before, "the woken ticker served a time from before it slept");
+        wait_until("the woken ticker moves", || ticker.now() > woken);
     }
 }
