@@ -162,11 +162,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_ticker_read_all_along_keeps_ticking() {
+    /// A ticker of the test's own (not the process-wide one other tests read), once it runs.
+    fn running_ticker() -> &'static Ticker {
         let ticker: &'static Ticker = Box::leak(Box::new(Ticker::new()));
         ticker.start();
         wait_until("the ticker runs", || ticker.ticking.load(Ordering::Acquire));
+        ticker
+    }
+
+    #[test]
+    fn a_ticker_read_all_along_keeps_ticking() {
+        let ticker = running_ticker();
         let until = std::time::Instant::now() + TICK * IDLE_TICKS * 3;
         while std::time::Instant::now() < until {
             let _ = ticker.now();
@@ -177,9 +183,7 @@ mod tests {
 
     #[test]
     fn an_unread_ticker_sleeps_and_the_next_read_wakes_it_with_a_fresh_time() {
-        let ticker: &'static Ticker = Box::leak(Box::new(Ticker::new()));
-        ticker.start();
-        wait_until("the ticker runs", || ticker.ticking.load(Ordering::Acquire));
+        let ticker = running_ticker();
         let _ = ticker.now();
         wait_until("the unread ticker sleeps", || ticker.parked.load(Ordering::Acquire));
         assert!(!ticker.ticking.load(Ordering::Acquire));
