@@ -316,7 +316,8 @@ const DEFAULT_ALLOWED_FUNCTIONS: &[&str] = &[
 ];
 
 /// Builtins that are volatile or time dependent but never write tables: a statement calling them
-/// is not cacheable, yet its write effect stays known.
+/// is not cacheable, yet its write effect stays known (`nextval` and `setval` write the sequence
+/// they name, which the walk records).
 pub(crate) const KNOWN_VOLATILE_READONLY: &[&str] = &[
     "random",
     "random_normal",

@@ -74,6 +74,60 @@ fn qualified(rv: &RangeVar) -> TableName {
     }
 }
 
+/// The relation a `regclass` string names, as [`qualified`] writes a parsed one: identifiers
+/// separated by dots, unquoted ones folded to lower case (ASCII, as PostgreSQL folds them),
+/// quoted ones kept with `""` read as `"`. `None` for anything else (more than two parts, an
+/// empty identifier, a bad quote), which the caller takes as any relation.
+pub(crate) fn regclass_name(text: &str) -> Option<String> {
+    let mut parts: Vec<String> = Vec::new();
+    let mut chars = text.trim().chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    '"' => break,
+                    c => part.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' || c.is_whitespace() || c == '"' {
+                    break;
+                }
+                part.push(c.to_ascii_lowercase());
+                chars.next();
+            }
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if part.is_empty() {
+            return None;
+        }
+        parts.push(part);
+        match chars.next() {
+            None => break,
+            Some('.') => {
+                while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                    chars.next();
+                }
+            }
+            Some(_) => return None,
+        }
+    }
+    match parts.as_slice() {
+        [name] => Some(name.clone()),
+        [schema, name] => Some(format!("{schema}.{name}")),
+        _ => None,
+    }
+}
+
 fn string_list(items: &[Node]) -> Option<String> {
     let mut out = String::new();
     for item in items {
@@ -149,6 +203,28 @@ impl<'c> Walk<'c> {
         let t = TableName::new(name);
         if !self.writes.contains(&t) {
             self.writes.push(t);
+        }
+    }
+
+    /// `nextval` and `setval` change the sequence their first argument names, a `regclass`
+    /// written as a string: no table is written, yet a read of that sequence is stale after
+    /// them. A name the text does not spell out (a parameter, an expression) may be any
+    /// sequence.
+    fn sequence_write(&mut self, arg: Option<&Node>) {
+        let literal = |node: &Node| match node.node.as_ref() {
+            Some(NodeEnum::AConst(c)) => match &c.val {
+                Some(protobuf::a_const::Val::Sval(s)) => Some(s.sval.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let text = arg.and_then(|a| match a.node.as_ref() {
+            Some(NodeEnum::TypeCast(t)) => t.arg.as_deref().and_then(literal),
+            _ => literal(a),
+        });
+        match text.as_deref().and_then(regclass_name) {
+            Some(name) => self.write_name(name),
+            None => self.writes_unknown = true,
         }
     }
 
@@ -652,6 +728,12 @@ impl<'c> Walk<'c> {
                 match string_list(&f.funcname) {
                     Some(name) => self.function(&name),
                     None => self.unsupported("function name"),
+                }
+                if matches!(
+                    session::name_parts(&f.funcname).as_deref(),
+                    Some(["nextval" | "setval"] | ["pg_catalog", "nextval" | "setval"])
+                ) {
+                    self.sequence_write(f.args.first());
                 }
                 if let Some(effect) = session::name_parts(&f.funcname).and_then(|p| session::of_function(&p))
                 {

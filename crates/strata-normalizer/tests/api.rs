@@ -202,6 +202,46 @@ fn kinds_tables_and_write_effects() {
 }
 
 #[test]
+fn nextval_and_setval_write_the_sequence_they_name() {
+    check(
+        &[
+            "SELECT nextval('s')",
+            "SELECT pg_catalog.nextval('App.Seq_1'::regclass)",
+            "SELECT setval(' \"My \"\"Seq\"\" \" . x ', 5, true)",
+            "SELECT nextval('\"a.b\"'), nextval('t_id_seq')",
+            "SELECT nextval($1)",
+            "SELECT nextval('s' || 'x')",
+            "SELECT nextval('d.s.x')",
+            "SELECT nextval('')",
+            "SELECT nextval('\"open')",
+            "SELECT app.nextval('s')",
+        ],
+        expect![[r#"
+            SELECT nextval('s')
+              not cacheable: volatile function nextval() | kinds=["select"] reads=[] writes=s
+            SELECT pg_catalog.nextval('App.Seq_1'::regclass)
+              not cacheable: volatile function pg_catalog.nextval() | kinds=["select"] reads=[] writes=app.seq_1
+            SELECT setval(' "My ""Seq"" " . x ', 5, true)
+              not cacheable: volatile function setval() | kinds=["select"] reads=[] writes=My "Seq" .x
+            SELECT nextval('"a.b"'), nextval('t_id_seq')
+              not cacheable: volatile function nextval() | kinds=["select"] reads=[] writes=a.b,t_id_seq
+            SELECT nextval($1)
+              not cacheable: volatile function nextval() | kinds=["select"] reads=[] writes=UNKNOWN
+            SELECT nextval('s' || 'x')
+              not cacheable: volatile function nextval() | kinds=["select"] reads=[] writes=UNKNOWN
+            SELECT nextval('d.s.x')
+              not cacheable: volatile function nextval() | kinds=["select"] reads=[] writes=UNKNOWN
+            SELECT nextval('')
+              not cacheable: volatile function nextval() | kinds=["select"] reads=[] writes=UNKNOWN
+            SELECT nextval('"open')
+              not cacheable: volatile function nextval() | kinds=["select"] reads=[] writes=UNKNOWN
+            SELECT app.nextval('s')
+              not cacheable: function app.nextval() is not known to be immutable or stable | kinds=["select"] reads=[] writes=UNKNOWN
+        "#]],
+    );
+}
+
+#[test]
 fn cacheability_reasons() {
     check(
         &[
@@ -231,7 +271,7 @@ fn cacheability_reasons() {
             SELECT * FROM t FOR SHARE
               not cacheable: FOR UPDATE/SHARE takes row locks | kinds=["select"] reads=["t"] writes=-
             SELECT nextval('s')
-              not cacheable: volatile function nextval() | kinds=["select"] reads=[] writes=-
+              not cacheable: volatile function nextval() | kinds=["select"] reads=[] writes=s
             SELECT CURRENT_TIMESTAMP
               not cacheable: time- or session-dependent current_timestamp | kinds=["select"] reads=[] writes=-
             SELECT * FROM t WHERE d > 'tomorrow'::date
