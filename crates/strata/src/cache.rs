@@ -154,7 +154,8 @@ pub enum BypassReason {
     /// The statement reads a table excluded by configuration.
     ExcludedTable(TableName),
     /// Reading this relation runs a volatile user function (a view or a row-level-security
-    /// policy calling one, by the catalog): its result and its side effects belong to each run.
+    /// policy calling one, by the catalog), or it is a sequence: its result (and side effects)
+    /// belong to each run.
     VolatileRelation(TableName),
     /// The number of bound parameters differs from the statement's `$n` placeholders.
     ParameterCount {
@@ -204,7 +205,9 @@ impl fmt::Display for BypassReason {
         match self {
             BypassReason::NotCacheable(reason) => write!(f, "not cacheable: {reason}"),
             BypassReason::ExcludedTable(t) => write!(f, "table {t} is excluded from caching"),
-            BypassReason::VolatileRelation(t) => write!(f, "reading {t} runs a volatile function"),
+            BypassReason::VolatileRelation(t) => {
+                write!(f, "reading {t} runs a volatile function or reads a sequence")
+            }
             BypassReason::ParameterCount { expected, bound } => {
                 write!(f, "statement has {expected} parameters but {bound} were bound")
             }

@@ -213,6 +213,9 @@ pub(crate) enum Edge {
     RunsCode(String),
     /// Reading the relation runs a volatile user function.
     Volatile(String),
+    /// The relation is a sequence: `nextval` changes it, also where a column default calls it
+    /// on an insert, and no write names it.
+    Sequence(String),
     /// The table's key column (the leading column of its replica identity index) and the kind
     /// of its type: `int`, `uuid`, `text` (deterministic collation) or `other`.
     Key(String, String, String),
@@ -261,6 +264,8 @@ pub(crate) fn edges_of_row(kind: &str, a: &str, b: Option<&str>, flag: bool) -> 
         ("code", _) => vec![Edge::RunsCode(a.to_owned())],
         // A view or a policy calling a volatile user function: never cached.
         ("volatile", _) => vec![Edge::Volatile(a.to_owned())],
+        // A sequence: never cached.
+        ("sequence", _) => vec![Edge::Sequence(a.to_owned())],
         _ => Vec::new(),
     }
 }
@@ -296,7 +301,7 @@ SELECT 'view', v.relname::text, b.relname::text, (pg_catalog.pg_relation_is_upda
   JOIN user_rel v ON v.oid = r.ev_class AND v.relkind = 'v'
   JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
        AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> r.ev_class
-  JOIN pg_catalog.pg_class b ON b.oid = d.refobjid AND b.relkind IN ('r', 'p', 'v', 'm', 'f')
+  JOIN pg_catalog.pg_class b ON b.oid = d.refobjid AND b.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
   WHERE r.rulename = '_RETURN'
 UNION
 SELECT 'inherits', p.relname::text, c.relname::text, 'false'
@@ -331,6 +336,8 @@ UNION
 SELECT 'opaque', c.relname::text, NULL, 'false' FROM code_reads c
 UNION
 SELECT 'volatile', c.relname::text, NULL, 'false' FROM code_reads c WHERE c.volatile
+UNION
+SELECT 'sequence', c.relname::text, NULL, 'false' FROM user_rel c WHERE c.relkind = 'S'
 UNION
 SELECT 'relation', c.relname::text, NULL, 'false'
   FROM user_rel c WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
@@ -420,6 +427,7 @@ pub(crate) fn relations_of<'a>(edges: impl IntoIterator<Item = &'a Edge>) -> Rel
             Edge::Unknown(t) => b.writes_unknown(t),
             Edge::RunsCode(r) => b.runs_user_code(r),
             Edge::Volatile(r) => b.reads_volatile(r),
+            Edge::Sequence(r) => b.sequence(r),
             Edge::Key(t, column, kind) => {
                 // `kind:table oid:column number`.
                 let mut parts = kind.split(':');

@@ -28,7 +28,8 @@ struct Closures {
     /// Relations whose reads or writes run user code (triggers, rules, views or policies calling
     /// user functions, defaults or checks calling user functions).
     code: HashSet<TableName>,
-    /// Relations whose reads run a volatile user function.
+    /// Relations whose reads run a volatile user function, and sequences: what reading them
+    /// returns changes without a write naming them.
     volatile: HashSet<TableName>,
     /// Each table's key column, when every table of that name agrees on it.
     keys: HashMap<TableName, KeyColumn>,
@@ -120,7 +121,7 @@ impl Relations {
             })
     }
 
-    /// Whether reading `relation` runs a volatile user function.
+    /// Whether reading `relation` runs a volatile user function or reads a sequence.
     pub(crate) fn is_volatile(&self, relation: &TableName) -> bool {
         self.0.volatile.contains(relation)
     }
@@ -218,6 +219,15 @@ impl RelationsBuilder {
     pub fn reads_volatile(mut self, relation: &str) -> Self {
         self.volatile.push(unit(relation));
         self.code.push(unit(relation));
+        self
+    }
+
+    /// `relation` is a sequence: `nextval` changes it without a write naming it (also through a
+    /// column default, on an insert into another table), so its reads are never cached. Reading
+    /// it runs no user code.
+    #[must_use]
+    pub fn sequence(mut self, relation: &str) -> Self {
+        self.volatile.push(unit(relation));
         self
     }
 

@@ -965,8 +965,9 @@ fn verification_sql(names: &BTreeSet<String>, functions: &[String], relations: &
     if !relations.is_empty() {
         // Whether reading or writing a relation of that name (in any schema) may run user code:
         // anything but a table without rules, user triggers, and defaults, checks or row-level
-        // security policies calling functions outside pg_catalog.
-        sql.push_str(" UNION ALL SELECT 'k', c.relname::text, (NOT (c.relkind OPERATOR(pg_catalog.=) 'r' OR c.relkind OPERATOR(pg_catalog.=) 'p') \
+        // security policies calling functions outside pg_catalog, or a sequence (`nextval`
+        // runs no user code).
+        sql.push_str(" UNION ALL SELECT 'k', c.relname::text, (NOT (c.relkind OPERATOR(pg_catalog.=) 'r' OR c.relkind OPERATOR(pg_catalog.=) 'p' OR c.relkind OPERATOR(pg_catalog.=) 'S') \
              OR c.relhasrules \
              OR EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g WHERE g.tgrelid OPERATOR(pg_catalog.=) c.oid AND NOT g.tgisinternal) \
              OR EXISTS (SELECT 1 FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc f ON f.oid OPERATOR(pg_catalog.=) d.refobjid \

@@ -440,3 +440,74 @@ async fn sql_text_invalidation_is_stale_for_views_as_documented() {
     assert_eq!(value(&c, "SELECT v FROM v_base").await, "10", "sql-text mode serves the view's old answer");
     assert_eq!(value(&direct, "SELECT v FROM v_base").await, "11");
 }
+
+const SEQUENCES: &str = "
+CREATE SEQUENCE s;
+CREATE TABLE serial_t (id serial PRIMARY KEY, v int);
+CREATE VIEW s_view AS SELECT last_value FROM s;
+CREATE TABLE other (id int);
+INSERT INTO other VALUES (1);
+";
+
+/// Reads the statement through the proxy three times, each the same as PostgreSQL's answer.
+async fn fresh_thrice(c: &Client, direct: &Client, sql: &str) {
+    for _ in 0..3 {
+        fresh(c, direct, sql).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_changes_without_a_write_naming_it_so_its_reads_are_never_cached() {
+    let db = "strata_cat_sequence";
+    fresh_database(db).await;
+    admin(db).await.batch_execute(SEQUENCES).await.unwrap();
+    let (_proxy, cache, c, direct) = catalog_proxy(db).await;
+    warm(&c, &cache, "SELECT count(*) FROM other").await;
+    let reads = [
+        "SELECT last_value, is_called FROM s",
+        "SELECT last_value FROM public.s",
+        "SELECT * FROM s_view",
+        "SELECT last_value FROM serial_t_id_seq",
+    ];
+    // Through the proxy, straight on PostgreSQL (which no stream reports), and through a column
+    // default on an insert.
+    let writes = [
+        (&c, "SELECT nextval('s')"),
+        (&direct, "SELECT nextval('s')"),
+        (&c, "SELECT setval('public.s', 100)"),
+        (&c, "INSERT INTO serial_t (v) VALUES (1)"),
+        (&direct, "INSERT INTO serial_t (v) VALUES (2)"),
+    ];
+    for (client, write) in writes {
+        for sql in reads {
+            fresh_thrice(&c, &direct, sql).await;
+        }
+        client.batch_execute(write).await.unwrap();
+        for sql in reads {
+            fresh(&c, &direct, sql).await;
+        }
+    }
+    // Precise: a nextval through the proxy changes its sequence, not every cached result.
+    still_hits(&c, &cache, "SELECT count(*) FROM other").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_catalog_nextval_and_setval_through_the_proxy_are_writes() {
+    let db = "strata_cat_sequence_none";
+    fresh_database(db).await;
+    admin(db).await.batch_execute(SEQUENCES).await.unwrap();
+    for invalidation in [Invalidation::Everything, Invalidation::SqlText] {
+        let (proxy, cache) = proxy_with(invalidation).await;
+        let (c, direct) = (connect(proxy.port(), "postgres", db, None).await.unwrap(), admin(db).await);
+        let read = "SELECT last_value, is_called FROM s";
+        for write in ["SELECT nextval('s')", "SELECT pg_catalog.setval('S'::regclass, 7, false)"] {
+            warm(&c, &cache, read).await;
+            c.batch_execute(write).await.unwrap();
+            fresh(&c, &direct, read).await;
+        }
+        // A sequence named by a parameter may be any sequence.
+        warm(&c, &cache, read).await;
+        c.query_one("SELECT nextval($1::text::regclass)", &[&"s"]).await.unwrap();
+        fresh(&c, &direct, read).await;
+    }
+}

@@ -248,7 +248,33 @@ async fn still_cached(w: &WalProxy, reads: &[&str]) {
     }
 }
 
+/// A sequence changes by `nextval`, which the WAL does not carry, also when a column default
+/// calls it on an insert: its reads are never cached, so a direct `nextval` shows at once.
+async fn sequence(mode: Mode) {
+    let mut w = WalProxy::start(
+        "sequence",
+        mode,
+        "CREATE SEQUENCE s; CREATE TABLE t (id serial PRIMARY KEY, v int); INSERT INTO t (v) VALUES (1)",
+    )
+    .await;
+    // Caching works (the stream is up) before the sequence is read.
+    w.cached("SELECT count(*) FROM t").await;
+    let steps = [
+        ("SELECT last_value, is_called FROM s", "SELECT nextval('s')"),
+        ("SELECT last_value FROM t_id_seq", "INSERT INTO t (v) VALUES (2)"),
+    ];
+    for (read, write) in steps {
+        for _ in 0..3 {
+            assert_eq!(w.served(read).await, w.truth(read).await, "{read}");
+        }
+        w.direct.batch_execute(write).await.unwrap();
+        assert_eq!(w.served(read).await, w.truth(read).await, "{read} after a direct {write}");
+    }
+    w.finish().await;
+}
+
 in_both_modes!(
+    sequence,
     plain_writes,
     truncate,
     cascading_delete,

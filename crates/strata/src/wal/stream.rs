@@ -684,12 +684,13 @@ fn sync_sql(ddl_trigger: bool) -> String {
 /// The relations whose changes never reach the stream, as names. Leaves are published through
 /// their partition root; views, inheritance parents and partition roots reading an unseen
 /// relation are unseen too. Materialized views count unless the DDL trigger reports refreshes.
+/// Sequences always count: `nextval` is not decoded as a change.
 /// `$1`: the publication; `$2`: whether the DDL trigger is installed.
 const UNSTREAMED_SQL: &str = r"
 WITH RECURSIVE rel AS (
   SELECT c.oid, c.relkind, c.relispartition
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.relkind IN ('r', 'p', 'm', 'f') AND c.relpersistence <> 't'
+  WHERE c.relkind IN ('r', 'p', 'm', 'f', 'S') AND c.relpersistence <> 't'
     AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_toast%'
 ),
 published AS (
@@ -699,6 +700,8 @@ published AS (
   WHERE t.pubname = $1
 ),
 unseen(oid) AS (
+  SELECT r.oid FROM rel r WHERE r.relkind = 'S'
+  UNION
   SELECT r.oid FROM rel r
   WHERE (r.relkind IN ('r', 'f') OR (r.relkind = 'm' AND NOT $2))
     AND r.oid NOT IN (SELECT oid FROM published)
