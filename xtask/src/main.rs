@@ -106,6 +106,9 @@ fn test(args: &[String], interrupted: &services::Interrupted) -> Result<ExitCode
     running.export_to(&mut cmd);
     // strata-l3's and the proxy's model tests (built with `minilm` by their own dev-dependency).
     cmd.env("STRATA_TEST_MINILM_DIR", models::ensure_minilm()?);
+    // The proxy's psycopg tests.
+    let (python, psycopg) = prereq::ensure_psycopg()?;
+    cmd.env("STRATA_TEST_PYTHON", python).env("STRATA_TEST_PYTHONPATH", psycopg);
     println!("xtask: running {:?}", cmd.get_args().collect::<Vec<_>>());
     let status = services::run_interruptibly(cmd, interrupted)?;
     drop(running);

@@ -45,6 +45,36 @@ pub(crate) fn ensure_all() -> Result<Tools> {
     Ok(Tools { redis_server, redis_cli, pg_bindir, run_as_postgres, openssl })
 }
 
+/// The psycopg the proxy's psycopg tests run (`psycopg_scenarios.py`), with its own libpq.
+const PSYCOPG: &str = "psycopg[binary]==3.3.9";
+
+/// Python and a directory holding psycopg (for `PYTHONPATH`), installed there from PyPI on first
+/// use: Python's own packages stay untouched.
+pub(crate) fn ensure_psycopg() -> Result<(PathBuf, PathBuf)> {
+    let python = find_or_install("python3", "python3")?;
+    let dir = crate::target_dir().join("strata-py").join("psycopg-3.3.9");
+    if dir.join("psycopg").is_dir() && dir.join("psycopg_binary").is_dir() {
+        return Ok((python, dir));
+    }
+    let pip_works = |python: &Path| {
+        Command::new(python).args(["-m", "pip", "--version"]).output().is_ok_and(|o| o.status.success())
+    };
+    if !pip_works(&python) {
+        install(&["python3-pip"])?;
+    }
+    println!("xtask: installing {PSYCOPG} into {}", dir.display());
+    let status = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input", "--target"])
+        .arg(&dir)
+        .arg(PSYCOPG)
+        .status()
+        .context("running pip")?;
+    if !status.success() {
+        bail!("`pip install {PSYCOPG}` failed");
+    }
+    Ok((python, dir))
+}
+
 /// What `cargo xtask bench e2e` compares Strata with, and the font its plot is drawn with.
 #[derive(Debug, Clone)]
 pub(crate) struct BenchTools {

@@ -26,7 +26,7 @@ fn catalog(db: &str, user: &str) -> Invalidation {
 }
 
 /// A caching proxy with the given invalidation mode, and its cache.
-async fn proxy_with(invalidation: Invalidation) -> (TestProxy, Arc<StrataCache>) {
+pub(crate) async fn proxy_with(invalidation: Invalidation) -> (TestProxy, Arc<StrataCache>) {
     let settings = CacheSettings::default();
     let query_cache = build_query_cache(&settings).await.expect("cache");
     let cache = Arc::new(

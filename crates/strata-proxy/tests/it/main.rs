@@ -11,6 +11,7 @@ mod keys;
 mod leaks;
 mod pipelining;
 mod pooling;
+mod psycopg;
 mod redis_down;
 mod seam;
 mod semantic;
