@@ -533,7 +533,7 @@ impl Pool {
             warn!(user = %self.user, error = %e, "pooled login to the upstream failed");
             failed(e.code(), e.to_string())
         })?;
-        let baseline = timeout(config.connect_timeout, read_state(&mut stream, &pools.watch.state_query()))
+        let baseline = timeout(config.connect_timeout, read_state(&mut stream, &pools.watch.opening_query()))
             .await
             .map_err(|_| {
                 failed("08001", "strata-proxy: reading a new connection's state timed out".to_owned())
@@ -541,6 +541,8 @@ impl Pool {
             .map_err(|e| {
                 failed("08006", format!("strata-proxy: reading a new connection's state failed: {e}"))
             })?;
+        // The setting names in the database's functions, policies and views: later reads cover them.
+        pools.watch.learn_code(&baseline);
         *lock(&self.parameters) = Some(Arc::new(login.parameters.clone()));
         self.open.fetch_add(1, Ordering::AcqRel);
         let (rd, wr) = stream.into_split();

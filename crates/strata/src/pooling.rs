@@ -22,11 +22,40 @@ use crate::session::{is_setting_name, SettingNames};
 #[derive(Default)]
 pub struct StateWatch {
     normalizer: Normalizer,
-    /// Custom setting names (`app.tenant`) seen in any statement: the state read covers them.
+    /// Custom setting names (`app.tenant`) seen in any statement, and in the bodies of user
+    /// functions, policies and views: the state read covers them.
     names: SettingNames,
     /// Setting names (and `role`) a replay failed on: a session holding them is pinned.
     refused: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Functions called by texts that may change the session, by bare name: `false` until a
+    /// state read brought their bodies (whose setting names the reads then cover).
+    functions: std::sync::Mutex<BTreeMap<String, bool>>,
 }
+
+/// The most function names [`StateWatch`] keeps; past it, a new one is not read (its body's
+/// setting names are still learnt from the catalog read at each connection's opening).
+const MAX_FUNCTIONS: usize = 4096;
+
+/// The most function bodies one state read asks for.
+const FUNCTIONS_PER_READ: usize = 64;
+
+/// Rows `('f', name, text)` holding every user function's body and settings, every row-level
+/// security policy's expressions and every view's definition in the connection's database:
+/// text whose setting names the state reads must cover (`set_config('app.tenant', ...)` inside
+/// a function makes a session setting no statement of the client names).
+const CODE_TEXTS_SQL: &str = " \
+UNION ALL SELECT 'f', NULL, p.prosrc FROM pg_catalog.pg_proc p \
+  WHERE p.pronamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace \
+    AND p.pronamespace OPERATOR(pg_catalog.<>) 'information_schema'::pg_catalog.regnamespace \
+    AND p.prolang OPERATOR(pg_catalog.<>) 12 AND p.prolang OPERATOR(pg_catalog.<>) 13 \
+UNION ALL SELECT 'f', NULL, pg_catalog.array_to_string(p.proconfig, ' ') FROM pg_catalog.pg_proc p \
+  WHERE p.proconfig IS NOT NULL \
+UNION ALL SELECT 'f', NULL, pg_catalog.concat(pg_catalog.pg_get_expr(p.polqual, p.polrelid), ' ', \
+  pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)) FROM pg_catalog.pg_policy p \
+UNION ALL SELECT 'f', NULL, pg_catalog.pg_get_viewdef(v.oid) FROM pg_catalog.pg_class v \
+  WHERE v.relkind OPERATOR(pg_catalog.=) ANY ('{v,m}') \
+    AND v.relnamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace \
+    AND v.relnamespace OPERATOR(pg_catalog.<>) 'information_schema'::pg_catalog.regnamespace";
 
 impl std::fmt::Debug for StateWatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -79,6 +108,7 @@ impl StateWatch {
             normalizer: Normalizer::new(NormalizerConfig::default()),
             names: SettingNames::default(),
             refused: Default::default(),
+            functions: Default::default(),
         }
     }
 
@@ -96,6 +126,14 @@ impl StateWatch {
                 .any(|f| holds_past_the_transaction(f));
         if may_change_session {
             self.names.learn_from_text(&String::from_utf8_lossy(sql));
+            let called =
+                analysis.statements().iter().flat_map(|s| s.functions()).filter_map(|f| bare_function(f));
+            let mut functions = self.functions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for name in called {
+                if functions.len() < MAX_FUNCTIONS && !functions.contains_key(&name) {
+                    functions.insert(name, false);
+                }
+            }
         }
         let drops_all_prepared = analysis.session_effects().any(|e| {
             matches!(e, SessionEffect::Discard(DiscardTarget::All) | SessionEffect::Deallocate(None))
@@ -133,7 +171,78 @@ impl StateWatch {
     /// cannot be set once a transaction has read anything), each custom setting name seen so far, temporary
     /// relations, SQL-level prepared statements, holdable cursors, channels listened to and
     /// session advisory locks. Every name is qualified, so no `search_path` can redirect it.
+    ///
+    /// It also brings the bodies of functions a client called that no read brought yet (rows
+    /// `('f', name, body)`): their setting names are learnt, and a read that learnt a name it did
+    /// not cover is a difference ([`settings_between`](StateWatch::settings_between)).
     pub fn state_query(&self) -> String {
+        let mut sql = self.settings_query();
+        let unread: Vec<String> = {
+            let functions = self.functions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            functions
+                .iter()
+                .filter(|(_, read)| !**read)
+                .map(|(f, _)| f.clone())
+                .take(FUNCTIONS_PER_READ)
+                .collect()
+        };
+        if !unread.is_empty() {
+            sql.push_str(
+                " UNION ALL SELECT 'f', p.proname::text, pg_catalog.concat(p.prosrc, ' ', \
+                 pg_catalog.array_to_string(p.proconfig, ' ')) FROM pg_catalog.pg_proc p \
+                 WHERE p.proname OPERATOR(pg_catalog.=) ANY ('{",
+            );
+            sql.push_str(&unread.join(","));
+            sql.push_str("}'::name[])");
+        }
+        sql
+    }
+
+    /// The state read of a server connection just opened: [`state_query`](StateWatch::state_query)
+    /// and the text of the database's user functions, policies and views, whose setting names
+    /// [`learn_code`](StateWatch::learn_code) takes from the rows, so that later reads cover a
+    /// setting only a function sets.
+    pub fn opening_query(&self) -> String {
+        let mut sql = self.state_query();
+        sql.push_str(CODE_TEXTS_SQL);
+        sql
+    }
+
+    /// Learns the setting names in the code text rows of a state read (`('f', ...)`), marking
+    /// the functions named in them as read. Returns whether a name was learnt that the read
+    /// itself did not cover.
+    pub fn learn_code(&self, rows: &[Vec<Option<Bytes>>]) -> bool {
+        let generation = self.names.snapshot().0;
+        let mut read = Vec::new();
+        for row in rows {
+            if let [Some(kind), name, Some(text)] = row.as_slice() {
+                if kind.as_ref() == b"f" {
+                    self.names.learn_from_text(&String::from_utf8_lossy(text));
+                    if let Some(name) = name.as_deref().and_then(|n| std::str::from_utf8(n).ok()) {
+                        read.push(name.to_owned());
+                    }
+                }
+            }
+        }
+        if !read.is_empty() {
+            let mut functions = self.functions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for name in read {
+                if let Some(done) = functions.get_mut(&name) {
+                    *done = true;
+                }
+            }
+        }
+        let (now, names) = self.names.snapshot();
+        now != generation
+            && names.iter().filter(|n| is_setting_name(n)).any(|n| {
+                !rows.iter().any(|row| {
+                    matches!(row.as_slice(), [Some(k), Some(name), _] if k.as_ref() == b"c" && name.as_ref() == n.as_bytes())
+                })
+            })
+    }
+
+    /// The settings part of [`state_query`](StateWatch::state_query), without function bodies.
+    fn settings_query(&self) -> String {
         let mut sql = String::from(
             "SELECT 'r'::text, pg_catalog.current_user()::text, pg_catalog.session_user()::text \
              UNION ALL SELECT 's', s.name, s.setting FROM pg_catalog.pg_settings s \
@@ -181,6 +290,11 @@ impl StateWatch {
         opened: &[Vec<Option<Bytes>>],
         now: &[Vec<Option<Bytes>>],
     ) -> Result<SessionSettings, StateDifference> {
+        if self.learn_code(now) {
+            // A function the client called sets a setting this read did not cover: the
+            // session's state is not known, so it keeps its connection (the next read covers it).
+            return Err(StateDifference::Setting);
+        }
         let (a, b) = (state_map(opened)?, state_map(now)?);
         let role = |m: &BTreeMap<StateKey, Option<Bytes>>| {
             m.iter().find(|(k, _)| k.0 == b'r').map(|(k, v)| (k.1.clone(), v.clone()))
@@ -284,7 +398,7 @@ impl StateWatch {
             sql.push_str(&dollar_quoted(role));
             sql.push_str(", false); ");
         }
-        sql.push_str(&self.state_query());
+        sql.push_str(&self.settings_query());
         sql
     }
 
@@ -371,12 +485,27 @@ fn state_map(rows: &[Vec<Option<Bytes>>]) -> Result<BTreeMap<StateKey, Option<By
             Some([k]) => *k,
             _ => return Err(StateDifference::Unreadable),
         };
+        if kind == b'f' {
+            // Code text (`learn_code`), not state.
+            continue;
+        }
         map.insert((kind, name.clone()), value.clone());
     }
     if map.keys().filter(|(k, _)| *k == b'r').count() != 1 {
         return Err(StateDifference::Unreadable);
     }
     Ok(map)
+}
+
+/// A called function's name as `pg_proc.proname` holds it (the parser already folded it), when
+/// it is a plain identifier: the last part of a qualified name. Builtins (`pg_*`) are left out.
+fn bare_function(function: &str) -> Option<String> {
+    let bare = function.rsplit('.').next().unwrap_or(function);
+    let plain = !bare.is_empty()
+        && bare.len() <= 63
+        && !bare.starts_with("pg_")
+        && bare.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+    plain.then(|| bare.to_owned())
 }
 
 /// Builtins the normalizer counts as leaving the session alone (their result does not depend
@@ -447,6 +576,45 @@ mod tests {
                 ]
             })
             .collect()
+    }
+
+    #[test]
+    fn a_setting_a_called_function_sets_is_read_back_and_a_read_that_learns_one_pins() {
+        let watch = StateWatch::new();
+        assert!(!watch.state_query().contains("pg_proc"), "no function was called");
+        assert!(watch.opening_query().contains("pg_get_viewdef"), "a new connection reads every code text");
+        assert!(watch.may_change_session(b"SELECT app.enter('a'), pg_sleep(0)"));
+        let query = watch.state_query();
+        assert!(query.ends_with("ANY ('{enter}'::name[])"), "{query}");
+        let opened = rows(&[("r", Some("app"), Some("app")), ("t", None, Some("0"))]);
+        let body = "SELECT set_config('app.tenant', t, false)";
+        let now = rows(&[
+            ("r", Some("app"), Some("app")),
+            ("t", None, Some("0")),
+            ("f", Some("enter"), Some(body)),
+        ]);
+        // The read did not ask for app.tenant: what it holds is unknown, so the client stays.
+        assert_eq!(watch.settings_between(&opened, &now), Err(StateDifference::Setting));
+        let query = watch.state_query();
+        assert!(!query.contains("pg_proc"), "the body was read: {query}");
+        assert!(query.contains("app.tenant"), "{query}");
+        let now = rows(&[
+            ("r", Some("app"), Some("app")),
+            ("t", None, Some("0")),
+            ("c", Some("app.tenant"), Some("a")),
+        ]);
+        let wanted = watch.settings_between(&opened, &now).expect("replayable");
+        assert_eq!(wanted, SessionSettings::with_setting("app.tenant", "a"));
+        // A replay never reads bodies (a name learnt there would fail it).
+        assert!(watch.may_change_session(b"SELECT other_function()"));
+        assert!(!watch.replay_query(&wanted).contains("pg_proc"));
+        // Code text read at a connection's opening teaches names without pinning anyone.
+        let opening = rows(&[
+            ("r", Some("app"), Some("app")),
+            ("f", None, Some("CREATE POLICY p USING (region = current_setting('app.region'))")),
+        ]);
+        watch.learn_code(&opening);
+        assert!(watch.state_query().contains("app.region"));
     }
 
     #[test]

@@ -547,6 +547,79 @@ async fn tenants_on_shared_connections_see_only_their_rows_and_fresh_writes() {
     proxy.shutdown.shutdown();
 }
 
+/// Two clients on one shared server connection set a tenant through functions, then read each
+/// other's setting and rows after each other's transactions.
+async fn tenants_set_by_function(port: u16, db: &str, function: &str, setting: &str) {
+    let a = connect(port, "strata_pool_fn_app", db, None).await.expect("connect");
+    let b = connect(port, "strata_pool_fn_app", db, None).await.expect("connect");
+    let current = format!("SELECT coalesce(current_setting('{setting}', true), '')");
+    let rows = "SELECT coalesce(string_agg(body, ',' ORDER BY id), 'none') FROM docs";
+    for round in 0..3 {
+        a.batch_execute(&format!("SELECT {function}('a')")).await.expect("set a");
+        assert_eq!(text(&a, &current).await, "a", "round {round}: a after its own call");
+        assert_eq!(
+            text(&b, &current).await,
+            if round == 0 { "" } else { "b" },
+            "round {round}: b after a's call"
+        );
+        b.batch_execute(&format!("SELECT {function}('b')")).await.expect("set b");
+        assert_eq!(text(&b, &current).await, "b", "round {round}: b after its own call");
+        assert_eq!(text(&a, &current).await, "a", "round {round}: a after b's call");
+        if setting == "app.tenant" {
+            assert_eq!(text(&a, rows).await, "a-doc", "round {round}: a's rows");
+            assert_eq!(text(&b, rows).await, "b-doc", "round {round}: b's rows");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_only_a_function_sets_never_crosses_clients() {
+    let db = "strata_pool_function_setting";
+    fresh_database(db).await;
+    let direct = admin(db).await;
+    direct
+        .batch_execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'strata_pool_fn_app') THEN CREATE ROLE strata_pool_fn_app LOGIN; END IF; END $$;
+             CREATE TABLE docs (id int PRIMARY KEY, tenant text, body text);
+             INSERT INTO docs VALUES (1, 'a', 'a-doc'), (2, 'b', 'b-doc');
+             ALTER TABLE docs ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY by_tenant ON docs USING (tenant = current_setting('app.tenant', true));
+             GRANT SELECT ON docs TO strata_pool_fn_app;
+             CREATE FUNCTION enter(t text) RETURNS void LANGUAGE sql AS $$ SELECT set_config('app.tenant', t, false) $$;",
+        )
+        .await
+        .expect("setup");
+    let settings = CacheSettings::default();
+    let cache =
+        Arc::new(StrataCache::new(build_query_cache(&settings).await.expect("cache")).expect("strata cache"));
+    // One server connection: every client's transaction runs on it, so any state left behind
+    // would reach the other client.
+    let proxy = start_proxy(|b| pooled(1)(b).with_cache(cache.clone())).await;
+    // Defined before the pool opened its connection (its text is read then).
+    tenants_set_by_function(proxy.port(), db, "enter", "app.tenant").await;
+    // Defined straight on PostgreSQL after the connection opened: its body is read after the
+    // first call, which keeps its client on the connection until the setting is read back.
+    direct
+        .batch_execute(
+            "CREATE FUNCTION app_region(r text) RETURNS void LANGUAGE plpgsql AS $$ BEGIN PERFORM set_config('app.region', r, false); END $$;",
+        )
+        .await
+        .expect("second function");
+    let a = connect(proxy.port(), "strata_pool_fn_app", db, None).await.expect("connect");
+    let b = connect(proxy.port(), "strata_pool_fn_app", db, None).await.expect("connect");
+    let current = "SELECT coalesce(current_setting('app.region', true), '')";
+    a.batch_execute("SELECT app_region('north')").await.expect("set a");
+    assert_eq!(text(&a, current).await, "north");
+    // The only connection is a's until its state is known: b waits for it (a timeout here would
+    // show b was never given it) or reads it after a replay, never with a's region.
+    let b_reads = tokio::spawn(async move { text(&b, current).await });
+    // a's next session-changing statement reads its state back, now covering app.region.
+    a.batch_execute("SELECT app_region('north')").await.expect("set a again");
+    assert_eq!(text(&a, current).await, "north");
+    assert_eq!(b_reads.await.expect("b's read"), "", "b must not see a's region");
+    proxy.shutdown.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discard_all_by_one_client_leaves_the_others_statements_working() {
     let db = "strata_pool_discard";
