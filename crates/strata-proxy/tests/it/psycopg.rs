@@ -1,11 +1,14 @@
 //! psycopg 3 as applications use it (server-side parameters, automatic prepares, binary results,
 //! named cursors, COPY, pipeline mode, transactions, isolation levels, session state, roles,
 //! row-level security, encodings, cancel, notifications), through a caching proxy and checked
-//! against PostgreSQL: `psycopg_scenarios.py`, run with the psycopg `cargo xtask test` installs.
+//! against PostgreSQL (session mode with and without a catalog, and transaction pooling):
+//! `psycopg_scenarios.py`, run with the psycopg `cargo xtask test` installs.
 
 use std::path::Path;
 
-use strata_proxy::Invalidation;
+use std::{sync::Arc, time::Duration};
+
+use strata_proxy::{build_query_cache, AuthType, CacheSettings, Invalidation, PoolMode, StrataCache};
 
 use crate::{
     catalog::{catalog_proxy, proxy_with},
@@ -58,4 +61,24 @@ async fn psycopg_applications_get_postgres_answers_without_a_catalog() {
     scenarios(&["setup", &direct_dsn(db)]).await;
     let (proxy, _cache) = proxy_with(Invalidation::Everything).await;
     scenarios(&["run", &proxy_dsn(proxy.port(), db), &direct_dsn(db)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_applications_get_postgres_answers_through_transaction_pooling() {
+    let db = "strata_psycopg_pooled";
+    fresh_database(db).await;
+    scenarios(&["setup", &direct_dsn(db)]).await;
+    let settings = CacheSettings::default();
+    let cache =
+        Arc::new(StrataCache::new(build_query_cache(&settings).await.expect("cache")).expect("strata cache"));
+    // Fewer connections than the scenarios' concurrent clients: they share backends.
+    let proxy = start_proxy(|b| {
+        b.with_pool_mode(PoolMode::Transaction)
+            .with_pool_size(2)
+            .with_auth_type(AuthType::Trust)
+            .with_pool_timeout(Duration::from_secs(30))
+            .with_cache(cache.clone())
+    })
+    .await;
+    scenarios(&["run", &proxy_dsn(proxy.port(), db), &direct_dsn(db), "pooled"]).await;
 }

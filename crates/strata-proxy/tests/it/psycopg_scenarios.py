@@ -3,7 +3,9 @@
 Run by `psycopg.rs` (`cargo xtask test` installs psycopg):
 
     python3 psycopg_scenarios.py setup DIRECT_DSN
-    python3 psycopg_scenarios.py run PROXY_DSN DIRECT_DSN
+    python3 psycopg_scenarios.py run PROXY_DSN DIRECT_DSN [pooled]
+
+`pooled`: the proxy pools transactions, so two clients may share one server backend.
 
 `setup` creates the schema straight on PostgreSQL before the proxy reads its catalog; `run` plays
 every scenario, reports each, and exits non-zero if any failed. Each scenario repeats its reads so
@@ -59,7 +61,7 @@ def one(conn, sql, params=None):
     return conn.execute(sql, params).fetchone()[0]
 
 
-def scenarios(proxy, direct):
+def scenarios(proxy, direct, pooled):
     def p(**kw):
         return psycopg.connect(proxy, **kw)
 
@@ -210,7 +212,8 @@ def scenarios(proxy, direct):
 
     def session_state_keys():
         with p(autocommit=True) as a, p(autocommit=True) as b:
-            assert one(a, "SELECT pg_backend_pid()") != one(b, "SELECT pg_backend_pid()")
+            if not pooled:
+                assert one(a, "SELECT pg_backend_pid()") != one(b, "SELECT pg_backend_pid()")
             for setting, value, sql in [
                 ("timezone", "Asia/Tokyo", "SELECT '2020-01-02 03:04:05+00'::timestamptz::text"),
                 ("datestyle", "SQL, DMY", "SELECT '2020-01-02'::date::text"),
@@ -372,11 +375,11 @@ def main(argv):
         with psycopg.connect(argv[2], autocommit=True) as c:
             c.execute(SCHEMA)
         return 0
-    if len(argv) != 4 or argv[1] != "run":
+    if len(argv) not in (4, 5) or argv[1] != "run" or argv[4:] not in ([], ["pooled"]):
         print(__doc__, file=sys.stderr)
         return 2
     failed = []
-    for scenario in scenarios(argv[2], argv[3]):
+    for scenario in scenarios(argv[2], argv[3], argv[4:] == ["pooled"]):
         try:
             scenario()
             print(f"ok     {scenario.__name__}")
