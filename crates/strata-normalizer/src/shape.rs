@@ -21,6 +21,8 @@
 //!   explained by one of them (so parameters, their types and their order are reproduced);
 //! - no literal is a time-dependent string such as `'now'` (a variant with one takes the full
 //!   path too);
+//! - no statement calls `nextval` or `setval`, whose write effect is the sequence a literal
+//!   names;
 //! - statement boundaries fall on token boundaries.
 //!
 //! Everything else the analysis holds (identity, key bytes, tables, functions, verdict, write
@@ -629,6 +631,12 @@ impl Shape {
             )
         };
         if analysis.statements.is_empty() || !analysis.statements.iter().all(|s| dml(s.kind)) {
+            return None;
+        }
+        // The sequence `nextval('s')` writes is a literal's value.
+        let names_a_sequence =
+            |f: &Arc<str>| matches!(f.strip_prefix("pg_catalog.").unwrap_or(f), "nextval" | "setval");
+        if analysis.statements.iter().flat_map(|s| s.functions()).any(names_a_sequence) {
             return None;
         }
         // The lexer's literals and comments are exactly the scanner's.

@@ -633,3 +633,18 @@ fn rotate_digits(text: &str, shift: u8) -> String {
         .map(|c| if c.is_ascii_digit() { char::from(b'0' + (c as u8 - b'0' + shift) % 10) } else { c })
         .collect()
 }
+
+#[test]
+fn a_sequence_call_is_never_answered_from_another_sequences_shape() {
+    let shapes = with_shapes();
+    let full = without_memos();
+    for text in ["SELECT nextval('orders_id_seq')", "SELECT setval('orders_id_seq', 5)"] {
+        learn(&shapes, text);
+        let other = text.replace("orders_id_seq", "users_id_seq");
+        let before = shapes.shape_hits();
+        let got = shapes.analyze(&other);
+        assert_eq!(shapes.shape_hits(), before, "{other} took the fast path");
+        assert_eq!(observe(&got), observe(&full.analyze(&other)));
+        assert!(matches!(got.writes(), WriteEffect::Tables(t) if t[0].as_str() == "users_id_seq"), "{other}");
+    }
+}
