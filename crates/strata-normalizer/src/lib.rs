@@ -93,6 +93,7 @@ mod error;
 mod hints;
 mod normalizer;
 mod restrict;
+mod semantic;
 mod session;
 mod shape;
 mod tokens;
@@ -108,6 +109,7 @@ pub use crate::{
     hints::{CacheHint, Hints, IgnoredHint, TierHint},
     normalizer::{analyze, read_hints, Normalizer},
     restrict::{Assignment, ColumnRestriction, OnConflict, RestrictedValues, ValueRef, WriteKeys},
+    semantic::{semantic_form, Binding, BoundValue, SemanticForm},
     tokens::is_time_dependent_input,
 };
 
