@@ -161,11 +161,12 @@ impl Guards {
         }
     }
 
-    /// The partition a request belongs to: a digest of its scope and of what the enabled
-    /// guards compare.
+    /// The partition a request belongs to: a digest of its scope, the caller's exact bytes and
+    /// what the enabled guards compare.
     pub(crate) fn partition(
         self,
         scope: &KeyScope,
+        exact: &[u8],
         tables: &[TableName],
         literals: &[Literal],
         text: &str,
@@ -179,6 +180,7 @@ impl Guards {
         field(b'D', scope.database().as_bytes());
         field(b'R', scope.role().as_bytes());
         field(b'S', &scope.settings().digest().to_bytes());
+        field(b'X', exact);
         if self.tables {
             let mut names: Vec<&str> = tables.iter().map(TableName::as_str).collect();
             names.sort_unstable();

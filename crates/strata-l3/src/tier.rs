@@ -47,6 +47,7 @@ pub struct SemanticRequest<'a> {
     text: &'a str,
     tables: &'a [TableName],
     literals: &'a [Literal],
+    exact: &'a [u8],
     threshold: Option<CosineSimilarity>,
 }
 
@@ -57,6 +58,7 @@ impl fmt::Debug for SemanticRequest<'_> {
             .field("text_len", &self.text.len())
             .field("tables", &self.tables)
             .field("literals", &self.literals.len())
+            .field("exact_len", &self.exact.len())
             .field("threshold", &self.threshold)
             .finish()
     }
@@ -65,7 +67,7 @@ impl fmt::Debug for SemanticRequest<'_> {
 impl<'a> SemanticRequest<'a> {
     /// A request in `scope` whose embedded text is `text`.
     pub fn new(scope: &'a KeyScope, text: &'a str) -> Self {
-        Self { scope, text, tables: &[], literals: &[], threshold: None }
+        Self { scope, text, tables: &[], literals: &[], exact: &[], threshold: None }
     }
 
     /// A request for a statement: embeds `intent` when the application gave one (the `intent`
@@ -89,6 +91,14 @@ impl<'a> SemanticRequest<'a> {
     #[must_use]
     pub fn with_literals(mut self, literals: &'a [Literal]) -> Self {
         self.literals = literals;
+        self
+    }
+
+    /// Bytes a match must carry equal whatever the guards, like the scope: the caller's own
+    /// conditions (the wire form of the answer, the statement's columns). Default: none.
+    #[must_use]
+    pub fn with_exact(mut self, exact: &'a [u8]) -> Self {
+        self.exact = exact;
         self
     }
 
@@ -721,7 +731,13 @@ impl SemanticTier {
             bump(&inner.counters.similarity_misses);
             None
         };
-        let partition = inner.guards.partition(request.scope, request.tables, request.literals, request.text);
+        let partition = inner.guards.partition(
+            request.scope,
+            request.exact,
+            request.tables,
+            request.literals,
+            request.text,
+        );
         // No partition means nothing could match: answer without calling the embedder.
         let Some(index) = inner.partition(partition) else { return miss() };
         let now = inner.clock.now();
@@ -770,7 +786,13 @@ impl SemanticTier {
             bump(&inner.counters.rejections);
             return PutOutcome::Rejected(Rejection::Degraded);
         };
-        let partition = inner.guards.partition(request.scope, request.tables, request.literals, request.text);
+        let partition = inner.guards.partition(
+            request.scope,
+            request.exact,
+            request.tables,
+            request.literals,
+            request.text,
+        );
         // Invalidation follows both the tables the caller named and the result's dependencies.
         let mut tables: Vec<TableName> = request.tables.to_vec();
         tables.extend(value.dependencies().iter().map(|d| d.table.clone()));

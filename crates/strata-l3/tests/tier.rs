@@ -162,6 +162,31 @@ fn guards_keep_tenants_tables_and_literals_apart_even_for_identical_text() {
 }
 
 #[test]
+fn exact_bytes_keep_requests_apart_whatever_the_guards() {
+    let clock = Arc::new(ManualClock::fixed());
+    let tier = SemanticTier::builder()
+        .with_clock(clock.clone())
+        .with_indexing(Indexing::Manual)
+        .with_guards(strata_l3::Guards::none())
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let owner = scope("app");
+    let text = "how many orders are open";
+    rt().block_on(async {
+        let stored = SemanticRequest::new(&owner, text).with_exact(b"text rows");
+        assert_eq!(
+            tier.insert(&stored, key(&owner, text), value(&clock, Duration::from_secs(60), "orders")).await,
+            PutOutcome::Stored
+        );
+        assert!(tier.lookup(&SemanticRequest::new(&owner, text).with_exact(b"text rows")).await.is_some());
+        for other in [&b"binary rows"[..], b""] {
+            let asked = SemanticRequest::new(&owner, text).with_exact(other);
+            assert!(tier.lookup(&asked).await.is_none(), "{other:?}");
+        }
+    });
+}
+
+#[test]
 fn ttl_follows_the_injected_clock() {
     let clock = Arc::new(ManualClock::fixed());
     let tier = manual_tier(&clock);
