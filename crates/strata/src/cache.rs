@@ -370,7 +370,8 @@ impl FillTicket {
             if let Some((l3, seed, text, tables)) = semantic {
                 let request = strata_l3::SemanticRequest::new(&seed.scope, &text)
                     .with_tables(&tables)
-                    .with_literals(&seed.literals);
+                    .with_literals(&seed.literals)
+                    .with_exact(&seed.exact);
                 stored |= l3.insert(&request, key.clone(), result.clone()).await == PutOutcome::Stored;
             }
             stored
@@ -523,12 +524,16 @@ struct Pending {
     seed: Option<SemanticSeed>,
 }
 
-/// What a semantic lookup or insert needs beyond the plan: the scope, and the literals (those
-/// written in the text and the values bound to `$n`), which a match must carry equal.
+/// What a semantic lookup or insert needs beyond the plan: the scope, the literals (those
+/// written in the text and the values bound to `$n`), which a match must carry equal, and the
+/// bytes a match must carry equal whatever the guards: the answer's wire form (protocol messages
+/// and result formats: an extended request is never answered with a simple query's bytes) and
+/// what [`SemanticPlan::exact`](crate::policy::SemanticPlan::exact) adds.
 #[derive(Debug, Clone)]
 pub(crate) struct SemanticSeed {
     scope: strata_core::KeyScope,
     literals: Vec<strata_l3::Literal>,
+    exact: Vec<u8>,
 }
 
 fn semantic_seed(req: &Request<'_>, plan: &Plan) -> Option<SemanticSeed> {
@@ -542,7 +547,20 @@ fn semantic_seed(req: &Request<'_>, plan: &Plan) -> Option<SemanticSeed> {
             (Some(v), Format::Binary) => strata_l3::Literal::string(&hex(v)),
         });
     }
-    Some(SemanticSeed { scope: req.scope.clone(), literals })
+    let bound = |n: u32| -> Option<Vec<u8>> {
+        let param = req.params.get(usize::try_from(n).ok()?.checked_sub(1)?)?;
+        Some(match param.value() {
+            None => vec![b'n'],
+            Some(v) => [&[param.format().code() as u8][..], v].concat(),
+        })
+    };
+    let mut exact = semantic.exact(bound)?;
+    exact.extend_from_slice(&(req.variant.len() as u64).to_le_bytes());
+    exact.extend_from_slice(req.variant);
+    exact.extend_from_slice(&(req.result_formats.len() as u64).to_le_bytes());
+    exact.extend(req.result_formats.iter().map(|f| f.code() as u8));
+    exact.push(u8::from(req.params_per_statement));
+    Some(SemanticSeed { scope: req.scope.clone(), literals, exact })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -648,6 +666,7 @@ impl QueryCache {
         let relations = self.relations();
         let unstreamed = self.shared.unstreamed.read().unwrap_or_else(|e| e.into_inner()).clone();
         let plan = Arc::new(shared.policy.plan(
+            sql,
             analysis,
             shared.tiers.iter().map(|s| s.role),
             &relations,
@@ -997,7 +1016,8 @@ impl QueryCache {
         let plan = c.semantic.as_ref()?;
         let request = strata_l3::SemanticRequest::new(&seed.scope, &plan.text)
             .with_tables(&plan.tables)
-            .with_literals(&seed.literals);
+            .with_literals(&seed.literals)
+            .with_exact(&seed.exact);
         let hit = l3.lookup(&request).await?;
         let result = hit.result().clone();
         let now = shared.clock.now();

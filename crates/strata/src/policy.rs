@@ -124,6 +124,49 @@ pub(crate) struct SemanticPlan {
     pub(crate) tables: Vec<TableName>,
     /// The literals written in the text: a match must carry equal ones.
     pub(crate) literals: Vec<strata_l3::Literal>,
+    /// What a match must keep equal besides the guards (see [`SemanticPlan::exact`]).
+    pub(crate) form: strata_normalizer::SemanticForm,
+    /// Whether the text embedded is an intent the application gave.
+    pub(crate) intent: bool,
+}
+
+impl SemanticPlan {
+    /// The bytes a semantic match must carry equal: with an intent, the answer's columns and
+    /// the value compared in each condition (two phrasings of a question may be written as two
+    /// statements); without one, the statement itself up to how it is written, with every bound
+    /// value in its place. `param` renders the value bound to `$n` (1-based); `None` when the
+    /// statement has no such parameter.
+    pub(crate) fn exact(&self, param: impl Fn(u32) -> Option<Vec<u8>>) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut field = |tag: u8, bytes: &[u8]| {
+            out.push(tag);
+            out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            out.extend_from_slice(bytes);
+        };
+        let value = |v: &strata_normalizer::BoundValue| -> Option<Vec<u8>> {
+            match v {
+                strata_normalizer::BoundValue::Literal(text) => {
+                    Some([b"l".as_slice(), text.as_bytes()].concat())
+                }
+                strata_normalizer::BoundValue::Param(n) => param(*n).map(|p| [b"p".as_slice(), &p].concat()),
+            }
+        };
+        if self.intent {
+            field(b'C', self.form.shape().as_bytes());
+            for b in self.form.bindings() {
+                field(b'B', b.context.as_bytes());
+                field(b'v', &value(&b.value)?);
+            }
+        } else {
+            field(b'Q', self.form.canonical().as_bytes());
+            let mut n = 1;
+            while let Some(p) = param(n) {
+                field(b'P', &p);
+                n += 1;
+            }
+        }
+        Some(out)
+    }
 }
 
 impl Plan {
@@ -134,8 +177,12 @@ impl Plan {
     }
 }
 
-fn semantic_plan(analysis: &Analysis, units: &[TableName]) -> SemanticPlan {
-    let text = match analysis.hints().intent() {
+/// The semantic part of a plan; `None` (the semantic tier is not consulted) unless the text is
+/// one `SELECT` whose form PostgreSQL's parser gives.
+fn semantic_plan(sql: &str, analysis: &Analysis, units: &[TableName]) -> Option<SemanticPlan> {
+    let form = strata_normalizer::semantic_form(sql)?;
+    let intent = analysis.hints().intent();
+    let text = match intent {
         Some(intent) => intent.to_owned(),
         None => analysis.statements().iter().map(|s| s.normalized()).collect::<Vec<_>>().join("; "),
     };
@@ -147,12 +194,13 @@ fn semantic_plan(analysis: &Analysis, units: &[TableName]) -> SemanticPlan {
         })
         .collect();
     let tables = units.iter().filter(|u| u.as_str() != EVERYTHING).cloned().collect();
-    SemanticPlan { text, tables, literals }
+    Some(SemanticPlan { text, tables, literals, form, intent: intent.is_some() })
 }
 
 impl Policy {
     pub(crate) fn plan(
         &self,
+        sql: &str,
         analysis: Arc<Analysis>,
         mut roles: impl Iterator<Item = TierRole>,
         relations: &Relations,
@@ -206,7 +254,8 @@ impl Policy {
             units.iter().filter_map(|u| rules.table_ttls.get(u)).min().copied().unwrap_or(rules.default_ttl)
         });
         let semantic = (analysis.hints().semantic() || units.iter().any(|u| rules.semantic.contains(u)))
-            .then(|| semantic_plan(&analysis, &units));
+            .then(|| semantic_plan(sql, &analysis, &units))
+            .flatten();
         let keyed = if semantic.is_some() || !self.key_level {
             Vec::new()
         } else {
@@ -255,6 +304,7 @@ mod tests {
 
     fn plan(sql: &str) -> Plan {
         policy().plan(
+            sql,
             Arc::new(strata_normalizer::analyze(sql)),
             [TierRole::Hot, TierRole::Warm].into_iter(),
             &Relations::default(),
@@ -283,6 +333,7 @@ mod tests {
             Verdict::Bypass(BypassReason::NotCacheable(_))
         ));
         let l2_only = policy().plan(
+            "/* strata: tier=l2 */ SELECT 1",
             Arc::new(strata_normalizer::analyze("/* strata: tier=l2 */ SELECT 1")),
             [TierRole::Hot].into_iter(),
             &Relations::default(),
@@ -298,6 +349,7 @@ mod tests {
         let relations = Relations::builder().reads_through("report", "scratch").build();
         let plan_with = |sql: &str| {
             policy().plan(
+                sql,
                 Arc::new(strata_normalizer::analyze(sql)),
                 [TierRole::Hot].into_iter(),
                 &relations,

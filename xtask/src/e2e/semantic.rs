@@ -159,8 +159,8 @@ fn report(embedding: &str, rows: &[(&str, String)], elapsed: Duration) -> String
     text.push_str(embedding);
     text.push_str(
         ".\n\nAn answer from L3 through strata-proxy end to end (tokio-postgres, simple protocol, one \
-         client; each probe is one of 8 phrasings of one question, with its own column alias, so it \
-         misses L1 and L2 and is embedded and looked up; a probe is an L3 hit when the proxy's \
+         client; each probe is one of 8 phrasings of one question, its SQL conditions in their own order, \
+         so it misses L1 and L2 and is embedded and looked up; a probe is an L3 hit when the proxy's \
          `strata_tier_hits_total{tier=\"l3\"}` grew; every probe's rows are checked):\n\n\
          | embedder | probes | L3 hits | hit p50 ms | hit p99 ms | hit max ms | other probes | their p50 ms |\n\
          |---|---|---|---|---|---|---|---|\n",

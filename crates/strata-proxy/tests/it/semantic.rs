@@ -216,3 +216,92 @@ async fn paraphrases_are_answered_with_the_local_model() {
     assert_eq!(ask(&c, &hinted("how long does delivery take", "refunds", 2)).await, ["within 30 days"]);
     assert_eq!(l3_hits(&cache), before + 1, "an unrelated question was answered from L3");
 }
+
+/// Every row of a simple query, each as its columns joined by `|`.
+async fn rows(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    let mut rows = Vec::new();
+    for m in client.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")) {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            rows.push((0..r.len()).map(|i| r.get(i).unwrap_or("NULL")).collect::<Vec<_>>().join("|"));
+        }
+    }
+    rows
+}
+
+/// A neighbour's answer is served only when it answers the statement asked: the same columns,
+/// each literal compared with the same thing, the same protocol form, and without an intent the
+/// same statement up to how it is written. Each pair below scored above the threshold and was
+/// answered with the first statement's rows before these conditions existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_similar_question_is_answered_only_with_an_answer_that_fits_it() {
+    let db = "strata_semantic_fit";
+    fresh_database(db).await;
+    let direct = admin(db).await;
+    direct
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, price int, qty int, cat text);
+             INSERT INTO items SELECT g, (g * 7) % 100, (g * 13) % 50, CASE WHEN g % 3 = 0 THEN 'a' ELSE 'b' END
+               FROM generate_series(1, 200) g;",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (proxy, cache) = semantic_proxy(EmbedderChoice::NGrams, None).await;
+    let c = connect(proxy.port(), "postgres", db, None).await.unwrap_or_else(|e| panic!("{e}"));
+    let hint = "/* strata: semantic */ ";
+    let pairs = [
+        ("SELECT count(qty) FROM items", "SELECT count(DISTINCT qty) FROM items"),
+        (
+            "SELECT cat, count(*) FROM items GROUP BY cat ORDER BY 1",
+            "SELECT qty > 25, count(*) FROM items GROUP BY qty > 25 ORDER BY 1",
+        ),
+        ("SELECT count(*) FROM items WHERE price = qty", "SELECT count(*) FROM items WHERE price = id"),
+        ("SELECT count(*) FROM items WHERE cat = 'a'", "SELECT count(*) FROM items WHERE cat = 'a' IS FALSE"),
+        (
+            "SELECT count(*) FROM items WHERE price = 56 AND qty = 4",
+            "SELECT count(*) FROM items WHERE price = 4 AND qty = 56",
+        ),
+        ("SELECT price FROM items WHERE id = 8", "SELECT qty FROM items WHERE id = 8"),
+    ];
+    let mut inserts = l3(&cache).inserts;
+    for (first, second) in pairs {
+        let (first, second) = (format!("{hint}{first}"), format!("{hint}{second}"));
+        rows(&c, &first).await;
+        inserts += 1;
+        stored(&cache, inserts).await;
+        let want = rows(&direct, &second).await;
+        assert_eq!(rows(&c, &second).await, want, "{second} was answered with the rows of {first}");
+        inserts += 1;
+        stored(&cache, inserts).await;
+    }
+    // The same literals compared with other columns, behind intents that differ only in them.
+    let first = r#"/* strata: semantic, intent="items priced 77 with quantity 43" */ SELECT count(*) FROM items WHERE price = 77 AND qty = 43"#;
+    let second = r#"/* strata: semantic, intent="items priced 43 with quantity 77" */ SELECT count(*) FROM items WHERE price = 43 AND qty = 77"#;
+    assert_eq!(rows(&c, first).await, ["2"]);
+    inserts += 1;
+    stored(&cache, inserts).await;
+    assert_eq!(rows(&c, second).await, ["0"], "another literal compared with each column");
+    inserts += 1;
+    stored(&cache, inserts).await;
+
+    // A reworded statement is still answered from L3: the answer fits it.
+    let before = l3_hits(&cache);
+    assert_eq!(
+        rows(&c, &format!("{hint}SELECT qty FROM items WHERE 8 = id")).await,
+        rows(&direct, "SELECT qty FROM items WHERE id = 8").await
+    );
+    assert_eq!(l3_hits(&cache), before + 1, "the same statement written another way missed L3");
+
+    // An extended request (binary results) is never answered with a simple query's messages.
+    let row = c
+        .query_one(&format!("{hint}SELECT qty, cat FROM items WHERE id IN (8)"), &[])
+        .await
+        .unwrap_or_else(|e| panic!("the extended request after a simple one: {e}"));
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, String>(1)), (4, "b".to_owned()));
+    // And the other way round.
+    let sql = format!("{hint}SELECT price, cat FROM items WHERE id = 9");
+    let row = c.query_one(&sql, &[]).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, String>(1)), (63, "a".to_owned()));
+    inserts = l3(&cache).inserts;
+    stored(&cache, inserts).await;
+    assert_eq!(rows(&c, &format!("{hint}SELECT price, cat FROM items WHERE 9 = id")).await, ["63|a"]);
+}
