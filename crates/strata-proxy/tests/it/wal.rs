@@ -95,7 +95,7 @@ pub struct WalProxy {
     pub application_name: String,
     publication: String,
     wal: Option<strata::WalInvalidator>,
-    _proxy: TestProxy,
+    proxy: TestProxy,
     stale: Vec<String>,
 }
 
@@ -153,9 +153,14 @@ impl WalProxy {
             application_name,
             publication,
             wal: Some(wal),
-            _proxy: proxy,
+            proxy,
             stale: Vec::new(),
         }
+    }
+
+    /// The proxy's port, for more clients.
+    pub fn port(&self) -> u16 {
+        self.proxy.port()
     }
 
     /// What the proxy serves for `sql`.

@@ -722,10 +722,20 @@ SELECT DISTINCT c.relname::text FROM unseen u JOIN pg_catalog.pg_class c ON c.oi
 
 /// Changes the catalog rows that decide what the stream covers leave in this sum (every row a
 /// DDL statement inserts or updates carries a new `xmin`).
+/// What changes when DDL runs, also DDL no event trigger reports: relations (and their
+/// privileges), the publications, and the roles, in catalogs every database shares (membership in
+/// `pg_auth_members`; superuser, inheritance and `BYPASSRLS` in `pg_roles`, a view that shows no
+/// `xmin`): a direct `REVOKE role FROM member` or `ALTER ROLE ... NOBYPASSRLS` changes which rows
+/// a role's statements return.
 const SCHEMA_FINGERPRINT_SQL: &str = r"
 SELECT (SELECT pg_catalog.count(*) || ':' || pg_catalog.sum(xmin::text::int8) FROM pg_catalog.pg_class)
     || ' ' || (SELECT pg_catalog.count(*) || ':' || COALESCE(pg_catalog.sum(xmin::text::int8), 0) FROM pg_catalog.pg_publication_rel)
     || ' ' || (SELECT pg_catalog.count(*) || ':' || COALESCE(pg_catalog.sum(xmin::text::int8), 0) FROM pg_catalog.pg_publication)
+    || ' ' || (SELECT pg_catalog.count(*) || ':' || COALESCE(pg_catalog.sum(xmin::text::int8), 0) FROM pg_catalog.pg_auth_members)
+    || ' ' || (SELECT pg_catalog.md5(COALESCE(pg_catalog.string_agg(
+                   oid::text || ':' || rolname || ':' || rolsuper::text || rolinherit::text || rolbypassrls::text,
+                   ',' ORDER BY oid), ''))
+               FROM pg_catalog.pg_roles)
 ";
 
 /// How often the schema fingerprint is read, in heartbeats.
