@@ -15,7 +15,7 @@
 //! equal: two statements that differ in any other way never match, whatever their similarity.
 
 use pg_query::protobuf::{self, AExprKind, BoolExprType, ResTarget, SelectStmt};
-use pg_query::{Node, NodeEnum};
+use pg_query::{Node, NodeEnum, NodeRef};
 
 /// What a stored answer and a semantic lookup must agree on (see the module docs).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,11 +25,12 @@ pub struct SemanticForm {
     bindings: Vec<Binding>,
 }
 
-/// A literal or parameter compared with an expression in a top-level condition of `WHERE`:
-/// `price =` with `56`, `topic =` with `$1`.
+/// A literal or parameter and its place in the statement: `3 price =` with `56` (compared with
+/// `price`, three levels down the parse tree), `2 LIMIT` with `10`, `4 round(#1)` with `2`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Binding {
-    /// The expression and operator, as deparsed (`price =`, `lower(name) <`, `id IN`).
+    /// The depth in the parse tree, then the expression and operator, as deparsed (`price =`,
+    /// `lower(name) <`, `id IN`), the function and argument (`round(#1)`), or `LIMIT`/`OFFSET`.
     pub context: String,
     /// The value it is compared with.
     pub value: BoundValue,
@@ -58,8 +59,8 @@ impl SemanticForm {
         &self.canonical
     }
 
-    /// The literals and parameters of the top-level `WHERE` conditions with what they are
-    /// compared to, sorted.
+    /// Each literal and parameter with its place (what it is compared with, the function it is
+    /// passed to, `LIMIT` or `OFFSET`, and how deep in the statement), sorted.
     pub fn bindings(&self) -> &[Binding] {
         &self.bindings
     }
@@ -81,11 +82,49 @@ pub fn semantic_form(sql: &str) -> Option<SemanticForm> {
             let mut terms = Vec::new();
             conjuncts(&where_clause, &mut terms);
             for term in terms {
-                conditions.push(condition(select, term, &mut bindings)?);
+                conditions.push(condition(select, term, &mut Vec::new())?);
             }
         }
     }
     conditions.sort_unstable();
+    // Every comparison with a literal, wherever it is (a subquery, HAVING, a join), every
+    // LIMIT and OFFSET, and every literal argument of a function, each with its place: the
+    // depth in the tree, what it is compared with or passed to.
+    for (node, depth, _, _) in parsed.protobuf.nodes() {
+        let start = bindings.len();
+        match node {
+            NodeRef::AExpr(e) => {
+                let term = Node { node: Some(NodeEnum::AExpr(Box::new(e.clone()))) };
+                condition(select, &term, &mut bindings)?;
+            }
+            NodeRef::SelectStmt(s) => {
+                for (word, n) in [("LIMIT", &s.limit_count), ("OFFSET", &s.limit_offset)] {
+                    if let Some(value) = n.as_deref().and_then(|n| bound_value(select, n)) {
+                        bindings.push(Binding { context: word.to_owned(), value });
+                    }
+                }
+            }
+            NodeRef::FuncCall(f) => {
+                let name: Vec<&str> = f
+                    .funcname
+                    .iter()
+                    .filter_map(|n| match n.node.as_ref() {
+                        Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                for (i, arg) in f.args.iter().enumerate() {
+                    if let Some(value) = bound_value(select, arg) {
+                        bindings.push(Binding { context: format!("{}(#{i})", name.join(".")), value });
+                    }
+                }
+            }
+            _ => {}
+        }
+        for b in &mut bindings[start..] {
+            b.context = format!("{depth} {}", b.context);
+        }
+    }
     bindings.sort_unstable();
     let mut canonical = deparse(&rest)?;
     if !conditions.is_empty() {
@@ -176,7 +215,7 @@ fn flipped(op: &str) -> Option<&'static str> {
     })
 }
 
-/// One term of the top-level `AND` in canonical form, recording its bindings.
+/// An expression in canonical form (a term of the top-level `AND`), recording its bindings.
 fn condition(base: &SelectStmt, term: &Node, bindings: &mut Vec<Binding>) -> Option<String> {
     let Some(NodeEnum::AExpr(e)) = term.node.as_ref() else { return expression(base, term) };
     let (Some(lexpr), Some(rexpr)) = (e.lexpr.as_deref(), e.rexpr.as_deref()) else {
@@ -262,12 +301,12 @@ mod tests {
         assert_eq!(
             a.bindings(),
             [
-                Binding { context: "id >".into(), value: BoundValue::Literal("2".into()) },
-                Binding { context: "topic =".into(), value: BoundValue::Literal("'refunds'".into()) },
+                Binding { context: "3 id >".into(), value: BoundValue::Literal("2".into()) },
+                Binding { context: "3 topic =".into(), value: BoundValue::Literal("'refunds'".into()) },
             ]
         );
         let p = form("SELECT answer FROM faq WHERE $1 = topic");
-        assert_eq!(p.bindings(), [Binding { context: "topic =".into(), value: BoundValue::Param(1) }]);
+        assert_eq!(p.bindings(), [Binding { context: "2 topic =".into(), value: BoundValue::Param(1) }]);
         assert_eq!(p, form("SELECT answer FROM faq WHERE topic = $1"));
     }
 
@@ -301,6 +340,21 @@ mod tests {
         );
         assert_eq!(a.shape(), b.shape());
         assert_ne!(a.bindings(), b.bindings());
+        // Elsewhere too: LIMIT and OFFSET, function arguments, subqueries, HAVING.
+        for (a, b) in [
+            ("SELECT a FROM t ORDER BY a LIMIT 5 OFFSET 10", "SELECT a FROM t ORDER BY a LIMIT 10 OFFSET 5"),
+            ("SELECT substr(name, 1, 3) FROM t", "SELECT substr(name, 3, 1) FROM t"),
+            (
+                "SELECT a FROM t WHERE b = 1 AND c IN (SELECT c FROM u WHERE d = 2)",
+                "SELECT a FROM t WHERE b = 2 AND c IN (SELECT c FROM u WHERE d = 1)",
+            ),
+            (
+                "SELECT g FROM t GROUP BY g HAVING count(*) > 3 AND sum(x) < 7",
+                "SELECT g FROM t GROUP BY g HAVING count(*) > 7 AND sum(x) < 3",
+            ),
+        ] {
+            assert_ne!(form(a).bindings(), form(b).bindings(), "{a} / {b}");
+        }
         // Other columns: another shape.
         assert_ne!(
             form("SELECT name FROM users WHERE id = 1").shape(),
