@@ -184,3 +184,40 @@ fn regression_corpus_effects_are_consistent_with_the_rest_of_the_analysis() {
     }
     expect_file!["snapshots/postgres_regress_session_effects.txt"].assert_eq(&out);
 }
+
+/// Every cacheable statement of the corpus gets a semantic form or none without a panic, and a
+/// form does not depend on how the statement is written: the statement's own deparsed text has
+/// the same form.
+#[test]
+fn regression_corpus_semantic_forms_are_stable() {
+    let normalizer = Normalizer::new(NormalizerConfig::builder().with_memo_capacity(0).build().unwrap());
+    let (mut cacheable, mut with_form, mut unstable) = (0usize, 0usize, Vec::new());
+    for file in corpus_files() {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        let sql = sql_of_psql_script(&String::from_utf8_lossy(&bytes));
+        for part in statements_of(&sql).0 {
+            if !normalizer.analyze(part).cacheability().is_cacheable() {
+                continue;
+            }
+            cacheable += 1;
+            let Some(form) = strata_normalizer::semantic_form(part) else { continue };
+            with_form += 1;
+            let rewritten = pg_query::parse(part, 0)
+                .ok()
+                .and_then(|p| p.deparse(pg_query::DeparseOptions::default()).ok());
+            if let Some(rewritten) = rewritten {
+                if strata_normalizer::semantic_form(&rewritten).as_ref() != Some(&form) {
+                    unstable.push(part.trim().to_owned());
+                }
+            }
+        }
+    }
+    eprintln!("cacheable statements: {cacheable}, with a semantic form: {with_form}");
+    assert!(with_form * 10 >= cacheable * 9, "{with_form} of {cacheable} cacheable statements have a form");
+    assert!(
+        unstable.is_empty(),
+        "{} forms change when the statement is deparsed:\n{}",
+        unstable.len(),
+        unstable.join("\n")
+    );
+}
