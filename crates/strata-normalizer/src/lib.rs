@@ -109,7 +109,7 @@ pub use crate::{
     hints::{CacheHint, Hints, IgnoredHint, TierHint},
     normalizer::{analyze, read_hints, Normalizer},
     restrict::{Assignment, ColumnRestriction, OnConflict, RestrictedValues, ValueRef, WriteKeys},
-    semantic::{semantic_form, Binding, BoundValue, SemanticForm},
+    semantic::{semantic_form, SemanticForm},
     tokens::is_time_dependent_input,
 };
 

@@ -528,7 +528,8 @@ struct Pending {
 /// written in the text and the values bound to `$n`), which a match must carry equal, and the
 /// bytes a match must carry equal whatever the guards: the answer's wire form (protocol messages
 /// and result formats: an extended request is never answered with a simple query's bytes) and
-/// what [`SemanticPlan::exact`](crate::policy::SemanticPlan::exact) adds.
+/// the statement up to how it is written
+/// ([`SemanticPlan::exact`](crate::policy::SemanticPlan::exact)).
 #[derive(Debug, Clone)]
 pub(crate) struct SemanticSeed {
     scope: strata_core::KeyScope,
@@ -554,7 +555,7 @@ fn semantic_seed(req: &Request<'_>, plan: &Plan) -> Option<SemanticSeed> {
             Some(v) => [&[param.format().code() as u8][..], v].concat(),
         })
     };
-    let mut exact = semantic.exact(bound)?;
+    let mut exact = semantic.exact(bound);
     exact.extend_from_slice(&(req.variant.len() as u64).to_le_bytes());
     exact.extend_from_slice(req.variant);
     exact.extend_from_slice(&(req.result_formats.len() as u64).to_le_bytes());

@@ -124,48 +124,30 @@ pub(crate) struct SemanticPlan {
     pub(crate) tables: Vec<TableName>,
     /// The literals written in the text: a match must carry equal ones.
     pub(crate) literals: Vec<strata_l3::Literal>,
-    /// What a match must keep equal besides the guards (see [`SemanticPlan::exact`]).
+    /// The statement up to how it is written: a match must be the same (see [`SemanticPlan::exact`]).
     pub(crate) form: strata_normalizer::SemanticForm,
-    /// Whether the text embedded is an intent the application gave.
-    pub(crate) intent: bool,
 }
 
 impl SemanticPlan {
-    /// The bytes a semantic match must carry equal: with an intent, the answer's columns and
-    /// the value compared in each condition (two phrasings of a question may be written as two
-    /// statements); without one, the statement itself up to how it is written, with every bound
-    /// value in its place. `param` renders the value bound to `$n` (1-based); `None` when the
-    /// statement has no such parameter.
-    pub(crate) fn exact(&self, param: impl Fn(u32) -> Option<Vec<u8>>) -> Option<Vec<u8>> {
+    /// The bytes a semantic match must carry equal: the statement itself up to how it is written,
+    /// with every bound value in its place, whether or not an intent is what is embedded (two
+    /// statements answering similar questions may compute different rows: `ORDER BY price DESC`
+    /// and `ASC` for "top" and "bottom products by price"). `param` renders the value bound to
+    /// `$n` (1-based); `None` past the last one.
+    pub(crate) fn exact(&self, param: impl Fn(u32) -> Option<Vec<u8>>) -> Vec<u8> {
         let mut out = Vec::new();
         let mut field = |tag: u8, bytes: &[u8]| {
             out.push(tag);
             out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
             out.extend_from_slice(bytes);
         };
-        let value = |v: &strata_normalizer::BoundValue| -> Option<Vec<u8>> {
-            match v {
-                strata_normalizer::BoundValue::Literal(text) => {
-                    Some([b"l".as_slice(), text.as_bytes()].concat())
-                }
-                strata_normalizer::BoundValue::Param(n) => param(*n).map(|p| [b"p".as_slice(), &p].concat()),
-            }
-        };
-        if self.intent {
-            field(b'C', self.form.shape().as_bytes());
-            for b in self.form.bindings() {
-                field(b'B', b.context.as_bytes());
-                field(b'v', &value(&b.value)?);
-            }
-        } else {
-            field(b'Q', self.form.canonical().as_bytes());
-            let mut n = 1;
-            while let Some(p) = param(n) {
-                field(b'P', &p);
-                n += 1;
-            }
+        field(b'Q', self.form.canonical().as_bytes());
+        let mut n = 1;
+        while let Some(p) = param(n) {
+            field(b'P', &p);
+            n += 1;
         }
-        Some(out)
+        out
     }
 }
 
@@ -181,8 +163,7 @@ impl Plan {
 /// one `SELECT` whose form PostgreSQL's parser gives.
 fn semantic_plan(sql: &str, analysis: &Analysis, units: &[TableName]) -> Option<SemanticPlan> {
     let form = strata_normalizer::semantic_form(sql)?;
-    let intent = analysis.hints().intent();
-    let text = match intent {
+    let text = match analysis.hints().intent() {
         Some(intent) => intent.to_owned(),
         None => analysis.statements().iter().map(|s| s.normalized()).collect::<Vec<_>>().join("; "),
     };
@@ -194,7 +175,7 @@ fn semantic_plan(sql: &str, analysis: &Analysis, units: &[TableName]) -> Option<
         })
         .collect();
     let tables = units.iter().filter(|u| u.as_str() != EVERYTHING).cloned().collect();
-    Some(SemanticPlan { text, tables, literals, form, intent: intent.is_some() })
+    Some(SemanticPlan { text, tables, literals, form })
 }
 
 impl Policy {
