@@ -113,6 +113,11 @@ impl<'a> SemanticRequest<'a> {
     pub fn text(&self) -> &str {
         self.text
     }
+
+    /// The partition this request belongs to under `guards`.
+    fn partition(&self, guards: Guards) -> u128 {
+        guards.partition(self.scope, self.exact, self.tables, self.literals, self.text)
+    }
 }
 
 /// A similarity hit: the stored result, how similar its text was, and that text.
@@ -731,13 +736,7 @@ impl SemanticTier {
             bump(&inner.counters.similarity_misses);
             None
         };
-        let partition = inner.guards.partition(
-            request.scope,
-            request.exact,
-            request.tables,
-            request.literals,
-            request.text,
-        );
+        let partition = request.partition(inner.guards);
         // No partition means nothing could match: answer without calling the embedder.
         let Some(index) = inner.partition(partition) else { return miss() };
         let now = inner.clock.now();
@@ -786,13 +785,7 @@ impl SemanticTier {
             bump(&inner.counters.rejections);
             return PutOutcome::Rejected(Rejection::Degraded);
         };
-        let partition = inner.guards.partition(
-            request.scope,
-            request.exact,
-            request.tables,
-            request.literals,
-            request.text,
-        );
+        let partition = request.partition(inner.guards);
         // Invalidation follows both the tables the caller named and the result's dependencies.
         let mut tables: Vec<TableName> = request.tables.to_vec();
         tables.extend(value.dependencies().iter().map(|d| d.table.clone()));
