@@ -266,7 +266,7 @@ impl ClientSide {
         // Bytes after the terminator make PostgreSQL refuse the message: it is relayed for the
         // server to answer, never keyed on the part before them.
         let sql = if reader.is_empty() && self.active {
-            exact_text(bytes, self.encoding_reads_exactly())
+            exact_text(bytes, self.reads_exactly(bytes))
         } else {
             None
         };
@@ -345,9 +345,29 @@ impl ClientSide {
         }
     }
 
-    /// Whether the client encoding the server last reported lets SQL text be read exactly.
-    fn encoding_reads_exactly(&self) -> bool {
-        encoding_reads_exactly(self.session.state().view.server_parameter("client_encoding"))
+    /// Whether `text` can be read exactly as PostgreSQL will read it, by the settings the server
+    /// last reported: a client encoding that [`encoding_reads_exactly`], and no backslash while
+    /// `standard_conforming_strings` is off (PostgreSQL then reads `\'` in a string as a quote,
+    /// the parser here as the string's end, so the two would see other statements in the text).
+    ///
+    /// A text with a backslash is read only when nothing runs before it that could turn the
+    /// setting off first: no request in flight and no `Execute` in the batch being built (the
+    /// server's report of a new value would come too late).
+    fn reads_exactly(&self, text: &[u8]) -> bool {
+        let st = self.session.state();
+        if !encoding_reads_exactly(st.view.server_parameter("client_encoding")) {
+            return false;
+        }
+        if !text.contains(&b'\\') {
+            return true;
+        }
+        let executes_first = self
+            .open
+            .as_ref()
+            .is_some_and(|o| o.messages.iter().any(|m| matches!(m, ExtendedMessage::Execute { .. })));
+        st.view.server_parameter("standard_conforming_strings") != Some("off")
+            && st.in_flight.is_empty()
+            && !executes_first
     }
 
     /// Whether nothing is in flight and every response is written.
@@ -684,7 +704,7 @@ impl ClientSide {
                 for _ in 0..n {
                     types.push(r.u32()?);
                 }
-                let stmt = match exact_text(text, self.encoding_reads_exactly()) {
+                let stmt = match exact_text(text, self.reads_exactly(text)) {
                     Some(sql) => PreparedStatement::new(name.clone(), Arc::from(sql), types),
                     None => {
                         let lossy = String::from_utf8_lossy(text);

@@ -218,6 +218,48 @@ async fn clients_in_other_encodings_get_their_own_rows() {
     }
 }
 
+/// With `standard_conforming_strings = off`, PostgreSQL reads `\'` inside a string as a quote,
+/// where the parser the proxy uses sees the string's end: a text can then hide a write or a
+/// volatile call inside what the proxy reads as a quoted identifier. Such texts (a backslash while
+/// the setting is off, in either protocol) are relayed and never analyzed: not cached, and counted
+/// as writes of unknown effect. Before, the hidden UPDATE left a stale row cached and the hidden
+/// `nextval` was answered from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backslashes_without_standard_conforming_strings_are_never_read_by_the_proxy() {
+    let db = "strata_nonstandard_strings";
+    table(db).await;
+    admin(db).await.batch_execute("CREATE SEQUENCE s").await.expect("sequence");
+    let cache = strata_cache().await;
+    let proxy = caching_proxy(&cache).await;
+    let c = connect(proxy.port(), "postgres", db, None).await.expect("connect");
+    c.batch_execute("SET standard_conforming_strings = off; SET escape_string_warning = off").await.unwrap();
+    let read = "SELECT v FROM t WHERE id = 1";
+    let before = hits(&cache);
+    for _ in 0..3 {
+        assert_eq!(c.simple_query(read).await.unwrap().len(), 3);
+    }
+    assert!(hits(&cache) > before, "the read was never cached: the test would prove nothing");
+    // Read as PostgreSQL reads it: a string, then `UPDATE ...;`, then a comment. Read with
+    // standard strings: one SELECT whose second column has a quoted name.
+    let hidden_write = r#"SELECT 'a\' AS x, 1 AS "'; UPDATE t SET v = 'new' WHERE id = 1; --""#;
+    c.simple_query(hidden_write).await.expect("the hidden write");
+    assert_eq!(value(&c).await, "new", "a write hidden from the parser left the old row cached");
+    let hidden_call = r#"SELECT 'a\' AS x, 1 AS "' AS y, nextval('s') AS z --""#;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let rows = c.query(hidden_call, &[]).await.expect("the hidden call");
+        seen.push(rows[0].get::<_, i64>(1));
+    }
+    assert_eq!(seen, [1, 2, 3], "a nextval hidden from the parser was answered from the cache");
+    // Without a backslash the text reads the same either way, and is cached as usual.
+    // (The session verifies its state first, after texts the proxy could not read.)
+    let before = hits(&cache);
+    for _ in 0..4 {
+        c.simple_query("SELECT v FROM t WHERE id = 1 AND v <> 'x'").await.unwrap();
+    }
+    assert!(hits(&cache) > before, "a text without a backslash is read as usual");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn texts_postgres_refuses_get_its_error_not_a_cached_row() {
     let db = "strata_refused_texts";
