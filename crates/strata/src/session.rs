@@ -384,11 +384,13 @@ pub enum ScopeStatus {
 
 enum Scope {
     Unverified,
-    /// Read back; `None` while the session has temporary relations, whose unqualified names can
-    /// shadow other relations in its reads (no lookups until something changes and a new read
-    /// finds none).
+    /// Read back; `Err` with the reason while the session's names may resolve to what its texts
+    /// do not show: temporary relations, whose unqualified names can shadow other relations in
+    /// its reads, or a `search_path` that puts a schema before `pg_catalog`, where a function or
+    /// operator of that schema shadows the built-in one of its name (no lookups until something
+    /// changes and a new read finds neither).
     Verified {
-        scope: Option<KeyScope>,
+        scope: Result<KeyScope, &'static str>,
         names_generation: u64,
     },
     Disabled(String),
@@ -422,8 +424,8 @@ impl fmt::Debug for CacheSession {
         let st = self.state();
         let scope = match &st.scope {
             Scope::Unverified => "unverified".to_owned(),
-            Scope::Verified { scope: Some(scope), .. } => format!("verified as {}", scope.role()),
-            Scope::Verified { scope: None, .. } => "verified, with temporary relations".to_owned(),
+            Scope::Verified { scope: Ok(scope), .. } => format!("verified as {}", scope.role()),
+            Scope::Verified { scope: Err(why), .. } => format!("verified: {why}"),
             Scope::Disabled(why) => format!("disabled: {why}"),
         };
         f.debug_struct("CacheSession")
@@ -499,8 +501,8 @@ impl CacheSession {
             Scope::Verified { scope, names_generation } => {
                 if *names_generation == self.shared.names.generation() || self.shared.trust_startup_only {
                     match scope {
-                        Some(scope) => ScopeStatus::Ready(scope.clone()),
-                        None => ScopeStatus::Disabled("the session has temporary relations".to_owned()),
+                        Ok(scope) => ScopeStatus::Ready(scope.clone()),
+                        Err(why) => ScopeStatus::Disabled((*why).to_owned()),
                     }
                 } else {
                     // A custom setting name was learnt since: the scope does not include it yet.
@@ -567,8 +569,14 @@ impl CacheSession {
                     st.scope = Scope::Disabled("too many custom setting names to follow".to_owned());
                     return;
                 }
-                let scope = (answer.temporary_relations == 0).then(|| answer.scope(&self.database));
-                if let Some(scope) = &scope {
+                let scope = if answer.temporary_relations != 0 {
+                    Err("the session has temporary relations")
+                } else if answer.builtins_shadowable() {
+                    Err("the session's search_path puts a schema before pg_catalog, whose functions and operators may then shadow the built-in ones")
+                } else {
+                    Ok(answer.scope(&self.database))
+                };
+                if let Ok(scope) = &scope {
                     let mut recent =
                         self.shared.recent_scopes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     let key = (self.database.clone(), self.user.clone());
@@ -1103,15 +1111,69 @@ impl Answer {
         names.iter().all(|n| self.custom_checked.contains(n))
     }
 
+    /// Whether the `search_path` read back names a schema before `pg_catalog`: PostgreSQL
+    /// searches `pg_catalog` first only when the path does not name it, so a function or
+    /// operator in an earlier schema then shadows the built-in one its text seems to call.
+    fn builtins_shadowable(&self) -> bool {
+        let Some((_, path)) = self.pairs.iter().find(|(n, _)| n == "s:search_path") else { return false };
+        search_path_shadows_builtins(path)
+    }
+
     fn scope(&self, database: &str) -> KeyScope {
         let digest = SettingsDigest::of(self.pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())));
         KeyScope::new(database, self.role.as_str(), digest)
     }
 }
 
+/// Whether a `search_path` value names a schema before `pg_catalog` (`pg_temp` aside: functions
+/// and operators are never looked up there).
+fn search_path_shadows_builtins(path: &str) -> bool {
+    let mut names = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    let mut chars = path.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                current.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => names.push(std::mem::take(&mut current)),
+            c if !quoted && c.is_whitespace() => {}
+            c if !quoted => current.extend(c.to_lowercase()),
+            c => current.push(c),
+        }
+    }
+    names.push(current);
+    match names.iter().position(|n| n == "pg_catalog") {
+        Some(at) => names[..at].iter().any(|n| !n.is_empty() && n != "pg_temp" && !n.starts_with("pg_temp_")),
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_search_path_shadows_builtins_when_it_names_a_schema_before_pg_catalog() {
+        for (path, shadows) in [
+            ("\"$user\", public", false),
+            ("public", false),
+            ("pg_catalog, public", false),
+            ("pg_temp, pg_catalog, app", false),
+            ("", false),
+            ("public, pg_catalog", true),
+            ("app, PG_CATALOG", true),
+            ("\"$user\", public, pg_catalog", true),
+            ("\"pg_catalog\", app", false),
+            ("\"a,b\", pg_catalog", true),
+            ("\"pg_catalog \", pg_catalog", true),
+        ] {
+            assert_eq!(search_path_shadows_builtins(path), shadows, "{path}");
+        }
+    }
 
     fn row(kind: &str, name: Option<&str>, value: Option<&str>) -> Vec<Option<Bytes>> {
         vec![

@@ -509,3 +509,51 @@ async fn the_scope_the_proxy_believes_is_the_state_postgres_reports() {
     }
     assert!(found, "without verification the walk found no difference");
 }
+
+/// `SELECT upper('x')` three times, the answers.
+async fn upper_thrice(c: &Client) -> Vec<String> {
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        for m in c.simple_query("SELECT upper('x')").await.expect("upper") {
+            if let SimpleQueryMessage::Row(r) = m {
+                seen.push(r.get(0).unwrap_or_default().to_owned());
+            }
+        }
+    }
+    seen
+}
+
+/// A `search_path` that names a schema before `pg_catalog` lets that schema's functions (and
+/// operators) shadow the built-in ones the text seems to call: `upper(...)` then runs user code
+/// the proxy cannot see. Such a session does not use the cache, however the path was set. Before,
+/// a volatile `public.upper` was answered from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_path_that_lets_user_functions_shadow_builtins_is_never_cached() {
+    let db = "strata_shadowed_builtins";
+    fresh_database(db).await;
+    admin(db)
+        .await
+        .batch_execute(
+            "CREATE SEQUENCE calls;
+             CREATE FUNCTION public.upper(text) RETURNS text LANGUAGE sql VOLATILE
+               AS $$ SELECT $1 || nextval('calls') $$;
+             CREATE FUNCTION public.use_path(p text) RETURNS text LANGUAGE sql
+               AS $$ SELECT set_config('search_path', p, false) $$;",
+        )
+        .await
+        .expect("schema");
+    let proxy = caching_proxy(Setup::NoCatalog).await;
+    let c = connect(proxy.port(), "postgres", db, None).await.expect("connect");
+    // The built-in one: cached and right.
+    assert_eq!(upper_thrice(&c).await, ["X", "X", "X"]);
+    c.batch_execute("SET search_path = public, pg_catalog").await.unwrap();
+    assert_eq!(
+        upper_thrice(&c).await,
+        ["x1", "x2", "x3"],
+        "a shadowing user function was answered from the cache"
+    );
+    c.batch_execute("RESET search_path").await.unwrap();
+    assert_eq!(upper_thrice(&c).await, ["X", "X", "X"]);
+    c.simple_query("SELECT public.use_path('public, pg_catalog')").await.unwrap();
+    assert_eq!(upper_thrice(&c).await, ["x4", "x5", "x6"], "a path set by a function");
+}
