@@ -216,6 +216,10 @@ pub(crate) enum Edge {
     /// The relation is a sequence: `nextval` changes it, also where a column default calls it
     /// on an insert, and no write names it.
     Sequence(String),
+    /// A user function (outside `pg_catalog`) that is not immutable (it may read tables, or do
+    /// anything) has this name: a call of a built-in of that name may run it. Immutable ones
+    /// (`citext`'s `lower(citext)`) compute from their arguments alone, like the built-ins.
+    UserFunction(String),
     /// The table's key column (the leading column of its replica identity index) and the kind
     /// of its type: `int`, `uuid`, `text` (deterministic collation) or `other`.
     Key(String, String, String),
@@ -266,6 +270,8 @@ pub(crate) fn edges_of_row(kind: &str, a: &str, b: Option<&str>, flag: bool) -> 
         ("volatile", _) => vec![Edge::Volatile(a.to_owned())],
         // A sequence: never cached.
         ("sequence", _) => vec![Edge::Sequence(a.to_owned())],
+        // A user function's name: it may shadow a built-in of that name.
+        ("function", _) => vec![Edge::UserFunction(a.to_owned())],
         _ => Vec::new(),
     }
 }
@@ -383,6 +389,11 @@ SELECT 'code', c.relname::text, NULL, 'false'
   JOIN user_rel c ON c.oid = k.conrelid
   WHERE d.refclassid = 'pg_catalog.pg_proc'::regclass
 UNION
+SELECT 'function', p.proname::text, NULL, 'false'
+  FROM pg_catalog.pg_proc p
+  WHERE p.pronamespace <> 'pg_catalog'::regnamespace AND p.pronamespace <> 'information_schema'::regnamespace
+    AND p.provolatile <> 'i'
+UNION
 SELECT 'text', p.prosrc, NULL, 'false'
   FROM pg_catalog.pg_proc p
   WHERE p.pronamespace <> 'pg_catalog'::regnamespace AND p.pronamespace <> 'information_schema'::regnamespace
@@ -428,6 +439,7 @@ pub(crate) fn relations_of<'a>(edges: impl IntoIterator<Item = &'a Edge>) -> Rel
             Edge::RunsCode(r) => b.runs_user_code(r),
             Edge::Volatile(r) => b.reads_volatile(r),
             Edge::Sequence(r) => b.sequence(r),
+            Edge::UserFunction(f) => b.user_function(f),
             Edge::Key(t, column, kind) => {
                 // `kind:table oid:column number`.
                 let mut parts = kind.split(':');

@@ -199,6 +199,14 @@ impl Policy {
             let reason = reason.clone();
             return bypass(analysis, BypassReason::NotCacheable(reason));
         }
+        // A built-in's name that a user function has too may call the user's function (an
+        // overload for other argument types wins whatever the `search_path`).
+        let shadowed =
+            analysis.statements().iter().find_map(|s| relations.user_function_among(s.functions()));
+        if let Some(name) = shadowed {
+            let reason = strata_normalizer::NotCacheable::UnknownFunction(Arc::from(name));
+            return bypass(analysis, BypassReason::NotCacheable(reason));
+        }
         let mut units: Vec<TableName> =
             analysis.reads().iter().chain(analysis.hints().tables()).map(version_unit).collect();
         // A view (or a partition parent) reads relations its text does not name.

@@ -40,6 +40,8 @@ struct Closures {
     /// and relations reading others (views, parents): their rows change in ways no key of
     /// theirs describes, so they are never key-level.
     entangled: HashSet<TableName>,
+    /// The names of user functions (outside `pg_catalog`) that are not immutable.
+    functions: HashSet<String>,
 }
 
 /// What a table's key column is: its name and the kind of its type, which decides how values
@@ -121,6 +123,17 @@ impl Relations {
             })
     }
 
+    /// The first of `functions` (as a statement calls them: bare, or schema-qualified) that may
+    /// run a user function: a bare name that a user function has too. A qualified name needs no
+    /// check: outside `pg_catalog` the analysis already takes it for user code, and in it for
+    /// the built-in it names.
+    pub(crate) fn user_function_among<'a>(&self, functions: &'a [std::sync::Arc<str>]) -> Option<&'a str> {
+        if self.0.functions.is_empty() {
+            return None;
+        }
+        functions.iter().map(|f| &**f).find(|f| !f.contains('.') && self.0.functions.contains(*f))
+    }
+
     /// Whether reading `relation` runs a volatile user function or reads a sequence.
     pub(crate) fn is_volatile(&self, relation: &TableName) -> bool {
         self.0.volatile.contains(relation)
@@ -150,6 +163,7 @@ impl Relations {
             && self.0.code.is_empty()
             && self.0.volatile.is_empty()
             && self.0.keys.is_empty()
+            && self.0.functions.is_empty()
     }
 }
 
@@ -174,6 +188,7 @@ pub struct RelationsBuilder {
     volatile: Vec<TableName>,
     keys: Vec<(TableName, Option<KeyColumn>)>,
     sources: Vec<(TableName, KeySource)>,
+    functions: Vec<String>,
 }
 
 fn unit(name: &str) -> TableName {
@@ -255,6 +270,15 @@ impl RelationsBuilder {
         self
     }
 
+    /// A user function (outside `pg_catalog`) that is not immutable is named `name`: where a
+    /// built-in has that name too, a call may run the user's function (an overload for other argument types wins
+    /// whatever the `search_path`), which the text cannot show.
+    #[must_use]
+    pub fn user_function(mut self, name: &str) -> Self {
+        self.functions.push(name.to_owned());
+        self
+    }
+
     /// Computes the transitive closures.
     pub fn build(self) -> Relations {
         let mut keys: HashMap<TableName, Option<KeyColumn>> = HashMap::new();
@@ -285,6 +309,7 @@ impl RelationsBuilder {
             unknown: self.unknown.into_iter().collect(),
             code: self.code.into_iter().collect(),
             volatile: self.volatile.into_iter().collect(),
+            functions: self.functions.into_iter().collect(),
         }))
     }
 }

@@ -511,3 +511,39 @@ async fn without_a_catalog_nextval_and_setval_through_the_proxy_are_writes() {
         fresh(&c, &direct, read).await;
     }
 }
+
+/// A user function that overloads a built-in's name for other argument types is what the call
+/// runs, whatever the `search_path` (`upper(5)` calls `public.upper(integer)`): with a catalog,
+/// calls of that name are never cached and count as writes of unknown effect. Before, the
+/// analysis took the call for the built-in: a volatile overload was answered from the cache, and
+/// one that writes left stale rows. An immutable overload (as `citext` has) changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_overload_of_a_builtin_name_is_user_code() {
+    let db = "strata_catalog_overloads";
+    fresh_database(db).await;
+    admin(db)
+        .await
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 10);
+             CREATE SEQUENCE calls;
+             CREATE FUNCTION public.upper(integer) RETURNS text LANGUAGE sql VOLATILE
+               AS $$ SELECT 'u' || nextval('calls') $$;
+             CREATE FUNCTION public.lower(integer) RETURNS int LANGUAGE sql VOLATILE
+               AS $$ UPDATE t SET v = v + $1 WHERE id = 1 RETURNING v $$;
+             CREATE FUNCTION public.length(integer) RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT $1 $$;",
+        )
+        .await
+        .expect("schema");
+    let (_proxy, cache, c, direct) = catalog_proxy(db).await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(value(&c, "SELECT upper(5)").await);
+    }
+    assert_eq!(seen, ["u1", "u2", "u3"], "a volatile overload was answered from the cache");
+    let read_t = "SELECT v FROM t WHERE id = 1";
+    warm(&c, &cache, read_t).await;
+    assert_eq!(value(&c, "SELECT lower(5)").await, "15");
+    assert_eq!(fresh(&c, &direct, read_t).await, "15", "a write by an overload left the old row cached");
+    // An immutable overload is what a built-in is: cached as usual.
+    warm(&c, &cache, "SELECT length(7)").await;
+}
