@@ -18,6 +18,19 @@ use crate::analysis::{NotCacheable, SessionEffect, StatementKind, WriteEffect};
 use crate::config::{CatalogPolicy, NormalizerConfig, Volatility, KNOWN_VOLATILE_READONLY};
 use crate::session::{self, Effects, NO_POSITION};
 
+/// The operator names PostgreSQL 15 ships in `pg_catalog` (`SELECT DISTINCT oprname FROM
+/// pg_operator WHERE oprnamespace = 'pg_catalog'::regnamespace`).
+const BUILTIN_OPERATORS: &[&str] = &[
+    "!!", "!~", "!~*", "!~~", "!~~*", "#", "##", "#-", "#>", "#>>", "%", "&", "&&", "&<", "&<|", "&>", "*",
+    "*<", "*<=", "*<>", "*=", "*>", "*>=", "+", "-", "->", "->>", "-|-", "/", "<", "<->", "<<", "<<=", "<<|",
+    "<=", "<>", "<@", "<^", "=", ">", ">=", ">>", ">>=", ">^", "?", "?#", "?&", "?-", "?-|", "?|", "?||",
+    "@", "@-@", "@>", "@?", "@@", "@@@", "^", "^@", "|", "|&>", "|/", "|>>", "||", "||/", "~", "~*", "~<=~",
+    "~<~", "~=", "~>=~", "~>~", "~~", "~~*", "!=",
+];
+
+/// The names the parser gives the `A_Expr` of `BETWEEN` and its variants.
+const OPERATOR_KEYWORDS: &[&str] = &["BETWEEN", "NOT BETWEEN", "BETWEEN SYMMETRIC", "NOT BETWEEN SYMMETRIC"];
+
 /// Deeper trees than this are refused rather than walked.
 const MAX_DEPTH: u32 = 400;
 
@@ -270,6 +283,26 @@ impl<'c> Walk<'c> {
                 self.deny(NotCacheable::UnknownFunction(Arc::from(name)));
                 self.writes_unknown = true;
             }
+        }
+    }
+
+    /// An operator PostgreSQL does not ship (`a ### b`, or one qualified with a schema other than
+    /// `pg_catalog`) runs a user function the text does not name: the statement is not cached,
+    /// may write anything and may change the session, like a call of an unknown function.
+    fn operator(&mut self, e: &protobuf::AExpr) {
+        let parts = session::name_parts(&e.name);
+        let shipped = match parts.as_deref() {
+            Some([op] | ["pg_catalog", op]) => {
+                BUILTIN_OPERATORS.contains(op)
+                    || OPERATOR_KEYWORDS.contains(&op.to_ascii_uppercase().as_str())
+            }
+            _ => false,
+        };
+        if !shipped {
+            let name = format!("operator {}", parts.map_or_else(|| "?".to_owned(), |p| p.join(".")));
+            self.deny(NotCacheable::UnknownFunction(Arc::from(name.as_str())));
+            self.writes_unknown = true;
+            self.effects.push(e.location, SessionEffect::ServerCode(Arc::from(name)));
         }
     }
 
@@ -764,6 +797,7 @@ impl<'c> Walk<'c> {
                 self.deny(NotCacheable::SqlValueFunction(name));
             }
             NodeEnum::AExpr(e) => {
+                self.operator(e);
                 self.opt(e.lexpr.as_deref());
                 self.opt(e.rexpr.as_deref());
             }

@@ -476,3 +476,35 @@ fn temporary_tables_created_are_reported() {
     assert!(names("CREATE TABLE kept (id int)").is_empty());
     assert!(names("SELECT * FROM t").is_empty());
 }
+
+/// An operator PostgreSQL does not ship runs a user function the text does not name; the
+/// shipped ones, the keyword forms (`BETWEEN`, `IS DISTINCT FROM`, `LIKE`, `IN`) and `pg_catalog`'s
+/// qualified ones are what they look like.
+#[test]
+fn operators_postgres_does_not_ship_are_user_code() {
+    for sql in [
+        "SELECT 1 ### 2",
+        "SELECT * FROM t WHERE a === b",
+        "SELECT * FROM t WHERE a OPERATOR(public.=) b",
+        "SELECT * FROM t WHERE a OPERATOR(pg_catalog.###) 1",
+        "SELECT @#@ a FROM t",
+    ] {
+        let a = analyze(sql);
+        assert!(
+            matches!(a.cacheability().reason(), Some(NotCacheable::UnknownFunction(_))),
+            "{sql}: {}",
+            a.cacheability()
+        );
+        assert_eq!(*a.writes(), WriteEffect::Unknown, "{sql}");
+        assert!(!a.leaves_session_alone(), "{sql}");
+    }
+    for sql in [
+        "SELECT * FROM t WHERE a = 1 AND b <> 2 AND c != 3 AND d >= 4 AND e ~~ 'x%' AND f !~* 'y'",
+        "SELECT * FROM t WHERE a BETWEEN 1 AND 2 AND b NOT BETWEEN SYMMETRIC 3 AND 4",
+        "SELECT * FROM t WHERE a IS DISTINCT FROM b AND c IN (1, 2) AND d NOT IN (3) AND e LIKE 'x' AND f ILIKE 'y'",
+        "SELECT -a, a || b, j -> 'k', j ->> 'k', arr @> ARRAY[1], NULLIF(a, b) FROM t",
+        "SELECT * FROM t WHERE a OPERATOR(pg_catalog.=) 1 AND b = ANY(ARRAY[1, 2])",
+    ] {
+        assert!(analyze(sql).cacheability().is_cacheable(), "{sql}: {}", analyze(sql).cacheability());
+    }
+}

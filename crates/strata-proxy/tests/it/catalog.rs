@@ -516,7 +516,8 @@ async fn without_a_catalog_nextval_and_setval_through_the_proxy_are_writes() {
 /// runs, whatever the `search_path` (`upper(5)` calls `public.upper(integer)`): with a catalog,
 /// calls of that name are never cached and count as writes of unknown effect. Before, the
 /// analysis took the call for the built-in: a volatile overload was answered from the cache, and
-/// one that writes left stale rows. An immutable overload (as `citext` has) changes nothing.
+/// one that writes left stale rows. An immutable overload (as `citext` has) changes nothing. A
+/// user-defined operator (`1 ### 2`) was cached the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_overload_of_a_builtin_name_is_user_code() {
     let db = "strata_catalog_overloads";
@@ -530,7 +531,9 @@ async fn a_user_overload_of_a_builtin_name_is_user_code() {
                AS $$ SELECT 'u' || nextval('calls') $$;
              CREATE FUNCTION public.lower(integer) RETURNS int LANGUAGE sql VOLATILE
                AS $$ UPDATE t SET v = v + $1 WHERE id = 1 RETURNING v $$;
-             CREATE FUNCTION public.length(integer) RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT $1 $$;",
+             CREATE FUNCTION public.length(integer) RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT $1 $$;
+             CREATE FUNCTION next_call(int, int) RETURNS bigint LANGUAGE sql VOLATILE AS $$ SELECT nextval('calls') $$;
+             CREATE OPERATOR ### (LEFTARG = int, RIGHTARG = int, FUNCTION = next_call);",
         )
         .await
         .expect("schema");
@@ -546,4 +549,7 @@ async fn a_user_overload_of_a_builtin_name_is_user_code() {
     assert_eq!(fresh(&c, &direct, read_t).await, "15", "a write by an overload left the old row cached");
     // An immutable overload is what a built-in is: cached as usual.
     warm(&c, &cache, "SELECT length(7)").await;
+    // An operator PostgreSQL does not ship calls a user function too (catalog or not).
+    let first = value(&c, "SELECT 1 ### 2").await;
+    assert_ne!(value(&c, "SELECT 1 ### 2").await, first, "a user operator was answered from the cache");
 }
