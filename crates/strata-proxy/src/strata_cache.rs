@@ -712,6 +712,15 @@ impl RequestSession for StrataSession {
                 return Lookup::Bypass;
             }
         };
+        // Without a catalog: a built-in's name a user function has too may call the user's
+        // function (read back with the session's state).
+        for sql in executed_statements(request).iter().flatten() {
+            if let Some(name) = self.session.calls_user_overload(sql).await {
+                let reason = format!("calls {name}, a name a user function that is not immutable has too");
+                self.looked_up(request, "bypass", LastReason::Text(reason));
+                return Lookup::Bypass;
+            }
+        }
         match self.lookup_in(&scope, request).await {
             Some(strata::Lookup::Hit(hit)) => {
                 let mut last = self.last();

@@ -18,7 +18,7 @@
 //! (with a current catalog) whose relations run no user code when read or written (no triggers,
 //! rules, views or policies calling user functions, defaults or checks calling user functions).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -109,6 +109,11 @@ struct Inner {
     /// Without a current catalog: relations a verification found to run no user code, by
     /// database, with when that was read.
     plain: Mutex<HashMap<Arc<str>, HashMap<TableName, Instant>>>,
+    /// Without a catalog: the names of the user functions (outside `pg_catalog`) that are not
+    /// immutable, by database, with when a verification read them. A call of a built-in's name
+    /// may run one of them (an overload for other argument types wins whatever the
+    /// `search_path`), which the text cannot show. Believed for [`PLAIN_FOR`]; DDL forgets them.
+    overloads: Mutex<HashMap<Arc<str>, (Arc<HashSet<String>>, Instant)>>,
     verifications: IntCounter,
     verification_failures: IntCounter,
     unverified: IntCounterVec,
@@ -128,6 +133,8 @@ impl Inner {
     /// DDL committed on `database`, here or seen elsewhere: with a catalog, every proxy sharing
     /// the table versions reads its catalog again (see `Catalog::announce_schema_change`).
     fn schema_changed(&self, database: &str) {
+        self.plain.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(database);
+        self.overloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(database);
         match &self.mode {
             #[cfg(feature = "catalog")]
             Mode::Catalog(catalog) => catalog.announce_schema_change(database),
@@ -257,6 +264,7 @@ impl SessionCacheBuilder {
                 mode,
                 names,
                 plain: Mutex::new(HashMap::new()),
+                overloads: Mutex::new(HashMap::new()),
                 verifications,
                 verification_failures,
                 unverified,
@@ -501,6 +509,12 @@ impl CacheSession {
             Scope::Verified { scope, names_generation } => {
                 if *names_generation == self.shared.names.generation() || self.shared.trust_startup_only {
                     match scope {
+                        Ok(_) if !self.overloads_fresh() => {
+                            // Without a catalog, which built-in names user functions share is
+                            // read with the session's state, and believed for a while.
+                            st.scope = Scope::Unverified;
+                            ScopeStatus::Unverified
+                        }
                         Ok(scope) => ScopeStatus::Ready(scope.clone()),
                         Err(why) => ScopeStatus::Disabled((*why).to_owned()),
                     }
@@ -526,7 +540,11 @@ impl CacheSession {
         let functions: Vec<String> = st.functions.iter().cloned().collect();
         let relations: Vec<String> = st.relations.iter().cloned().collect();
         drop(st);
-        verification_sql(&names, &functions, &relations)
+        let mut sql = verification_sql(&names, &functions, &relations);
+        if !self.overloads_fresh() {
+            sql.push_str(OVERLOADS_SQL);
+        }
+        sql
     }
 
     /// Rebuilds the scope from the rows of [`verification_query`](Self::verification_query)
@@ -541,10 +559,17 @@ impl CacheSession {
         });
         let mut st = self.state();
         match outcome {
-            Ok(answer) => {
+            Ok(mut answer) => {
                 self.shared.verifications.inc();
                 st.functions.clear();
                 st.relations.clear();
+                if let Some(names) = answer.overloads.take() {
+                    self.shared
+                        .overloads
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(self.database.clone(), (Arc::new(names), Instant::now()));
+                }
                 if !answer.relations.is_empty() {
                     let now = Instant::now();
                     let mut plain =
@@ -632,7 +657,9 @@ impl CacheSession {
             let plan = cache.plan_async(sql).await;
             let analysis = &plan.analysis;
             effect.merge(analysis.writes());
-            if analysis.statements().iter().any(|s| relations.user_function_among(s.functions()).is_some()) {
+            if analysis.statements().iter().any(|s| {
+                relations.user_function_among(s.functions()).is_some() || self.may_call_overload(s.functions())
+            }) {
                 // It may have called a user function that shadows a built-in: anything goes.
                 effect = WriteEffect::Unknown;
                 unverify.get_or_insert("a user function has a built-in's name");
@@ -706,11 +733,6 @@ impl CacheSession {
             effect = WriteEffect::Unknown;
             self.shared.schema_changed(&self.database);
             unverify.get_or_insert("schema change");
-            self.shared
-                .plain
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&self.database);
         }
         let to_bump = {
             let mut st = self.state();
@@ -757,6 +779,55 @@ impl CacheSession {
             .filter(|t| known.and_then(|k| k.get(*t)).is_none_or(|at| now.duration_since(*at) >= PLAIN_FOR))
             .map(|t| t.as_str().to_owned())
             .collect()
+    }
+
+    /// Whether the session's database's user functions are followed here (no catalog follows
+    /// them) and were not read back within [`PLAIN_FOR`] or were forgotten by DDL since.
+    fn overloads_fresh(&self) -> bool {
+        if matches!(self.shared.mode, Mode::Everything | Mode::SqlText) && !self.shared.trust_startup_only {
+            let overloads = self.shared.overloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            overloads.get(&self.database).is_some_and(|(_, at)| at.elapsed() < PLAIN_FOR)
+        } else {
+            true
+        }
+    }
+
+    /// Without a catalog: the first of `functions` (as a statement calls them) whose bare name a
+    /// user function that is not immutable has too, so that the call may run it; `Some("?")`
+    /// for any bare name while those names are not known (never read, or forgotten by DDL).
+    fn overload_among<'a>(&self, functions: &'a [Arc<str>]) -> Option<&'a str> {
+        if !matches!(self.shared.mode, Mode::Everything | Mode::SqlText) {
+            return None;
+        }
+        let mut bare = functions.iter().map(|f| &**f).filter(|f| !f.contains('.'));
+        let overloads = self.shared.overloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match overloads.get(&self.database) {
+            Some((names, _)) if names.is_empty() => None,
+            Some((names, _)) => bare.find(|f| names.contains(*f)),
+            None => bare.next(),
+        }
+    }
+
+    fn may_call_overload(&self, functions: &[Arc<str>]) -> bool {
+        self.overload_among(functions).is_some()
+    }
+
+    /// Without a catalog: the name of a user function the statements of `sql` may call where
+    /// their text calls a built-in (a user overload of `upper` for other argument types is what
+    /// `upper(5)` runs, whatever the `search_path`), read back with the session's state. Such a
+    /// request must not be looked up. With a catalog, its policy already refuses them (`None`).
+    pub async fn calls_user_overload(&self, sql: &str) -> Option<String> {
+        if !matches!(self.shared.mode, Mode::Everything | Mode::SqlText) {
+            return None;
+        }
+        {
+            let overloads = self.shared.overloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if overloads.get(&self.database).is_some_and(|(names, _)| names.is_empty()) {
+                return None;
+            }
+        }
+        let plan = self.shared.cache.plan_async(sql).await;
+        plan.analysis.statements().iter().find_map(|s| self.overload_among(s.functions()).map(str::to_owned))
     }
 
     fn catalog_current(&self) -> bool {
@@ -1013,6 +1084,15 @@ fn verification_sql(names: &BTreeSet<String>, functions: &[String], relations: &
     sql
 }
 
+/// Read with a session's state when no catalog follows its database (and what was read is older
+/// than [`PLAIN_FOR`]): a marker row, then the names of the user functions (outside `pg_catalog`
+/// and `information_schema`) that are not immutable.
+const OVERLOADS_SQL: &str = " UNION ALL SELECT 'o', NULL, NULL \
+     UNION ALL SELECT 'o', p.proname::text, NULL FROM pg_catalog.pg_proc p \
+       WHERE p.pronamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace \
+         AND p.pronamespace OPERATOR(pg_catalog.<>) 'information_schema'::pg_catalog.regnamespace \
+         AND p.provolatile OPERATOR(pg_catalog.<>) 'i'";
+
 /// The parsed answer of a verification.
 struct Answer {
     role: String,
@@ -1023,6 +1103,8 @@ struct Answer {
     pairs: Vec<(String, String)>,
     custom_checked: BTreeSet<String>,
     names_seen: Vec<String>,
+    /// The names of user functions that are not immutable, when they were asked for.
+    overloads: Option<HashSet<String>>,
 }
 
 /// A NULL, which no PostgreSQL text value can spell (they never hold NUL).
@@ -1053,6 +1135,7 @@ fn parse_answer(rows: &[Vec<Option<Bytes>>]) -> Result<Answer, String> {
         pairs: Vec::new(),
         custom_checked: BTreeSet::new(),
         names_seen: Vec::new(),
+        overloads: None,
     };
     let mut saw_role = false;
     let mut settings = 0usize;
@@ -1096,6 +1179,12 @@ fn parse_answer(rows: &[Vec<Option<Bytes>>]) -> Result<Answer, String> {
                 answer.temporary_relations = text_of(value)
                     .parse()
                     .map_err(|_| "the count of temporary relations is not a number".to_owned())?;
+            }
+            b"o" => {
+                let names = answer.overloads.get_or_insert_with(HashSet::new);
+                if name.is_some() {
+                    names.insert(text_of(name));
+                }
             }
             b"f" => {
                 let text = text_of(value);

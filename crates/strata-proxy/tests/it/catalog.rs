@@ -553,3 +553,56 @@ async fn a_user_overload_of_a_builtin_name_is_user_code() {
     let first = value(&c, "SELECT 1 ### 2").await;
     assert_ne!(value(&c, "SELECT 1 ### 2").await, first, "a user operator was answered from the cache");
 }
+
+/// Without a catalog, the same overloads are found by reading `pg_proc` with the session's state
+/// (believed for 30 s, forgotten by DDL through the proxy): a call of a name a non-immutable user
+/// function has is never looked up and counts as a write of unknown effect, in a transaction
+/// block too. Before, both modes cached the volatile overload (u1, u1, u1) and kept the row the
+/// writing overload changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_catalog_a_user_overload_of_a_builtin_name_is_user_code() {
+    let db = "strata_cat_overloads_none";
+    fresh_database(db).await;
+    admin(db)
+        .await
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 10);
+             CREATE SEQUENCE calls;
+             CREATE FUNCTION public.upper(integer) RETURNS text LANGUAGE sql VOLATILE
+               AS $$ SELECT 'u' || nextval('calls') $$;
+             CREATE FUNCTION public.lower(integer) RETURNS int LANGUAGE sql VOLATILE
+               AS $$ UPDATE t SET v = v + $1 WHERE id = 1 RETURNING v $$;
+             CREATE FUNCTION public.length(integer) RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT $1 $$;",
+        )
+        .await
+        .expect("schema");
+    for (round, invalidation) in [Invalidation::Everything, Invalidation::SqlText].into_iter().enumerate() {
+        let (proxy, cache) = proxy_with(invalidation).await;
+        let (c, direct) = (connect(proxy.port(), "postgres", db, None).await.unwrap(), admin(db).await);
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(value(&c, "SELECT upper(5)").await);
+        }
+        seen.dedup();
+        assert_eq!(seen.len(), 3, "a volatile overload was answered from the cache: {seen:?}");
+        let read_t = "SELECT v FROM t WHERE id = 1";
+        warm(&c, &cache, read_t).await;
+        value(&c, "SELECT lower(5)").await;
+        fresh(&c, &direct, read_t).await;
+        // Inside a transaction block, where nothing is looked up.
+        warm(&c, &cache, read_t).await;
+        c.batch_execute("BEGIN; SELECT lower(5); COMMIT").await.unwrap();
+        fresh(&c, &direct, read_t).await;
+        // An immutable overload is what a built-in is: cached as usual.
+        warm(&c, &cache, "SELECT length(7)").await;
+        // An overload made through the proxy is seen at once.
+        c.batch_execute(&format!(
+            "CREATE OR REPLACE FUNCTION public.reverse(integer) RETURNS text LANGUAGE sql VOLATILE \
+               AS $$ SELECT 'r{round}-' || nextval('calls') $$"
+        ))
+        .await
+        .unwrap();
+        let first = value(&c, "SELECT reverse(5)").await;
+        assert_ne!(value(&c, "SELECT reverse(5)").await, first, "an overload made through the proxy was cached");
+    }
+}
