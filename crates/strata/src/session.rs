@@ -113,7 +113,7 @@ struct Inner {
     /// immutable, by database, with when a verification read them. A call of a built-in's name
     /// may run one of them (an overload for other argument types wins whatever the
     /// `search_path`), which the text cannot show. Believed for [`PLAIN_FOR`]; DDL forgets them.
-    overloads: Mutex<HashMap<Arc<str>, (Arc<HashSet<String>>, Instant)>>,
+    overloads: Mutex<HashMap<Arc<str>, Overloads>>,
     verifications: IntCounter,
     verification_failures: IntCounter,
     unverified: IntCounterVec,
@@ -122,6 +122,9 @@ struct Inner {
     /// [`MAX_RECENT_SCOPES`]), for explaining a statement as such a session would run it.
     recent_scopes: Mutex<HashMap<DatabaseUser, KeyScope>>,
 }
+
+/// The names of a database's user functions that are not immutable, and when they were read.
+type Overloads = (Arc<HashSet<String>>, Instant);
 
 /// A database and a user.
 type DatabaseUser = (Arc<str>, Arc<str>);
@@ -658,7 +661,8 @@ impl CacheSession {
             let analysis = &plan.analysis;
             effect.merge(analysis.writes());
             if analysis.statements().iter().any(|s| {
-                relations.user_function_among(s.functions()).is_some() || self.may_call_overload(s.functions())
+                relations.user_function_among(s.functions()).is_some()
+                    || self.may_call_overload(s.functions())
             }) {
                 // It may have called a user function that shadows a built-in: anything goes.
                 effect = WriteEffect::Unknown;

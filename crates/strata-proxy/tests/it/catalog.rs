@@ -608,6 +608,10 @@ async fn without_a_catalog_a_user_overload_of_a_builtin_name_is_user_code() {
         .await
         .unwrap();
         let first = value(&c, "SELECT reverse(5)").await;
-        assert_ne!(value(&c, "SELECT reverse(5)").await, first, "an overload made through the proxy was cached");
+        assert_ne!(
+            value(&c, "SELECT reverse(5)").await,
+            first,
+            "an overload made through the proxy was cached"
+        );
     }
 }
