@@ -56,6 +56,7 @@ mod metrics;
 mod pg_tls;
 mod policy;
 mod pooling;
+mod redis_conn;
 mod redis_versions;
 mod relations;
 mod request;

@@ -4,14 +4,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use strata_core::{async_trait, Error, ErrorKind, TableName, VersionHealth, VersionStore, VersionView};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
+
+use crate::redis_conn::{mask_url, RedisConn, RedisTarget};
 
 /// Increments each table (starting from the epoch), increments `seq` and publishes, atomically.
 /// KEYS: versions, seq, epoch. ARGV: channel, tables... Returns {epoch, seq, version...}.
@@ -74,7 +75,7 @@ const SUBSCRIBER_POLL: Duration = Duration::from_millis(100);
 /// Builds a [`RedisVersions`]; see [`RedisVersions::builder`].
 #[derive(Clone)]
 pub struct RedisVersionsBuilder {
-    url: String,
+    target: RedisTarget,
     prefix: String,
     deadline: Duration,
     heartbeat: Duration,
@@ -86,7 +87,7 @@ pub struct RedisVersionsBuilder {
 impl fmt::Debug for RedisVersionsBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisVersionsBuilder")
-            .field("url", &mask_url(&self.url))
+            .field("target", &self.target.masked())
             .field("prefix", &self.prefix)
             .field("deadline", &self.deadline)
             .field("heartbeat", &self.heartbeat)
@@ -149,7 +150,7 @@ impl RedisVersionsBuilder {
     ///
     /// Must be called within a tokio runtime, which runs the change channel task.
     pub async fn build(self) -> Result<RedisVersions, Error> {
-        let masked = mask_url(&self.url);
+        let masked = self.target.masked();
         if self.prefix.is_empty() {
             return Err(Error::new(ErrorKind::Config, "redis versions key prefix is empty"));
         }
@@ -182,26 +183,35 @@ impl RedisVersionsBuilder {
                 "redis versions reconnect backoff maximum is below its minimum",
             ));
         }
-        let client = redis::Client::open(self.url.as_str()).map_err(|e| {
-            Error::new(ErrorKind::Config, format!("invalid redis url {masked}")).with_source(e)
-        })?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.deadline))
-            .set_response_timeout(Some(self.deadline))
-            .set_number_of_retries(1)
-            .set_min_delay(self.reconnect_min)
-            .set_max_delay(self.reconnect_max);
-        // Lazy: the manager connects on first use, so a Redis that is down at start-up delays
-        // nothing here. The change channel task is the first user (it loads the scripts).
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config).map_err(|e| {
-            Error::new(ErrorKind::Config, format!("invalid redis connection settings for {masked}"))
-                .with_source(e)
-        })?;
+        if self.target.urls().is_empty() {
+            return Err(Error::new(ErrorKind::Config, "redis versions need at least one cluster node url"));
+        }
+        // One client per node for the subscriber, which may use any node of a cluster.
+        let subscribe_to = self
+            .target
+            .urls()
+            .iter()
+            .map(|url| {
+                redis::Client::open(url.as_str()).map_err(|e| {
+                    Error::new(ErrorKind::Config, format!("invalid redis url {}", mask_url(url)))
+                        .with_source(e)
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        // Lazy: it connects on first use, so a Redis that is down at start-up delays nothing
+        // here. The change channel task is the first user (it loads the scripts).
+        let conn = RedisConn::open(&self.target, self.deadline, self.reconnect_min, self.reconnect_max)
+            .map_err(|e| {
+                Error::new(ErrorKind::Config, format!("invalid redis connection settings for {masked}"))
+                    .with_source(e)
+            })?;
         let (health_tx, health_rx) = watch::channel(VersionHealth::Unsynchronized);
+        // On a cluster the three keys share a slot (the prefix is their hash tag), as the
+        // scripts touching them require.
         let keys = Keys {
-            versions: format!("{}versions", self.prefix),
-            seq: format!("{}seq", self.prefix),
-            epoch: format!("{}epoch", self.prefix),
+            versions: self.target.key(&self.prefix, "versions"),
+            seq: self.target.key(&self.prefix, "seq"),
+            epoch: self.target.key(&self.prefix, "epoch"),
             channel: format!("{}invalidations", self.prefix),
         };
         let shared = Arc::new(Shared {
@@ -215,7 +225,8 @@ impl RedisVersionsBuilder {
                 reconnect_max: self.reconnect_max,
             },
             keys,
-            client,
+            subscribe_to,
+            next_node: AtomicUsize::new(0),
             conn,
             digests: OnceLock::new(),
             mirror: RwLock::new(Mirror::default()),
@@ -233,7 +244,8 @@ impl RedisVersionsBuilder {
 /// Table versions shared through Redis, with a local mirror kept current by pub/sub.
 ///
 /// Dropping the store stops its background task and its subscriber thread. Requires a tokio
-/// runtime. Single Redis node only (no Redis Cluster: the scripts touch three keys).
+/// runtime. One Redis node ([`builder`](Self::builder)) or a Redis Cluster
+/// ([`cluster_builder`](Self::cluster_builder)).
 ///
 /// # Data in Redis
 /// Under a configurable key prefix `P` (default `strata:`):
@@ -320,8 +332,20 @@ pub struct VersionStats {
 impl RedisVersions {
     /// Starts a builder for the Redis at `url` (`redis://[user:password@]host:port/[db]`).
     pub fn builder(url: impl Into<String>) -> RedisVersionsBuilder {
+        Self::builder_for(RedisTarget::Node(url.into()))
+    }
+
+    /// Starts a builder for a Redis Cluster, given the URLs of some of its nodes. The keys take
+    /// the prefix as their hash tag (`{strata:}versions`, unless the prefix has a tag of its
+    /// own), so they live in one slot, as the scripts need; the invalidation channel is plain
+    /// pub/sub, which the cluster forwards to every node, and the subscriber uses the nodes in turn.
+    pub fn cluster_builder(nodes: impl IntoIterator<Item = impl Into<String>>) -> RedisVersionsBuilder {
+        Self::builder_for(RedisTarget::Cluster(nodes.into_iter().map(Into::into).collect()))
+    }
+
+    fn builder_for(target: RedisTarget) -> RedisVersionsBuilder {
         RedisVersionsBuilder {
-            url: url.into(),
+            target,
             prefix: DEFAULT_PREFIX.to_owned(),
             deadline: DEFAULT_DEADLINE,
             heartbeat: DEFAULT_HEARTBEAT,
@@ -542,9 +566,12 @@ struct Snapshot {
 struct Shared {
     config: Config,
     keys: Keys,
-    client: redis::Client,
+    /// A client per node URL: the subscriber takes them in turn, so a cluster node that is down
+    /// costs one attempt.
+    subscribe_to: Vec<redis::Client>,
+    next_node: AtomicUsize,
     /// Lazy: connects on first use and reconnects by itself.
-    conn: ConnectionManager,
+    conn: RedisConn,
     /// The scripts' digests for `EVALSHA`, set once the change channel first loaded them into
     /// Redis; until then scripts run by `EVAL`.
     digests: OnceLock<ScriptDigests>,
@@ -615,15 +642,15 @@ impl Shared {
             cmd
         };
         let evalsha = self.digests.get().map(|d| build("EVALSHA", d.of(script)));
-        let mut conn = self.conn.clone();
         let attempt = async {
             if let Some(evalsha) = evalsha {
-                match evalsha.query_async::<redis::Value>(&mut conn).await {
+                // A cluster node that took over a slot may not have the script yet: `EVAL`.
+                match self.conn.query::<redis::Value>(&evalsha).await {
                     Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {}
                     other => return other,
                 }
             }
-            build("EVAL", script.source()).query_async::<redis::Value>(&mut conn).await
+            self.conn.query::<redis::Value>(&build("EVAL", script.source())).await
         };
         self.call(what, attempt).await
     }
@@ -642,10 +669,9 @@ impl Shared {
     }
 
     async fn load_script(&self, script: Script) -> Result<String, Error> {
-        let mut conn = self.conn.clone();
         let mut cmd = redis::cmd("SCRIPT");
         cmd.arg("LOAD").arg(script.source());
-        self.call("version script load", cmd.query_async::<String>(&mut conn)).await
+        self.call("version script load", self.conn.query::<String>(&cmd)).await
     }
 
     async fn run_bump(&self, tables: &[TableName]) -> Result<BumpReply, Error> {
@@ -701,11 +727,10 @@ impl Shared {
 
     /// Reads `epoch` and `seq` for the heartbeat.
     async fn probe(&self) -> Result<(Option<u64>, u64), Error> {
-        let mut conn = self.conn.clone();
         let mut cmd = redis::cmd("MGET");
         cmd.arg(&self.keys.epoch).arg(&self.keys.seq);
         let (epoch, seq): (Option<String>, Option<String>) =
-            self.call("version probe", cmd.query_async(&mut conn)).await?;
+            self.call("version probe", self.conn.query(&cmd)).await?;
         let epoch = match epoch {
             Some(e) => Some(e.parse().map_err(|_| codec("version epoch is not a number"))?),
             None => None,
@@ -861,38 +886,6 @@ fn parse_invalidation(bytes: &[u8]) -> Option<Invalidation> {
     Some(Invalidation { epoch, seq, versions })
 }
 
-/// Masks the password of a Redis URL (`redis://user:***@host/`, `?password=***`).
-fn mask_url(url: &str) -> String {
-    let mut masked = url.to_owned();
-    if let Some(scheme_end) = url.find("://") {
-        let authority_start = scheme_end + 3;
-        let authority_end =
-            url[authority_start..].find(['/', '?', '#']).map_or(url.len(), |i| authority_start + i);
-        if let Some(at) = url[authority_start..authority_end].rfind('@') {
-            let userinfo = &url[authority_start..authority_start + at];
-            let shown = match userinfo.find(':') {
-                Some(colon) => format!("{}:***", &userinfo[..colon]),
-                None => "***".to_owned(),
-            };
-            masked = format!("{}{}{}", &url[..authority_start], shown, &url[authority_start + at..]);
-        }
-    }
-    if let Some(query_start) = masked.find('?') {
-        let (head, query) = masked.split_at(query_start + 1);
-        let query: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((key, _)) if matches!(key.to_ascii_lowercase().as_str(), "pass" | "password") => {
-                    format!("{key}=***")
-                }
-                _ => pair.to_owned(),
-            })
-            .collect();
-        masked = format!("{head}{}", query.join("&"));
-    }
-    masked
-}
-
 /// What the subscriber thread reports.
 enum Event {
     Subscribed,
@@ -914,7 +907,8 @@ impl Drop for Subscriber {
 impl Subscriber {
     fn spawn(shared: &Shared, events: mpsc::UnboundedSender<Event>) -> Result<Self, Error> {
         let stop = Arc::new(AtomicBool::new(false));
-        let client = shared.client.clone();
+        let node = shared.next_node.fetch_add(1, Ordering::Relaxed) % shared.subscribe_to.len();
+        let client = shared.subscribe_to[node].clone();
         let channel = shared.keys.channel.clone();
         let deadline = shared.config.deadline;
         let heartbeat = shared.config.heartbeat;

@@ -68,7 +68,7 @@ pub struct WalConfig {
 /// Where a fleet of processes elects the one invalidator of an upstream.
 #[derive(Clone)]
 pub(crate) struct LeaseConfig {
-    pub(crate) url: String,
+    pub(crate) target: crate::redis_conn::RedisTarget,
     pub(crate) prefix: String,
     pub(crate) ttl: Duration,
 }
@@ -154,7 +154,7 @@ pub struct WalConfigBuilder {
     lag_bound: Option<Duration>,
     heartbeat_interval: Option<Duration>,
     connect_timeout: Option<Duration>,
-    lease: Option<(String, String)>,
+    lease: Option<(crate::redis_conn::RedisTarget, String)>,
     lease_ttl: Option<Duration>,
     ddl_trigger: Option<bool>,
 }
@@ -263,7 +263,19 @@ impl WalConfigBuilder {
     /// lags or while none streams) and one of them takes over within the lease's TTL when the
     /// holder dies. Default: none, every process streams for itself.
     pub fn with_redis_lease(mut self, url: impl Into<String>, prefix: impl Into<String>) -> Self {
-        self.lease = Some((url.into(), prefix.into()));
+        self.lease = Some((crate::redis_conn::RedisTarget::Node(url.into()), prefix.into()));
+        self
+    }
+
+    /// [`with_redis_lease`](Self::with_redis_lease) on a Redis Cluster, given the URLs of some
+    /// of its nodes.
+    pub fn with_redis_cluster_lease(
+        mut self,
+        nodes: impl IntoIterator<Item = impl Into<String>>,
+        prefix: impl Into<String>,
+    ) -> Self {
+        let nodes = nodes.into_iter().map(Into::into).collect();
+        self.lease = Some((crate::redis_conn::RedisTarget::Cluster(nodes), prefix.into()));
         self
     }
 
@@ -333,13 +345,18 @@ impl WalConfigBuilder {
         }
         let lease = match self.lease {
             None => None,
-            Some((url, prefix)) => {
+            Some((target, prefix)) => {
                 if prefix.is_empty() {
                     return Err(Error::config("the WAL lease prefix is empty"));
                 }
-                redis::Client::open(url.as_str())
-                    .map_err(|e| Error::config(format!("invalid redis url for the WAL lease: {e}")))?;
-                Some(LeaseConfig { url, prefix, ttl: lease_ttl })
+                if target.urls().is_empty() {
+                    return Err(Error::config("the WAL lease needs at least one redis cluster node url"));
+                }
+                for url in target.urls() {
+                    redis::Client::open(url.as_str())
+                        .map_err(|e| Error::config(format!("invalid redis url for the WAL lease: {e}")))?;
+                }
+                Some(LeaseConfig { target, prefix, ttl: lease_ttl })
             }
         };
         Ok(WalConfig {

@@ -15,9 +15,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-
 use super::{LeaseConfig, WalConfig};
+use crate::redis_conn::RedisConn;
 
 /// Extends the lease only for its holder. KEYS: lease. ARGV: holder, ttl in ms.
 const RENEW: &str = r"
@@ -63,7 +62,7 @@ impl Health {
 
 /// A process's handle on the fleet's lease and health record.
 pub(super) struct Lease {
-    conn: ConnectionManager,
+    conn: RedisConn,
     key: String,
     health_key: String,
     holder: String,
@@ -78,16 +77,10 @@ fn millis(d: Duration) -> u64 {
 
 impl Lease {
     pub(super) fn new(lease: &LeaseConfig, config: &WalConfig) -> Result<Self, String> {
-        let client = redis::Client::open(lease.url.as_str()).map_err(|e| format!("redis url: {e}"))?;
         let deadline = config.connect_timeout.min(lease.ttl / 3);
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(deadline))
-            .set_response_timeout(Some(deadline))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, manager)
-            .map_err(|e| format!("redis connection settings: {e}"))?;
+        let conn =
+            RedisConn::open(&lease.target, deadline, Duration::from_millis(50), Duration::from_secs(1))
+                .map_err(|e| format!("redis connection settings: {e}"))?;
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         Ok(Self {
             conn,
