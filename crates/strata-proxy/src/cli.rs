@@ -36,6 +36,11 @@ pub struct Args {
     /// it the cache uses its embedded in-memory L2 and versions local to this process.
     #[arg(long, env = "STRATA_REDIS")]
     pub redis: Option<String>,
+    /// Instead of --redis, a Redis Cluster shared by every proxy of a deployment: the URLs of some
+    /// of its nodes, comma-separated (redis://10.0.0.1:6379,redis://10.0.0.2:6379). L2 spreads over
+    /// the cluster's slots; the table versions live in one slot.
+    #[arg(long, env = "STRATA_REDIS_CLUSTER", value_delimiter = ',')]
+    pub redis_cluster: Option<Vec<String>>,
     /// "off" turns caching off: the proxy only relays [default: on].
     #[arg(long, env = "STRATA_CACHE")]
     pub cache: Option<String>,
@@ -224,12 +229,30 @@ const CATALOG_PASSWORD_ENV: &str = "STRATA_CATALOG_PASSWORD";
 const REPLICATION_PASSWORD_ENV: &str = "STRATA_REPLICATION_PASSWORD";
 
 impl Args {
+    /// The Redis every proxy of a deployment shares: a URL (`--redis`) or cluster nodes
+    /// (`--redis-cluster`), the arguments' and environment's choice over the file's; one of the two.
+    fn shared_redis(&self, file: &FileConfig) -> Result<(Option<String>, Vec<String>), Error> {
+        let nodes = self.redis_cluster.clone().filter(|n| !n.is_empty());
+        match (&self.redis, nodes) {
+            (Some(_), Some(_)) => Err(Error::config("give --redis or --redis-cluster, not both")),
+            (Some(url), None) => Ok((Some(url.clone()), Vec::new())),
+            (None, Some(nodes)) => Ok((None, nodes)),
+            (None, None) => match (&file.redis, file.redis_cluster.clone().unwrap_or_default()) {
+                (Some(_), nodes) if !nodes.is_empty() => {
+                    Err(Error::config("the config file gives redis and redis_cluster: keep one"))
+                }
+                (url, nodes) => Ok((url.clone(), nodes)),
+            },
+        }
+    }
+
     /// The query cache's settings: the config file's `[cache]` table, the Redis URL, on or off.
     pub fn cache_settings(&self) -> Result<CacheSettings, Error> {
         let file = match &self.config {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
+        let shared = self.shared_redis(&file)?;
         let enabled = match self.cache.as_deref() {
             None | Some("on" | "true" | "1") => true,
             Some("off" | "false" | "0") => false,
@@ -245,7 +268,8 @@ impl Args {
         Ok(CacheSettings {
             semantic,
             table: file.cache,
-            redis: self.redis.clone().or(file.redis),
+            redis: shared.0,
+            redis_cluster: shared.1,
             enabled,
             custom_settings: self.custom_settings.clone().or(file.custom_settings).unwrap_or_default(),
             key_level,
@@ -259,6 +283,7 @@ impl Args {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
+        let shared = self.shared_redis(&file)?;
         let Some(user) = self.replication_user.clone().or(file.replication_user).filter(|u| !u.is_empty())
         else {
             return Ok(None);
@@ -282,8 +307,10 @@ impl Args {
         }
         // Proxies sharing a Redis share the table versions: one of them streams for all, elected
         // by a lease next to the versions.
-        if let Some(redis) = self.redis.clone().or(file.redis) {
-            b = b.with_redis_lease(redis, "strata:");
+        match shared {
+            (Some(redis), _) => b = b.with_redis_lease(redis, "strata:"),
+            (None, nodes) if !nodes.is_empty() => b = b.with_redis_cluster_lease(nodes, "strata:"),
+            _ => {}
         }
         b.build().map(Some).map_err(|e| Error::config(e.to_string()))
     }
@@ -352,6 +379,7 @@ impl Args {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
+        let shared = self.shared_redis(&file)?;
         let mut b = Proxy::builder();
         if let Some(threads) = self.worker_threads {
             b = b.with_session_threads(usize::from(threads));
@@ -367,8 +395,10 @@ impl Args {
             Some(h) => b = b.with_http(h),
             None => {}
         }
-        if let Some(r) = self.redis.clone().or(file.redis) {
-            b = b.with_redis(r);
+        match shared {
+            (Some(r), _) => b = b.with_redis(r),
+            (None, nodes) if !nodes.is_empty() => b = b.with_redis_cluster(nodes),
+            _ => {}
         }
         if let Some(n) = file.max_message_bytes {
             b = b.with_max_message_bytes(n);
@@ -493,6 +523,32 @@ mod tests {
         assert!(Args { config: Some("/nonexistent/strata.toml".into()), ..Args::default() }
             .resolve()
             .is_err());
+    }
+
+    #[test]
+    fn a_redis_cluster_is_one_shared_redis_and_excludes_a_redis_url() {
+        let parse = |argv: &[&str]| Args::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}"));
+        let nodes = "redis://10.0.0.1:6379,redis://10.0.0.2:6379";
+        let args = parse(&["strata-proxy", "--redis-cluster", nodes, "--replication-user", "strata_wal"]);
+        let settings = args.cache_settings().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(settings.redis, None);
+        assert_eq!(settings.redis_cluster, ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]);
+        // The fleet elects one WAL streamer through the cluster, as through one Redis.
+        assert!(args.wal().unwrap_or_else(|e| panic!("{e}")).is_some_and(|w| w.is_leased()));
+        let (builder, _) = args.resolve().unwrap_or_else(|e| panic!("{e}"));
+        assert!(format!("{builder:?}").contains("redis_cluster: 2"), "{builder:?}");
+        let both = parse(&["strata-proxy", "--redis", "redis://r:6379/", "--redis-cluster", nodes]);
+        assert!(both.cache_settings().is_err() && both.resolve().is_err() && both.wal().is_err());
+        // In the file, one of the two as well; an argument wins over the file's choice.
+        let path = std::env::temp_dir().join(format!("strata-proxy-cluster-{}.toml", std::process::id()));
+        let file = "redis = \"redis://r:6379/\"\nredis_cluster = [\"redis://10.0.0.1:6379\"]\n";
+        assert!(std::fs::write(&path, file).is_ok());
+        let config = path.to_string_lossy().into_owned();
+        assert!(parse(&["strata-proxy", "--config", &config]).cache_settings().is_err());
+        let chosen = parse(&["strata-proxy", "--config", &config, "--redis-cluster", nodes]).cache_settings();
+        let _ = std::fs::remove_file(&path);
+        let chosen = chosen.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((chosen.redis, chosen.redis_cluster.len()), (None, 2));
     }
 
     #[test]

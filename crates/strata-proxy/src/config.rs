@@ -142,6 +142,7 @@ pub(crate) struct ProxyConfig {
     pub(crate) listen: SocketAddr,
     pub(crate) http: Option<SocketAddr>,
     pub(crate) redis: Option<String>,
+    pub(crate) redis_cluster: Vec<String>,
     pub(crate) max_message_bytes: usize,
     pub(crate) max_result_bytes: usize,
     pub(crate) connect_timeout: Duration,
@@ -245,6 +246,7 @@ pub struct ProxyBuilder {
     listen: String,
     http: Option<String>,
     redis: Option<String>,
+    redis_cluster: Vec<String>,
     max_message_bytes: u64,
     max_result_bytes: u64,
     connect_timeout: Duration,
@@ -282,6 +284,7 @@ impl Default for ProxyBuilder {
             listen: DEFAULT_LISTEN.to_owned(),
             http: Some(DEFAULT_HTTP.to_owned()),
             redis: None,
+            redis_cluster: Vec::new(),
             max_message_bytes: 64 << 20,
             max_result_bytes: 1 << 20,
             connect_timeout: Duration::from_secs(5),
@@ -335,6 +338,13 @@ impl ProxyBuilder {
     /// The shared L2's Redis URL, kept for the cache configuration. Default: none (embedded L2).
     pub fn with_redis(mut self, url: impl Into<String>) -> Self {
         self.redis = Some(url.into());
+        self
+    }
+
+    /// The shared L2's Redis Cluster (URLs of some of its nodes), kept for the cache
+    /// configuration, instead of [`with_redis`](Self::with_redis). Default: none.
+    pub fn with_redis_cluster(mut self, nodes: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.redis_cluster = nodes.into_iter().map(Into::into).collect();
         self
     }
 
@@ -586,6 +596,16 @@ impl ProxyBuilder {
             if !r.starts_with("redis://") && !r.starts_with("rediss://") && !r.starts_with("unix://") {
                 return Err(Error::config(format!("redis url must start with redis://: {r:?}")));
             }
+            if !self.redis_cluster.is_empty() {
+                return Err(Error::config("give a redis url or redis cluster nodes, not both"));
+            }
+        }
+        for node in &self.redis_cluster {
+            if !node.starts_with("redis://") && !node.starts_with("rediss://") {
+                return Err(Error::config(format!(
+                    "redis cluster node urls must start with redis:// or rediss://: {node:?}"
+                )));
+            }
         }
         let tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => {
@@ -604,6 +624,7 @@ impl ProxyBuilder {
             listen,
             http,
             redis: self.redis,
+            redis_cluster: self.redis_cluster,
             max_message_bytes,
             max_result_bytes,
             connect_timeout: self.connect_timeout,
@@ -634,6 +655,7 @@ impl fmt::Debug for ProxyBuilder {
             .field("listen", &self.listen)
             .field("http", &self.http)
             .field("redis", &self.redis.as_ref().map(|_| "<set>"))
+            .field("redis_cluster", &self.redis_cluster.len())
             .field("max_message_bytes", &self.max_message_bytes)
             .field("max_result_bytes", &self.max_result_bytes)
             .field("cache", &self.cache)
@@ -699,6 +721,8 @@ pub struct FileConfig {
     pub http: Option<String>,
     /// Redis URL of the shared L2.
     pub redis: Option<String>,
+    /// URLs of some nodes of the Redis Cluster holding the shared L2 (instead of `redis`).
+    pub redis_cluster: Option<Vec<String>>,
     /// Log filter (`tracing_subscriber::EnvFilter` syntax).
     pub log: Option<String>,
     /// Largest client message accepted.
@@ -871,6 +895,7 @@ mod tests {
                 listen,
                 http,
                 redis,
+                redis_cluster,
                 max_message_bytes,
                 max_result_bytes,
                 connect_timeout,
@@ -896,7 +921,7 @@ mod tests {
                 config_file: _,
             } = b;
             (
-                (upstream, listen, http, redis, admin_users, admin_auth_database),
+                (upstream, listen, http, redis, redis_cluster, admin_users, admin_auth_database),
                 (max_message_bytes, max_result_bytes, max_recording_bytes),
                 (connect_timeout, startup_timeout, shutdown_grace, drain_timeout),
                 (tls_cert, tls_key, tls_client_ca, tls_required, unix_socket_dir),

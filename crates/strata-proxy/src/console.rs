@@ -268,7 +268,11 @@ async fn run(shared: &Shared, command: Command) -> Result<ConsoleReply, String> 
                 ("http", c.http.map_or_else(|| "off".to_owned(), |h| h.to_string())),
                 (
                     "redis",
-                    c.redis.as_ref().map_or_else(|| "none (embedded)".to_owned(), |_| "set".to_owned()),
+                    match (&c.redis, c.redis_cluster.len()) {
+                        (Some(_), _) => "set".to_owned(),
+                        (None, 0) => "none (embedded)".to_owned(),
+                        (None, n) => format!("cluster ({n} node urls)"),
+                    },
                 ),
                 ("max_message_bytes", c.max_message_bytes.to_string()),
                 ("max_result_bytes", c.max_result_bytes.to_string()),

@@ -34,6 +34,9 @@ pub struct CacheSettings {
     pub table: Option<toml::Table>,
     /// A Redis URL: L2 and table versions are then shared with every proxy using the same Redis.
     pub redis: Option<String>,
+    /// The URLs of some nodes of a Redis Cluster, instead of `redis`: L2 and table versions are
+    /// then shared through that cluster.
+    pub redis_cluster: Vec<String>,
     /// `false` turns caching off (the proxy only relays).
     pub enabled: bool,
     /// Custom settings every session's key includes from the start.
@@ -176,6 +179,7 @@ impl Default for CacheSettings {
         Self {
             table: None,
             redis: None,
+            redis_cluster: Vec::new(),
             enabled: true,
             custom_settings: Vec::new(),
             key_level: None,
@@ -189,6 +193,7 @@ impl fmt::Debug for CacheSettings {
         f.debug_struct("CacheSettings")
             .field("table", &self.table.as_ref().map(|t| t.keys().cloned().collect::<Vec<_>>()))
             .field("redis", &self.redis.as_ref().map(|_| "<set>"))
+            .field("redis_cluster", &self.redis_cluster.len())
             .field("enabled", &self.enabled)
             .field("custom_settings", &self.custom_settings)
             .field("key_level", &self.key_level)
@@ -197,9 +202,11 @@ impl fmt::Debug for CacheSettings {
     }
 }
 
-/// Builds the `QueryCache` the proxy uses: the `[cache]` table's settings; with a Redis URL,
-/// L2 in that Redis and table versions shared through it (so writes through any proxy invalidate
-/// every proxy); without one, the embedded in-memory L2 and versions local to this process.
+/// Builds the `QueryCache` the proxy uses: the `[cache]` table's settings; with a Redis URL or a
+/// Redis Cluster, L2 there and table versions shared through it (so writes through any proxy
+/// invalidate every proxy); without one, the embedded in-memory L2 and versions local to this
+/// process. An L2 the `[cache]` table puts in Redis or a Redis Cluster shares the table versions
+/// there too: other proxies may fill it, so versions local to one process could not vouch for it.
 ///
 /// Redis being down is not an error: the proxy starts and relays to PostgreSQL, bypassing the
 /// cache (writes are still recorded for invalidation) until the shared table versions have
@@ -220,18 +227,36 @@ pub async fn build_query_cache(settings: &CacheSettings) -> Result<QueryCache, E
         Some(tier) => builder.with_l3(tier),
         None => builder,
     };
-    let Some(url) = &settings.redis else {
-        return with_l3(config.to_builder().map_err(|e| Error::config(e.to_string()))?)
-            .build()
-            .map_err(|e| Error::config(e.to_string()));
+    let storage = match (&settings.redis, settings.redis_cluster.as_slice()) {
+        (Some(_), [_, ..]) => return Err(Error::config("give a redis url or redis cluster nodes, not both")),
+        (Some(url), []) => {
+            Some(strata_l2::StorageConfig::Redis { url: url.clone(), key_prefix: L2_PREFIX.to_owned() })
+        }
+        (None, nodes @ [_, ..]) => Some(strata_l2::StorageConfig::RedisCluster {
+            nodes: nodes.to_vec(),
+            key_prefix: L2_PREFIX.to_owned(),
+        }),
+        (None, []) => None,
     };
-    let mut l2 = config.l2.take().unwrap_or_default();
-    l2.storage = strata_l2::StorageConfig::Redis { url: url.clone(), key_prefix: "strata:l2:".to_owned() };
-    config.l2 = Some(l2);
+    if let Some(storage) = storage {
+        config.l2.get_or_insert_with(Default::default).storage = storage;
+    }
+    let shared = match config.l2.as_ref().map(|l2| &l2.storage) {
+        Some(strata_l2::StorageConfig::Redis { url, key_prefix }) => {
+            RedisVersions::builder(url.clone()).with_prefix(versions_prefix(key_prefix))
+        }
+        Some(strata_l2::StorageConfig::RedisCluster { nodes, key_prefix }) => {
+            RedisVersions::cluster_builder(nodes.clone()).with_prefix(versions_prefix(key_prefix))
+        }
+        _ => {
+            return with_l3(config.to_builder().map_err(|e| Error::config(e.to_string()))?)
+                .build()
+                .map_err(|e| Error::config(e.to_string()));
+        }
+    };
     // Waits at most the deadline for the first synchronization; a Redis that is down leaves the
     // store unsynchronized (every lookup bypasses) while it keeps connecting in the background.
-    let versions = RedisVersions::builder(url.clone())
-        .with_prefix("strata:versions:")
+    let versions = shared
         .with_deadline(Duration::from_millis(500))
         .build()
         .await
@@ -240,6 +265,20 @@ pub async fn build_query_cache(settings: &CacheSettings) -> Result<QueryCache, E
         .with_version_store(Arc::new(versions))
         .build()
         .map_err(|e| Error::config(e.to_string()))
+}
+
+/// The key prefix of L2 in a Redis the proxy is given (`--redis`, `--redis-cluster`).
+const L2_PREFIX: &str = "strata:l2:";
+
+/// The key prefix of the table versions shared next to an L2 under `l2_prefix`: `strata:versions:`
+/// beside the default L2 prefix, else `strata:versions:shop:l2:`, so deployments that keep L2
+/// apart keep their versions apart too (and flushing L2's prefix leaves them alone).
+fn versions_prefix(l2_prefix: &str) -> String {
+    if l2_prefix == L2_PREFIX {
+        "strata:versions:".to_owned()
+    } else {
+        format!("strata:versions:{l2_prefix}")
+    }
 }
 
 /// The proxy's cache: a [`strata::SessionCache`] behind the [`RequestCache`] seam. Each client

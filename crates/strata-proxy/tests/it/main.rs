@@ -16,6 +16,7 @@ mod redis_down;
 mod seam;
 mod semantic;
 mod sessions;
+mod shared_redis;
 mod support;
 mod tls;
 mod wal;
