@@ -466,6 +466,7 @@ pub struct StatementAnalysis {
     pub(crate) reads: Vec<TableName>,
     pub(crate) writes: WriteEffect,
     pub(crate) functions: Vec<Arc<str>>,
+    pub(crate) operators: Vec<Arc<str>>,
     pub(crate) temp_created: Vec<TableName>,
     pub(crate) session_effects: Vec<SessionEffect>,
     pub(crate) cacheability: Cacheability,
@@ -528,6 +529,13 @@ impl StatementAnalysis {
     /// The functions called, as written (schema-qualified when written so), deduplicated.
     pub fn functions(&self) -> &[Arc<str>] {
         &self.functions
+    }
+
+    /// The operators PostgreSQL ships that the statement names unqualified, as `operator =`
+    /// (`BETWEEN` as `operator >=` and `operator <=`), deduplicated. A user operator of the same
+    /// name for other argument types is what runs where the operands have those types.
+    pub fn operators(&self) -> &[Arc<str>] {
+        &self.operators
     }
 
     /// Whether the statement's result may be cached, and why not.

@@ -179,6 +179,7 @@ fn analyze_inner(sql: &str, config: &NormalizerConfig) -> (Analysis, Vec<ScanTok
             reads: std::mem::take(&mut walk.reads),
             writes,
             functions: std::mem::take(&mut walk.functions),
+            operators: std::mem::take(&mut walk.operators),
             temp_created: std::mem::take(&mut walk.temp_created),
             session_effects,
             cacheability: match reason {

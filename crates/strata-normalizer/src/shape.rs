@@ -748,6 +748,7 @@ impl Shape {
                 reads: s.reads.clone(),
                 writes: s.writes.clone(),
                 functions: s.functions.clone(),
+                operators: s.operators.clone(),
                 temp_created: s.temp_created.clone(),
                 session_effects: s.session_effects.clone(),
                 cacheability: s.cacheability.clone(),

@@ -40,6 +40,7 @@ pub(crate) struct Walk<'c> {
     writes: Vec<TableName>,
     writes_unknown: bool,
     pub(crate) functions: Vec<Arc<str>>,
+    pub(crate) operators: Vec<Arc<str>>,
     pub(crate) reason: Option<NotCacheable>,
     pub(crate) temp_created: Vec<TableName>,
     pub(crate) effects: Effects,
@@ -165,6 +166,7 @@ impl<'c> Walk<'c> {
             writes: Vec::new(),
             writes_unknown: false,
             functions: Vec::new(),
+            operators: Vec::new(),
             reason: None,
             temp_created: Vec::new(),
             effects: Effects::default(),
@@ -298,6 +300,21 @@ impl<'c> Walk<'c> {
             }
             _ => false,
         };
+        if let Some([op]) = parts.as_deref().filter(|_| shipped) {
+            // Unqualified: a user operator of that name may be what runs (a `pg_catalog.`
+            // qualified one is the built-in).
+            let named: &[&str] = if OPERATOR_KEYWORDS.contains(&op.to_ascii_uppercase().as_str()) {
+                &[">=", "<="]
+            } else {
+                std::slice::from_ref(op)
+            };
+            for op in named {
+                let name = format!("operator {op}");
+                if !self.operators.iter().any(|o| **o == *name) {
+                    self.operators.push(Arc::from(name));
+                }
+            }
+        }
         if !shipped {
             let name = format!("operator {}", parts.map_or_else(|| "?".to_owned(), |p| p.join(".")));
             self.deny(NotCacheable::UnknownFunction(Arc::from(name.as_str())));

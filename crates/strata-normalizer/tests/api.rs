@@ -508,3 +508,23 @@ fn operators_postgres_does_not_ship_are_user_code() {
         assert!(analyze(sql).cacheability().is_cacheable(), "{sql}: {}", analyze(sql).cacheability());
     }
 }
+
+/// A shipped operator named unqualified may run a user operator of that name for other argument
+/// types, so the statement lists it (as `operator =`); one qualified with `pg_catalog` is the
+/// built-in and is not listed.
+#[test]
+fn shipped_operators_named_unqualified_are_listed() {
+    let operators = |sql: &str| -> Vec<String> {
+        let a = analyze(sql);
+        a.statements().iter().flat_map(|s| s.operators()).map(|o| o.to_string()).collect()
+    };
+    assert_eq!(
+        operators(
+            "SELECT * FROM t WHERE a = 1 AND b BETWEEN 1 AND 2 AND c LIKE 'x' AND d = 2 AND e IN (1, 2)"
+        ),
+        ["operator =", "operator >=", "operator <=", "operator ~~"]
+    );
+    assert_eq!(operators("SELECT -a, a || b FROM t"), ["operator -", "operator ||"]);
+    assert!(operators("SELECT * FROM t WHERE a OPERATOR(pg_catalog.=) 1").is_empty());
+    assert!(operators("SELECT count(*) FROM t").is_empty());
+}
