@@ -394,6 +394,10 @@ SELECT 'function', p.proname::text, NULL, 'false'
   WHERE p.pronamespace <> 'pg_catalog'::regnamespace AND p.pronamespace <> 'information_schema'::regnamespace
     AND p.provolatile <> 'i'
 UNION
+SELECT 'function', 'operator ' || o.oprname::text, NULL, 'false'
+  FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode::oid
+  WHERE o.oprnamespace <> 'pg_catalog'::regnamespace AND p.provolatile <> 'i'
+UNION
 SELECT 'text', p.prosrc, NULL, 'false'
   FROM pg_catalog.pg_proc p
   WHERE p.pronamespace <> 'pg_catalog'::regnamespace AND p.pronamespace <> 'information_schema'::regnamespace

@@ -110,9 +110,10 @@ struct Inner {
     /// database, with when that was read.
     plain: Mutex<HashMap<Arc<str>, HashMap<TableName, Instant>>>,
     /// Without a catalog: the names of the user functions (outside `pg_catalog`) that are not
-    /// immutable, by database, with when a verification read them. A call of a built-in's name
+    /// immutable and of user operators running such functions, by database, with when a
+    /// verification read them (`None` once DDL made them unknown). A call of a built-in's name
     /// may run one of them (an overload for other argument types wins whatever the
-    /// `search_path`), which the text cannot show. Believed for [`PLAIN_FOR`]; DDL forgets them.
+    /// `search_path`), which the text cannot show. Believed for [`PLAIN_FOR`].
     overloads: Mutex<HashMap<Arc<str>, Overloads>>,
     verifications: IntCounter,
     verification_failures: IntCounter,
@@ -124,7 +125,7 @@ struct Inner {
 }
 
 /// The names of a database's user functions that are not immutable, and when they were read.
-type Overloads = (Arc<HashSet<String>>, Instant);
+type Overloads = (Arc<HashSet<String>>, Option<Instant>);
 
 /// A database and a user.
 type DatabaseUser = (Arc<str>, Arc<str>);
@@ -137,7 +138,13 @@ impl Inner {
     /// the table versions reads its catalog again (see `Catalog::announce_schema_change`).
     fn schema_changed(&self, database: &str) {
         self.plain.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(database);
-        self.overloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(database);
+        // Unknown until read again (a new overload may exist), as opposed to never read.
+        self.overloads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(Arc::from(database))
+            .or_insert_with(|| (Arc::default(), None))
+            .1 = None;
         match &self.mode {
             #[cfg(feature = "catalog")]
             Mode::Catalog(catalog) => catalog.announce_schema_change(database),
@@ -571,7 +578,7 @@ impl CacheSession {
                         .overloads
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(self.database.clone(), (Arc::new(names), Instant::now()));
+                        .insert(self.database.clone(), (Arc::new(names), Some(Instant::now())));
                 }
                 if !answer.relations.is_empty() {
                     let now = Instant::now();
@@ -661,8 +668,9 @@ impl CacheSession {
             let analysis = &plan.analysis;
             effect.merge(analysis.writes());
             if analysis.statements().iter().any(|s| {
-                relations.user_function_among(s.functions()).is_some()
-                    || self.may_call_overload(s.functions())
+                [s.functions(), s.operators()].into_iter().any(|names| {
+                    relations.user_function_among(names).is_some() || self.may_call_overload(names)
+                })
             }) {
                 // It may have called a user function that shadows a built-in: anything goes.
                 effect = WriteEffect::Unknown;
@@ -790,30 +798,37 @@ impl CacheSession {
     fn overloads_fresh(&self) -> bool {
         if matches!(self.shared.mode, Mode::Everything | Mode::SqlText) && !self.shared.trust_startup_only {
             let overloads = self.shared.overloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            overloads.get(&self.database).is_some_and(|(_, at)| at.elapsed() < PLAIN_FOR)
+            overloads.get(&self.database).is_some_and(|(_, at)| at.is_some_and(|at| at.elapsed() < PLAIN_FOR))
         } else {
             true
         }
     }
 
-    /// Without a catalog: the first of `functions` (as a statement calls them) whose bare name a
-    /// user function that is not immutable has too, so that the call may run it; `Some("?")`
-    /// for any bare name while those names are not known (never read, or forgotten by DDL).
-    fn overload_among<'a>(&self, functions: &'a [Arc<str>]) -> Option<&'a str> {
+    /// Without a catalog: the first of `functions` (as a statement calls them, or its operators
+    /// as `operator =`) whose bare name a user function (or operator) that is not immutable has
+    /// too, so that the call may run it; the first bare name while those names are unknown since
+    /// DDL, and while they were never read when `never_read_counts` (a lookup: the scope's
+    /// verification reads them first, so only a race gets there). A request run before any
+    /// session of its database verified counts only the names read since: until then the proxy
+    /// has cached nothing of that database, and counting every operator as a write of unknown
+    /// effect would flush every database's results on each read-only transaction.
+    fn overload_among<'a>(&self, functions: &'a [Arc<str>], never_read_counts: bool) -> Option<&'a str> {
         if !matches!(self.shared.mode, Mode::Everything | Mode::SqlText) {
             return None;
         }
         let mut bare = functions.iter().map(|f| &**f).filter(|f| !f.contains('.'));
         let overloads = self.shared.overloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match overloads.get(&self.database) {
-            Some((names, _)) if names.is_empty() => None,
-            Some((names, _)) => bare.find(|f| names.contains(*f)),
-            None => bare.next(),
+            Some((_, None)) => bare.next(),
+            Some((names, Some(_))) if names.is_empty() => None,
+            Some((names, Some(_))) => bare.find(|f| names.contains(*f)),
+            None if never_read_counts => bare.next(),
+            None => None,
         }
     }
 
     fn may_call_overload(&self, functions: &[Arc<str>]) -> bool {
-        self.overload_among(functions).is_some()
+        self.overload_among(functions, false).is_some()
     }
 
     /// Without a catalog: the name of a user function the statements of `sql` may call where
@@ -826,12 +841,15 @@ impl CacheSession {
         }
         {
             let overloads = self.shared.overloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if overloads.get(&self.database).is_some_and(|(names, _)| names.is_empty()) {
+            if overloads.get(&self.database).is_some_and(|(names, at)| at.is_some() && names.is_empty()) {
                 return None;
             }
         }
         let plan = self.shared.cache.plan_async(sql).await;
-        plan.analysis.statements().iter().find_map(|s| self.overload_among(s.functions()).map(str::to_owned))
+        plan.analysis.statements().iter().find_map(|s| {
+            let among = |names| self.overload_among(names, true);
+            among(s.functions()).or_else(|| among(s.operators())).map(str::to_owned)
+        })
     }
 
     fn catalog_current(&self) -> bool {
@@ -1090,11 +1108,16 @@ fn verification_sql(names: &BTreeSet<String>, functions: &[String], relations: &
 
 /// Read with a session's state when no catalog follows its database (and what was read is older
 /// than [`PLAIN_FOR`]): a marker row, then the names of the user functions (outside `pg_catalog`
-/// and `information_schema`) that are not immutable.
+/// and `information_schema`) that are not immutable, and as `operator <name>` those of user
+/// operators running such a function.
 const OVERLOADS_SQL: &str = " UNION ALL SELECT 'o', NULL, NULL \
      UNION ALL SELECT 'o', p.proname::text, NULL FROM pg_catalog.pg_proc p \
        WHERE p.pronamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace \
          AND p.pronamespace OPERATOR(pg_catalog.<>) 'information_schema'::pg_catalog.regnamespace \
+         AND p.provolatile OPERATOR(pg_catalog.<>) 'i' \
+     UNION ALL SELECT 'o', 'operator ' OPERATOR(pg_catalog.||) o.oprname::text, NULL \
+       FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) o.oprcode::pg_catalog.oid \
+       WHERE o.oprnamespace OPERATOR(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace \
          AND p.provolatile OPERATOR(pg_catalog.<>) 'i'";
 
 /// The parsed answer of a verification.

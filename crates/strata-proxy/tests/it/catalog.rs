@@ -557,7 +557,19 @@ async fn a_user_overload_of_a_builtin_name_is_user_code() {
     // An operator PostgreSQL does not ship calls a user function too (catalog or not).
     let first = value(&c, "SELECT 1 ### 2").await;
     assert_ne!(value(&c, "SELECT 1 ### 2").await, first, "a user operator was answered from the cache");
+    // So does a user operator that reuses a shipped name for other argument types (`5 = 'a'`
+    // runs it), once the catalog shows it; then statements naming `=` are not cached.
+    direct.batch_execute(USER_EQUALS).await.unwrap();
+    assert!(cache.refresh_catalog(Duration::from_secs(30)).await, "the catalog was not read again");
+    let first = value(&c, "SELECT 5 = 'a'::text").await;
+    assert_ne!(value(&c, "SELECT 5 = 'a'::text").await, first, "a user `=` was answered from the cache");
 }
+
+/// A user `=` for `int = text`, which no built-in has, running a volatile function: consecutive
+/// calls alternate between true and false.
+const USER_EQUALS: &str = "CREATE FUNCTION eq_call(int, text) RETURNS bool LANGUAGE sql VOLATILE
+       AS $$ SELECT nextval('calls') % 2 = 0 $$;
+     CREATE OPERATOR = (LEFTARG = int, RIGHTARG = text, FUNCTION = eq_call);";
 
 /// Without a catalog, the same overloads are found by reading `pg_proc` with the session's state
 /// (believed for 30 s, forgotten by DDL through the proxy): a call of a name a non-immutable user
@@ -613,5 +625,11 @@ async fn without_a_catalog_a_user_overload_of_a_builtin_name_is_user_code() {
             first,
             "an overload made through the proxy was cached"
         );
+        // A user operator reusing a shipped name, made through the proxy (and dropped, since
+        // while it exists no statement naming `=` is cached).
+        c.batch_execute(USER_EQUALS).await.unwrap();
+        let first = value(&c, "SELECT 5 = 'a'::text").await;
+        assert_ne!(value(&c, "SELECT 5 = 'a'::text").await, first, "a user `=` was answered from the cache");
+        c.batch_execute("DROP OPERATOR = (int, text); DROP FUNCTION eq_call(int, text)").await.unwrap();
     }
 }
