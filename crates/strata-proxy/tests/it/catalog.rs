@@ -517,6 +517,16 @@ async fn without_a_catalog_nextval_and_setval_through_the_proxy_are_writes() {
     }
 }
 
+/// User functions overloading built-in names: a volatile `upper(integer)` counting its calls, a
+/// `lower(integer)` that writes `t`, and an immutable `length(integer)`.
+const OVERLOADS: &str = "CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 10);
+     CREATE SEQUENCE calls;
+     CREATE FUNCTION public.upper(integer) RETURNS text LANGUAGE sql VOLATILE
+       AS $$ SELECT 'u' || nextval('calls') $$;
+     CREATE FUNCTION public.lower(integer) RETURNS int LANGUAGE sql VOLATILE
+       AS $$ UPDATE t SET v = v + $1 WHERE id = 1 RETURNING v $$;
+     CREATE FUNCTION public.length(integer) RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT $1 $$;";
+
 /// A user function that overloads a built-in's name for other argument types is what the call
 /// runs, whatever the `search_path` (`upper(5)` calls `public.upper(integer)`): with a catalog,
 /// calls of that name are never cached and count as writes of unknown effect. Before, the
@@ -529,17 +539,12 @@ async fn a_user_overload_of_a_builtin_name_is_user_code() {
     fresh_database(db).await;
     admin(db)
         .await
-        .batch_execute(
-            "CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 10);
-             CREATE SEQUENCE calls;
-             CREATE FUNCTION public.upper(integer) RETURNS text LANGUAGE sql VOLATILE
-               AS $$ SELECT 'u' || nextval('calls') $$;
-             CREATE FUNCTION public.lower(integer) RETURNS int LANGUAGE sql VOLATILE
-               AS $$ UPDATE t SET v = v + $1 WHERE id = 1 RETURNING v $$;
-             CREATE FUNCTION public.length(integer) RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT $1 $$;
-             CREATE FUNCTION next_call(int, int) RETURNS bigint LANGUAGE sql VOLATILE AS $$ SELECT nextval('calls') $$;
-             CREATE OPERATOR ### (LEFTARG = int, RIGHTARG = int, FUNCTION = next_call);",
-        )
+        .batch_execute(&format!(
+            "{OVERLOADS}
+                 CREATE FUNCTION next_call(int, int) RETURNS bigint LANGUAGE sql VOLATILE
+                   AS $$ SELECT nextval('calls') $$;
+                 CREATE OPERATOR ### (LEFTARG = int, RIGHTARG = int, FUNCTION = next_call);"
+        ))
         .await
         .expect("schema");
     let (_proxy, cache, c, direct) = catalog_proxy(db).await;
@@ -580,19 +585,7 @@ const USER_EQUALS: &str = "CREATE FUNCTION eq_call(int, text) RETURNS bool LANGU
 async fn without_a_catalog_a_user_overload_of_a_builtin_name_is_user_code() {
     let db = "strata_cat_overloads_none";
     fresh_database(db).await;
-    admin(db)
-        .await
-        .batch_execute(
-            "CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 10);
-             CREATE SEQUENCE calls;
-             CREATE FUNCTION public.upper(integer) RETURNS text LANGUAGE sql VOLATILE
-               AS $$ SELECT 'u' || nextval('calls') $$;
-             CREATE FUNCTION public.lower(integer) RETURNS int LANGUAGE sql VOLATILE
-               AS $$ UPDATE t SET v = v + $1 WHERE id = 1 RETURNING v $$;
-             CREATE FUNCTION public.length(integer) RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT $1 $$;",
-        )
-        .await
-        .expect("schema");
+    admin(db).await.batch_execute(OVERLOADS).await.expect("schema");
     for (round, invalidation) in [Invalidation::Everything, Invalidation::SqlText].into_iter().enumerate() {
         let (proxy, cache) = proxy_with(invalidation).await;
         let (c, direct) = (connect(proxy.port(), "postgres", db, None).await.unwrap(), admin(db).await);
