@@ -291,8 +291,8 @@ impl<'c> Walk<'c> {
     /// An operator PostgreSQL does not ship (`a ### b`, or one qualified with a schema other than
     /// `pg_catalog`) runs a user function the text does not name: the statement is not cached,
     /// may write anything and may change the session, like a call of an unknown function.
-    fn operator(&mut self, e: &protobuf::AExpr) {
-        let parts = session::name_parts(&e.name);
+    fn operator(&mut self, name: &[protobuf::Node], location: i32) {
+        let parts = session::name_parts(name);
         let shipped = match parts.as_deref() {
             Some([op] | ["pg_catalog", op]) => {
                 BUILTIN_OPERATORS.contains(op)
@@ -319,7 +319,27 @@ impl<'c> Walk<'c> {
             let name = format!("operator {}", parts.map_or_else(|| "?".to_owned(), |p| p.join(".")));
             self.deny(NotCacheable::UnknownFunction(Arc::from(name.as_str())));
             self.writes_unknown = true;
-            self.effects.push(e.location, SessionEffect::ServerCode(Arc::from(name)));
+            self.effects.push(location, SessionEffect::ServerCode(Arc::from(name)));
+        }
+    }
+
+    /// The operator of `x op ANY (SELECT ...)`, `x op ALL (...)`, `(a, b) op (SELECT ...)`, or
+    /// `x IN (SELECT ...)` (no name: `=`).
+    fn sublink_operator(&mut self, s: &protobuf::SubLink) {
+        use protobuf::SubLinkType;
+        let compares = [SubLinkType::AnySublink, SubLinkType::AllSublink, SubLinkType::RowcompareSublink]
+            .iter()
+            .any(|t| *t as i32 == s.sub_link_type);
+        if !compares {
+            return;
+        }
+        if s.oper_name.is_empty() {
+            let name = "operator =";
+            if !self.operators.iter().any(|o| **o == *name) {
+                self.operators.push(Arc::from(name));
+            }
+        } else {
+            self.operator(&s.oper_name, s.location);
         }
     }
 
@@ -814,12 +834,13 @@ impl<'c> Walk<'c> {
                 self.deny(NotCacheable::SqlValueFunction(name));
             }
             NodeEnum::AExpr(e) => {
-                self.operator(e);
+                self.operator(&e.name, e.location);
                 self.opt(e.lexpr.as_deref());
                 self.opt(e.rexpr.as_deref());
             }
             NodeEnum::BoolExpr(e) => self.list(&e.args),
             NodeEnum::SubLink(s) => {
+                self.sublink_operator(s);
                 self.opt(s.testexpr.as_deref());
                 self.opt(s.subselect.as_deref());
             }
@@ -843,7 +864,13 @@ impl<'c> Walk<'c> {
                 self.opt(r.val.as_deref());
             }
             NodeEnum::MultiAssignRef(m) => self.opt(m.source.as_deref()),
-            NodeEnum::SortBy(s) => self.opt(s.node.as_deref()),
+            NodeEnum::SortBy(s) => {
+                // `ORDER BY x USING op`.
+                if !s.use_op.is_empty() {
+                    self.operator(&s.use_op, s.location);
+                }
+                self.opt(s.node.as_deref());
+            }
             NodeEnum::WindowDef(w) => self.window(w),
             NodeEnum::AIndirection(a) => {
                 self.opt(a.arg.as_deref());

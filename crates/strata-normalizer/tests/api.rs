@@ -488,6 +488,9 @@ fn operators_postgres_does_not_ship_are_user_code() {
         "SELECT * FROM t WHERE a OPERATOR(public.=) b",
         "SELECT * FROM t WHERE a OPERATOR(pg_catalog.###) 1",
         "SELECT @#@ a FROM t",
+        "SELECT 1 ### ANY (SELECT 2)",
+        "SELECT * FROM t WHERE a ### ALL (SELECT b FROM u)",
+        "SELECT * FROM t ORDER BY a USING ###",
     ] {
         let a = analyze(sql);
         assert!(
@@ -527,4 +530,8 @@ fn shipped_operators_named_unqualified_are_listed() {
     assert_eq!(operators("SELECT -a, a || b FROM t"), ["operator -", "operator ||"]);
     assert!(operators("SELECT * FROM t WHERE a OPERATOR(pg_catalog.=) 1").is_empty());
     assert!(operators("SELECT count(*) FROM t").is_empty());
+    assert_eq!(operators("SELECT * FROM t WHERE a IN (SELECT b FROM u)"), ["operator ="]);
+    assert_eq!(operators("SELECT * FROM t WHERE a < ALL (SELECT b FROM u)"), ["operator <"]);
+    assert_eq!(operators("SELECT * FROM t ORDER BY a USING >"), ["operator >"]);
+    assert!(operators("SELECT * FROM t WHERE EXISTS (SELECT 1 FROM u)").is_empty());
 }
