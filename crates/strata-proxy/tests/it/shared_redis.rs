@@ -222,3 +222,151 @@ async fn a_fleet_on_a_redis_cluster_elects_one_wal_streamer_for_direct_writes() 
     drop(invalidators);
     let _ = direct.batch_execute(&format!("DROP PUBLICATION IF EXISTS {db}_{}", std::process::id())).await;
 }
+
+/// A redis-server of the test's own that speaks TLS only, with the harness's certificate for
+/// 127.0.0.1 (signed by its `root.crt`).
+struct TlsRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_file(name: &str) -> String {
+    let dir =
+        std::env::var("STRATA_TEST_PG_TLS_DIR").expect("STRATA_TEST_PG_TLS_DIR: run `cargo xtask test`");
+    format!("{dir}/{name}")
+}
+
+/// `strata-proxy` as a process of its own, trusting the certificates in `trusted` (the system
+/// store that `SSL_CERT_FILE` names), with its log.
+struct ProxyProcess {
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl ProxyProcess {
+    async fn start(redis: &str, trusted: &str) -> Self {
+        let (port, http) = (dead_port().await, dead_port().await);
+        let log =
+            std::env::temp_dir().join(format!("strata-proxy-redis-tls-{}-{port}.log", std::process::id()));
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_strata-proxy"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("STRATA_") && !name.starts_with("STRATA_TEST_") {
+                command.env_remove(name);
+            }
+        }
+        let pg = pg();
+        command
+            .env("SSL_CERT_FILE", trusted)
+            .env_remove("SSL_CERT_DIR")
+            .args(["--upstream", &format!("postgres://{}:{}", pg.host(), pg.port())])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--http", &format!("127.0.0.1:{http}")])
+            .args(["--redis", redis, "--log", "warn"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        let mut proxy = Self { child: command.spawn().expect("start strata-proxy"), port, log };
+        let start = Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if let Ok(Some(status)) = proxy.child.try_wait() {
+                panic!("strata-proxy exited ({status}): {}", proxy.log());
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "strata-proxy did not start: {}", proxy.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        proxy
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// `rediss://`: the proxy reaches Redis over TLS, verifying the server against the system's
+/// certificates (here the file `SSL_CERT_FILE` names), and caches through it; a server whose
+/// certificate it cannot verify is never used (answers come from PostgreSQL, uncached). Before,
+/// the proxy refused every `rediss://` URL at startup ("invalid redis url").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_urls_verify_the_server_and_cache_through_it() {
+    let port = dead_port().await;
+    let child = std::process::Command::new(redis_cluster::service("STRATA_TEST_REDIS_SERVER"))
+        .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .args(["--tls-cert-file", &tls_file("server.crt"), "--tls-key-file", &tls_file("server.key")])
+        .args(["--tls-ca-cert-file", &tls_file("root.crt"), "--tls-auth-clients", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server with TLS");
+    let redis = TlsRedis { port, child };
+    let (root, redis_port) = (tls_file("root.crt"), redis.port.to_string());
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--tls", "--cacert", root.as_str(), "-p", redis_port.as_str()];
+        all.extend_from_slice(args);
+        redis_cluster::cli(&all)
+    };
+    let start = Instant::now();
+    while cli(&["ping"]).trim() != "PONG" {
+        assert!(start.elapsed() < Duration::from_secs(10), "redis-server with TLS did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = format!("rediss://127.0.0.1:{}/", redis.port);
+    let db = "strata_redis_tls";
+    fresh_database(db).await;
+    admin(db)
+        .await
+        .batch_execute("CREATE TABLE kv (k int PRIMARY KEY, v text); INSERT INTO kv VALUES (1, 'v0')")
+        .await
+        .unwrap();
+    let read = "SELECT v FROM kv WHERE k = 1";
+
+    let trusted = ProxyProcess::start(&url, &tls_file("root.crt")).await;
+    let c = connect(trusted.port, "postgres", db, None).await.unwrap();
+    let start = Instant::now();
+    loop {
+        assert_eq!(value(&c, read).await, "v0");
+        if cli(&["--scan", "--pattern", "strata:l2:*"]).lines().count() > 0
+            && cli(&["exists", "strata:versions:epoch"]).trim() == "1"
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "nothing reached Redis over TLS: {}",
+            trusted.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.batch_execute("UPDATE kv SET v = 'v1' WHERE k = 1").await.unwrap();
+    assert_eq!(value(&c, read).await, "v1");
+
+    // Trusting another certificate only, the proxy cannot verify this server: it relays, uncached.
+    drop(c);
+    drop(trusted);
+    cli(&["flushall"]);
+    let other = std::env::temp_dir().join(format!("strata-redis-tls-other-{}.crt", std::process::id()));
+    let other_cert = rcgen::generate_simple_self_signed(vec!["other.invalid".to_owned()]).unwrap();
+    std::fs::write(&other, other_cert.cert.pem()).unwrap();
+    let untrusting = ProxyProcess::start(&url, other.to_str().unwrap()).await;
+    let u = connect(untrusting.port, "postgres", db, None).await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(value(&u, read).await, "v1");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(cli(&["--scan"]).trim(), "", "a server the proxy cannot verify was used");
+    assert!(untrusting.log().contains("certificate"), "no certificate error logged: {}", untrusting.log());
+    let _ = std::fs::remove_file(&other);
+}
