@@ -201,11 +201,7 @@ impl Policy {
         }
         // A built-in's name that a user function has too may call the user's function (an
         // overload for other argument types wins whatever the `search_path`).
-        let shadowed = analysis.statements().iter().find_map(|s| {
-            relations
-                .user_function_among(s.functions())
-                .or_else(|| relations.user_function_among(s.operators()))
-        });
+        let shadowed = analysis.statements().iter().find_map(|s| relations.user_function_in(s));
         if let Some(name) = shadowed {
             let reason = strata_normalizer::NotCacheable::UnknownFunction(Arc::from(name));
             return bypass(analysis, BypassReason::NotCacheable(reason));

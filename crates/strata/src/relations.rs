@@ -7,6 +7,24 @@ use std::sync::Arc;
 use strata_core::TableName;
 
 use crate::versions::version_unit;
+use strata_normalizer::StatementAnalysis;
+
+/// The names by which `statement` may run a built-in or a user's overload of it: the functions
+/// it calls unqualified, then the shipped operators it names unqualified (as `operator =`). A
+/// qualified name needs no check: outside `pg_catalog` the analysis already takes it for user
+/// code, and in it for the built-in it names.
+pub(crate) fn bare_names(statement: &StatementAnalysis) -> impl Iterator<Item = &str> {
+    statement.functions().iter().chain(statement.operators()).map(|f| &**f).filter(|f| !f.contains('.'))
+}
+
+/// The first of [`bare_names`] that `names` (of user functions and operators that are not
+/// immutable) holds: the statement may run that user code where its text seems to run a built-in.
+pub(crate) fn shadowed_name<'a>(
+    statement: &'a StatementAnalysis,
+    names: &HashSet<String>,
+) -> Option<&'a str> {
+    bare_names(statement).find(|f| names.contains(*f))
+}
 
 /// Dependencies between relations that a statement's text does not show, usually read from the
 /// database's catalog: a view reads its base tables; a write to a table may change others (foreign
@@ -123,15 +141,13 @@ impl Relations {
             })
     }
 
-    /// The first of `functions` (as a statement calls them: bare, or schema-qualified) that may
-    /// run a user function: a bare name that a user function has too. A qualified name needs no
-    /// check: outside `pg_catalog` the analysis already takes it for user code, and in it for
-    /// the built-in it names.
-    pub(crate) fn user_function_among<'a>(&self, functions: &'a [std::sync::Arc<str>]) -> Option<&'a str> {
+    /// The first name `statement` calls or names that may run a user function: see
+    /// [`shadowed_name`].
+    pub(crate) fn user_function_in<'a>(&self, statement: &'a StatementAnalysis) -> Option<&'a str> {
         if self.0.functions.is_empty() {
             return None;
         }
-        functions.iter().map(|f| &**f).find(|f| !f.contains('.') && self.0.functions.contains(*f))
+        shadowed_name(statement, &self.0.functions)
     }
 
     /// Whether reading `relation` runs a volatile user function or reads a sequence.

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use prometheus::{IntCounter, IntCounterVec, Opts};
 use strata_core::{KeyScope, SettingsDigest, TableName};
-use strata_normalizer::{SessionEffect, WriteEffect};
+use strata_normalizer::{SessionEffect, StatementAnalysis, WriteEffect};
 
 use crate::cache::QueryCache;
 use crate::keys::Returned;
@@ -667,11 +667,11 @@ impl CacheSession {
             let plan = cache.plan_async(sql).await;
             let analysis = &plan.analysis;
             effect.merge(analysis.writes());
-            if analysis.statements().iter().any(|s| {
-                [s.functions(), s.operators()].into_iter().any(|names| {
-                    relations.user_function_among(names).is_some() || self.may_call_overload(names)
-                })
-            }) {
+            if analysis
+                .statements()
+                .iter()
+                .any(|s| relations.user_function_in(s).is_some() || self.overload_in(s, false).is_some())
+            {
                 // It may have called a user function that shadows a built-in: anything goes.
                 effect = WriteEffect::Unknown;
                 unverify.get_or_insert("a user function has a built-in's name");
@@ -804,31 +804,26 @@ impl CacheSession {
         }
     }
 
-    /// Without a catalog: the first of `functions` (as a statement calls them, or its operators
-    /// as `operator =`) whose bare name a user function (or operator) that is not immutable has
-    /// too, so that the call may run it; the first bare name while those names are unknown since
+    /// Without a catalog: the first of `statement`'s bare names (its functions, then its operators
+    /// as `operator =`) that a user function (or operator) that is not immutable has too, so that
+    /// the call may run it; the first bare name while those names are unknown since
     /// DDL, and while they were never read when `never_read_counts` (a lookup: the scope's
     /// verification reads them first, so only a race gets there). A request run before any
     /// session of its database verified counts only the names read since: until then the proxy
     /// has cached nothing of that database, and counting every operator as a write of unknown
     /// effect would flush every database's results on each read-only transaction.
-    fn overload_among<'a>(&self, functions: &'a [Arc<str>], never_read_counts: bool) -> Option<&'a str> {
+    fn overload_in<'a>(&self, statement: &'a StatementAnalysis, never_read_counts: bool) -> Option<&'a str> {
         if !matches!(self.shared.mode, Mode::Everything | Mode::SqlText) {
             return None;
         }
-        let mut bare = functions.iter().map(|f| &**f).filter(|f| !f.contains('.'));
         let overloads = self.shared.overloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match overloads.get(&self.database) {
-            Some((_, None)) => bare.next(),
+            Some((_, None)) => crate::relations::bare_names(statement).next(),
             Some((names, Some(_))) if names.is_empty() => None,
-            Some((names, Some(_))) => bare.find(|f| names.contains(*f)),
-            None if never_read_counts => bare.next(),
+            Some((names, Some(_))) => crate::relations::shadowed_name(statement, names),
+            None if never_read_counts => crate::relations::bare_names(statement).next(),
             None => None,
         }
-    }
-
-    fn may_call_overload(&self, functions: &[Arc<str>]) -> bool {
-        self.overload_among(functions, false).is_some()
     }
 
     /// Without a catalog: the name of a user function the statements of `sql` may call where
@@ -846,10 +841,7 @@ impl CacheSession {
             }
         }
         let plan = self.shared.cache.plan_async(sql).await;
-        plan.analysis.statements().iter().find_map(|s| {
-            let among = |names| self.overload_among(names, true);
-            among(s.functions()).or_else(|| among(s.operators())).map(str::to_owned)
-        })
+        plan.analysis.statements().iter().find_map(|s| self.overload_in(s, true).map(str::to_owned))
     }
 
     fn catalog_current(&self) -> bool {
