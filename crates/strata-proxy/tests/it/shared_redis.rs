@@ -37,6 +37,17 @@ async fn sees(reader: &Client, sql: &str, want: &str, what: &str) {
     }
 }
 
+/// A new database `db` with one row, `kv (1, 'v0')`; an admin connection to it.
+async fn kv_database(db: &str) -> Client {
+    fresh_database(db).await;
+    let direct = admin(db).await;
+    direct
+        .batch_execute("CREATE TABLE kv (k int PRIMARY KEY, v text); INSERT INTO kv VALUES (1, 'v0')")
+        .await
+        .unwrap();
+    direct
+}
+
 /// A proxy whose cache the binary's arguments configure.
 async fn proxy(args: &[&str]) -> (TestProxy, Arc<StrataCache>) {
     let mut argv = vec!["strata-proxy"];
@@ -116,12 +127,7 @@ async fn proxies_sharing_a_redis_cluster_share_results_and_invalidations() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_l2_the_config_file_puts_in_redis_shares_the_table_versions_too() {
     let db = "strata_file_redis_l2";
-    fresh_database(db).await;
-    admin(db)
-        .await
-        .batch_execute("CREATE TABLE kv (k int PRIMARY KEY, v text); INSERT INTO kv VALUES (1, 'v0')")
-        .await
-        .unwrap();
+    kv_database(db).await;
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let file = std::env::temp_dir().join(format!("strata-file-redis-l2-{}-{nanos}.toml", std::process::id()));
@@ -167,12 +173,7 @@ fn gauge(cache: &StrataCache, name: &str) -> f64 {
 async fn a_fleet_on_a_redis_cluster_elects_one_wal_streamer_for_direct_writes() {
     let nodes = redis_cluster::cluster().await;
     let db = "strata_redis_cluster_wal";
-    fresh_database(db).await;
-    let direct = admin(db).await;
-    direct
-        .batch_execute("CREATE TABLE kv (k int PRIMARY KEY, v text); INSERT INTO kv VALUES (1, 'v0')")
-        .await
-        .unwrap();
+    let direct = kv_database(db).await;
     let pg = pg();
     let seeds: Vec<String> = nodes.iter().map(redis_cluster::Node::url).collect();
     let mut caches = Vec::new();
@@ -325,12 +326,7 @@ async fn rediss_urls_verify_the_server_and_cache_through_it() {
     }
     let url = format!("rediss://127.0.0.1:{}/", redis.port);
     let db = "strata_redis_tls";
-    fresh_database(db).await;
-    admin(db)
-        .await
-        .batch_execute("CREATE TABLE kv (k int PRIMARY KEY, v text); INSERT INTO kv VALUES (1, 'v0')")
-        .await
-        .unwrap();
+    kv_database(db).await;
     let read = "SELECT v FROM kv WHERE k = 1";
 
     let trusted = ProxyProcess::start(&url, &tls_file("root.crt")).await;
